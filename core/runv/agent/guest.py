@@ -1,0 +1,505 @@
+"""The guest agent: PID 1's right hand inside the VM (stdlib only).
+
+It finds the host channel (a virtio-serial port named ``org.runv.agent``), says
+``ready``, then serves requests: mount the container rootfs, start processes in it with
+their stdio relayed as streams, deliver signals and window sizes, report exits, list
+processes, power off. The same ``Agent`` class runs on the host over a socketpair in
+tests (``Agent(fd, rootfs="/")`` starts processes without chroot).
+"""
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import struct
+import sys
+import termios
+import time
+
+from runv.agent.protocol import CTRL, DATA, FrameReader, ProtocolError, encode_ctrl, encode_data
+
+PORT_NAME = "org.runv.agent"
+ROOTFS = "/rootfs"
+READ_CHUNK = 65536
+HIGH_WATER = 4 << 20  # stop reading process output while this much waits for the host
+EXIT_GRACE = 1.0  # seconds an exited process's output may keep flowing before exit is sent
+
+
+DEBUG = False  # set from ``runv.debug`` on the kernel command line
+
+
+def log(message: str) -> None:
+    """One line on the guest console, in debug mode only."""
+    if DEBUG:
+        os.write(2, f"runv-agent: {message}\n".encode())
+
+
+class Process:
+    """A process the host started: its pid, streams and, once reaped, its status."""
+
+    def __init__(self, name: str, pid: int, streams: dict, tty_fd) -> None:
+        self.name = name
+        self.pid = pid
+        self.outputs = streams["outputs"]  # fd -> channel
+        self.stdin_fd = streams["stdin_fd"]
+        self.stdin_channel = streams["stdin_channel"]
+        self.stdin_queue = bytearray()
+        self.stdin_eof = False
+        self.tty_fd = tty_fd
+        self.status = None
+        self.exited_at = None
+
+
+class Agent:
+    """Serves one host channel; ``run()`` returns when the host is gone (socket mode)."""
+
+    def __init__(self, fd: int, *, rootfs: str = ROOTFS, is_port: bool = False) -> None:
+        self.fd = fd
+        self.rootfs = rootfs
+        self.is_port = is_port
+        self.reader = FrameReader()
+        self.outbuf = bytearray()
+        self.processes = {}  # name -> Process
+        self.by_fd = {}  # output fd -> Process
+        self.connected = not is_port
+        self.running = True
+        os.set_blocking(fd, False)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    # ---------------------------------------------------------------- I/O loop
+
+    def send(self, frame: bytes) -> None:
+        self.outbuf += frame
+
+    def run(self) -> None:
+        if self.connected:
+            self.send(encode_ctrl(self.ready_event()))
+        while self.running:
+            self.step()
+
+    def ready_event(self) -> dict:
+        return {"event": "ready", **self.identity()}
+
+    def identity(self) -> dict:
+        return {"pid": os.getpid(), "kernel": os.uname().release}
+
+    def step(self) -> None:
+        poller = select.poll()
+        port_events = 0
+        if self.connected:
+            port_events = select.POLLIN
+            if self.outbuf:
+                port_events |= select.POLLOUT
+        else:
+            port_events = select.POLLOUT  # the host connecting shows as writable
+        poller.register(self.fd, port_events)
+        poller.register(self.wake_r, select.POLLIN)
+        backlog = len(self.outbuf) > HIGH_WATER
+        for fd in self.by_fd:
+            if not backlog:
+                poller.register(fd, select.POLLIN)
+        for proc in self.processes.values():
+            if proc.stdin_fd is not None and proc.stdin_queue:
+                poller.register(proc.stdin_fd, select.POLLOUT)
+        timeout = 100 if (not self.connected or self.pending_exits()) else None
+        try:
+            events = poller.poll(timeout)
+        except InterruptedError:
+            events = []
+        for fd, mask in events:
+            if fd == self.fd:
+                self.on_port(mask)
+            elif fd == self.wake_r:
+                self.drain_wakeups()
+            elif fd in self.by_fd:
+                self.on_output(fd)
+            else:
+                self.on_stdin_writable(fd)
+        self.reap()
+        self.flush_exits()
+
+    def on_port(self, mask: int) -> None:
+        if not self.connected:
+            if mask & select.POLLHUP:
+                time.sleep(0.1)  # host still away: the port reports HUP until it connects
+                return
+            self.connected = True
+            self.reader = FrameReader()
+            self.send(encode_ctrl(self.ready_event()))
+            return
+        if mask & select.POLLOUT and self.outbuf:
+            self.flush()
+        if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.EPIPE:
+                    raise
+                data = b""
+            if not data:
+                self.on_disconnect()
+                return
+            try:
+                frames = self.reader.feed(data)
+            except ProtocolError as exc:
+                log(f"dropping connection: {exc}")
+                self.on_disconnect()
+                return
+            for kind, channel, payload in frames:
+                if kind == CTRL:
+                    self.on_request(payload)
+                else:
+                    self.on_data(channel, payload)
+
+    def on_disconnect(self) -> None:
+        self.outbuf.clear()
+        if self.is_port:
+            self.connected = False
+            time.sleep(0.1)
+        else:
+            self.running = False
+
+    def flush(self) -> None:
+        try:
+            written = os.write(self.fd, self.outbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.on_disconnect()
+            return
+        del self.outbuf[:written]
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ---------------------------------------------------------------- streams
+
+    def on_output(self, fd: int) -> None:
+        proc = self.by_fd[fd]
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO from a pty master once the slave side is gone
+            data = b""
+        channel = proc.outputs[fd]
+        self.send(encode_data(channel, data))
+        if not data:
+            self.close_output(fd)
+
+    def close_output(self, fd: int) -> None:
+        proc = self.by_fd.pop(fd)
+        del proc.outputs[fd]
+        if fd != proc.tty_fd:
+            os.close(fd)
+
+    def on_data(self, channel: int, payload: bytes) -> None:
+        for proc in self.processes.values():
+            if proc.stdin_channel == channel and proc.stdin_fd is not None:
+                if payload:
+                    proc.stdin_queue += payload
+                else:
+                    proc.stdin_eof = True
+                self.on_stdin_writable(proc.stdin_fd)
+                return
+
+    def on_stdin_writable(self, fd: int) -> None:
+        for proc in self.processes.values():
+            if proc.stdin_fd == fd:
+                break
+        else:
+            return
+        try:
+            if proc.stdin_queue:
+                written = os.write(fd, proc.stdin_queue)
+                del proc.stdin_queue[:written]
+        except BlockingIOError:
+            return
+        except OSError:  # the process closed its stdin: drop what it will never read
+            proc.stdin_queue.clear()
+            proc.stdin_eof = True
+        if proc.stdin_eof and not proc.stdin_queue:
+            if fd == proc.tty_fd:
+                os.write(fd, b"\x04")  # end-of-file on a terminal is the EOF character
+            else:
+                os.close(fd)
+            proc.stdin_fd = None
+
+    # ---------------------------------------------------------------- processes
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for proc in self.processes.values():
+                if proc.pid == pid and proc.status is None:
+                    proc.status = os.waitstatus_to_exitcode(status)
+                    proc.exited_at = time.monotonic()
+
+    def pending_exits(self) -> bool:
+        return any(p.status is not None for p in self.processes.values())
+
+    def flush_exits(self) -> None:
+        """Sends ``exit`` once a process's output is drained (or after a grace period,
+        when a background child still holds its stdout open)."""
+        now = time.monotonic()
+        for name, proc in list(self.processes.items()):
+            if proc.status is None:
+                continue
+            if proc.outputs and now - proc.exited_at < EXIT_GRACE:
+                continue
+            for fd in list(proc.outputs):
+                self.send(encode_data(proc.outputs[fd], b""))
+                self.close_output(fd)
+            if proc.stdin_fd is not None and proc.stdin_fd != proc.tty_fd:
+                os.close(proc.stdin_fd)
+            if proc.tty_fd is not None:
+                os.close(proc.tty_fd)
+            code = proc.status
+            status = {"code": code} if code >= 0 else {"signal": -code}
+            self.send(encode_ctrl({"event": "exit", "proc": name, **status}))
+            del self.processes[name]
+
+    # ---------------------------------------------------------------- requests
+
+    def on_request(self, message: dict) -> None:
+        request_id = message.get("id")
+        op = message.get("op", "")
+        handler = getattr(self, "op_" + op, None)
+        try:
+            if handler is None:
+                raise AgentError(f"unknown operation {op!r}")
+            result = handler(message) or {}
+            reply = {"id": request_id, "ok": True, **result}
+        except AgentError as exc:
+            reply = {"id": request_id, "error": str(exc)}
+        except OSError as exc:
+            reply = {"id": request_id, "error": f"{op}: {exc.strerror or exc}"}
+        self.send(encode_ctrl(reply))
+
+    def op_ping(self, message: dict) -> dict:
+        return self.identity()
+
+    def op_prepare(self, message: dict) -> None:
+        """Mounts the container rootfs (and /proc, /sys, /dev in it) and sets the hostname."""
+        root = message["rootfs"]
+        os.makedirs(self.rootfs, exist_ok=True)
+        options = root.get("options", "")
+        if root.get("readonly"):
+            options = ",".join(filter(None, [options, "ro"]))
+        mount(root["source"], self.rootfs, root["fstype"], options)
+        for fstype, target in (("proc", "proc"), ("sysfs", "sys"), ("devtmpfs", "dev")):
+            path = os.path.join(self.rootfs, target)
+            if os.path.isdir(path):
+                mount(fstype, path, fstype, "")
+        devpts = os.path.join(self.rootfs, "dev/pts")
+        if os.path.isdir(os.path.join(self.rootfs, "dev")):
+            os.makedirs(devpts, exist_ok=True)
+            mount("devpts", devpts, "devpts", "newinstance,ptmxmode=0666")
+        if message.get("hostname"):
+            with open("/proc/sys/kernel/hostname", "w") as f:
+                f.write(message["hostname"])
+
+    def op_exec(self, message: dict) -> dict:
+        name = message["proc"]
+        if name in self.processes:
+            raise AgentError(f"process {name!r} already exists")
+        proc = self.spawn(name, message)
+        self.processes[name] = proc
+        for fd in proc.outputs:
+            self.by_fd[fd] = proc
+        return {"pid": proc.pid}
+
+    def spawn(self, name: str, message: dict) -> Process:
+        """Forks the process into the rootfs with its stdio on pipes or a pty."""
+        streams = message.get("streams", {})
+        tty = bool(message.get("tty"))
+        if tty:
+            master, slave = os.openpty()
+            set_winsize(master, message.get("rows", 0), message.get("cols", 0))
+            child_fds = (slave, slave, slave)
+            parent = {"outputs": {master: streams.get("stdout", 0)}, "stdin_fd": master}
+            close_in_parent = [slave]
+        else:
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            child_fds = (in_r, out_w, err_w)
+            parent = {"outputs": {out_r: streams.get("stdout", 0), err_r: streams.get("stderr", 0)}, "stdin_fd": in_w}
+            close_in_parent = [in_r, out_w, err_w]
+        parent["stdin_channel"] = streams.get("stdin", 0)
+        err_pipe_r, err_pipe_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.child(message, child_fds, tty, err_pipe_w)
+            except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
+                os.write(err_pipe_w, describe(exc, message["args"][0]).encode())
+            os._exit(127)
+        os.close(err_pipe_w)
+        for fd in close_in_parent:
+            os.close(fd)
+        failure = os.read(err_pipe_r, 4096)
+        os.close(err_pipe_r)
+        if failure:
+            os.waitpid(pid, 0)
+            for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
+                os.close(fd)
+            raise AgentError(failure.decode())
+        for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
+            os.set_blocking(fd, False)
+        return Process(name, pid, parent, master if tty else None)
+
+    def child(self, message: dict, fds: tuple, tty: bool, keep: int) -> None:
+        """Runs in the forked child: becomes the container process or raises."""
+        signal.set_wakeup_fd(-1)
+        for signum in range(1, signal.NSIG):
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        if tty:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        os.closerange(3, keep)  # keeps only the error pipe, which is close-on-exec
+        os.closerange(keep + 1, 1024)
+        if self.rootfs != "/":
+            os.chroot(self.rootfs)
+            os.chdir("/")
+        os.chdir(message.get("cwd") or "/")
+        user = message.get("user") or {}
+        if user:
+            os.setgroups(user.get("additionalGids", []))
+            os.setgid(user.get("gid", 0))
+            os.setuid(user.get("uid", 0))
+        env = dict(item.split("=", 1) for item in message.get("env", []) if "=" in item)
+        os.execvpe(message["args"][0], message["args"], env)
+
+    def lookup(self, name: str) -> Process:
+        proc = self.processes.get(name)
+        if proc is None or proc.status is not None:
+            raise AgentError(f"process {name!r} is not running")
+        return proc
+
+    def op_signal(self, message: dict) -> None:
+        signum = int(message["signal"])
+        if message.get("all"):
+            try:
+                os.kill(-1, signum)  # from PID 1: every process but the agent itself
+            except ProcessLookupError:
+                pass
+            return
+        os.kill(self.lookup(message["proc"]).pid, signum)
+
+    def op_winsize(self, message: dict) -> None:
+        proc = self.lookup(message["proc"])
+        if proc.tty_fd is None:
+            raise AgentError(f"process {message['proc']!r} has no terminal")
+        set_winsize(proc.tty_fd, message["rows"], message["cols"])
+
+    def op_ps(self, message: dict) -> dict:
+        """Every user process in the guest except the agent (kernel threads have no cmdline)."""
+        processes = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().split(b"\0")
+            except OSError:
+                continue
+            if cmdline == [b""]:
+                continue
+            processes.append({"pid": int(entry), "cmd": " ".join(a.decode(errors="replace") for a in cmdline if a)})
+        return {"processes": sorted(processes, key=lambda p: p["pid"])}
+
+    def op_poweroff(self, message: dict) -> None:
+        os.sync()
+        self.flush()
+        os.execv("/bin/busybox", ["poweroff", "-f"])
+
+
+class AgentError(Exception):
+    """A request that cannot be served; the message goes back to the host."""
+
+
+def describe(exc: BaseException, program: str) -> str:
+    """What went wrong starting ``program``, phrased as runc does."""
+    if isinstance(exc, FileNotFoundError) and exc.filename in (None, program):
+        return f'exec: "{program}": executable file not found in $PATH'
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f'exec: "{program}": {exc.strerror}{where}'
+    return f'exec: "{program}": {exc}'
+
+
+def mount(source: str, target: str, fstype: str, options: str) -> None:
+    """Mounts with busybox mount (the guest has no ctypes); raises AgentError with its message."""
+    argv = ["/bin/busybox", "mount", "-t", fstype]
+    if options:
+        argv += ["-o", options]
+    argv += [source, target]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        os.execv(argv[0], argv)
+    os.close(w)
+    output = b""
+    while chunk := os.read(r, 4096):
+        output += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise AgentError(f"mount {source} on {target}: {output.decode(errors='replace').strip()}")
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    if rows and cols:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def find_port() -> str:
+    """The /dev node of the virtio-serial port the host named ``org.runv.agent``."""
+    base = "/sys/class/virtio-ports"
+    for _ in range(100):
+        if os.path.isdir(base):
+            for port in sorted(os.listdir(base)):
+                try:
+                    with open(f"{base}/{port}/name") as f:
+                        if f.read().strip() == PORT_NAME:
+                            return f"/dev/{port}"
+                except OSError:
+                    continue
+        time.sleep(0.05)
+    raise SystemExit(f"runv-agent: no virtio-serial port named {PORT_NAME}")
+
+
+def main() -> None:
+    global DEBUG
+    with open("/proc/cmdline") as f:
+        DEBUG = "runv.debug" in f.read().split()
+    path = find_port()
+    log(f"serving {path}")
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    Agent(fd, is_port=True).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

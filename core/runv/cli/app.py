@@ -1,0 +1,73 @@
+"""The ``runv`` application: runc's global options, then one command per module.
+
+Command modules import only typer at load time; what a command needs beyond that is
+imported inside it, so ``runv state``, ``list``, ``kill`` and ``--help`` stay fast.
+"""
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from runv.errors import RunvError
+from runv.settings import DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_ROOT, Settings
+
+app = typer.Typer(
+    name="runv",
+    help="Run OCI containers, each in its own virtual machine, with runc's command line.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    root: Annotated[Path, typer.Option(help="Directory for container state.")] = DEFAULT_ROOT,
+    log: Annotated[Optional[Path], typer.Option(help="Write runv's own messages to this file.")] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="Format of --log: text or json.")] = "text",
+    debug: Annotated[bool, typer.Option(help="Log debug messages (and the guest console's boot lines).")] = False,
+    kernel: Annotated[Path, typer.Option(help="Guest kernel (built by `runv guest build`).")] = DEFAULT_KERNEL,
+    initrd: Annotated[Path, typer.Option(help="Guest initrd (built by `runv guest build`).")] = DEFAULT_INITRD,
+    hypervisor: Annotated[str, typer.Option(help="Hypervisor plugin, or auto.")] = "auto",
+    storage: Annotated[str, typer.Option(help="Storage plugin for the container rootfs.")] = "overlay",
+    systemd_cgroup: Annotated[bool, typer.Option("--systemd-cgroup", hidden=True)] = False,
+    rootless: Annotated[Optional[str], typer.Option("--rootless", hidden=True)] = None,
+) -> None:
+    """runc's global options (plus runv's guest and plugin choices); cgroup options are accepted and ignored."""
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter(f"must be text or json, not {log_format!r}", param_hint="--log-format")
+    ctx.obj = Settings(
+        root=root, log=log, log_format=log_format, debug=debug, kernel=kernel, initrd=initrd,
+        hypervisor=hypervisor, storage=storage,
+    )
+    from runv.log import setup
+
+    setup(ctx.obj, stderr=True)
+
+
+def _register() -> None:
+    from runv.cli import create, delete, guest, kill, list_, run, spec, start, state
+
+    for module in (spec, create, start, run, state, kill, delete, list_):
+        app.command(module.NAME, help=module.__doc__)(module.command)
+    app.add_typer(guest.app, name="guest")
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: RunvError becomes one line on stderr (and in --log) and exit status 1."""
+    try:
+        app()
+    except RunvError as exc:
+        from runv.log import logger
+
+        logger.error("%s", exc)
+        print(f"runv: {exc}", file=sys.stderr)
+        sys.exit(1)

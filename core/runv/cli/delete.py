@@ -1,0 +1,17 @@
+"""Delete a stopped container (any container with --force) and everything it held."""
+
+from typing import Annotated
+
+import typer
+
+NAME = "delete"
+
+
+def command(
+    ctx: typer.Context,
+    container_id: Annotated[str, typer.Argument(metavar="ID")],
+    force: Annotated[bool, typer.Option("--force", "-f", help="Kill the container first if it is running.")] = False,
+) -> None:
+    from runv.sandbox.lifecycle import delete
+
+    delete(ctx.obj, container_id, force)

@@ -1,0 +1,38 @@
+"""List containers under --root."""
+
+from typing import Annotated
+
+import typer
+
+NAME = "list"
+
+
+def command(
+    ctx: typer.Context,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")] = False,
+) -> None:
+    import json
+
+    from runv.errors import RunvError
+    from runv.sandbox.state import Store
+
+    if output_format not in ("table", "json"):
+        raise RunvError(f"invalid format {output_format!r}: use table or json")
+    store = Store(ctx.obj.root)
+    states = []
+    for cid in store.ids():
+        try:
+            states.append(store.read(cid).oci_state().to_json())
+        except RunvError:
+            continue  # deleted while we listed
+    if quiet:
+        print("\n".join(s["id"] for s in states))
+    elif output_format == "json":
+        print(json.dumps(states))
+    else:
+        rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
+        rows += [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"]) for s in states]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

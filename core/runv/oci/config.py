@@ -1,0 +1,205 @@
+"""The parts of an OCI ``config.json`` runv honours, validated once with errors naming the field.
+
+``linux`` and ``mounts`` are kept as given (the network namespace path is read from
+``linux`` by networking); namespaces, capabilities, seccomp and devices are ignored,
+as in runV: the VM is the isolation boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from runv.errors import RunvError
+
+HOOK_KINDS = ("createRuntime", "createContainer", "startContainer", "prestart", "poststart", "poststop")
+
+
+@attrs.frozen
+class User:
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class ConsoleSize:
+    height: int
+    width: int
+
+
+@attrs.frozen
+class Process:
+    """What to run in the container (also the shape of ``runv exec --process``)."""
+
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    terminal: bool = False
+    user: User = User()
+    console_size: ConsoleSize | None = None
+
+    def agent_request(self) -> dict:
+        """The fields of the agent's ``exec`` request that describe this process."""
+        request = {
+            "args": list(self.args),
+            "env": list(self.env),
+            "cwd": self.cwd,
+            "tty": self.terminal,
+            "user": {"uid": self.user.uid, "gid": self.user.gid, "additionalGids": list(self.user.additional_gids)},
+        }
+        if self.console_size:
+            request["rows"], request["cols"] = self.console_size.height, self.console_size.width
+        return request
+
+
+@attrs.frozen
+class Root:
+    path: str
+    readonly: bool = False
+
+
+@attrs.frozen
+class Hook:
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None
+
+
+@attrs.frozen
+class Spec:
+    oci_version: str
+    process: Process
+    root: Root
+    hostname: str = ""
+    annotations: dict[str, str] = attrs.field(factory=dict)
+    hooks: dict[str, tuple[Hook, ...]] = attrs.field(factory=dict)
+    linux: dict[str, Any] = attrs.field(factory=dict)
+    mounts: tuple[dict, ...] = ()
+
+
+class _Fields:
+    """Typed access to one JSON object, raising errors that name ``where.field``."""
+
+    def __init__(self, source: str, where: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise RunvError(f"{source}: {where or 'the document'} must be an object")
+        self.source, self.where, self.data = source, where, data
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, what: str):
+        raise RunvError(f"{self.source}: {self.name(key)} {what}")
+
+    def get(self, key: str, kind: type, default: Any = None, required: bool = False) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.fail(key, "is required")
+            return default
+        value = self.data[key]
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            self.fail(key, f"must be {_KIND_NAMES[kind]}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        values = self.get(key, list, [])
+        if not all(isinstance(v, str) for v in values):
+            self.fail(key, "must be a list of strings")
+        return tuple(values)
+
+    def child(self, key: str, required: bool = False) -> _Fields | None:
+        value = self.get(key, dict, None, required)
+        return None if value is None else _Fields(self.source, self.name(key), value)
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "an object"}
+
+
+def parse_process(data: Any, source: str, where: str = "process") -> Process:
+    """A process object (from config.json or ``exec --process``)."""
+    f = _Fields(source, where, data)
+    args = f.strings("args")
+    if not args:
+        f.fail("args", "must list the program to run (a non-empty list of strings)")
+    user = User()
+    if (u := f.child("user")) is not None:
+        gids = u.get("additionalGids", list, [])
+        if not all(isinstance(g, int) and not isinstance(g, bool) for g in gids):
+            u.fail("additionalGids", "must be a list of integers")
+        user = User(uid=u.get("uid", int, 0), gid=u.get("gid", int, 0), additional_gids=tuple(gids))
+    console = None
+    if (c := f.child("consoleSize")) is not None:
+        console = ConsoleSize(height=c.get("height", int, 0), width=c.get("width", int, 0))
+    cwd = f.get("cwd", str, "/")
+    if not cwd.startswith("/"):
+        f.fail("cwd", f"must be an absolute path, not {cwd!r}")
+    return Process(
+        args=args,
+        env=f.strings("env"),
+        cwd=cwd,
+        terminal=f.get("terminal", bool, False),
+        user=user,
+        console_size=console,
+    )
+
+
+def parse_spec(data: Any, source: str) -> Spec:
+    """A whole config.json document."""
+    f = _Fields(source, "", data)
+    root = f.child("root", required=True)
+    hooks: dict[str, tuple[Hook, ...]] = {}
+    if (h := f.child("hooks")) is not None:
+        for kind in HOOK_KINDS:
+            entries = h.get(kind, list, [])
+            parsed = []
+            for index, entry in enumerate(entries):
+                e = _Fields(source, f"hooks.{kind}[{index}]", entry)
+                timeout = e.get("timeout", int, None)
+                if timeout is not None and timeout <= 0:
+                    e.fail("timeout", "must be greater than zero")
+                parsed.append(Hook(path=e.get("path", str, required=True), args=e.strings("args"), env=e.strings("env"), timeout=timeout))
+            hooks[kind] = tuple(parsed)
+    annotations = f.get("annotations", dict, {})
+    if not all(isinstance(v, str) for v in annotations.values()):
+        f.fail("annotations", "must map strings to strings")
+    return Spec(
+        oci_version=f.get("ociVersion", str, required=True),
+        process=parse_process(f.get("process", dict, required=True), source),
+        root=Root(path=root.get("path", str, required=True), readonly=root.get("readonly", bool, False)),
+        hostname=f.get("hostname", str, ""),
+        annotations=annotations,
+        hooks=hooks,
+        linux=f.get("linux", dict, {}),
+        mounts=tuple(f.get("mounts", list, [])),
+    )
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Reads a JSON file, with one-line errors that name it."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RunvError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise RunvError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RunvError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_bundle(bundle: Path) -> tuple[Spec, Path]:
+    """The spec of ``bundle`` and its rootfs directory, checked to exist."""
+    if not bundle.is_dir():
+        raise RunvError(f"bundle {bundle} does not exist or is not a directory")
+    config = bundle / "config.json"
+    spec = parse_spec(read_json(config, "bundle config"), str(config))
+    rootfs = (bundle / spec.root.path).resolve()
+    if not rootfs.is_dir():
+        raise RunvError(f"{config}: root.path {spec.root.path!r} ({rootfs}) is not a directory")
+    return spec, rootfs

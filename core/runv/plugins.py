@@ -1,0 +1,156 @@
+"""Finding, selecting and loading plugins.
+
+Plugins declare themselves with entry points, one group per kind, so listing them needs
+no import. Only the selected hypervisor and storage plugin (plus the always-on extras)
+are imported; an import that fails becomes a recorded :class:`LoadError`, never a crash
+of an unrelated command.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from typing import Any
+
+import attrs
+
+from runv.errors import RunvError
+
+GROUPS = {"hypervisor": "runv.hypervisors", "storage": "runv.storage", "extra": "runv.plugins"}
+AUTO = "auto"
+DEFAULT_STORAGE = "overlay"
+DISABLE_ENV = "RUNV_DISABLE_PLUGINS"
+
+
+@attrs.frozen
+class PluginInfo:
+    """An installed plugin as its entry point describes it (nothing imported)."""
+
+    name: str
+    kind: str
+    value: str
+    distribution: str
+    version: str
+
+    def load(self) -> Any:
+        """Imports the plugin; any exception becomes a :class:`LoadError` naming it."""
+        try:
+            return metadata.EntryPoint(self.name, self.value, GROUPS[self.kind]).load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break runv
+            raise LoadError(self, exc) from exc
+
+
+class LoadError(RunvError):
+    """A plugin whose import raised."""
+
+    def __init__(self, plugin: PluginInfo, exc: BaseException) -> None:
+        self.plugin = plugin
+        self.reason = f"{type(exc).__name__}: {exc}"
+        super().__init__(
+            f"{plugin.kind} plugin {plugin.name!r} ({plugin.distribution} {plugin.version}) "
+            f"failed to load: {self.reason}"
+        )
+
+
+def installed() -> list[PluginInfo]:
+    """Every plugin installed, from entry-point metadata only."""
+    found = []
+    for kind, group in GROUPS.items():
+        for ep in metadata.entry_points(group=group):
+            dist = ep.dist
+            found.append(
+                PluginInfo(
+                    name=ep.name,
+                    kind=kind,
+                    value=ep.value,
+                    distribution=dist.name if dist else "?",
+                    version=dist.version if dist else "?",
+                )
+            )
+    return sorted(found, key=lambda p: (p.kind, p.name))
+
+
+def disabled_names() -> set[str]:
+    """Plugins switched off without uninstalling them (``RUNV_DISABLE_PLUGINS=a,b``)."""
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+
+
+def available(kind: str) -> dict[str, PluginInfo]:
+    """Installed, enabled plugins of one kind, by name."""
+    off = disabled_names()
+    return {p.name: p for p in installed() if p.kind == kind and p.name not in off}
+
+
+def choose(kind: str, name: str) -> PluginInfo:
+    """The enabled plugin ``name`` of ``kind``, or an error listing the ones there are."""
+    plugins = available(kind)
+    if name in plugins:
+        return plugins[name]
+    names = ", ".join(sorted(plugins)) or "none"
+    why = f"is disabled by {DISABLE_ENV}" if name in disabled_names() else "is not installed"
+    raise RunvError(f"{kind} plugin {name!r} {why} (available: {names}; see `runv plugins`)")
+
+
+def choose_hypervisor(name: str, log=lambda message: None) -> tuple[PluginInfo, Any]:
+    """Loads the hypervisor plugin ``name``; ``auto`` takes the usable one with the highest
+    ``PRIORITY``. An explicit choice that cannot run here fails with its probe's reason."""
+    if name != AUTO:
+        info = choose("hypervisor", name)
+        module = info.load()
+        reason = module.probe()
+        if reason:
+            raise RunvError(f"hypervisor {name!r} cannot run here: {reason}")
+        return info, module
+    candidates = []
+    reasons = []
+    for info in available("hypervisor").values():
+        try:
+            module = info.load()
+        except LoadError as exc:
+            reasons.append(str(exc))
+            continue
+        candidates.append((getattr(module, "PRIORITY", 0), info, module))
+    for _, info, module in sorted(candidates, key=lambda c: -c[0]):
+        reason = module.probe()
+        if reason is None:
+            log(f"hypervisor auto: chose {info.name!r}")
+            return info, module
+        reasons.append(f"{info.name}: {reason}")
+    detail = "; ".join(reasons) or "no hypervisor plugin is installed"
+    raise RunvError(f"no usable hypervisor ({detail}); see `runv check`")
+
+
+class Hooks:
+    """A typed façade over the plugin manager: keyword-only calls, one method per hook."""
+
+    def __init__(self, *plugins: tuple[str, Any]) -> None:
+        import pluggy
+
+        from runv import hookspecs
+        from runv.sandbox import builtin
+
+        self.pm = pluggy.PluginManager("runv")
+        self.pm.add_hookspecs(hookspecs)
+        self.pm.register(builtin, "runv.builtin")
+        for name, plugin in plugins:
+            self.pm.register(plugin, name)
+        self.hook = self.pm.hook
+
+    def __getattr__(self, name: str):
+        return getattr(self.hook, name)
+
+
+def load(hypervisor: str, storage: str, log=lambda message: None) -> tuple[Hooks, str, str]:
+    """Loads the selected hypervisor and storage plugins and the extras; returns the hooks
+    and the resolved hypervisor and storage names."""
+    hv_info, hv = choose_hypervisor(hypervisor, log)
+    st_info = choose("storage", storage)
+    plugins = [(hv_info.name, hv), (st_info.name, st_info.load())]
+    for info in available("extra").values():
+        plugins.append((info.name, info.load()))
+    return Hooks(*plugins), hv_info.name, st_info.name
+
+
+def load_hypervisor(name: str) -> Hooks:
+    """Loads one hypervisor plugin by name (for pause, resume and teardown of a VM it runs)."""
+    return Hooks((name, choose("hypervisor", name).load()))

@@ -1,0 +1,1 @@
+"""VM specs, container state, lifecycle and the per-container shim."""

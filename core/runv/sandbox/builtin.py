@@ -1,0 +1,9 @@
+"""Default hook implementations the core registers before any plugin (``trylast``)."""
+
+from runv import hookimpl
+
+
+@hookimpl(trylast=True)
+def exec(container, process, agent, name, streams):
+    """Starts the process through the guest agent; returns its guest PID."""
+    return agent.call("exec", proc=name, streams=streams, **process.agent_request())["pid"]

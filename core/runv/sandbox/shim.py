@@ -1,0 +1,267 @@
+"""The per-container shim: the process whose PID callers see as the container's.
+
+It boots the VM through the hooks, owns the one connection to the guest agent, relays
+the container's stdio, forwards the signals it receives to the container process, serves
+the CLI over a control socket, tears the VM down when the container exits, and exits
+with the container's exit code (128+N when killed by signal N).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from runv.agent.host import AgentClient, AgentError
+from runv.errors import RunvError
+from runv.log import logger
+from runv.plugins import Hooks
+from runv.sandbox import control
+from runv.sandbox.context import Container
+from runv.sandbox.state import Store, process_start_time
+from runv.sandbox.vmspec import StorageAttachment, VMHandle, VMSpec, to_json
+from runv.settings import Settings
+
+AGENT_TIMEOUT = 120.0  # seconds from VMM start to agent ready (TCG on a loaded 2-core host)
+INIT = "init"
+STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}
+NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGPIPE}
+BENIGN = {signal.SIGCONT, signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG}  # do not stop a created container
+CONSOLE_TAIL = 15
+
+
+def exit_code(status: dict) -> int:
+    """An agent exit event as a shell-style exit code."""
+    return status["code"] if "code" in status else 128 + status["signal"]
+
+
+def console_tail(path: Path) -> str:
+    """The last lines the VM printed (its console and the VMM's stderr), for error messages."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in lines[-CONSOLE_TAIL:] if line.strip())
+
+
+class Shim:
+    def __init__(self, settings: Settings, store: Store, container: Container, hooks: Hooks, hypervisor: str, storage: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.container = container
+        self.hooks = hooks
+        self.hypervisor = hypervisor
+        self.storage = storage
+        self.attachment: StorageAttachment | None = None
+        self.handle: VMHandle | None = None
+        self.agent: AgentClient | None = None
+        self.events: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.started = False
+        self.routes = {STREAMS["stdout"]: 1, STREAMS["stderr"]: 2}  # agent channel -> host fd
+
+    # ---------------------------------------------------------------- boot
+
+    def vm_spec(self) -> VMSpec:
+        state_dir = self.container.state_dir
+        args = ("panic=-1", "rdinit=/init") + (("runv.debug",) if self.settings.debug else ("quiet",))
+        vm = VMSpec(
+            name=self.container.id,
+            state_dir=state_dir,
+            kernel=self.settings.kernel,
+            initrd=self.settings.initrd,
+            agent_socket=state_dir / "agent.sock",
+            console_log=state_dir / "console.log",
+            kernel_args=args,
+            shares=self.attachment.shares,
+            disks=self.attachment.disks,
+            debug=self.settings.debug,
+        )
+        for extra in self.hooks.configure_net(container=self.container):
+            vm = vm.with_contribution(extra)
+        for extra in self.hooks.prepare_vm(container=self.container, vm=vm):
+            vm = vm.with_contribution(extra)
+        return vm
+
+    def boot(self) -> None:
+        """Attaches storage, boots the VM, waits for the agent and mounts the rootfs."""
+        cid = self.container.id
+        self.attachment = self.hooks.attach_storage(container=self.container)
+        if self.attachment is None:
+            raise RunvError(f"storage plugin {self.storage!r} attached nothing for container {cid}")
+        self.store.update(cid, storage=self.storage, attachment=to_json(self.attachment))
+        vm = self.vm_spec()
+        logger.debug("booting %s with %s: %s", cid, self.hypervisor, vm)
+        self.handle = self.hooks.boot(vm=vm)
+        self.store.update(cid, hypervisor=self.hypervisor, vm=to_json(self.handle))
+        started = time.monotonic()
+        self.agent = AgentClient.connect(
+            str(vm.agent_socket), self.on_data, self.on_agent_event, timeout=AGENT_TIMEOUT, alive=lambda: self.vm_gone(vm)
+        )
+        logger.debug("agent ready after %.2f s: %s", time.monotonic() - started, self.agent.ready_info)
+        root = self.attachment.rootfs
+        self.agent.call(
+            "prepare",
+            rootfs={"source": root.source, "fstype": root.fstype, "options": root.options, "readonly": root.readonly},
+            hostname=self.container.spec.hostname,
+        )
+
+    def vm_gone(self, vm: VMSpec) -> str | None:
+        """Why the VM is no longer running, or None while it is."""
+        if process_start_time(self.handle.pid) is not None:
+            return None
+        tail = console_tail(vm.console_log)
+        return f"the VM of container {self.container.id} exited during boot: {tail or 'no output'} (console log: {vm.console_log})"
+
+    # ---------------------------------------------------------------- serving
+
+    def serve(self, ready_fd: int) -> int:
+        """Tells ``create`` the container is created, then runs until the container exits."""
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        server.bind(control.SOCKET)  # relative: the shim runs in the container's state directory
+        server.listen(16)
+        threading.Thread(target=self.accept_loop, args=(server,), name="control", daemon=True).start()
+        for signum in signal.valid_signals() - NOT_FORWARDED:
+            signal.signal(signum, lambda n, _frame: self.events.put(("signal", n)))
+        self.store.update(self.container.id, status="created")
+        os.write(ready_fd, b"ok")
+        os.close(ready_fd)
+        while True:
+            try:
+                kind, value = self.events.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if kind == "signal":
+                code = self.forward_signal(value)
+            elif kind == "exit" and value.get("proc") == INIT:
+                code = exit_code(value)
+            elif kind == "closed":
+                logger.error("container %s: the VM closed the agent channel", self.container.id)
+                code = 255
+            else:
+                code = None
+            if code is not None:
+                return code
+
+    def accept_loop(self, server: socket.socket) -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=self.handle_client, args=(conn,), daemon=True).start()
+
+    def handle_client(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                request = json.loads(conn.makefile("rb").readline() or b"{}")
+                handler = getattr(self, "op_" + request.get("op", ""), None)
+                if handler is None:
+                    raise RunvError(f"unknown shim operation {request.get('op')!r}")
+                reply = {"ok": True, **(handler(request) or {})}
+            except RunvError as exc:
+                reply = {"error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - the CLI must get an answer
+                logger.error("shim: %s", traceback.format_exc())
+                reply = {"error": f"internal error in the shim: {exc}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def op_start(self, request: dict) -> None:
+        with self.lock:
+            if self.started:
+                raise RunvError(f"cannot start an already running container {self.container.id}")
+            self.hooks.exec(
+                container=self.container, process=self.container.spec.process, agent=self.agent, name=INIT, streams=STREAMS
+            )
+            self.started = True
+            self.store.update(self.container.id, status="running")
+        threading.Thread(target=self.relay_stdin, name="stdin", daemon=True).start()
+
+    def op_signal(self, request: dict) -> None:
+        signum = int(request["signal"])
+        if not self.started:
+            self.events.put(("signal", signum))
+            return
+        self.agent.call("signal", proc=INIT, signal=signum, all=bool(request.get("all")))
+
+    def forward_signal(self, signum: int) -> int | None:
+        """Delivers a signal to the container process; before start a terminating signal
+        stops the created container (as runc's kill of a created container does)."""
+        if not self.started:
+            return None if signum in BENIGN else 128 + signum
+        try:
+            self.agent.call("signal", proc=INIT, signal=signum)
+        except AgentError as exc:
+            logger.debug("signal %d not delivered: %s", signum, exc)
+        return None
+
+    # ---------------------------------------------------------------- streams
+
+    def on_data(self, channel: int, payload: bytes) -> None:
+        fd = self.routes.get(channel)
+        if fd is None or not payload:
+            return
+        try:
+            while payload:
+                payload = payload[os.write(fd, payload) :]
+        except OSError:  # the caller closed its end: drop the output, as a closed pipe would
+            self.routes.pop(channel, None)
+
+    def on_agent_event(self, message: dict) -> None:
+        self.events.put((message["event"], message))
+
+    def relay_stdin(self) -> None:
+        while True:
+            try:
+                data = os.read(0, 65536)
+            except OSError:
+                data = b""
+            try:
+                self.agent.send_data(STREAMS["stdin"], data)
+            except AgentError:
+                return
+            if not data:
+                return
+
+    # ---------------------------------------------------------------- teardown
+
+    def teardown(self, force: bool = False) -> None:
+        """Stops the VM and detaches storage; safe to call with either missing."""
+        if self.agent:
+            self.agent.close()
+        if self.handle:
+            self.hooks.stop_vm(handle=self.handle, force=force)
+        if self.attachment:
+            self.hooks.detach_storage(container=self.container, attachment=self.attachment)
+
+
+def run(shim: Shim, ready_fd: int) -> int:
+    """The shim process's whole life; returns its exit code."""
+    cid = shim.container.id
+    try:
+        shim.boot()
+    except Exception as exc:  # noqa: BLE001 - every failure must reach `create` as one line
+        message = str(exc) if isinstance(exc, RunvError) else f"internal error: {exc!r}"
+        if not isinstance(exc, RunvError):
+            logger.error("%s", traceback.format_exc())
+        try:
+            shim.teardown(force=True)
+        finally:
+            os.write(ready_fd, b"error: " + message.encode())
+            os.close(ready_fd)
+        return 1
+    try:
+        code = shim.serve(ready_fd)
+    except Exception:  # noqa: BLE001
+        logger.error("shim of %s failed: %s", cid, traceback.format_exc())
+        code = 255
+    shim.store.update(cid, status="stopped", exit_code=code)
+    logger.debug("container %s exited with %d", cid, code)
+    shim.teardown()
+    return code

@@ -1,0 +1,154 @@
+"""Containers on disk: one directory per id under ``--root``, a JSON record, a lock.
+
+Kept free of heavy imports: ``runv state``, ``list`` and ``kill`` read it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+
+from runv.errors import RunvError
+from runv.oci.state import State
+
+RECORD = "state.json"
+LOCK = "lock"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def validate_id(container_id: str) -> str:
+    """Ids name directories: no empty ids, no ``/`` and no ``..``."""
+    if not container_id:
+        raise RunvError("container id must not be empty")
+    if "/" in container_id or ".." in container_id or not _ID.match(container_id):
+        raise RunvError(
+            f"invalid container id {container_id!r}: use letters, digits and _.+- "
+            "(no '/', no '..', not starting with a symbol)"
+        )
+    return container_id
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (guards against PID reuse), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+@attrs.frozen
+class Record:
+    """What runv keeps about one container between commands."""
+
+    id: str
+    bundle: str
+    rootfs: str
+    created: str
+    status: str = "creating"
+    owner: str = "root"
+    annotations: dict[str, str] = attrs.field(factory=dict)
+    shim_pid: int = 0
+    shim_start: int = 0
+    exit_code: int | None = None
+    hypervisor: str = ""
+    storage: str = ""
+    vm: dict[str, Any] | None = None  # the hypervisor's VMHandle
+    attachment: dict[str, Any] | None = None  # the storage plugin's StorageAttachment
+
+    def shim_alive(self) -> bool:
+        return bool(self.shim_pid) and process_start_time(self.shim_pid) == self.shim_start
+
+    def live_status(self) -> str:
+        """The recorded status, corrected to ``stopped`` when the shim is gone."""
+        if self.status in ("created", "running", "paused") and not self.shim_alive():
+            return "stopped"
+        return self.status
+
+    def oci_state(self) -> State:
+        return State(
+            id=self.id,
+            status=self.live_status(),
+            pid=self.shim_pid,
+            bundle=self.bundle,
+            rootfs=self.rootfs,
+            created=self.created,
+            owner=self.owner,
+            annotations=self.annotations,
+        )
+
+
+class Store:
+    """The ``--root`` directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dir(self, container_id: str) -> Path:
+        return self.root / validate_id(container_id)
+
+    def claim(self, container_id: str) -> Path:
+        """Creates the container's directory; fails if the id is taken."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        path = self.dir(container_id)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            raise RunvError(f"container with id {container_id} already exists") from None
+        return path
+
+    def read(self, container_id: str) -> Record:
+        path = self.dir(container_id) / RECORD
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunvError(f"container {container_id} does not exist") from None
+        except ValueError:
+            raise RunvError(f"state of container {container_id} ({path}) is damaged; run `runv delete --force {container_id}`") from None
+        return Record(**data)
+
+    def write(self, record: Record) -> None:
+        path = self.dir(record.id) / RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(attrs.asdict(record)))
+        os.replace(tmp, path)
+
+    @contextmanager
+    def locked(self, container_id: str) -> Iterator[None]:
+        """Serialises read-modify-write of one container's record between processes."""
+        path = self.dir(container_id)
+        try:
+            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise RunvError(f"container {container_id} does not exist") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def update(self, container_id: str, **changes: Any) -> Record:
+        with self.locked(container_id):
+            record = attrs.evolve(self.read(container_id), **changes)
+            self.write(record)
+        return record
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / RECORD).exists())
+
+    def remove(self, container_id: str) -> None:
+        shutil.rmtree(self.dir(container_id), ignore_errors=True)

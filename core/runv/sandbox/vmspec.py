@@ -1,0 +1,106 @@
+"""What a VM is made of, as frozen values the hooks pass to each other."""
+
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class Share:
+    """A host directory the guest mounts over a shared filesystem, found by ``tag``."""
+
+    tag: str
+    path: Path
+    readonly: bool = False
+
+
+@attrs.frozen
+class Disk:
+    """A host file or block device the guest sees as a virtio-blk disk with ``serial``."""
+
+    serial: str
+    path: Path
+    format: str = "raw"
+    readonly: bool = False
+
+
+@attrs.frozen
+class GuestMount:
+    """How the agent mounts the container rootfs: ``mount -t fstype -o options source``."""
+
+    source: str
+    fstype: str
+    options: str = ""
+    readonly: bool = False
+
+
+@attrs.frozen
+class StorageAttachment:
+    """What a storage plugin adds to the VM for one container, and how the guest mounts it."""
+
+    rootfs: GuestMount
+    shares: tuple[Share, ...] = ()
+    disks: tuple[Disk, ...] = ()
+    data: dict = attrs.field(factory=dict)  # the plugin's own record, kept for teardown
+
+
+@attrs.frozen
+class VMContribution:
+    """What a plugin adds to any VM in ``prepare_vm``."""
+
+    kernel_args: tuple[str, ...] = ()
+    shares: tuple[Share, ...] = ()
+    disks: tuple[Disk, ...] = ()
+
+
+@attrs.frozen
+class VMSpec:
+    """Everything a hypervisor plugin needs to boot one container's VM."""
+
+    name: str
+    state_dir: Path
+    kernel: Path
+    initrd: Path
+    agent_socket: Path  # the host end of the agent's channel: a unix socket the VMM serves
+    console_log: Path  # where the guest's console goes (and the VMM's stderr)
+    memory_mib: int = 256
+    vcpus: int = 1
+    kernel_args: tuple[str, ...] = ()
+    shares: tuple[Share, ...] = ()
+    disks: tuple[Disk, ...] = ()
+    debug: bool = False
+
+    def with_contribution(self, extra: VMContribution) -> "VMSpec":
+        return attrs.evolve(
+            self,
+            kernel_args=self.kernel_args + extra.kernel_args,
+            shares=self.shares + extra.shares,
+            disks=self.disks + extra.disks,
+        )
+
+
+@attrs.frozen
+class VMHandle:
+    """A running VM as its hypervisor plugin describes it; persisted in the container state."""
+
+    hypervisor: str
+    pid: int
+    data: dict = attrs.field(factory=dict)  # plugin-specific (control socket paths, names)
+
+
+def to_json(value) -> dict:
+    """A frozen value as JSON-ready data (paths become strings), for the state file."""
+    return attrs.asdict(value, value_serializer=lambda _inst, _field, v: str(v) if isinstance(v, Path) else v)
+
+
+def handle_from_json(data: dict) -> VMHandle:
+    return VMHandle(**data)
+
+
+def attachment_from_json(data: dict) -> StorageAttachment:
+    return StorageAttachment(
+        rootfs=GuestMount(**data["rootfs"]),
+        shares=tuple(Share(s["tag"], Path(s["path"]), s["readonly"]) for s in data["shares"]),
+        disks=tuple(Disk(d["serial"], Path(d["path"]), d["format"], d["readonly"]) for d in data["disks"]),
+        data=data["data"],
+    )

@@ -1,0 +1,1 @@
+"""runv's QEMU driver: command line, start, QMP control and teardown (see ``driver``)."""

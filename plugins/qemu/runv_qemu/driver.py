@@ -1,0 +1,173 @@
+"""Starting and controlling QEMU for a runv VM; shared by the ``qemu`` (KVM) and ``tcg`` plugins.
+
+QEMU runs as a child of the shim, in the container's state directory (so its socket
+paths stay short), with its stderr and the guest console appended to ``console.log``.
+It is controlled through QMP with ``qemu.qmp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from runv.errors import RunvError
+from runv.sandbox.control import socket_name
+from runv.sandbox.state import process_start_time
+from runv.sandbox.vmspec import VMHandle, VMSpec
+
+BINARY = "qemu-system-x86_64"
+QMP_SOCKET = "qmp.sock"
+START_TIMEOUT = 20.0
+QUIT_TIMEOUT = 5.0
+
+
+def binary() -> str | None:
+    return shutil.which(BINARY)
+
+
+def missing_binary() -> str | None:
+    """Why QEMU cannot be started at all, or None."""
+    if binary() is None:
+        return f"{BINARY} is not installed: apt-get install qemu-system-x86"
+    return None
+
+
+def opt(value: str | Path) -> str:
+    """A value inside a QEMU ``-option key=value,...`` list (commas are doubled)."""
+    return str(value).replace(",", ",,")
+
+
+def local(path: Path, state_dir: Path) -> str:
+    """``path`` relative to the state directory when it lives there (short socket paths)."""
+    try:
+        return str(path.relative_to(state_dir))
+    except ValueError:
+        return str(path)
+
+
+def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
+    """The QEMU command line for ``vm``."""
+    args = [
+        binary() or BINARY,
+        "-name", f"runv-{vm.name}",
+        "-machine", f"q35,accel={accel}",
+        "-m", str(vm.memory_mib),
+        "-smp", str(vm.vcpus),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(vm.kernel),
+        "-initrd", str(vm.initrd),
+        "-append", " ".join(("console=ttyS0",) + vm.kernel_args),
+        "-chardev", f"file,id=console,path={opt(local(vm.console_log, vm.state_dir))},append=on",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-chardev", f"socket,id=agent,path={opt(local(vm.agent_socket, vm.state_dir))},server=on,wait=off",
+        "-device", "virtserialport,bus=vser0.0,chardev=agent,name=org.runv.agent",
+    ]
+    if cpu:
+        args += ["-cpu", cpu]
+    for index, share in enumerate(vm.shares):
+        readonly = ",readonly=on" if share.readonly else ""
+        args += [
+            "-fsdev", f"local,id=fs{index},path={opt(share.path)},security_model=passthrough,multidevs=remap{readonly}",
+            "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={share.tag}",
+        ]
+    for index, disk in enumerate(vm.disks):
+        readonly = ",readonly=on" if disk.readonly else ""
+        args += [
+            "-drive", f"file={opt(disk.path)},format={disk.format},if=none,id=disk{index}{readonly}",
+            "-device", f"virtio-blk-pci,drive=disk{index},serial={disk.serial}",
+        ]
+    return args
+
+
+def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None) -> VMHandle:
+    """Starts QEMU and returns once its QMP socket is up; fails with QEMU's own words."""
+    argv = command(vm, accel, cpu)
+    with open(vm.console_log, "ab") as log:
+        proc = subprocess.Popen(argv, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    qmp = vm.state_dir / QMP_SOCKET
+    deadline = time.monotonic() + START_TIMEOUT
+    while not qmp.exists():
+        if proc.poll() is not None:
+            raise RunvError(f"{BINARY} failed to start (exit {proc.returncode}): {_last_words(vm.console_log)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RunvError(f"{BINARY} did not start within {START_TIMEOUT:.0f} s: {_last_words(vm.console_log)}")
+        time.sleep(0.01)
+    return VMHandle(
+        hypervisor=plugin,
+        pid=proc.pid,
+        data={"qmp": str(qmp), "start_time": process_start_time(proc.pid), "argv": argv},
+    )
+
+
+def _last_words(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no output"
+    return " | ".join(lines[-5:]) or "no output"
+
+
+def alive(handle: VMHandle) -> bool:
+    start_time = process_start_time(handle.pid)
+    return start_time is not None and start_time == handle.data.get("start_time")
+
+
+async def _qmp(path: str, *commands: str) -> list:
+    from qemu.qmp import QMPClient
+
+    client = QMPClient("runv")
+    with socket_name(path) as name:
+        await asyncio.wait_for(client.connect(name), 5)
+    try:
+        return [await client.execute(cmd) for cmd in commands]
+    finally:
+        await client.disconnect()
+
+
+def qmp(handle: VMHandle, *commands: str) -> list:
+    """Runs QMP commands against the VM; raises RunvError when QEMU does not answer."""
+    try:
+        return asyncio.run(_qmp(handle.data["qmp"], *commands))
+    except Exception as exc:  # noqa: BLE001 - qemu.qmp raises many kinds
+        raise RunvError(f"QMP {', '.join(commands)} failed for VM pid {handle.pid}: {exc or type(exc).__name__}") from None
+
+
+def stop(handle: VMHandle, force: bool) -> bool:
+    """Asks QEMU to quit (or kills it) and waits for it to be gone."""
+    if not alive(handle):
+        return True
+    if not force:
+        try:
+            qmp(handle, "quit")
+        except RunvError:
+            pass
+        if _wait_gone(handle, QUIT_TIMEOUT):
+            return True
+    try:
+        os.kill(handle.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    _wait_gone(handle, QUIT_TIMEOUT)
+    return True
+
+
+def _wait_gone(handle: VMHandle, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(handle):
+        try:  # reap it when it is our child (the shim); other callers just watch it go
+            os.waitpid(handle.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -1,0 +1,104 @@
+"""Shared fixtures: a private --root per test, busybox bundles, and the runv command itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNV = str(Path(sys.executable).with_name("runv"))
+BUSYBOX = "/bin/busybox"
+KERNEL = Path(os.environ.get("RUNV_TEST_KERNEL", "/var/lib/runv/kernel"))
+INITRD = Path(os.environ.get("RUNV_TEST_INITRD", "/var/lib/runv/initrd.img"))
+
+
+def make_rootfs(path: Path) -> Path:
+    """A minimal busybox root filesystem (statically linked, so nothing else is needed)."""
+    for sub in ("bin", "proc", "sys", "dev", "tmp", "etc", "root"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, path / "bin/busybox")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        link = path / "bin" / applet
+        if not link.exists():
+            link.symlink_to("busybox")
+    (path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_rootfs(tmp_path_factory) -> Path:
+    return make_rootfs(tmp_path_factory.mktemp("base") / "rootfs")
+
+
+@pytest.fixture
+def make_bundle(tmp_path, base_rootfs):
+    """``make_bundle(args, **process)`` -> a bundle directory with its own copy of the rootfs."""
+
+    def make(args, *, readonly=False, terminal=False, name="bundle", **extra):
+        bundle = tmp_path / name
+        shutil.copytree(base_rootfs, bundle / "rootfs", symlinks=True)
+        config = {
+            "ociVersion": "1.0.2",
+            "process": {"args": list(args), "env": ["PATH=/bin", "TERM=xterm"], "cwd": "/", "terminal": terminal},
+            "root": {"path": "rootfs", "readonly": readonly},
+            "hostname": "runv-test",
+            **extra,
+        }
+        (bundle / "config.json").write_text(json.dumps(config))
+        return bundle
+
+    return make
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def runv(root):
+    """Runs the installed ``runv`` binary with this test's --root; returns CompletedProcess."""
+    started: list[str] = []
+
+    def call(*args, check=False, timeout=180, **kwargs):
+        argv = [RUNV, "--root", str(root), *map(str, args)]
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        result = subprocess.run(argv, timeout=timeout, **kwargs)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    yield call
+    if root.is_dir():  # leave nothing behind, whatever the test did
+        for cid in os.listdir(root):
+            subprocess.run([RUNV, "--root", str(root), "delete", "--force", cid], capture_output=True, timeout=60)
+        assert not vm_processes_in(root), "VM processes left behind"
+
+
+def vm_processes_in(directory: Path) -> list[int]:
+    """PIDs of QEMU processes running in a state directory under ``directory``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/cwd").startswith(str(directory)):
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().startswith("qemu-system"):
+                        found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> None:
+    """The guest kernel and initrd the VM tests boot (built once; a no-op when up to date)."""
+    subprocess.run([RUNV, "guest", "build"], check=True, timeout=900)
+    assert KERNEL.is_file() and INITRD.is_file()
