@@ -1,0 +1,336 @@
+"""Build the guest image: an ELF vmlinux and a gzip'd initramfs holding busybox, Python and the agent.
+
+The initrd holds:
+
+* ``/init`` (``init.sh``): mounts /proc, /sys, /dev, /dev/pts, /run and /tmp, loads the modules
+  listed in ``/etc/runv/modules`` (absolute paths, in load order) and execs the agent with
+  ``python3.11 -S -B -m runv.agent.guest`` from ``/usr/lib/runv-agent``.
+* ``/sbin/runv-halt``: powers off at once (``rdinit=/sbin/runv-halt`` measures a bare boot).
+* ``/bin/busybox`` from Debian's busybox-static, with a symlink for each applet.
+* the kernel modules of ``GUEST_MODULES`` and their dependencies under ``/usr/lib/modules/<release>/``.
+* Debian's ``/usr/bin/python3.11`` with its shared libraries and the stdlib files the agent imports,
+  each with an unchecked-hash ``.pyc``, and the agent package under ``/usr/lib/runv-agent/runv/``.
+
+Next to the initrd, ``<initrd>.manifest.json`` records what the image was built from; while it
+matches and both outputs exist, ``build_guest`` does nothing. Outputs are written to temporary
+files and renamed into place, so a failed build leaves the previous image as it was.
+"""
+
+import functools
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from importlib import resources
+from pathlib import Path
+
+import runv
+from runv.errors import RunvError
+from runv.guest import kernel
+from runv.guest.cpio import Archive
+from runv.guest.kernel import run_tool
+
+BUILDER_VERSION = 1
+BUSYBOX = Path("/bin/busybox")
+BUSYBOX_HINT = "install busybox-static (apt-get install busybox-static)"
+PYTHON = Path("/usr/bin/python3.11")
+PYTHON_HINT = "install python3.11-minimal (apt-get install python3.11-minimal)"
+AGENT_ROOT = Path(runv.__file__).parent.parent
+AGENT_FILES = ("runv/__init__.py", "runv/agent/__init__.py", "runv/agent/protocol.py", "runv/agent/guest.py")
+GUEST_AGENT_ROOT = "/usr/lib/runv-agent"
+GUEST_STDLIB = "/usr/lib/python3.11"
+# The environment the kernel gives /init, plus the PATH /init sets: the agent's imports are found in the same one.
+GUEST_ENVIRONMENT = {"HOME": "/", "TERM": "linux", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+GUEST_MODULES = (
+    # crc32c is requested through the crypto API (ext4, libcrc32c), not as a symbol, so no module lists it
+    # as a dependency; the generic one, as TCG's default CPU lacks the SSE4.2 that crc32c_intel needs.
+    "crc32c_generic",
+    "virtio",
+    "virtio_ring",
+    "virtio_pci",
+    "virtio_console",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_rng",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "ext4",
+    "dm_mod",
+    "dm_thin_pool",
+)
+EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "etc", "rootfs", "mnt")
+HALT_SCRIPT = b"#!/bin/sh\nexec poweroff -f\n"
+GZIP_LEVEL = 6
+
+# Run by the target interpreter with -S -B: import the agent the way `python3.11 -m` does and print
+# every module file it loaded (frozen and built-in modules need none), plus os.py, the prefix landmark.
+DISCOVER_IMPORTS = """
+import json, os, runpy, sys
+sys.path.insert(0, sys.argv[1])
+import runv.agent.guest
+files = {os.__file__}
+for module in list(sys.modules.values()):
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec.has_location and spec.origin:
+        files.add(spec.origin)
+print(json.dumps(sorted(files)))
+"""
+
+# Run by the target interpreter: compile each (source, guest path) pair to the .pyc the guest looks for,
+# under the staging directory argv[1], and print the guest paths of the .pyc files.
+COMPILE_PYCS = """
+import importlib.util, json, py_compile, sys
+written = []
+for source, guest in json.load(sys.stdin):
+    pyc = importlib.util.cache_from_source(guest)
+    py_compile.compile(source, cfile=sys.argv[1] + pyc, dfile=guest, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    written.append(pyc)
+print(json.dumps(written))
+"""
+
+
+def print_to_stderr(message: str) -> None:
+    """Default progress sink: one line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_guest(
+    kernel_path: Path,
+    initrd_path: Path,
+    *,
+    kernel_package: str = "linux-image-amd64",
+    cache_dir: Path = Path("/var/cache/runv"),
+    force: bool = False,
+    progress: Callable[[str], None] = print_to_stderr,
+    agent_root: Path = AGENT_ROOT,
+) -> bool:
+    """Build the guest kernel and initrd; return False (doing nothing) if they are already up to date.
+
+    ``agent_root`` is the directory holding the ``runv`` package the agent is taken from.
+    """
+    started = time.monotonic()
+    package, version = kernel.resolve_package(kernel_package)
+    manifest = build_manifest(package, version, agent_root)
+    manifest_path = initrd_path.with_name(initrd_path.name + ".manifest.json")
+    if not force and kernel_path.exists() and initrd_path.exists() and read_manifest(manifest_path) == manifest:
+        progress(f"guest image up to date: {package} {version}, {initrd_path}")
+        return False
+
+    unpacked = kernel.fetch_kernel(package, version, cache_dir, progress)
+    release = kernel.kernel_release(unpacked)
+    progress(f"extracting vmlinux {release}")
+    vmlinux = kernel.extract_vmlinux(_read(unpacked / "boot" / f"vmlinuz-{release}"))
+    archive = Archive()
+    _add_base(archive)
+    _add_busybox(archive)
+    _add_modules(archive, unpacked / "lib" / "modules" / release, f"/usr/lib/modules/{release}", progress)
+    _add_python(archive, agent_root, progress)
+    initrd = _compress(archive)
+    progress(f"writing {initrd_path.name} ({len(initrd) / 1e6:.1f} MB)")
+    _install({kernel_path: vmlinux, initrd_path: initrd}, manifest_path, manifest)
+    progress(f"guest image built in {time.monotonic() - started:.1f} s: {kernel_path}, {initrd_path}")
+    return True
+
+
+def build_manifest(package: str, version: str, agent_root: Path) -> dict:
+    """What an image is built from; a different manifest means the image must be rebuilt."""
+    return {
+        "builder_version": BUILDER_VERSION,
+        "kernel_package": package,
+        "kernel_version": version,
+        "modules": list(GUEST_MODULES),
+        "busybox_sha256": _sha256(_read(BUSYBOX, BUSYBOX_HINT)),
+        "python_sha256": _sha256(_read(PYTHON, PYTHON_HINT)),
+        "agent_sha256": {name: _sha256(_read(agent_root / name)) for name in AGENT_FILES},
+        "init_sha256": _sha256(_init_script()),
+    }
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The manifest stored at ``path``, or None if there is none (or it is unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _add_base(archive: Archive) -> None:
+    """The empty mount points, /dev/console, /init and /sbin/runv-halt."""
+    for name in EMPTY_DIRS:
+        archive.add_dir(name)
+    archive.add_char_device("dev/console", 5, 1)
+    archive.add_file("init", _init_script(), 0o755)
+    archive.add_file("sbin/runv-halt", HALT_SCRIPT, 0o755)
+
+
+def _add_busybox(archive: Archive) -> None:
+    """The static busybox and, made at build time so boot need not, a symlink for each of its applets."""
+    if shared_libraries(BUSYBOX):
+        raise RunvError(f"{BUSYBOX} is not statically linked; {BUSYBOX_HINT}")
+    archive.add_file("bin/busybox", _read(BUSYBOX, BUSYBOX_HINT), 0o755)
+    applets = run_tool([str(BUSYBOX), "--list-full"], f"cannot list the applets of {BUSYBOX}", BUSYBOX_HINT)
+    for applet in applets.split():
+        if applet != "bin/busybox":
+            archive.add_symlink(applet, "/bin/busybox")
+
+
+def _add_modules(archive: Archive, modules_dir: Path, guest_dir: str, progress: Callable[[str], None]) -> None:
+    """The guest modules with their dependencies, and /etc/runv/modules listing them in load order.
+
+    The package has no modules.dep (depmod makes it at install time), so dependencies come from
+    each module's own .modinfo.
+    """
+    read_module = functools.cache(lambda relative: _read(modules_dir / relative))
+    order = kernel.module_load_order(
+        GUEST_MODULES,
+        read_module("modules.order").decode().split(),
+        read_module("modules.builtin").decode().split(),
+        lambda relative: kernel.modinfo_depends(read_module(relative)),
+    )
+    progress(f"adding {len(order)} kernel modules")
+    for relative in order:
+        archive.add_file(f"{guest_dir}/{relative}", read_module(relative))
+    archive.add_file("etc/runv/modules", "".join(f"{guest_dir}/{relative}\n" for relative in order).encode())
+
+
+def _add_python(archive: Archive, agent_root: Path, progress: Callable[[str], None]) -> None:
+    """python3.11 with its libraries, the stdlib files the agent imports and the agent, all with .pyc files."""
+    for path in (PYTHON, *shared_libraries(PYTHON)):
+        add_host_path(archive, path)
+    stdlib: list[Path] = []
+    for path in map(Path, _discover_imports(agent_root)):
+        if path.is_relative_to(agent_root):
+            if path.relative_to(agent_root).as_posix() not in AGENT_FILES:
+                raise RunvError(f"the guest agent imports {path}, which the image does not ship; add it to AGENT_FILES")
+        else:
+            stdlib.append(path)
+    progress(f"adding {PYTHON.name} and {len(stdlib)} stdlib files")
+    sources: list[tuple[Path, str]] = []
+    for path in stdlib:
+        add_host_path(archive, path)
+        if path.suffix == ".so":
+            for library in shared_libraries(path):
+                add_host_path(archive, library)
+        else:
+            sources.append((path, str(path)))
+    for name in AGENT_FILES:
+        guest = f"{GUEST_AGENT_ROOT}/{name}"
+        archive.add_file(guest, _read(agent_root / name))
+        sources.append((agent_root / name, guest))
+    _add_pycs(archive, sources)
+    # Python looks for lib-dynload to find its exec prefix and warns at every start if it is missing.
+    archive.add_dir(f"{GUEST_STDLIB}/lib-dynload")
+
+
+def _discover_imports(agent_root: Path) -> list[str]:
+    """Files of the modules the target Python loads to run the agent, found by importing it as the guest would."""
+    output = _run_python(["-S", "-B", "-c", DISCOVER_IMPORTS, str(agent_root)], "cannot import the guest agent")
+    return json.loads(output)
+
+
+def _add_pycs(archive: Archive, sources: Iterable[tuple[Path, str]]) -> None:
+    """Compile (host source, guest path) pairs with the target Python and add the .pyc files it wrote."""
+    with tempfile.TemporaryDirectory(prefix="runv-pyc-") as staging:
+        request = json.dumps([(str(source), guest) for source, guest in sources])
+        output = _run_python(["-c", COMPILE_PYCS, staging], "cannot compile the guest's Python files", request)
+        for pyc in json.loads(output):
+            archive.add_file(pyc, _read(Path(staging + pyc)))
+
+
+def _run_python(arguments: list[str], what: str, stdin: str | None = None) -> str:
+    """Run the target Python in the guest's environment, from /, and return its stdout."""
+    hint = f"check that {PYTHON} can import the agent"
+    return run_tool([str(PYTHON), *arguments], what, hint, cwd=Path("/"), stdin=stdin, env=GUEST_ENVIRONMENT)
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    """The shared libraries and ELF interpreter ``binary`` loads, as ldd reports them (none if static)."""
+    result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    if "not a dynamic executable" in result.stderr + result.stdout or "statically linked" in result.stdout:
+        return []
+    if result.returncode != 0:
+        raise RunvError(f"ldd {binary} failed: {result.stderr.strip()}; check that {binary} is a working executable")
+    return [Path(path) for path in re.findall(r"(/\S+) \(0x", result.stdout)]
+
+
+def add_host_path(archive: Archive, path: Path) -> None:
+    """Copy host file ``path`` to the same path in the guest, recreating each symlink met on the way."""
+    pending = list(path.parts[1:])
+    current = Path("/")
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            current = current.parent
+        elif (current / part).is_symlink():
+            target = Path(os.readlink(current / part))
+            archive.add_symlink(str(current / part), str(target))
+            if target.is_absolute():
+                current = Path("/")
+            pending[:0] = target.parts[1:] if target.is_absolute() else target.parts
+        else:
+            current = current / part
+    archive.add_file(str(current), _read(current), current.stat().st_mode & 0o777)
+
+
+def _compress(archive: Archive) -> bytes:
+    """The archive as a gzip'd cpio; level 6, since gunzip speed under TCG matters more than size."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as stream:
+        archive.write(stream)
+    return buffer.getvalue()
+
+
+def _install(outputs: dict[Path, bytes], manifest_path: Path, manifest: dict) -> None:
+    """Write every output and the manifest to temporary files, then rename them into place, manifest last."""
+    staged: dict[Path, Path] = {}
+    try:
+        for path, data in {**outputs, manifest_path: json.dumps(manifest, indent=2).encode()}.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged[path] = _write_temporary(path, data)
+        manifest_path.unlink(missing_ok=True)
+        for path, temporary in staged.items():
+            temporary.replace(path)
+    except OSError as error:
+        raise RunvError(f"cannot write the guest image: {error}; check the output directory") from None
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+
+
+def _write_temporary(path: Path, data: bytes) -> Path:
+    """``data`` in a new file beside ``path``, flushed to disk, ready to be renamed over it."""
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+        os.fchmod(file.fileno(), 0o644)
+        file.flush()
+        os.fsync(file.fileno())
+    return Path(name)
+
+
+def _init_script() -> bytes:
+    """The guest's /init, shipped as package data."""
+    return resources.files("runv.guest").joinpath("init.sh").read_bytes()
+
+
+def _read(path: Path, hint: str = "") -> bytes:
+    """The bytes of ``path``, or a RunvError saying it is missing (with ``hint`` on what to do)."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        hint = hint or "reinstall the package that ships it"
+        raise RunvError(f"cannot read {path}: {error.strerror}; {hint}") from None
+
+
+def _sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
