@@ -141,6 +141,12 @@ def qmp(handle: VMHandle, *commands: str) -> list:
         raise RunvError(f"QMP {', '.join(commands)} failed for VM pid {handle.pid}: {exc or type(exc).__name__}") from None
 
 
+def status(handle: VMHandle) -> dict:
+    """QMP ``query-status`` and ``query-kvm`` in one: ``{"status": ..., "running": ..., "kvm": {...}}``."""
+    run_state, kvm = qmp(handle, "query-status", "query-kvm")
+    return {**run_state, "kvm": kvm}
+
+
 def stop(handle: VMHandle, force: bool) -> bool:
     """Asks QEMU to quit (or kills it) and waits for it to be gone."""
     if not alive(handle):
