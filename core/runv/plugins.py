@@ -20,6 +20,8 @@ GROUPS = {"hypervisor": "runv.hypervisors", "storage": "runv.storage", "extra": 
 AUTO = "auto"
 DEFAULT_STORAGE = "overlay"
 DISABLE_ENV = "RUNV_DISABLE_PLUGINS"
+CONFIG_ENV = "RUNV_CONFIG"  # overrides the path of runv's config file (tests, packagers)
+DEFAULT_CONFIG = "/etc/runv/config.toml"
 
 
 @attrs.frozen
@@ -70,9 +72,42 @@ def installed() -> list[PluginInfo]:
     return sorted(found, key=lambda p: (p.kind, p.name))
 
 
+def config_path() -> str:
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
+
+def config() -> dict:
+    """runv's config file (``/etc/runv/config.toml``, or ``$RUNV_CONFIG``); ``{}`` when absent."""
+    import tomllib
+
+    path = config_path()
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RunvError(f"cannot read {path}: {exc}") from None
+
+
+def disabled() -> dict[str, str]:
+    """Plugins switched off without uninstalling them, each with what switched it off:
+    ``RUNV_DISABLE_PLUGINS=a,b`` and ``[plugins] disabled = ["a"]`` in the config file."""
+    off = {}
+    names = config().get("plugins", {}).get("disabled", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise RunvError(f"{config_path()}: [plugins] disabled must be a list of plugin names")
+    for name in names:
+        off[name] = config_path()
+    for name in os.environ.get(DISABLE_ENV, "").split(","):
+        if name.strip():
+            off[name.strip()] = DISABLE_ENV
+    return off
+
+
 def disabled_names() -> set[str]:
-    """Plugins switched off without uninstalling them (``RUNV_DISABLE_PLUGINS=a,b``)."""
-    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+    """The names of the plugins :func:`disabled` switches off."""
+    return set(disabled())
 
 
 def available(kind: str) -> dict[str, PluginInfo]:
@@ -87,7 +122,8 @@ def choose(kind: str, name: str) -> PluginInfo:
     if name in plugins:
         return plugins[name]
     names = ", ".join(sorted(plugins)) or "none"
-    why = f"is disabled by {DISABLE_ENV}" if name in disabled_names() else "is not installed"
+    off = disabled()
+    why = f"is disabled by {off[name]}" if name in off else "is not installed"
     raise RunvError(f"{kind} plugin {name!r} {why} (available: {names}; see `runv plugins`)")
 
 

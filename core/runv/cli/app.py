@@ -51,9 +51,9 @@ def main_options(
 
 
 def _register() -> None:
-    from runv.cli import create, delete, guest, kill, list_, run, spec, start, state
+    from runv.cli import check, create, delete, guest, kill, list_, plugins, run, spec, start, state
 
-    for module in (spec, create, start, run, state, kill, delete, list_):
+    for module in (spec, create, start, run, state, kill, delete, list_, check, plugins):
         app.command(module.NAME, help=module.__doc__)(module.command)
     app.add_typer(guest.app, name="guest")
 
