@@ -491,13 +491,39 @@ def find_port() -> str:
     raise SystemExit(f"runv-agent: no virtio-serial port named {PORT_NAME}")
 
 
+AGENT_ARG = "runv.agent="  # e.g. runv.agent=/dev/ttyS1: a serial tty instead of virtio-serial (kvmtool)
+
+
+def serial_channel(args: list) -> str | None:
+    """The tty the kernel command line names with ``runv.agent=``, or None."""
+    for arg in args:
+        if arg.startswith(AGENT_ARG):
+            return arg[len(AGENT_ARG):]
+    return None
+
+
+def make_raw(fd: int) -> None:
+    """A serial tty as a byte pipe: no echo, no line discipline, 8 bits, no flow control."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
+    iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP | termios.INLCR
+               | termios.IGNCR | termios.ICRNL | termios.IXON | termios.IXOFF)
+    oflag &= ~termios.OPOST
+    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    cflag = (cflag & ~(termios.CSIZE | termios.PARENB | termios.CRTSCTS)) | termios.CS8 | termios.CLOCAL
+    cc[termios.VMIN], cc[termios.VTIME] = 1, 0
+    termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
+
+
 def main() -> None:
     global DEBUG
     with open("/proc/cmdline") as f:
-        DEBUG = "runv.debug" in f.read().split()
-    path = find_port()
+        args = f.read().split()
+    DEBUG = "runv.debug" in args
+    path = serial_channel(args) or find_port()
     log(f"serving {path}")
-    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    if os.isatty(fd):
+        make_raw(fd)
     Agent(fd, is_port=True).run()
 
 
