@@ -1,0 +1,15 @@
+"""The example plugin's own tests, written with the helpers runv ships for plugin authors."""
+
+import runv_plainfs
+from runv.testing import container, hooks_with
+
+
+def test_attach_storage_shares_the_rootfs_as_plainroot(tmp_path):
+    c = container(tmp_path, readonly=True)
+    attachment = hooks_with(runv_plainfs).attach_storage(container=c)
+    assert attachment.rootfs.source == "plainroot" and attachment.rootfs.fstype == "9p"
+    assert attachment.rootfs.readonly and attachment.shares[0].path == c.rootfs
+
+
+def test_probe_says_usable():
+    assert hooks_with(runv_plainfs).probe() is None

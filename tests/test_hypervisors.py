@@ -1,0 +1,248 @@
+"""The qemu (KVM), kvmtool and xen hypervisor plugins: real KVM and QEMU where this host
+has them, golden command lines and configs otherwise; lkvm and xl runs only where present."""
+
+from __future__ import annotations
+
+import os
+import pty
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runv.errors import RunvError
+from runv.sandbox.vmspec import Disk, Share, VMSpec
+
+GOLDEN = Path(__file__).with_name("golden")
+HAS_KVM = os.path.exists("/dev/kvm")
+PVM = os.path.isdir("/sys/module/kvm_pvm")
+HAS_XEN = shutil.which("xl") is not None and os.path.exists("/proc/xen/capabilities")
+
+
+def spec(state_dir: Path, **extra) -> VMSpec:
+    return VMSpec(name="c1", state_dir=state_dir, kernel=Path("/var/lib/runv/kernel"), initrd=Path("/var/lib/runv/initrd.img"),
+                  agent_socket=state_dir / "agent.sock", console_log=state_dir / "console.log", **extra)
+
+
+# ---------------------------------------------------------------- qemu + KVM
+
+
+@pytest.mark.skipif(not HAS_KVM, reason="no /dev/kvm on this host")
+def test_kvm_probe_decides_in_seconds_and_says_why():
+    from runv_qemu import kvm
+
+    started = time.monotonic()
+    verdict = kvm.verdict()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3, elapsed
+    assert verdict["completed"] and verdict["exit"] == "hlt"  # the test guest really ran
+    if PVM:  # this host: software KVM
+        assert not verdict["usable"]
+        assert verdict["vendor"] == "kvm_pvm"
+        assert "software-only" in verdict["reason"] and "--hypervisor tcg" in verdict["reason"]
+        assert "\n" not in verdict["reason"]
+    elif verdict["usable"]:
+        assert verdict["run_s"] < kvm.FAST_ENOUGH
+
+
+def test_kvm_probe_without_device(monkeypatch):
+    from runv_qemu import kvm
+
+    monkeypatch.setattr(kvm, "DEVICE", "/nonexistent/kvm")
+    verdict = kvm.verdict()
+    assert not verdict["usable"] and verdict["reason"].startswith("no /nonexistent/kvm")
+
+
+@pytest.mark.skipif(not HAS_KVM, reason="no /dev/kvm on this host")
+def test_qemu_plugin_starts_qemu_with_kvm(tmp_path, monkeypatch):
+    """The plugin's real boot path: QEMU up with KVM enabled, vCPUs created, QMP answering."""
+    from runv_qemu import driver, plugin
+
+    monkeypatch.setenv(plugin.CPU_ENV, "qemu64")  # -cpu host aborts on PVM (see the next test)
+    kernel, initrd = Path("/var/lib/runv/kernel"), Path("/var/lib/runv/initrd.img")
+    if not kernel.is_file():
+        pytest.skip("no guest image: run `runv guest build`")
+    handle = plugin.boot(vm=spec(tmp_path))
+    try:
+        status = driver.status(handle)
+        assert status["status"] == "running" and status["running"]
+        assert status["kvm"] == {"enabled": True, "present": True}
+        assert "accel=kvm" in " ".join(handle.data["argv"])
+        assert plugin.pause_vm(handle=handle) and driver.status(handle)["status"] == "paused"
+        assert plugin.resume_vm(handle=handle) and driver.status(handle)["status"] == "running"
+    finally:
+        assert plugin.stop_vm(handle=handle, force=False)
+    assert not driver.alive(handle)
+
+
+@pytest.mark.skipif(not PVM, reason="only PVM rejects -cpu host")
+def test_qemu_plugin_reports_qemus_own_words_when_kvm_refuses(tmp_path):
+    from runv_qemu import plugin
+
+    with pytest.raises(RunvError) as err:
+        plugin.boot(vm=spec(tmp_path))
+    assert "MSR 0x10a" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_tcg_reuses_the_qemu_driver():
+    import runv_qemu.driver
+    import runv_tcg
+
+    assert runv_tcg.driver is runv_qemu.driver
+    import runv_qemu.plugin
+
+    assert runv_qemu.plugin.PRIORITY > runv_tcg.PRIORITY
+
+
+@pytest.mark.skipif(not PVM, reason="asserts this host's verdict: software KVM")
+def test_explicit_qemu_fails_at_create_with_the_probes_reason(runv, make_bundle):
+    result = runv("--hypervisor", "qemu", "create", "-b", make_bundle(["true"]), "c1")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "hypervisor 'qemu' cannot run here: KVM is software-only" in result.stderr
+
+
+@pytest.mark.vm
+@pytest.mark.skipif(not PVM, reason="asserts this host's choice")
+def test_auto_chooses_tcg_here_and_says_so(runv, make_bundle, guest_image):
+    from conftest import INITRD, KERNEL
+
+    result = runv("--debug", "--kernel", KERNEL, "--initrd", INITRD, "run", "-b", make_bundle(["true"]), "c1")
+    assert result.returncode == 0, result.stderr
+    assert "hypervisor auto: chose 'tcg'" in result.stderr
+
+
+# ---------------------------------------------------------------- kvmtool
+
+
+def test_kvmtool_command_line(tmp_path):
+    import runv_kvmtool
+
+    vm = spec(tmp_path, memory_mib=512, vcpus=2, kernel_args=("quiet",),
+              shares=(Share("rootfs", Path("/b/rootfs")),), disks=(Disk("d0", Path("/img/a.raw"), readonly=True),))
+    assert runv_kvmtool.command(vm, "/opt/lkvm") == [
+        "/opt/lkvm", "run", "--name", "runv-c1", "--cpus", "2", "--mem", "512",
+        "--kernel", "/var/lib/runv/kernel", "--initrd", "/var/lib/runv/initrd.img",
+        "--params", "console=ttyS0 runv.agent=/dev/ttyS1 quiet",
+        "--console", "serial", "--tty", "1", "--network", "mode=none",
+        "--9p", "/b/rootfs,rootfs", "--disk", "/img/a.raw,ro",
+    ]
+    assert runv_kvmtool.control("pause", "runv-c1") == ["lkvm", "pause", "--name", "runv-c1"]
+    with pytest.raises(RunvError, match="raw disk images only"):
+        runv_kvmtool.command(spec(tmp_path, disks=(Disk("d0", Path("/a.qcow2"), format="qcow2"),)))
+
+
+def test_kvmtool_pty_line_is_parsed():
+    import runv_kvmtool
+
+    match = runv_kvmtool.PTY_LINE.search("  Info: Assigned terminal 1 to pty /dev/pts/7\n")
+    assert match.groups() == ("1", "/dev/pts/7")
+
+
+def test_kvmtool_probe_names_the_missing_lkvm(monkeypatch, tmp_path):
+    import runv_kvmtool
+
+    monkeypatch.setenv("RUNV_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(tmp_path / "lkvm"))
+    assert "lkvm not found" in runv_kvmtool.probe()
+    config = tmp_path / "config.toml"
+    fake = tmp_path / "bin-lkvm"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    config.write_text(f'[kvmtool]\npath = "{fake}"\n')
+    monkeypatch.delenv(runv_kvmtool.PATH_ENV)
+    monkeypatch.setenv("RUNV_CONFIG", str(config))
+    assert runv_kvmtool.lkvm() == str(fake)
+
+
+def test_agent_over_a_serial_tty_through_the_relay(tmp_path):
+    """The kvmtool agent path without kvmtool: the guest agent on one end of a pty (as on
+    ttyS1), the relay serving the other end at a unix socket, a host client pinging."""
+    from runv.agent.guest import Agent, serial_channel
+    from runv.agent.host import AgentClient
+
+    assert serial_channel(["quiet", "runv.agent=/dev/ttyS1"]) == "/dev/ttyS1"
+    master, slave = pty.openpty()
+    slave_path = os.ttyname(slave)
+    agent = Agent(master, rootfs="/", is_port=True)
+    threading.Thread(target=agent.run, daemon=True).start()
+    sock = tmp_path / "agent.sock"
+    relay = subprocess.Popen([os.sys.executable, "-m", "runv_kvmtool.relay", slave_path, str(sock)])
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client = AgentClient.connect(str(sock), lambda *a: None, lambda m: None, timeout=10, alive=lambda: None)
+        assert client.ready_info["pid"] == os.getpid()
+        assert client.call("ping") is not None
+        client.close()
+    finally:
+        relay.kill()
+        relay.wait()
+        agent.running = False
+
+
+@pytest.mark.skipif(shutil.which("lkvm") is None, reason="lkvm is not installed (kvmtool has no Debian package)")
+def test_real_lkvm_lists():
+    assert subprocess.run(["lkvm", "list"], capture_output=True, timeout=10).returncode == 0
+
+
+# ---------------------------------------------------------------- xen
+
+
+def xen_vms():
+    d = Path("/run/runv/c1")
+    full = VMSpec(name="c1", state_dir=d, kernel=Path("/var/lib/runv/kernel"), initrd=Path("/var/lib/runv/initrd.img"),
+                  agent_socket=d / "agent.sock", console_log=d / "console.log", memory_mib=512, vcpus=2,
+                  kernel_args=("panic=-1", "rdinit=/init", "quiet"), shares=(Share("rootfs", Path("/bundles/c1/rootfs")),),
+                  disks=(Disk("data", Path("/var/lib/runv/c1.img"), readonly=True),))
+    minimal = VMSpec(name="c2", state_dir=Path("/run/runv/c2"), kernel=Path("/k"), initrd=Path("/i"),
+                     agent_socket=Path("/run/runv/c2/agent.sock"), console_log=Path("/run/runv/c2/console.log"),
+                     shares=(Share("rootfs", Path("/b/rootfs"), readonly=True),))
+    return {
+        "xen-9p-disk-vif.cfg": (full, ({"mac": "02:00:00:00:00:01", "bridge": "xenbr0"},)),
+        "xen-minimal.cfg": (minimal, ()),
+    }
+
+
+@pytest.mark.parametrize("golden", sorted(xen_vms()))
+def test_xen_config_matches_golden(golden):
+    import runv_xen
+
+    vm, vifs = xen_vms()[golden]
+    assert runv_xen.config(vm, vifs) == (GOLDEN / golden).read_text()
+
+
+def test_xen_config_refuses_what_xl_cannot_parse(tmp_path):
+    import runv_xen
+
+    with pytest.raises(RunvError):
+        runv_xen.config(spec(tmp_path, kernel_args=('a="b"',)))
+    with pytest.raises(RunvError):
+        runv_xen.config(spec(tmp_path, shares=(Share("rootfs", Path("/a,b")),)))
+
+
+def test_xen_commands_and_probe():
+    import runv_xen
+
+    assert runv_xen.create_command("/s/domain.cfg")[-3:] == ["create", "-F", "/s/domain.cfg"]
+    assert runv_xen.create_command("/s/domain.cfg", dry_run=True)[-3:] == ["-N", "create", "/s/domain.cfg"]
+    if not HAS_XEN:
+        reason = runv_xen.probe()
+        assert reason and ("xl not found" in reason or "Xen" in reason)
+
+
+@pytest.mark.skipif(not HAS_XEN, reason="xl needs a running Xen hypervisor (dom0), even for `xl -N create`")
+@pytest.mark.parametrize("golden", sorted(xen_vms()))
+def test_xen_config_passes_xl_dry_run(golden, tmp_path):
+    import runv_xen
+
+    vm, vifs = xen_vms()[golden]
+    path = tmp_path / golden
+    path.write_text(runv_xen.config(vm, vifs))
+    out = subprocess.run(runv_xen.create_command(path, dry_run=True), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
