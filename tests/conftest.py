@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,11 +68,17 @@ def runv(root):
     started: list[str] = []
 
     def call(*args, check=False, timeout=180, **kwargs):
+        """Output goes through files, not pipes: a shim keeps the caller's stdio open
+        for the container's life, as runc's container process does."""
         argv = [RUNV, "--root", str(root), *map(str, args)]
-        kwargs.setdefault("capture_output", True)
-        kwargs.setdefault("text", True)
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        result = subprocess.run(argv, timeout=timeout, **kwargs)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            kwargs.setdefault("stdout", out)
+            kwargs.setdefault("stderr", err)
+            result = subprocess.run(argv, timeout=timeout, **kwargs)
+            out.seek(0)
+            err.seek(0)
+            result.stdout, result.stderr = out.read().decode(), err.read().decode()
         if check and result.returncode != 0:
             raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
         return result
