@@ -117,7 +117,7 @@ class Shim:
         if process_start_time(self.handle.pid) is not None:
             return None
         tail = console_tail(vm.console_log)
-        return f"the VM of container {self.container.id} exited during boot: {tail or 'no output'} (console log: {vm.console_log})"
+        return f"the VM of container {self.container.id} exited during boot: {tail or 'no output'}"
 
     # ---------------------------------------------------------------- serving
 
