@@ -296,11 +296,17 @@ class Agent:
     def op_prepare(self, message: dict) -> None:
         """Mounts the container rootfs (and /proc, /sys, /dev in it) and sets the hostname."""
         root = message["rootfs"]
+        plan = message.get("mounts", [])
+        for entry in plan:  # what the rootfs is assembled from: shares, disks (by serial)
+            if not entry.get("in_rootfs"):
+                plan_mount(entry, entry["target"])
         os.makedirs(self.rootfs, exist_ok=True)
         options = root.get("options", "")
         if root.get("readonly"):
             options = ",".join(filter(None, [options, "ro"]))
-        mount(root["source"], self.rootfs, root["fstype"], options)
+        if root["fstype"] == "overlay":
+            make_overlay_dirs(options)
+        mount(resolve_source(root["source"]), self.rootfs, root["fstype"], options)
         for fstype, target in (("proc", "proc"), ("sysfs", "sys"), ("devtmpfs", "dev")):
             path = os.path.join(self.rootfs, target)
             if os.path.isdir(path):
@@ -309,6 +315,9 @@ class Agent:
         if os.path.isdir(os.path.join(self.rootfs, "dev")):
             os.makedirs(devpts, exist_ok=True)
             mount("devpts", devpts, "devpts", "newinstance,ptmxmode=0666")
+        for entry in plan:  # the spec's mounts (volumes, tmpfs, mqueue...), in order
+            if entry.get("in_rootfs"):
+                plan_mount(entry, rootfs_path(self.rootfs, entry["target"], entry))
         if message.get("hostname"):
             with open("/proc/sys/kernel/hostname", "w") as f:
                 f.write(message["hostname"])
@@ -525,6 +534,91 @@ def main() -> None:
     if os.isatty(fd):
         make_raw(fd)
     Agent(fd, is_port=True).run()
+
+
+# ---------------------------------------------------------------- storage (op_prepare's mount plan)
+
+SERIAL_PREFIX = "serial:"  # a mount source naming a virtio-blk disk by its serial
+DISK_TIMEOUT = 10.0
+
+
+def disk_by_serial(serial: str, timeout: float = DISK_TIMEOUT) -> str:
+    """The /dev node of the virtio-blk disk whose serial is ``serial``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for name in sorted(os.listdir("/sys/block")):
+            try:
+                with open(f"/sys/block/{name}/serial") as f:
+                    if f.read().strip() == serial:
+                        if os.path.exists(f"/dev/{name}"):
+                            return f"/dev/{name}"
+            except OSError:
+                continue
+        if time.monotonic() > deadline:
+            raise AgentError(f"no disk with serial {serial!r} in the guest")
+        time.sleep(0.05)
+
+
+def resolve_source(source: str) -> str:
+    return disk_by_serial(source[len(SERIAL_PREFIX):]) if source.startswith(SERIAL_PREFIX) else source
+
+
+def make_overlay_dirs(options: str) -> None:
+    """overlayfs wants its upperdir and workdir to exist (on a fresh upper disk they do not)."""
+    for option in options.split(","):
+        key, _, value = option.partition("=")
+        if key in ("upperdir", "workdir") and value:
+            os.makedirs(value, exist_ok=True)
+
+
+def rootfs_path(rootfs: str, path: str, entry: dict) -> str:
+    """``path`` inside the rootfs with symlinks resolved as the container would see them
+    (relative to its root, never leading out of it); missing parts are created, the last
+    one as a file when the mount's source is a file, else as a directory."""
+    root = os.path.realpath(rootfs)
+    parts = [p for p in os.path.normpath("/" + path).split("/") if p]
+    current = root
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        candidate = os.path.join(current, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise AgentError(f"cannot mount on {path}: too many symlinks")
+            link = os.readlink(candidate)
+            parts[:0] = [p for p in link.split("/") if p]
+            current = root if link.startswith("/") else current
+            continue
+        if part == "..":
+            current = os.path.dirname(current) if current != root else root
+            continue
+        current = candidate
+    if not os.path.lexists(current):
+        source_is_file = entry.get("fstype") == "bind" and os.path.isfile(resolve_source(entry["source"]))
+        if source_is_file:
+            os.makedirs(os.path.dirname(current), exist_ok=True)
+            os.close(os.open(current, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        else:
+            os.makedirs(current, exist_ok=True)
+    return current
+
+
+def plan_mount(entry: dict, target: str) -> None:
+    """One entry of the mount plan at ``target`` (an absolute guest path)."""
+    source = resolve_source(entry["source"])
+    options = entry.get("options", "")
+    if not entry.get("in_rootfs"):
+        os.makedirs(target, exist_ok=True)
+    if entry["fstype"] == "bind":
+        mount(source, target, "none", "bind")
+        if entry.get("readonly") or options:  # bind flags (ro, nosuid...) need a remount
+            flags = ",".join(filter(None, ["remount", "bind", "ro" if entry.get("readonly") else "", options]))
+            mount(source, target, "none", flags)
+        return
+    if entry.get("readonly"):
+        options = ",".join(filter(None, [options, "ro"]))
+    mount(source, target, entry["fstype"], options)
 
 
 if __name__ == "__main__":

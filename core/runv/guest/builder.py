@@ -65,6 +65,7 @@ GUEST_MODULES = (
     "ext4",
     "dm_mod",
     "dm_thin_pool",
+    "loop",  # loop-backed thin pools (the devicemapper plugin's tests run its host side in a guest)
 )
 EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "etc", "rootfs", "mnt")
 HALT_SCRIPT = b"#!/bin/sh\nexec poweroff -f\n"

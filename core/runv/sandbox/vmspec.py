@@ -26,12 +26,20 @@ class Disk:
 
 @attrs.frozen
 class GuestMount:
-    """How the agent mounts the container rootfs: ``mount -t fstype -o options source``."""
+    """How the agent mounts the container rootfs: ``mount -t fstype -o options source``.
+
+    The same shape describes the other entries of the agent's mount plan (``mounts``):
+    ``target`` is a path inside the container rootfs when ``in_rootfs``, else an absolute
+    guest path mounted before the rootfs (a lower share, an upper disk). ``source``
+    ``serial:NAME`` is the virtio-blk disk with that serial; fstype ``bind`` binds a guest path.
+    """
 
     source: str
     fstype: str
     options: str = ""
     readonly: bool = False
+    target: str = ""
+    in_rootfs: bool = False
 
 
 @attrs.frozen
@@ -42,6 +50,11 @@ class StorageAttachment:
     shares: tuple[Share, ...] = ()
     disks: tuple[Disk, ...] = ()
     data: dict = attrs.field(factory=dict)  # the plugin's own record, kept for teardown
+    mounts: tuple[GuestMount, ...] = ()  # the agent's mount plan around the rootfs (in order)
+
+    def plus(self, shares: tuple[Share, ...] = (), mounts: tuple[GuestMount, ...] = ()) -> "StorageAttachment":
+        """This attachment with more shares and mounts (the spec's volumes) appended."""
+        return attrs.evolve(self, shares=self.shares + shares, mounts=self.mounts + mounts)
 
 
 @attrs.frozen
@@ -103,4 +116,5 @@ def attachment_from_json(data: dict) -> StorageAttachment:
         shares=tuple(Share(s["tag"], Path(s["path"]), s["readonly"]) for s in data["shares"]),
         disks=tuple(Disk(d["serial"], Path(d["path"]), d["format"], d["readonly"]) for d in data["disks"]),
         data=data["data"],
+        mounts=tuple(GuestMount(**m) for m in data.get("mounts", ())),
     )
