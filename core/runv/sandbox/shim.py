@@ -92,9 +92,13 @@ class Shim:
     def boot(self) -> None:
         """Attaches storage, boots the VM, waits for the agent and mounts the rootfs."""
         cid = self.container.id
+        from runv.storage import volumes
+
+        volume_shares, volume_mounts = volumes.plan(self.container.spec.mounts)  # refuses bad mounts before attaching
         self.attachment = self.hooks.attach_storage(container=self.container)
         if self.attachment is None:
             raise RunvError(f"storage plugin {self.storage!r} attached nothing for container {cid}")
+        self.attachment = self.attachment.plus(shares=volume_shares, mounts=volume_mounts)
         self.store.update(cid, storage=self.storage, attachment=to_json(self.attachment))
         vm = self.vm_spec()
         logger.debug("booting %s with %s: %s", cid, self.hypervisor, vm)
@@ -109,6 +113,7 @@ class Shim:
         self.agent.call(
             "prepare",
             rootfs={"source": root.source, "fstype": root.fstype, "options": root.options, "readonly": root.readonly},
+            mounts=[to_json(m) for m in self.attachment.mounts],
             hostname=self.container.spec.hostname,
         )
 
