@@ -133,3 +133,10 @@ def test_ps_lists_processes(peer):
     peer.client.call("signal", proc="s", signal=15)
     peer.wait_exit("s")
     assert pids and peer.pid not in pids
+
+
+def test_stats_report_cpu_memory_pids(peer):
+    stats = peer.client.call("stats")
+    assert stats["cpu"]["total"] > 0 and len(stats["cpu"]["percpu"]) == os.cpu_count()
+    assert 0 < stats["memory"]["usage"] < stats["memory"]["limit"]
+    assert stats["pids"] >= 1 and stats["oom_kills"] >= 0

@@ -51,10 +51,14 @@ def main_options(
 
 
 def _register() -> None:
-    from runv.cli import check, create, delete, guest, kill, list_, plugins, run, spec, start, state
+    from runv.cli import (
+        check, create, delete, events, exec_, features, guest, kill, list_, pause, plugins, ps, resume, run, spec, start, state,
+    )
 
-    for module in (spec, create, start, run, state, kill, delete, list_, check, plugins):
-        app.command(module.NAME, help=module.__doc__)(module.command)
+    commands = (spec, create, start, run, exec_, state, kill, delete, list_, pause, resume, ps, events, features, check, plugins)
+    for module in commands:
+        settings = getattr(module, "CONTEXT_SETTINGS", None)
+        app.command(module.NAME, help=module.__doc__, context_settings=settings)(module.command)
     app.add_typer(guest.app, name="guest")
 
 

@@ -20,4 +20,4 @@ def command(
 ) -> None:
     from runv.sandbox.lifecycle import create
 
-    create(ctx.obj, container_id, bundle, pid_file)
+    create(ctx.obj, container_id, bundle, pid_file, console_socket)

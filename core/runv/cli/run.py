@@ -21,5 +21,5 @@ def command(
 ) -> None:
     from runv.sandbox.lifecycle import run
 
-    code = run(ctx.obj, container_id, bundle, pid_file, detach)
+    code = run(ctx.obj, container_id, bundle, pid_file, detach, console_socket)
     raise typer.Exit(code)

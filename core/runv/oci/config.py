@@ -42,6 +42,19 @@ class Process:
     user: User = User()
     console_size: ConsoleSize | None = None
 
+    def to_json(self) -> dict:
+        """The OCI form again (``parse_process`` reads it back)."""
+        data = {
+            "args": list(self.args),
+            "env": list(self.env),
+            "cwd": self.cwd,
+            "terminal": self.terminal,
+            "user": {"uid": self.user.uid, "gid": self.user.gid, "additionalGids": list(self.user.additional_gids)},
+        }
+        if self.console_size:
+            data["consoleSize"] = {"height": self.console_size.height, "width": self.console_size.width}
+        return data
+
     def agent_request(self) -> dict:
         """The fields of the agent's ``exec`` request that describe this process."""
         request = {

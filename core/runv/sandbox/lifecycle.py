@@ -8,10 +8,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import attrs
+
 from runv.errors import RunvError
 from runv.log import logger
 from runv.log import setup as setup_logging
-from runv.sandbox import control
+from runv.sandbox import console, control
+from runv.sandbox.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 from runv.sandbox.state import Record, Store
 from runv.settings import Settings
 
@@ -39,17 +42,27 @@ def check_guest(settings: Settings) -> None:
             raise RunvError(f"guest {what} {path} does not exist: run `runv guest build` (or pass --{what})")
 
 
-def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None) -> int:
+def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, console_socket: Path | None = None) -> int:
     """Creates the container (a shim with a booted VM) and returns the shim's PID."""
     from runv import plugins
     from runv.oci.config import load_bundle
     from runv.sandbox.context import Container
-    from runv.sandbox.shim import Shim, run
+    from runv.sandbox.shim import Shim
+    from runv.sandbox.shim import run as run_shim
 
     store = Store(settings.root)
     store.dir(container_id)  # validates the id before anything else
     bundle = bundle.resolve()
     spec, rootfs = load_bundle(bundle)
+    if spec.hooks.get("startContainer"):
+        raise RunvError(
+            f"{bundle}/config.json: hooks.startContainer is not supported: it runs inside the container, "
+            "which is a VM here; use createContainer or prestart (run on the host)"
+        )
+    if spec.process.terminal:
+        if console_socket is None:
+            raise RunvError("process.terminal is true: pass --console-socket to receive the terminal (or use `runv run -t` in a terminal)")
+        console.check_console_socket(console_socket)
     check_guest(settings)
     if (store.dir(container_id) / "state.json").exists():
         raise RunvError(f"container with id {container_id} already exists")
@@ -58,41 +71,19 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     created = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     store.write(Record(id=container_id, bundle=str(bundle), rootfs=str(rootfs), created=created, annotations=spec.annotations))
     container = Container(id=container_id, bundle=bundle, rootfs=rootfs, spec=spec, state_dir=state_dir)
-    shim = Shim(settings, store, container, hooks, hypervisor, storage)
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(ready_r)
-            os.setsid()
-            setup_logging(settings, stderr=False)  # the shim's stderr is the container's
-            os.chdir(state_dir)
-            code = run(shim, ready_w)
-        finally:
-            os._exit(code)
-    os.close(ready_w)
-    store.update(container_id, shim_pid=pid, shim_start=_start_time(pid))
-    answer = b""
-    while chunk := os.read(ready_r, 4096):
-        answer += chunk
-    os.close(ready_r)
-    if answer != b"ok":
-        os.waitpid(pid, 0)
+    shim = Shim(settings, store, container, hooks, hypervisor, storage, console_socket)
+
+    def child(report) -> int:
+        os.chdir(state_dir)
+        setup_logging(settings, stderr=False)  # the shim's stderr is the container's
+        return run_shim(shim, report)
+
+    pid, answer = spawn_session(child)
+    if answer != OK:
         store.remove(container_id)
-        message = answer.decode(errors="replace").removeprefix("error: ")
-        raise RunvError(message or f"the shim of container {container_id} died during create")
-    if pid_file:
-        tmp = pid_file.with_name(pid_file.name + ".tmp")
-        tmp.write_text(str(pid))
-        os.replace(tmp, pid_file)
+        raise RunvError(answer.removeprefix("error: ") or f"the shim of container {container_id} died during create")
+    write_pid_file(pid_file, pid)
     return pid
-
-
-def _start_time(pid: int) -> int:
-    from runv.sandbox.state import process_start_time
-
-    return process_start_time(pid) or 0
 
 
 def start(settings: Settings, container_id: str) -> None:
@@ -108,8 +99,12 @@ def start(settings: Settings, container_id: str) -> None:
 
 def kill(settings: Settings, container_id: str, signum: int, all_processes: bool) -> None:
     store = Store(settings.root)
-    record = store.read(container_id)
-    if record.live_status() not in ("created", "running"):
+    status = store.read(container_id).live_status()
+    if status == "paused" and signum == signal.SIGKILL:
+        resume(settings, container_id)  # a frozen guest cannot deliver it; KILL must not wait
+    elif status == "paused":
+        raise RunvError(f"container {container_id} is paused: resume it first (only KILL is delivered to a paused container)")
+    elif status not in ("created", "running"):
         raise RunvError("container not running")
     control.call(store.dir(container_id), "signal", signal=signum, all=all_processes)
 
@@ -131,8 +126,13 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
         if status in ("running", "paused") and not force:
             raise RunvError(f"cannot delete container {container_id} that is not stopped: {status}")
         _stop_shim(record)
-        _teardown(record, container_id)
+        container = _container(record, state_dir)
+        _teardown(record, container)
     store.remove(container_id)
+    if record is not None:
+        from runv.sandbox.ocihooks import run_hooks
+
+        run_hooks(container.spec, "poststop", attrs.evolve(record.oci_state(), status="stopped"), fatal=False)
 
 
 def _stop_shim(record: Record) -> None:
@@ -147,42 +147,102 @@ def _stop_shim(record: Record) -> None:
             time.sleep(0.01)
 
 
-def _teardown(record: Record, container_id: str) -> None:
-    """Stops the VM and detaches storage the record names (whatever the shim left)."""
-    from runv import plugins
+def _container(record: Record, state_dir: Path):
+    """The container as the hooks see it, rebuilt from its record (no spec when the
+    bundle is gone: teardown must still converge)."""
     from runv.oci.config import load_bundle
     from runv.sandbox.context import Container
+
+    try:
+        spec, _ = load_bundle(Path(record.bundle))
+    except RunvError as exc:
+        logger.warning("container %s: %s", record.id, exc)
+        spec = None
+    return Container(id=record.id, bundle=Path(record.bundle), rootfs=Path(record.rootfs), spec=spec, state_dir=state_dir)
+
+
+def _teardown(record: Record, container) -> None:
+    """Stops the VM and detaches storage the record names (whatever the shim left behind)."""
+    from runv import plugins
     from runv.sandbox.vmspec import attachment_from_json, handle_from_json
 
     if record.vm:
         plugins.load_hypervisor(record.hypervisor).stop_vm(handle=handle_from_json(record.vm), force=True)
     if record.attachment:
         hooks = plugins.Hooks((record.storage, plugins.choose("storage", record.storage).load()))
-        bundle = Path(record.bundle)
-        try:
-            spec, _ = load_bundle(bundle)
-        except RunvError:
-            spec = None
-        container = Container(id=container_id, bundle=bundle, rootfs=Path(record.rootfs), spec=spec, state_dir=Path())
         hooks.detach_storage(container=container, attachment=attachment_from_json(record.attachment))
 
 
-def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, detach: bool) -> int:
-    """create + start; in the foreground, relays signals to the shim, waits for it, deletes
+def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, detach: bool, console_socket: Path | None = None) -> int:
+    """create + start; in the foreground, relays signals to the shim (or the caller's
+    terminal, for a terminal container without a console socket), waits for it, deletes
     the container (as ``runc run`` does) and returns the container's exit code."""
+    from runv.oci.config import load_bundle
     from runv.sandbox.shim import NOT_FORWARDED
 
-    pid = create(settings, container_id, bundle, pid_file)
+    if console_socket is None and load_bundle(bundle.resolve())[0].process.terminal:
+        if detach:
+            raise RunvError("cannot allocate a terminal for a detached container without --console-socket")
+        console.require_terminal()
+        with console.private_console_socket() as (path, listener):
+            pid = create(settings, container_id, bundle, pid_file, path)
+            master = console.receive_master(listener)
+            _start_or_delete(settings, container_id)
+            console.attach(master)
+            return _finish(settings, container_id, pid)
+    pid = create(settings, container_id, bundle, pid_file, console_socket)
+    _start_or_delete(settings, container_id)
+    if detach:
+        return 0
+    for signum in signal.valid_signals() - NOT_FORWARDED:
+        signal.signal(signum, lambda n, _frame: os.kill(pid, n))
+    return _finish(settings, container_id, pid)
+
+
+def _start_or_delete(settings: Settings, container_id: str) -> None:
     try:
         start(settings, container_id)
     except RunvError:
         delete(settings, container_id, force=True)
         raise
-    if detach:
-        return 0
-    for signum in signal.valid_signals() - NOT_FORWARDED:
-        signal.signal(signum, lambda n, _frame: os.kill(pid, n))
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+
+
+def _finish(settings: Settings, container_id: str, pid: int) -> int:
+    code = wait_exit_code(pid)
     delete(settings, container_id, force=True)
-    return code if code >= 0 else 128 - code
+    return code
+
+
+def pause(settings: Settings, container_id: str) -> None:
+    """Freezes the container's VM through its hypervisor (QEMU: QMP ``stop``)."""
+    _freeze(settings, container_id, "running", "paused", "pause_vm", "container not running")
+
+
+def resume(settings: Settings, container_id: str) -> None:
+    _freeze(settings, container_id, "paused", "running", "resume_vm", "container not paused")
+
+
+def _freeze(settings: Settings, container_id: str, before: str, after: str, hook: str, refusal: str) -> None:
+    from runv import plugins
+    from runv.sandbox.vmspec import handle_from_json
+
+    store = Store(settings.root)
+    with store.locked(container_id):
+        record = store.read(container_id)
+        if record.live_status() != before:
+            raise RunvError(refusal)
+        hooks = plugins.load_hypervisor(record.hypervisor)
+        if not getattr(hooks, hook)(handle=handle_from_json(record.vm)):
+            raise RunvError(f"hypervisor {record.hypervisor!r} cannot {hook.removesuffix('_vm')} a VM")
+        store.write(attrs.evolve(record, status=after))
+
+
+def ask_shim(settings: Settings, container_id: str, op: str) -> dict:
+    """A query the shim answers from the guest (ps, stats): the container must be up."""
+    store = Store(settings.root)
+    status = store.read(container_id).live_status()
+    if status == "paused":
+        raise RunvError(f"container {container_id} is paused: resume it first")
+    if status not in ("created", "running"):
+        raise RunvError("container not running")
+    return control.call(store.dir(container_id), op)

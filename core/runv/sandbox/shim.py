@@ -8,6 +8,7 @@ with the container's exit code (128+N when killed by signal N).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -17,14 +18,22 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
+
+import attrs
 
 from runv.agent.host import AgentClient, AgentError
+from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
 from runv.errors import RunvError
 from runv.log import logger
 from runv.plugins import Hooks
-from runv.sandbox import control
+from runv.oci.config import ConsoleSize
+from runv.sandbox import console, control
 from runv.sandbox.context import Container
+from runv.sandbox.ocihooks import run_hooks
+from runv.sandbox.spawn import OK
 from runv.sandbox.state import Store, process_start_time
+from runv.sandbox.stdio import start_pump, write_all
 from runv.sandbox.vmspec import StorageAttachment, VMHandle, VMSpec, to_json
 from runv.settings import Settings
 
@@ -51,7 +60,16 @@ def console_tail(path: Path) -> str:
 
 
 class Shim:
-    def __init__(self, settings: Settings, store: Store, container: Container, hooks: Hooks, hypervisor: str, storage: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        container: Container,
+        hooks: Hooks,
+        hypervisor: str,
+        storage: str,
+        console_socket: Path | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.container = container
@@ -64,7 +82,11 @@ class Shim:
         self.events: queue.Queue = queue.Queue()
         self.lock = threading.Lock()
         self.started = False
-        self.routes = {STREAMS["stdout"]: 1, STREAMS["stderr"]: 2}  # agent channel -> host fd
+        self.console_socket = console_socket
+        self.stdio = (0, 1, 2)  # the container's stdio on the host: the caller's, or a pty slave
+        self.routes: dict[int, Callable[[bytes], None]] = {}  # agent output channel -> sink
+        self.exits: dict[str, Callable[[dict], None]] = {}  # exec'd process name -> exit handler
+        self.exec_ids = itertools.count(1)
 
     # ---------------------------------------------------------------- boot
 
@@ -116,6 +138,20 @@ class Shim:
             mounts=[to_json(m) for m in self.attachment.mounts],
             hostname=self.container.spec.hostname,
         )
+        if self.container.spec.process.terminal:
+            self.open_terminal()
+        state = self.store.read(self.container.id).oci_state()
+        for kind in ("createRuntime", "createContainer", "prestart"):
+            run_hooks(self.container.spec, kind, attrs.evolve(state, status="creating" if kind == "createRuntime" else "created"), fatal=True)
+
+    def open_terminal(self) -> None:
+        """The container's pty: its master goes to the console socket, its slave becomes
+        the shim's controlling terminal, so resizes arrive here as SIGWINCH."""
+        size = self.container.spec.process.console_size
+        master, slave = console.open_pty(size.height, size.width) if size else console.open_pty()
+        console.take_controlling_tty(slave)
+        console.send_master(self.console_socket, master)
+        self.stdio = (slave, slave, slave)
 
     def vm_gone(self, vm: VMSpec) -> str | None:
         """Why the VM is no longer running, or None while it is."""
@@ -126,7 +162,7 @@ class Shim:
 
     # ---------------------------------------------------------------- serving
 
-    def serve(self, ready_fd: int) -> int:
+    def serve(self, report: Callable[[str], None]) -> int:
         """Tells ``create`` the container is created, then runs until the container exits."""
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         server.bind(control.SOCKET)  # relative: the shim runs in the container's state directory
@@ -134,9 +170,9 @@ class Shim:
         threading.Thread(target=self.accept_loop, args=(server,), name="control", daemon=True).start()
         for signum in signal.valid_signals() - NOT_FORWARDED:
             signal.signal(signum, lambda n, _frame: self.events.put(("signal", n)))
+        signal.signal(signal.SIGWINCH, lambda *_: self.events.put(("winch", None)))
         self.store.update(self.container.id, status="created")
-        os.write(ready_fd, b"ok")
-        os.close(ready_fd)
+        report(OK)
         while True:
             try:
                 kind, value = self.events.get(timeout=1.0)
@@ -144,6 +180,8 @@ class Shim:
                 continue
             if kind == "signal":
                 code = self.forward_signal(value)
+            elif kind == "winch":
+                code = self.resize()
             elif kind == "exit" and value.get("proc") == INIT:
                 code = exit_code(value)
             elif kind == "closed":
@@ -163,6 +201,8 @@ class Shim:
         with conn:
             try:
                 request = json.loads(conn.makefile("rb").readline() or b"{}")
+                if request.get("op") == "exec":
+                    return self.serve_exec(conn, request)
                 handler = getattr(self, "op_" + request.get("op", ""), None)
                 if handler is None:
                     raise RunvError(f"unknown shim operation {request.get('op')!r}")
@@ -181,12 +221,23 @@ class Shim:
         with self.lock:
             if self.started:
                 raise RunvError(f"cannot start an already running container {self.container.id}")
-            self.hooks.exec(
-                container=self.container, process=self.container.spec.process, agent=self.agent, name=INIT, streams=STREAMS
-            )
+                process = self.container.spec.process
+            if process.terminal:  # the caller may have resized the pty since create
+                rows, cols = console.get_winsize(self.stdio[0])
+                if rows and cols:
+                    process = attrs.evolve(process, console_size=ConsoleSize(height=rows, width=cols))
+            self.routes[STREAMS["stdout"]] = self.sink(self.stdio[1])
+            if not process.terminal:  # a terminal has one output stream
+                self.routes[STREAMS["stderr"]] = self.sink(self.stdio[2])
+            self.hooks.exec(container=self.container, process=process, agent=self.agent, name=INIT, streams=STREAMS)
             self.started = True
-            self.store.update(self.container.id, status="running")
-        threading.Thread(target=self.relay_stdin, name="stdin", daemon=True).start()
+            record = self.store.update(self.container.id, status="running")
+        run_hooks(self.container.spec, "poststart", record.oci_state(), fatal=False)
+        start_pump(
+            self.stdio[0],
+            lambda data: self.agent.send_data(STREAMS["stdin"], data),
+            on_hangup=lambda: self.events.put(("signal", signal.SIGHUP)),
+        )
 
     def op_signal(self, request: dict) -> None:
         signum = int(request["signal"])
@@ -194,6 +245,87 @@ class Shim:
             self.events.put(("signal", signum))
             return
         self.agent.call("signal", proc=INIT, signal=signum, all=bool(request.get("all")))
+
+    def op_ps(self, request: dict) -> dict:
+        return {"processes": self.agent.call("ps")["processes"]}
+
+    def op_stats(self, request: dict) -> dict:
+        return self.agent.call("stats")
+
+    def resize(self) -> None:
+        """Passes the pty's new window size to the container process (SIGWINCH in the guest)."""
+        if self.started and self.container.spec.process.terminal:
+            rows, cols = console.get_winsize(self.stdio[0])
+            try:
+                self.agent.call("winsize", proc=INIT, rows=rows, cols=cols)
+            except AgentError as exc:
+                logger.debug("window size not delivered: %s", exc)
+
+    def serve_exec(self, conn: socket.socket, request: dict) -> None:
+        """Starts an exec'd process and relays its streams and signals over ``conn``
+        (see execproc.Relay for the other end) until it exits."""
+        from runv.oci.config import parse_process
+
+        number = next(self.exec_ids)
+        name = f"exec-{number}"
+        base = 16 * number  # channels base+1..3, clear of the container's 1..3
+        streams = {"stdin": base + 1, "stdout": base + 2, "stderr": base + 3}
+        send_lock = threading.Lock()
+        exited = threading.Event()
+        held: list[bytes] | None = []  # output that arrived before the reply line went out
+
+        def send(frame: bytes, reply: bool = False) -> None:
+            nonlocal held
+            with send_lock:
+                if held is not None and not reply:
+                    held.append(frame)
+                    return
+                frames = [frame] + (held or [])
+                held = None
+                try:
+                    for item in frames:
+                        conn.sendall(item)
+                except OSError:
+                    pass  # the relay is gone; the process still runs to its end
+
+        def on_exit(message: dict) -> None:
+            send(encode_ctrl({k: v for k, v in message.items() if k in ("code", "signal")}))
+            exited.set()
+
+        process = parse_process(request.get("process"), "exec request")
+        self.routes[streams["stdout"]] = lambda data: send(encode_data(1, data))
+        self.routes[streams["stderr"]] = lambda data: send(encode_data(2, data))
+        self.exits[name] = on_exit
+        try:
+            pid = self.hooks.exec(container=self.container, process=process, agent=self.agent, name=name, streams=streams)
+        except RunvError as exc:
+            self.forget(name, streams)
+            send(json.dumps({"error": str(exc)}).encode() + b"\n", reply=True)
+            return
+        send(json.dumps({"ok": True, "pid": pid}).encode() + b"\n", reply=True)
+        reader = FrameReader()
+        try:
+            while not exited.is_set() and (data := conn.recv(65536)):
+                for kind, _channel, payload in reader.feed(data):
+                    if kind == CTRL and payload.get("op") == "signal":
+                        self.agent.call("signal", proc=name, signal=int(payload["signal"]))
+                    elif kind == CTRL and payload.get("op") == "winsize":
+                        self.agent.call("winsize", proc=name, rows=payload["size"][0], cols=payload["size"][1])
+                    elif kind != CTRL:
+                        self.agent.send_data(streams["stdin"], payload)
+            if not exited.is_set():  # the caller went away: EOF (and a hang-up on a terminal)
+                self.agent.send_data(streams["stdin"], b"")
+                if process.terminal:
+                    self.agent.call("signal", proc=name, signal=signal.SIGHUP)
+        except (RunvError, OSError) as exc:
+            logger.debug("exec %s: %s", name, exc)
+        exited.wait()
+        self.forget(name, streams)
+
+    def forget(self, name: str, streams: dict) -> None:
+        self.exits.pop(name, None)
+        self.routes.pop(streams["stdout"], None)
+        self.routes.pop(streams["stderr"], None)
 
     def forward_signal(self, signum: int) -> int | None:
         """Delivers a signal to the container process; before start a terminating signal
@@ -208,31 +340,33 @@ class Shim:
 
     # ---------------------------------------------------------------- streams
 
+    def sink(self, fd: int) -> Callable[[bytes], None]:
+        """Writes a stream to one of the container's host fds; once the caller closed its
+        end, output is dropped, as a closed pipe would."""
+        broken = False
+
+        def write(data: bytes) -> None:
+            nonlocal broken
+            if not broken:
+                try:
+                    write_all(fd, data)
+                except OSError:
+                    broken = True
+
+        return write
+
     def on_data(self, channel: int, payload: bytes) -> None:
-        fd = self.routes.get(channel)
-        if fd is None or not payload:
-            return
-        try:
-            while payload:
-                payload = payload[os.write(fd, payload) :]
-        except OSError:  # the caller closed its end: drop the output, as a closed pipe would
-            self.routes.pop(channel, None)
+        route = self.routes.get(channel)
+        if route is not None and payload:
+            route(payload)
 
     def on_agent_event(self, message: dict) -> None:
+        if message["event"] == "exit" and message.get("proc") != INIT:
+            handler = self.exits.get(message["proc"])
+            if handler:
+                handler(message)
+            return
         self.events.put((message["event"], message))
-
-    def relay_stdin(self) -> None:
-        while True:
-            try:
-                data = os.read(0, 65536)
-            except OSError:
-                data = b""
-            try:
-                self.agent.send_data(STREAMS["stdin"], data)
-            except AgentError:
-                return
-            if not data:
-                return
 
     # ---------------------------------------------------------------- teardown
 
@@ -246,9 +380,11 @@ class Shim:
             self.hooks.detach_storage(container=self.container, attachment=self.attachment)
 
 
-def run(shim: Shim, ready_fd: int) -> int:
+def run(shim: Shim, report: Callable[[str], None]) -> int:
     """The shim process's whole life; returns its exit code."""
     cid = shim.container.id
+    me = os.getpid()
+    shim.store.update(cid, shim_pid=me, shim_start=process_start_time(me))
     try:
         shim.boot()
     except Exception as exc:  # noqa: BLE001 - every failure must reach `create` as one line
@@ -258,11 +394,10 @@ def run(shim: Shim, ready_fd: int) -> int:
         try:
             shim.teardown(force=True)
         finally:
-            os.write(ready_fd, b"error: " + message.encode())
-            os.close(ready_fd)
+            report(message)
         return 1
     try:
-        code = shim.serve(ready_fd)
+        code = shim.serve(report)
     except Exception:  # noqa: BLE001
         logger.error("shim of %s failed: %s", cid, traceback.format_exc())
         code = 255

@@ -1,0 +1,67 @@
+"""Print the container's resource figures (and OOM kills) as runc-style JSON events."""
+
+from typing import Annotated
+
+import typer
+
+NAME = "events"
+
+
+def command(
+    ctx: typer.Context,
+    container_id: Annotated[str, typer.Argument(metavar="ID")],
+    stats: Annotated[bool, typer.Option("--stats", help="Print one stats event and exit.")] = False,
+    interval: Annotated[str, typer.Option("--interval", help="Time between stats events (5s, 500ms, 1m).")] = "5s",
+) -> None:
+    import json
+    import time
+
+    from runv.errors import RunvError
+    from runv.sandbox.lifecycle import ask_shim
+    from runv.sandbox.state import Store
+
+    seconds = parse_duration(interval)
+    oom_kills = None
+    while True:
+        try:
+            figures = ask_shim(ctx.obj, container_id, "stats")
+        except RunvError:
+            if stats or Store(ctx.obj.root).read(container_id).live_status() != "stopped":
+                raise
+            return  # the container stopped: the stream ends, as runc's does
+        if oom_kills is not None and figures["oom_kills"] > oom_kills:
+            print(json.dumps({"type": "oom", "id": container_id}), flush=True)
+        oom_kills = figures["oom_kills"]
+        print(json.dumps(stats_event(container_id, figures)), flush=True)
+        if stats:
+            return
+        time.sleep(seconds)
+
+
+def stats_event(container_id: str, figures: dict) -> dict:
+    """runc's ``stats`` event shape, from the agent's figures."""
+    cpu, memory = figures["cpu"], figures["memory"]
+    return {
+        "type": "stats",
+        "id": container_id,
+        "data": {
+            "cpu": {"usage": {"total": cpu["total"], "percpu": cpu["percpu"], "kernel": cpu["kernel"], "user": cpu["user"]}},
+            "memory": {"usage": {"usage": memory["usage"], "limit": memory["limit"]}, "cache": memory["cache"]},
+            "pids": {"current": figures["pids"]},
+        },
+    }
+
+
+def parse_duration(text: str) -> float:
+    from runv.errors import RunvError
+
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("", 1.0)):
+        if text.endswith(suffix):
+            try:
+                value = float(text[: len(text) - len(suffix)] if suffix else text) * scale
+            except ValueError:
+                break
+            if value > 0:
+                return value
+            break
+    raise RunvError(f"invalid interval {text!r}: use a duration like 5s, 500ms or 1m")
