@@ -57,13 +57,9 @@ class Process:
 
     def agent_request(self) -> dict:
         """The fields of the agent's ``exec`` request that describe this process."""
-        request = {
-            "args": list(self.args),
-            "env": list(self.env),
-            "cwd": self.cwd,
-            "tty": self.terminal,
-            "user": {"uid": self.user.uid, "gid": self.user.gid, "additionalGids": list(self.user.additional_gids)},
-        }
+        oci = self.to_json()
+        request = {key: oci[key] for key in ("args", "env", "cwd", "user")}
+        request["tty"] = self.terminal
         if self.console_size:
             request["rows"], request["cols"] = self.console_size.height, self.console_size.width
         return request
