@@ -12,7 +12,7 @@ so a ``firstresult`` hook answered by "the hypervisor" is answered by the one in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from runv.agent.host import AgentClient
     from runv.oci.config import Process
     from runv.sandbox.context import Container
-    from runv.sandbox.vmspec import StorageAttachment, VMContribution, VMHandle, VMSpec
+    from runv.sandbox.vmspec import Nic, StorageAttachment, VMContribution, VMHandle, VMSpec
 
 hookspec = pluggy.HookspecMarker("runv")
 
@@ -64,7 +64,9 @@ def attach_storage(container: Container) -> StorageAttachment | None:
 def configure_net(container: Container) -> VMContribution | None:
     """Wire the container's network into the VM (devices and kernel arguments).
 
-    Called on every plugin; each may contribute.
+    Called on every plugin; each may contribute. Runs in the shim's main thread before
+    the VMM starts (a plugin may move the shim into a network namespace of its own here).
+    NICs come back as :class:`runv.sandbox.vmspec.Nic` with open fds the VMM inherits.
 
     :param container: the container being created.
     :return: what to add to the VM, or ``None``.
@@ -117,6 +119,30 @@ def exec(container: Container, process: Process, agent: AgentClient, name: str, 
     """
 
 
+@hookspec
+def sync_net(container: Container, agent: AgentClient, attach: Callable[[Nic], None]) -> None:
+    """Bring the guest's network up to date with the container's network namespace.
+
+    Called on every plugin once the agent answers (after ``boot``: the NICs given by
+    ``configure_net``) and again at ``start`` (interfaces a caller configured in the
+    namespace after ``create``, the Docker model). New NICs are hot-plugged with
+    ``attach``, which raises :class:`runv.errors.RunvError` when the hypervisor cannot.
+
+    :param agent: the guest agent, for its ``network`` request.
+    :param attach: adds one NIC to the running VM (through ``attach_nic``).
+    """
+
+
+@hookspec(firstresult=True)
+def attach_nic(handle: VMHandle, nic: Nic) -> bool | None:
+    """Hot-plug ``nic`` into the running VM. Implemented by the hypervisor.
+
+    :return: True when done; ``None`` when this hypervisor cannot hot-plug NICs.
+
+    Stops at first non-None result.
+    """
+
+
 @hookspec(firstresult=True)
 def pause_vm(handle: VMHandle) -> bool | None:
     """Freeze every vCPU of the VM. Implemented by the hypervisor; returns True when done.
@@ -154,3 +180,12 @@ def stop_vm(handle: VMHandle, force: bool) -> bool | None:
 @hookspec
 def detach_storage(container: Container, attachment: StorageAttachment) -> None:
     """Undo ``attach_storage`` once the VM is stopped. Must succeed when already undone."""
+
+
+@hookspec
+def release_net(container: Container) -> None:
+    """Undo ``configure_net`` and ``sync_net`` once the VM is stopped (taps, tc qdiscs).
+
+    Called on every plugin, in the shim and again by ``delete`` (also after a crash, with
+    ``container.spec`` possibly ``None``). Must succeed when already undone.
+    """

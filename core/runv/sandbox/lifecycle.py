@@ -162,12 +162,21 @@ def _container(record: Record, state_dir: Path):
 
 
 def _teardown(record: Record, container) -> None:
-    """Stops the VM and detaches storage the record names (whatever the shim left behind)."""
+    """Stops the VM, releases the network and detaches storage the record names
+    (whatever the shim left behind)."""
     from runv import plugins
     from runv.sandbox.vmspec import attachment_from_json, handle_from_json
 
     if record.vm:
         plugins.load_hypervisor(record.hypervisor).stop_vm(handle=handle_from_json(record.vm), force=True)
+    extras = []
+    for info in plugins.available("extra").values():
+        try:
+            extras.append((info.name, info.load()))
+        except plugins.LoadError as exc:
+            logger.warning("%s", exc)
+    if extras:  # the always-on plugins undo what their configure_net left
+        plugins.Hooks(*extras).release_net(container=container)
     if record.attachment:
         hooks = plugins.Hooks((record.storage, plugins.choose("storage", record.storage).load()))
         hooks.detach_storage(container=container, attachment=attachment_from_json(record.attachment))

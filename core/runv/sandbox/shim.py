@@ -143,6 +143,12 @@ class Shim:
         state = self.store.read(self.container.id).oci_state()
         for kind in ("createRuntime", "createContainer", "prestart"):
             run_hooks(self.container.spec, kind, attrs.evolve(state, status="creating" if kind == "createRuntime" else "created"), fatal=True)
+        self.hooks.sync_net(container=self.container, agent=self.agent, attach=self.attach_nic)
+
+    def attach_nic(self, nic) -> None:
+        """Hot-plugs a NIC a network plugin wired after boot (for ``sync_net``)."""
+        if not self.hooks.attach_nic(handle=self.handle, nic=nic):
+            raise RunvError(f"hypervisor {self.hypervisor!r} cannot hot-plug network interfaces")
 
     def open_terminal(self) -> None:
         """The container's pty: its master goes to the console socket, its slave becomes
@@ -221,7 +227,8 @@ class Shim:
         with self.lock:
             if self.started:
                 raise RunvError(f"cannot start an already running container {self.container.id}")
-                process = self.container.spec.process
+            self.hooks.sync_net(container=self.container, agent=self.agent, attach=self.attach_nic)
+            process = self.container.spec.process
             if process.terminal:  # the caller may have resized the pty since create
                 rows, cols = console.get_winsize(self.stdio[0])
                 if rows and cols:
@@ -376,6 +383,7 @@ class Shim:
             self.agent.close()
         if self.handle:
             self.hooks.stop_vm(handle=self.handle, force=force)
+        self.hooks.release_net(container=self.container)
         if self.attachment:
             self.hooks.detach_storage(container=self.container, attachment=self.attachment)
 

@@ -58,12 +58,26 @@ class StorageAttachment:
 
 
 @attrs.frozen
+class Nic:
+    """A virtio-net device backed by a tap the network plugin opened (in the container's
+    network namespace); the VMM inherits ``fd``, so it never enters that namespace."""
+
+    id: str  # unique in the VM: the VMM's netdev/device id
+    fd: int  # the open tap (close-on-exec in the shim; pass it to the VMM explicitly)
+    mac: str
+    mtu: int = 1500
+    tap: str = ""  # the tap's name in the container's namespace (for VMMs that take names)
+
+
+@attrs.frozen
 class VMContribution:
-    """What a plugin adds to any VM in ``prepare_vm``."""
+    """What a plugin adds to any VM in ``prepare_vm`` (or ``configure_net``)."""
 
     kernel_args: tuple[str, ...] = ()
     shares: tuple[Share, ...] = ()
     disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    hotplug_slots: int = 0  # free slots to keep for devices added after boot (the max wins)
 
 
 @attrs.frozen
@@ -82,6 +96,8 @@ class VMSpec:
     shares: tuple[Share, ...] = ()
     disks: tuple[Disk, ...] = ()
     debug: bool = False
+    nics: tuple[Nic, ...] = ()
+    hotplug_slots: int = 0
 
     def with_contribution(self, extra: VMContribution) -> "VMSpec":
         return attrs.evolve(
@@ -89,6 +105,8 @@ class VMSpec:
             kernel_args=self.kernel_args + extra.kernel_args,
             shares=self.shares + extra.shares,
             disks=self.disks + extra.disks,
+            nics=self.nics + extra.nics,
+            hotplug_slots=max(self.hotplug_slots, extra.hotplug_slots),
         )
 
 
