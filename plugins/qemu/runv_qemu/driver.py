@@ -18,12 +18,13 @@ from pathlib import Path
 from runv.errors import RunvError
 from runv.sandbox.control import socket_name
 from runv.sandbox.state import process_start_time
-from runv.sandbox.vmspec import VMHandle, VMSpec
+from runv.sandbox.vmspec import Nic, VMHandle, VMSpec
 
 BINARY = "qemu-system-x86_64"
 QMP_SOCKET = "qmp.sock"
 START_TIMEOUT = 20.0
 QUIT_TIMEOUT = 5.0
+HOTPLUG_PORT = "hotplug"  # ids of the free PCIe root ports: hotplug0, hotplug1, ...
 
 
 def binary() -> str | None:
@@ -83,6 +84,13 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
             "-drive", f"file={opt(disk.path)},format={disk.format},if=none,id=disk{index}{readonly}",
             "-device", f"virtio-blk-pci,drive=disk{index},serial={disk.serial}",
         ]
+    for nic in vm.nics:  # the tap fds are inherited (start passes them): QEMU stays in its namespace
+        args += [
+            "-netdev", f"tap,id={nic.id},fd={nic.fd}",
+            "-device", f"virtio-net-pci,netdev={nic.id},id=dev-{nic.id},mac={nic.mac}",
+        ]
+    for index in range(vm.hotplug_slots):  # q35's root bus cannot hot-plug: free root ports can
+        args += ["-device", f"pcie-root-port,id={HOTPLUG_PORT}{index},bus=pcie.0,chassis={index + 1}"]
     return args
 
 
@@ -90,7 +98,9 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None) -> VMHand
     """Starts QEMU and returns once its QMP socket is up; fails with QEMU's own words."""
     argv = command(vm, accel, cpu)
     with open(vm.console_log, "ab") as log:
-        proc = subprocess.Popen(argv, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            argv, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[nic.fd for nic in vm.nics]
+        )
     qmp = vm.state_dir / QMP_SOCKET
     deadline = time.monotonic() + START_TIMEOUT
     while not qmp.exists():
@@ -104,7 +114,7 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None) -> VMHand
     return VMHandle(
         hypervisor=plugin,
         pid=proc.pid,
-        data={"qmp": str(qmp), "start_time": process_start_time(proc.pid), "argv": argv},
+        data={"qmp": str(qmp), "start_time": process_start_time(proc.pid), "argv": argv, "hotplug_slots": vm.hotplug_slots},
     )
 
 
@@ -176,4 +186,39 @@ def _wait_gone(handle: VMHandle, timeout: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
+    return True
+
+
+async def _attach_nic(path: str, nic: Nic, slots: int) -> None:
+    from qemu.qmp import ExecuteError, QMPClient
+
+    client = QMPClient("runv")
+    with socket_name(path) as name:
+        await asyncio.wait_for(client.connect(name), 5)
+    try:
+        client.send_fd_scm(nic.fd)
+        await client.execute("getfd", {"fdname": nic.id})
+        await client.execute("netdev_add", {"type": "tap", "id": nic.id, "fd": nic.id})
+        errors = []
+        for index in range(slots):  # the first free root port takes it
+            device = {"driver": "virtio-net-pci", "id": f"dev-{nic.id}", "netdev": nic.id, "mac": nic.mac}
+            try:
+                await client.execute("device_add", {**device, "bus": f"{HOTPLUG_PORT}{index}"})
+                return
+            except ExecuteError as exc:
+                errors.append(str(exc))
+        await client.execute("netdev_del", {"id": nic.id})
+        raise RunvError(f"no free PCIe slot to hot-plug NIC {nic.id} ({slots} kept free; {'; '.join(errors[-1:])})")
+    finally:
+        await client.disconnect()
+
+
+def attach_nic(handle: VMHandle, nic: Nic) -> bool:
+    """Hot-plugs a virtio-net NIC on the tap ``nic.fd`` (sent over QMP with SCM_RIGHTS)."""
+    try:
+        asyncio.run(_attach_nic(handle.data["qmp"], nic, handle.data.get("hotplug_slots", 0)))
+    except RunvError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - qemu.qmp raises many kinds
+        raise RunvError(f"cannot hot-plug NIC {nic.id} into VM pid {handle.pid}: {exc or type(exc).__name__}") from None
     return True

@@ -35,3 +35,8 @@ def pause_vm(handle):
 def resume_vm(handle):
     driver.qmp(handle, "cont")
     return True
+
+
+@hookimpl
+def attach_nic(handle, nic):
+    return driver.attach_nic(handle, nic)
