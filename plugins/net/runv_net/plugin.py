@@ -1,0 +1,163 @@
+"""The network plugin's work, per container: wire the namespace at create, bring the guest
+up to date after boot and at start, unwire at teardown. See docs/networking.md."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import attrs
+
+from runv.errors import RunvError
+from runv.log import logger
+from runv.sandbox.vmspec import Nic, VMContribution
+from runv_net import RECORD, wire
+from runv_net.netns import Namespace, locate, unshare_net
+
+HOTPLUG_SLOTS = 2  # PCIe slots kept free for interfaces configured after create
+GUEST_TIMEOUT = 60.0  # seconds the agent may take for `network` (it waits for hot-plugged NICs)
+MAX_FILE = 64 << 10
+# /etc files the guest gets from the caller: a bind mount in config.json (Docker, Podman,
+# CRI) or, for callers without one, an annotation holding the content itself.
+ETC_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
+ANNOTATIONS = {"runv.net/resolv.conf": "/etc/resolv.conf", "runv.net/hosts": "/etc/hosts"}
+
+SESSIONS: dict[str, "Session"] = {}  # container id -> live session, in the shim process
+
+
+def netns_path(linux: dict) -> str | None:
+    """The ``path`` of the ``network`` entry of ``linux.namespaces``, or None (no entry, or
+    an entry asking for a new namespace: either way the shim makes its own)."""
+    entries = linux.get("namespaces") or []
+    if not isinstance(entries, list):
+        raise RunvError("config.json: linux.namespaces must be a list")
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict) and entry.get("type") == "network":
+            path = entry.get("path")
+            if path in (None, ""):
+                return None
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise RunvError(f"config.json: linux.namespaces[{index}].path must be an absolute path, not {path!r}")
+            return path
+    return None
+
+
+@attrs.define
+class Session:
+    """What runv wired in one container's namespace, and what the guest still lacks."""
+
+    container_id: str
+    state_dir: Path
+    ns: Namespace
+    links: list[wire.Link] = attrs.Factory(list)
+    wired: set[int] = attrs.Factory(set)  # veth ifindexes already wired
+    fds: dict[str, int] = attrs.Factory(dict)  # nic id -> tap fd, until the VMM holds it
+    unconfigured: list[wire.Interface] = attrs.Factory(list)  # wired, not yet set up in the guest
+    guest_ready: bool = False
+
+    def save(self) -> None:
+        record = {"netns": self.ns.to_json(), "links": [attrs.asdict(link) for link in self.links]}
+        tmp = self.state_dir / (RECORD + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.state_dir / RECORD)
+
+    def wire_new(self) -> list[Nic]:
+        """Wires every interface not wired yet; returns their NICs (fds open)."""
+        nics = []
+        for iface in wire.scan(self.ns.path, self.wired):
+            number = len(self.links)
+            nic_id = f"net{number}"
+            link, fd = wire.wire(self.ns.path, iface, number, nic_id)
+            self.links.append(link)
+            self.wired.add(iface.index)
+            self.fds[nic_id] = fd
+            self.unconfigured.append(iface)
+            self.save()
+            logger.debug("net: wired %s (%s) to %s as %s", iface.name, iface.mac, link.tap, nic_id)
+            nics.append(Nic(id=nic_id, fd=fd, mac=iface.mac, mtu=iface.mtu, tap=link.tap))
+        return nics
+
+    def close_fds(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def configure(container) -> VMContribution:
+    """``configure_net``: finds (or makes) the namespace, wires what is in it."""
+    path = netns_path(container.spec.linux)
+    ns = unshare_net() if path is None else Namespace.open(path)
+    session = Session(container.id, container.state_dir, ns)
+    SESSIONS[container.id] = session
+    session.save()  # before wiring anything: a crash from here on leaves a record to undo
+    nics = session.wire_new()
+    return VMContribution(nics=tuple(nics), hotplug_slots=HOTPLUG_SLOTS)
+
+
+def sync(container, agent, attach: Callable[[Nic], None]) -> None:
+    """``sync_net``: hot-plugs interfaces configured since the last call, then has the
+    agent set up every interface it has not seen (and, the first time, lo and /etc files)."""
+    session = SESSIONS.get(container.id)
+    if session is None:
+        return
+    session.close_fds()  # the ones given at boot: the VMM holds its own copies now
+    for nic in session.wire_new():
+        try:
+            attach(nic)
+        finally:
+            os.close(session.fds.pop(nic.id))
+    if session.guest_ready and not session.unconfigured:
+        return
+    request = {"interfaces": [iface.guest_request() for iface in session.unconfigured]}
+    if not session.guest_ready:
+        request["files"] = etc_files(container)
+    agent.call("network", timeout=GUEST_TIMEOUT, **request)
+    session.unconfigured.clear()
+    session.guest_ready = True
+
+
+def release(container) -> None:
+    """``release_net``: undoes the wiring the record names, wherever the namespace is now."""
+    session = SESSIONS.pop(container.id, None)
+    if session is not None:
+        session.close_fds()
+    record_path = Path(container.state_dir) / RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return
+    links = [wire.Link(**link) for link in record.get("links", [])]
+    ns = record.get("netns") or {}
+    path = locate(ns.get("dev", -1), ns.get("ino", -1), ns.get("path"))
+    if links and path is not None:
+        try:
+            wire.unwire(path, links)
+        except (OSError, RunvError) as exc:
+            logger.warning("net: cannot unwire network namespace %s of %s: %s", path, container.id, exc)
+            return
+    record_path.unlink(missing_ok=True)
+
+
+def etc_files(container) -> dict[str, str]:
+    """The /etc files the caller provides for the container, by path in the container."""
+    files = {}
+    for mount in container.spec.mounts:
+        if not isinstance(mount, dict) or mount.get("destination") not in ETC_FILES:
+            continue
+        source = mount.get("source")
+        if not isinstance(source, str):
+            continue
+        try:
+            with open(source, "rb") as f:
+                data = f.read(MAX_FILE + 1)
+        except OSError as exc:
+            raise RunvError(f"cannot read {source} (mounted on {mount['destination']}): {exc.strerror}") from None
+        if len(data) > MAX_FILE:
+            raise RunvError(f"{source} (mounted on {mount['destination']}) is larger than {MAX_FILE} bytes")
+        files[mount["destination"]] = data.decode(errors="replace")
+    for key, destination in ANNOTATIONS.items():
+        if key in container.annotations and destination not in files:
+            files[destination] = container.annotations[key]
+    return files
