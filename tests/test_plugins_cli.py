@@ -39,7 +39,7 @@ def test_plugins_lists_every_installed_plugin_with_its_hooks(runv, env):
     assert {"qemu", "tcg", "kvmtool", "xen", "overlay"} <= set(rows)
     assert rows["qemu"]["kind"] == "hypervisor" and rows["qemu"]["distribution"] == "runv-qemu"
     assert {"probe", "boot", "stop_vm", "pause_vm", "resume_vm"} <= set(rows["tcg"]["hooks"])
-    assert rows["overlay"]["hooks"] == ["attach_storage", "detach_storage"]
+    assert rows["overlay"]["hooks"] == ["attach_storage", "detach_storage", "probe"]
     assert rows["qemu"]["priority"] > rows["tcg"]["priority"]
     assert all(row["error"] is None and row["disabled"] is None for row in rows.values())
     table = runv("plugins", env=env, check=True).stdout
