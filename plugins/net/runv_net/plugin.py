@@ -18,10 +18,7 @@ from runv_net.netns import Namespace, locate, unshare_net
 
 HOTPLUG_SLOTS = 2  # PCIe slots kept free for interfaces configured after create
 GUEST_TIMEOUT = 60.0  # seconds the agent may take for `network` (it waits for hot-plugged NICs)
-MAX_FILE = 64 << 10
-# /etc files the guest gets from the caller: a bind mount in config.json (Docker, Podman,
-# CRI) or, for callers without one, an annotation holding the content itself.
-ETC_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
+# /etc files for callers that do not bind-mount them: annotations holding the content.
 ANNOTATIONS = {"runv.net/resolv.conf": "/etc/resolv.conf", "runv.net/hosts": "/etc/hosts"}
 
 SESSIONS: dict[str, "Session"] = {}  # container id -> live session, in the shim process
@@ -141,23 +138,12 @@ def release(container) -> None:
 
 
 def etc_files(container) -> dict[str, str]:
-    """The /etc files the caller provides for the container, by path in the container."""
-    files = {}
-    for mount in container.spec.mounts:
-        if not isinstance(mount, dict) or mount.get("destination") not in ETC_FILES:
-            continue
-        source = mount.get("source")
-        if not isinstance(source, str):
-            continue
-        try:
-            with open(source, "rb") as f:
-                data = f.read(MAX_FILE + 1)
-        except OSError as exc:
-            raise RunvError(f"cannot read {source} (mounted on {mount['destination']}): {exc.strerror}") from None
-        if len(data) > MAX_FILE:
-            raise RunvError(f"{source} (mounted on {mount['destination']}) is larger than {MAX_FILE} bytes")
-        files[mount["destination"]] = data.decode(errors="replace")
-    for key, destination in ANNOTATIONS.items():
-        if key in container.annotations and destination not in files:
-            files[destination] = container.annotations[key]
-    return files
+    """The /etc files to write into the container: annotations holding the content, for
+    callers that do not bind-mount them (a mount in config.json, as Docker, Podman and
+    CRI make, reaches the guest with the other mounts and wins over the annotation)."""
+    mounted = {m.get("destination") for m in container.spec.mounts if isinstance(m, dict)}
+    return {
+        destination: container.annotations[key]
+        for key, destination in ANNOTATIONS.items()
+        if key in container.annotations and destination not in mounted
+    }
