@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from runv.agent.host import AgentClient
     from runv.oci.config import Process
     from runv.sandbox.context import Container
@@ -188,4 +190,53 @@ def release_net(container: Container) -> None:
 
     Called on every plugin, in the shim and again by ``delete`` (also after a crash, with
     ``container.spec`` possibly ``None``). Must succeed when already undone.
+    """
+
+
+# -------------------------------------------------------------------------
+# VM templates (a booted guest saved once, restored for each container)
+# -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def template_shape(vm: VMSpec) -> dict | None:
+    """What a template must have been made from to start ``vm``: the hypervisor's machine
+    and device set with every per-container value (host paths, names) taken out, and the
+    VMM's own identity. Implemented by the hypervisor; the core compares it with the one
+    recorded in each template, so a template of another shape or a stale one is not used.
+
+    :return: JSON-ready data, or ``None`` when ``vm`` cannot start from a template here
+        (this hypervisor has no templates, or the VM has devices a template cannot carry);
+        the core then boots cold.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def save_template(vm: VMSpec, directory: Path, compress: bool, ready: Callable[[VMHandle], None]) -> dict | None:
+    """Boot ``vm``, call ``ready(handle)`` (it returns once the guest agent answers, and
+    stays connected), save the running guest into ``directory`` and stop the VM.
+
+    Implemented by the hypervisor. Files written must be readable by root only.
+
+    :param compress: make the saved files smaller at some cost in restore time and memory.
+    :return: what was saved (kept in the template's record and passed to
+        ``restore_template``), or ``None`` when this hypervisor has no templates.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def restore_template(vm: VMSpec, directory: Path, record: dict) -> VMHandle | None:
+    """Start ``vm`` from the template in ``directory`` instead of booting it; return once
+    the guest runs. ``vm`` has the template's shape (see ``template_shape``) with this
+    container's own host paths. The guest agent does not say ``ready`` again: the core
+    pokes it and pushes the clone's identity (RNG seed, clock, hostname).
+
+    Raise :class:`runv.errors.RunvError` when the template cannot be loaded (the core
+    warns and boots cold); return ``None`` when this hypervisor has no templates.
+
+    Stops at first non-None result.
     """
