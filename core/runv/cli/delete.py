@@ -4,12 +4,14 @@ from typing import Annotated
 
 import typer
 
+from runv.cli.options import ContainerId
+
 NAME = "delete"
 
 
 def command(
     ctx: typer.Context,
-    container_id: Annotated[str, typer.Argument(metavar="ID")],
+    container_id: ContainerId,
     force: Annotated[bool, typer.Option("--force", "-f", help="Kill the container first if it is running.")] = False,
 ) -> None:
     from runv.sandbox.lifecycle import delete

@@ -4,12 +4,14 @@ from typing import Annotated
 
 import typer
 
+from runv.cli.options import ContainerId
+
 NAME = "events"
 
 
 def command(
     ctx: typer.Context,
-    container_id: Annotated[str, typer.Argument(metavar="ID")],
+    container_id: ContainerId,
     stats: Annotated[bool, typer.Option("--stats", help="Print one stats event and exit.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Time between stats events (5s, 500ms, 1m).")] = "5s",
 ) -> None:

@@ -5,13 +5,15 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from runv.cli.options import ConsoleSocket, ContainerId, PidFile, PreserveFds
+
 NAME = "exec"
 CONTEXT_SETTINGS = {"allow_interspersed_args": False}  # `exec ID sh -c ...`: -c is the program's
 
 
 def command(
     ctx: typer.Context,
-    container_id: Annotated[str, typer.Argument(metavar="ID")],
+    container_id: ContainerId,
     args: Annotated[Optional[List[str]], typer.Argument(metavar="[COMMAND [ARG...]]")] = None,
     process: Annotated[Optional[Path], typer.Option("--process", "-p", help="process.json describing the process.")] = None,
     env: Annotated[Optional[List[str]], typer.Option("--env", "-e", help="K=V added to the container's environment.")] = None,
@@ -19,14 +21,14 @@ def command(
     user: Annotated[Optional[str], typer.Option("--user", "-u", help="UID[:GID].")] = None,
     additional_gids: Annotated[Optional[List[int]], typer.Option("--additional-gids", "-g", help="Extra group ids.")] = None,
     tty: Annotated[bool, typer.Option("--tty", "-t", help="Allocate a pseudo-terminal.")] = False,
-    console_socket: Annotated[Optional[Path], typer.Option("--console-socket", help="Unix socket that receives the pty master.")] = None,
+    console_socket: ConsoleSocket = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the process has started.")] = False,
-    pid_file: Annotated[Optional[Path], typer.Option("--pid-file", help="Write the exec relay's PID here.")] = None,
+    pid_file: PidFile = None,
     process_label: Annotated[Optional[str], typer.Option("--process-label", hidden=True)] = None,
     apparmor: Annotated[Optional[str], typer.Option("--apparmor", hidden=True)] = None,
     no_new_privs: Annotated[bool, typer.Option("--no-new-privs", hidden=True)] = False,
     cap: Annotated[Optional[List[str]], typer.Option("--cap", "-c", hidden=True)] = None,
-    preserve_fds: Annotated[int, typer.Option("--preserve-fds", hidden=True)] = 0,
+    preserve_fds: PreserveFds = 0,
 ) -> None:
     from runv.sandbox.execproc import exec_process, make_process
 

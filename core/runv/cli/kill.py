@@ -4,12 +4,14 @@ from typing import Annotated
 
 import typer
 
+from runv.cli.options import ContainerId
+
 NAME = "kill"
 
 
 def command(
     ctx: typer.Context,
-    container_id: Annotated[str, typer.Argument(metavar="ID")],
+    container_id: ContainerId,
     signal: Annotated[str, typer.Argument(metavar="[SIGNAL]", help="Number, TERM or SIGTERM.")] = "TERM",
     all_processes: Annotated[bool, typer.Option("--all", "-a", help="Signal every process of the container.")] = False,
 ) -> None:

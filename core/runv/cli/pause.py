@@ -1,13 +1,13 @@
 """Pause every process of the container (its VM's vCPUs stop)."""
 
-from typing import Annotated
-
 import typer
+
+from runv.cli.options import ContainerId
 
 NAME = "pause"
 
 
-def command(ctx: typer.Context, container_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+def command(ctx: typer.Context, container_id: ContainerId) -> None:
     from runv.sandbox.lifecycle import pause
 
     pause(ctx.obj, container_id)

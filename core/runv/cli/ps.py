@@ -4,12 +4,14 @@ from typing import Annotated
 
 import typer
 
+from runv.cli.options import ContainerId
+
 NAME = "ps"
 
 
 def command(
     ctx: typer.Context,
-    container_id: Annotated[str, typer.Argument(metavar="ID")],
+    container_id: ContainerId,
     output_format: Annotated[str, typer.Option("--format", "-f", help="table or json (a list of PIDs).")] = "table",
 ) -> None:
     import json

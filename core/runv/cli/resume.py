@@ -1,13 +1,13 @@
 """Resume a paused container."""
 
-from typing import Annotated
-
 import typer
+
+from runv.cli.options import ContainerId
 
 NAME = "resume"
 
 
-def command(ctx: typer.Context, container_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+def command(ctx: typer.Context, container_id: ContainerId) -> None:
     from runv.sandbox.lifecycle import resume
 
     resume(ctx.obj, container_id)

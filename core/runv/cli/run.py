@@ -1,23 +1,25 @@
 """Create and start a container; in the foreground, exit with its exit code."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+from runv.cli.options import Bundle, ConsoleSocket, ContainerId, NoNewKeyring, NoPivot, PidFile, PreserveFds
 
 NAME = "run"
 
 
 def command(
     ctx: typer.Context,
-    container_id: Annotated[str, typer.Argument(metavar="ID", help="Container id.")],
-    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory (holds config.json).")] = Path("."),
+    container_id: ContainerId,
+    bundle: Bundle = Path("."),
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the container is started.")] = False,
-    pid_file: Annotated[Optional[Path], typer.Option("--pid-file", help="Write the container's PID (its shim) here.")] = None,
-    console_socket: Annotated[Optional[Path], typer.Option("--console-socket", help="Unix socket that receives the pty master.")] = None,
-    no_pivot: Annotated[bool, typer.Option("--no-pivot", hidden=True)] = False,
-    no_new_keyring: Annotated[bool, typer.Option("--no-new-keyring", hidden=True)] = False,
-    preserve_fds: Annotated[int, typer.Option("--preserve-fds", hidden=True)] = 0,
+    pid_file: PidFile = None,
+    console_socket: ConsoleSocket = None,
+    no_pivot: NoPivot = False,
+    no_new_keyring: NoNewKeyring = False,
+    preserve_fds: PreserveFds = 0,
 ) -> None:
     from runv.sandbox.lifecycle import run
 

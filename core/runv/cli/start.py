@@ -1,13 +1,13 @@
 """Start the process of a created container."""
 
-from typing import Annotated
-
 import typer
+
+from runv.cli.options import ContainerId
 
 NAME = "start"
 
 
-def command(ctx: typer.Context, container_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+def command(ctx: typer.Context, container_id: ContainerId) -> None:
     from runv.sandbox.lifecycle import start
 
     start(ctx.obj, container_id)

@@ -1,13 +1,13 @@
 """Print the OCI state of a container as JSON."""
 
-from typing import Annotated
-
 import typer
+
+from runv.cli.options import ContainerId
 
 NAME = "state"
 
 
-def command(ctx: typer.Context, container_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+def command(ctx: typer.Context, container_id: ContainerId) -> None:
     import json
 
     from runv.sandbox.state import Store
