@@ -94,9 +94,10 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
     return args
 
 
-def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None) -> VMHandle:
-    """Starts QEMU and returns once its QMP socket is up; fails with QEMU's own words."""
-    argv = command(vm, accel, cpu)
+def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: list[str] = ()) -> VMHandle:
+    """Starts QEMU and returns once its QMP socket is up; fails with QEMU's own words.
+    ``extra`` goes at the end of the command line (templates: memory backend, -incoming)."""
+    argv = command(vm, accel, cpu) + list(extra)
     with open(vm.console_log, "ab") as log:
         proc = subprocess.Popen(
             argv, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[nic.fd for nic in vm.nics]

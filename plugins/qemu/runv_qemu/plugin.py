@@ -57,3 +57,24 @@ def resume_vm(handle):
 @hookimpl
 def attach_nic(handle, nic):
     return driver.attach_nic(handle, nic)
+
+
+@hookimpl
+def template_shape(vm):
+    from runv_qemu import template
+
+    return template.shape(vm, accel="kvm", cpu=cpu())
+
+
+@hookimpl
+def save_template(vm, directory, compress, ready):
+    from runv_qemu import template
+
+    return template.save(vm, directory, compress, ready, plugin="qemu", accel="kvm", cpu=cpu())
+
+
+@hookimpl
+def restore_template(vm, directory, record):
+    from runv_qemu import template
+
+    return template.restore(vm, directory, record, plugin="qemu", accel="kvm", cpu=cpu())
