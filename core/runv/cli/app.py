@@ -35,6 +35,7 @@ def main_options(
     initrd: Annotated[Path, typer.Option(help="Guest initrd (built by `runv guest build`).")] = DEFAULT_INITRD,
     hypervisor: Annotated[str, typer.Option(help="Hypervisor plugin, or auto.")] = "auto",
     storage: Annotated[str, typer.Option(help="Storage plugin for the container rootfs.")] = "overlay",
+    template: Annotated[str, typer.Option(help="Start VMs from a saved VM template: auto (one that matches, if any), off, or a name (see `runv template`).")] = "auto",
     systemd_cgroup: Annotated[bool, typer.Option("--systemd-cgroup", hidden=True)] = False,
     rootless: Annotated[Optional[str], typer.Option("--rootless", hidden=True)] = None,
 ) -> None:
@@ -43,7 +44,7 @@ def main_options(
         raise typer.BadParameter(f"must be text or json, not {log_format!r}", param_hint="--log-format")
     ctx.obj = Settings(
         root=root, log=log, log_format=log_format, debug=debug, kernel=kernel, initrd=initrd,
-        hypervisor=hypervisor, storage=storage,
+        hypervisor=hypervisor, storage=storage, template=template,
     )
     from runv.log import setup
 
@@ -52,7 +53,7 @@ def main_options(
 
 def _register() -> None:
     from runv.cli import (
-        check, create, delete, events, exec_, features, guest, kill, list_, pause, plugins, ps, resume, run, spec, start, state,
+        check, create, delete, events, exec_, features, guest, kill, list_, pause, plugins, ps, resume, run, spec, start, state, template,
     )
 
     commands = (spec, create, start, run, exec_, state, kill, delete, list_, pause, resume, ps, events, features, check, plugins)
@@ -60,6 +61,7 @@ def _register() -> None:
         settings = getattr(module, "CONTEXT_SETTINGS", None)
         app.command(module.NAME, help=module.__doc__, context_settings=settings)(module.command)
     app.add_typer(guest.app, name="guest")
+    app.add_typer(template.app, name="template")
 
 
 _register()

@@ -83,6 +83,12 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
         store.remove(container_id)
         raise RunvError(answer.removeprefix("error: ") or f"the shim of container {container_id} died during create")
     write_pid_file(pid_file, pid)
+    import sys
+
+    from runv.sandbox.templates import warning_of
+
+    if warning := warning_of(state_dir):  # the shim fell back to a cold boot
+        print(f"runv: warning: {warning}", file=sys.stderr)
     return pid
 
 

@@ -124,10 +124,12 @@ class Shim:
         self.store.update(cid, storage=self.storage, attachment=to_json(self.attachment))
         vm = self.vm_spec()
         logger.debug("booting %s with %s: %s", cid, self.hypervisor, vm)
-        self.handle = self.hooks.boot(vm=vm)
+        from runv.sandbox import templates
+
+        self.handle = templates.restore(self, vm) or self.hooks.boot(vm=vm)  # a restore connects self.agent
         self.store.update(cid, hypervisor=self.hypervisor, vm=to_json(self.handle))
         started = time.monotonic()
-        self.agent = AgentClient.connect(
+        self.agent = self.agent or AgentClient.connect(
             str(vm.agent_socket), self.on_data, self.on_agent_event, timeout=AGENT_TIMEOUT, alive=lambda: self.vm_gone(vm)
         )
         logger.debug("agent ready after %.2f s: %s", time.monotonic() - started, self.agent.ready_info)

@@ -1,0 +1,88 @@
+"""Make, list and remove VM templates (booted guests that containers start from)."""
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="VM templates: a guest booted once and saved; `create`/`run` start from a matching one (--template).",
+    no_args_is_help=True,
+)
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(help="Template name (default: from hypervisor, memory, vCPUs and a hash of the shape).")] = None,
+    memory: Annotated[int, typer.Option("--memory", "-m", help="Guest memory in MiB.")] = 256,
+    vcpus: Annotated[int, typer.Option("--vcpus", help="Guest vCPUs.")] = 1,
+    share: Annotated[Optional[list[str]], typer.Option("--share", help="Tag of a 9p share the containers have (repeat; default: rootfs).")] = None,
+    hotplug_slots: Annotated[int, typer.Option("--hotplug-slots", help="Free PCIe slots the containers' VMs keep (the net plugin keeps 2).")] = 2,
+    compress: Annotated[bool, typer.Option("--compress", help="Save guest RAM lz4-compressed in the state file (smaller; clones do not share RAM).")] = False,
+) -> None:
+    """Boot a VM of this shape to agent-ready and save it (replaces a template of the same name)."""
+    from runv.sandbox import templates
+
+    record = templates.create(
+        ctx.find_root().obj,
+        name=name,
+        memory_mib=memory,
+        vcpus=vcpus,
+        shares=tuple(share or templates.DEFAULT_SHARES),
+        hotplug_slots=hotplug_slots,
+        compress=compress,
+    )
+    size = sum(record["saved"]["files"].values())
+    typer.echo(f"{record['name']}: saved in {record['seconds']:.1f} s ({size / 2**20:.0f} MiB) in {templates.directory()}")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """Templates with their shape, and whether the current kernel and initrd still match."""
+    from runv.sandbox import templates
+
+    settings = ctx.find_root().obj
+    try:
+        current = templates.source(settings.kernel, settings.initrd)
+    except OSError:
+        current = None
+    rows = []
+    for record in templates.all_records():
+        path = templates.directory() / record["name"]
+        problem = templates.broken_reason(path, record) or (
+            templates.stale_reason(record, current) if current else "no guest kernel/initrd to compare with"
+        )
+        shape = record.get("shape", {})
+        rows.append({
+            "name": record["name"],
+            "hypervisor": shape.get("hypervisor"),
+            "memory_mib": shape.get("memory_mib"),
+            "vcpus": shape.get("vcpus"),
+            "shares": record.get("shares", []),
+            "compress": record["saved"].get("compress"),
+            "bytes": sum(record["saved"].get("files", {}).values()),
+            "created": record.get("created"),
+            "status": f"unusable: {problem}" if problem else "ok",
+        })
+    if format == "json":
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    typer.echo(f"{'NAME':<32} {'HYPERVISOR':<10} {'MEMORY':>6} {'VCPUS':>5} {'SHARES':<12} {'SIZE':>8}  STATUS")
+    for row in rows:
+        typer.echo(
+            f"{row['name']:<32} {row['hypervisor']:<10} {row['memory_mib']:>5}M {row['vcpus']:>5} "
+            f"{','.join(row['shares']):<12} {row['bytes'] / 2**20:>7.0f}M  {row['status']}"
+        )
+
+
+@app.command("rm")
+def rm(names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Templates to remove.")]) -> None:
+    """Remove templates."""
+    from runv.sandbox import templates
+
+    for name in names:
+        templates.remove(name)
