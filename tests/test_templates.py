@@ -1,0 +1,142 @@
+"""VM templates: containers started from a saved, booted VM (and the faults that must boot cold)."""
+
+import json
+import os
+import shutil
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+
+RESTORED = "VM restored from template"
+
+
+@pytest.fixture
+def template_dir(runv) -> Path:
+    """The session's template directory (conftest's guest_image made template ``test``)."""
+    path = os.environ.get("RUNV_TEMPLATE_DIR")
+    if not path or not (Path(path) / "test" / "template.json").exists():
+        pytest.skip("the session template was not made (RUNV_TEST_TEMPLATES=0?)")
+    return Path(path)
+
+
+def copy_template(template_dir: Path, name: str) -> Path:
+    """A copy of template ``test`` named ``name`` (the RAM file hard-linked: it is never written)."""
+    source, target = template_dir / "test", template_dir / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(mode=0o700)
+    for entry in source.iterdir():
+        if entry.name == "memory":
+            os.link(entry, target / entry.name)
+        else:
+            shutil.copy2(entry, target / entry.name)
+    record = json.loads((target / "template.json").read_text())
+    record["name"] = name
+    (target / "template.json").write_text(json.dumps(record))
+    return target
+
+
+def test_template_files_are_root_only_and_listed(runv, template_dir):
+    path = template_dir / "test"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    for entry in path.iterdir():
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o600, entry
+    listed = json.loads(runv("template", "list", "--format", "json", check=True).stdout)
+    assert [(t["name"], t["status"], t["memory_mib"]) for t in listed if t["name"] == "test"] == [("test", "ok", 256)]
+
+
+def test_run_from_template_prints_output_and_exit_code(runv, make_bundle, tmp_path, template_dir):
+    log = tmp_path / "runv.log"
+    bundle = make_bundle(["sh", "-c", "echo out; echo err >&2; hostname; exit 3"])
+    started = time.monotonic()
+    result = runv("--log", log, "run", "--bundle", bundle, "t1")
+    took = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "out\nrunv-test\n"
+    assert result.stderr == "err\n"
+    assert RESTORED in log.read_text()
+    assert took < 5, f"a template start took {took:.1f} s"
+
+
+def test_two_clones_at_once_are_distinct(runv, make_bundle, tmp_path, template_dir):
+    script = "hostname; date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; echo mine > /mine; cat /mine"
+    results = {}
+
+    def run(name):
+        bundle = make_bundle(["sh", "-c", script], name=name, hostname=name)
+        results[name] = (runv("--log", tmp_path / f"{name}.log", "run", "--bundle", bundle, name), bundle)
+
+    before = time.time()
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("clone-a", "clone-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = time.time()
+    randoms = set()
+    for name, (result, bundle) in results.items():
+        assert result.returncode == 0, result.stderr
+        hostname, clock, random, mine = result.stdout.splitlines()
+        assert hostname == name and mine == "mine"
+        assert before - 2 <= int(clock) <= after + 2, (clock, before, after)
+        assert len(random) == 32
+        randoms.add(random)
+        assert (bundle / "rootfs/mine").read_text() == "mine\n"  # its own rootfs
+        assert RESTORED in (tmp_path / f"{name}.log").read_text()
+    assert len(randoms) == 2, "two clones read the same random bytes"
+
+
+def test_template_off_boots_cold(runv, make_bundle, tmp_path, template_dir):
+    log = tmp_path / "runv.log"
+    result = runv("--log", log, "--template", "off", "run", "--bundle", make_bundle(["echo", "cold"]), "t2")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "cold\n", "")
+    assert RESTORED not in log.read_text()
+
+
+def test_stale_template_is_not_used(runv, make_bundle, tmp_path, template_dir):
+    path = copy_template(template_dir, "stale")
+    record = json.loads((path / "template.json").read_text())
+    record["source"]["kernel"]["mtime_ns"] += 1  # as if the kernel was rebuilt since
+    (path / "template.json").write_text(json.dumps(record))
+    log = tmp_path / "runv.log"
+    result = runv("--log", log, "--template", "stale", "run", "--bundle", make_bundle(["echo", "ok"]), "t3")
+    assert (result.returncode, result.stdout) == (0, "ok\n")
+    assert result.stderr.startswith("runv: warning: template 'stale' not used: made from another kernel")
+    assert len(result.stderr.splitlines()) == 1
+    assert RESTORED not in log.read_text()
+    listed = json.loads(runv("template", "list", "--format", "json", check=True).stdout)
+    assert [t["status"] for t in listed if t["name"] == "stale"][0].startswith("unusable: made from another kernel")
+    runv("template", "rm", "stale", check=True)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("fault", ["truncated", "corrupt", "missing"])
+def test_broken_template_boots_cold_with_a_warning(runv, make_bundle, tmp_path, template_dir, fault):
+    name = f"broken-{fault}"
+    if fault != "missing":
+        path = copy_template(template_dir, name)
+        state = path / "state"
+        data = bytearray(state.read_bytes())
+        if fault == "truncated":
+            state.write_bytes(data[: len(data) // 2])
+        else:  # same size, garbage inside: only QEMU's load notices
+            data[1000:] = b"\xa5" * (len(data) - 1000)
+            state.write_bytes(data)
+    started = time.monotonic()
+    result = runv("--template", name, "run", "--bundle", make_bundle(["echo", "ok"]), "t4", timeout=120)
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+    assert result.stderr.startswith(f"runv: warning: template '{name}'") and "booting cold" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 90
+    shutil.rmtree(template_dir / name, ignore_errors=True)
+
+
+def test_template_names_are_checked(runv):
+    refused = runv("template", "rm", "../etc")
+    assert refused.returncode == 1 and "invalid template name" in refused.stderr
+    missing = runv("template", "rm", "nope")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
