@@ -120,6 +120,8 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
     store = Store(settings.root)
     state_dir = store.dir(container_id)
     if not state_dir.is_dir():
+        if force:  # as runc: callers (Podman after a failed create) delete --force blindly
+            return
         raise RunvError(f"container {container_id} does not exist")
     try:
         record = store.read(container_id)
