@@ -59,6 +59,10 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
             f"{bundle}/config.json: hooks.startContainer is not supported: it runs inside the container, "
             "which is a VM here; use createContainer or prestart (run on the host)"
         )
+    from runv.sandbox.lookpath import check_program
+
+    process = spec.process  # missing program: refused here, as runc's create does, before a VM boots
+    check_program(str(rootfs), process.args, process.env, process.cwd, [str(m.get("destination", "")) for m in spec.mounts])
     if spec.process.terminal:
         if console_socket is None:
             raise RunvError("process.terminal is true: pass --console-socket to receive the terminal (or use `runv run -t` in a terminal)")
