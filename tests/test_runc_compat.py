@@ -61,3 +61,13 @@ def test_program_lookup_follows_the_rootfs_and_its_path(tmp_path):
     for args in (["/bin/loop"], ["sh"]):
         with pytest.raises(RunvError):
             check_program(str(rootfs), args, env, "/", [])
+
+
+def test_vm_that_exits_during_boot_says_why(runv, make_bundle, root, tmp_path):
+    broken = tmp_path / "kernel"
+    broken.write_bytes(os.urandom(4096))
+    result = runv("--kernel", broken, "create", "--bundle", make_bundle(["true"]), "c1")
+    assert result.returncode == 1
+    # QEMU's own words, not "the VM closed the agent channel"
+    assert "exited during boot: qemu" in result.stderr, result.stderr
+    assert not (root / "c1").exists()

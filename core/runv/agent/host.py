@@ -51,10 +51,18 @@ class AgentClient:
             time.sleep(0.02)
         client = cls(sock, on_data, on_event)
         while not client.ready.wait(0.1):
-            if client.closed:
-                raise AgentError("the VM closed the agent channel before the agent was ready")
+            if client.closed:  # the VMM is exiting: say why, once it is gone
+                raise AgentError(cls._exit_reason(alive) or "the VM closed the agent channel before the agent was ready")
             cls._check(deadline, alive, timeout)
         return client
+
+    @staticmethod
+    def _exit_reason(alive: Callable[[], str | None], wait: float = 3.0) -> str | None:
+        """Why the VM died, polled for a moment: its channel closes just before it exits."""
+        deadline = time.monotonic() + wait
+        while (reason := alive()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return reason
 
     @staticmethod
     def _check(deadline: float, alive: Callable[[], str | None], timeout: float) -> None:
