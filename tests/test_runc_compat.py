@@ -18,6 +18,34 @@ from runv.sandbox.lookpath import check_program
 from test_exec_tty import read_until, set_size
 
 
+class Receiver:
+    """A console socket that takes the pty master and (optionally) sizes it at once, as
+    conmon does right after the runtime returns, racing the runtime's own set-up."""
+
+    def __init__(self, path, size=None):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(1)
+        self.size = size
+        self.master = None
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+        self.thread.start()
+
+    def _receive(self):
+        conn, _ = self.sock.accept()
+        with conn:
+            _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+        if self.size:
+            set_size(fds[0], *self.size)
+        self.master = fds[0]
+
+    def wait(self):
+        self.thread.join(60)
+        assert self.master is not None, "no pty master arrived"
+        return self.master
+
+
 # ---------------------------------------------------------------- no VM needed
 
 
@@ -71,3 +99,32 @@ def test_vm_that_exits_during_boot_says_why(runv, make_bundle, root, tmp_path):
     # QEMU's own words, not "the VM closed the agent channel"
     assert "exited during boot: qemu" in result.stderr, result.stderr
     assert not (root / "c1").exists()
+
+
+# ---------------------------------------------------------------- with VMs
+
+DEVPTS = {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
+
+
+@pytest.fixture
+def with_devpts(runv, make_bundle):
+    """A running container whose spec mounts its own /dev/pts, as Podman's and containerd's do."""
+    runv("run", "-d", "--bundle", make_bundle(["sleep", "1000"], mounts=[DEVPTS]), "pts", check=True)
+    return "pts"
+
+
+@pytest.mark.vm
+@pytest.mark.usefixtures("guest_image")
+def test_exec_tty_is_on_the_containers_devpts(runv, with_devpts, tmp_path):
+    receiver = Receiver(tmp_path / "console.sock")
+    pid_file = tmp_path / "pid"
+    result = runv("exec", "-t", "-d", "--console-socket", receiver.path, "--pid-file", pid_file, with_devpts, "sh")
+    assert result.returncode == 0, result.stderr
+    master = receiver.wait()
+    try:
+        os.write(master, b"tty; echo done\n")
+        output = read_until(master, b"done")
+        assert b"/dev/pts/0" in output and b"not a tty" not in output  # ttyname() works in the container
+        os.write(master, b"exit\n")
+    finally:
+        os.close(master)

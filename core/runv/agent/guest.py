@@ -362,7 +362,7 @@ class Agent:
         streams = message.get("streams", {})
         tty = bool(message.get("tty"))
         if tty:
-            master, slave = os.openpty()
+            master, slave = open_pty(self.rootfs)
             set_winsize(master, message.get("rows", 0), message.get("cols", 0))
             child_fds = (slave, slave, slave)
             parent = {"outputs": {master: streams.get("stdout", 0)}, "stdin_fd": master}
@@ -546,6 +546,21 @@ def mount(source: str, target: str, fstype: str, options: str) -> None:
     _, status = os.waitpid(pid, 0)
     if status != 0:
         raise AgentError(f"mount {source} on {target}: {output.decode(errors='replace').strip()}")
+
+
+TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441  # <asm-generic/ioctls.h>; not in termios
+
+
+def open_pty(rootfs: str) -> tuple:
+    """A pty pair from the devpts instance the container sees: a spec that mounts its own
+    /dev/pts (Podman's and containerd's do) hides the agent's, and a pty from there would
+    leave the process without a name for its terminal (``tty``: not a tty)."""
+    ptmx = os.path.join(rootfs, "dev/pts/ptmx")
+    if rootfs == "/" or not os.path.exists(ptmx):
+        return os.openpty()
+    master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    return master, fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
 
 
 def set_winsize(fd: int, rows: int, cols: int) -> None:
