@@ -115,15 +115,15 @@ def with_devpts(runv, make_bundle):
 
 @pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
-def test_exec_tty_is_on_the_containers_devpts(runv, with_devpts, tmp_path):
-    receiver = Receiver(tmp_path / "console.sock")
+def test_exec_tty_is_on_the_containers_devpts_and_sized_early(runv, with_devpts, tmp_path):
+    receiver = Receiver(tmp_path / "console.sock", size=(41, 121))  # sized the moment it arrives
     pid_file = tmp_path / "pid"
     result = runv("exec", "-t", "-d", "--console-socket", receiver.path, "--pid-file", pid_file, with_devpts, "sh")
     assert result.returncode == 0, result.stderr
     master = receiver.wait()
     try:
-        os.write(master, b"tty; echo done\n")
-        output = read_until(master, b"done")
+        os.write(master, b"tty; stty size\n")
+        output = read_until(master, b"41 121")  # the early size reached the guest
         assert b"/dev/pts/0" in output and b"not a tty" not in output  # ttyname() works in the container
         os.write(master, b"exit\n")
     finally:

@@ -74,7 +74,10 @@ class Relay:
         for signum in signal.valid_signals() - NOT_FORWARDED:
             signal.signal(signum, lambda n, _f: self.send(encode_ctrl({"op": "signal", "signal": n})))
         if tty:
-            signal.signal(signal.SIGWINCH, lambda *_: self.send(encode_ctrl({"op": "winsize", "size": console.get_winsize(self.fds[0])})))
+            resize = lambda *_: self.send(encode_ctrl({"op": "winsize", "size": console.get_winsize(self.fds[0])}))  # noqa: E731
+            signal.signal(signal.SIGWINCH, resize)
+            if all(console.get_winsize(self.fds[0])):
+                resize()  # conmon sizes the pty as soon as exec returns: maybe before this handler was set
         hangup = lambda: self.send(encode_ctrl({"op": "signal", "signal": signal.SIGHUP}))  # noqa: E731
         start_pump(self.fds[0], lambda data: self.send(encode_data(STDIN, data)), hangup)
         reader = FrameReader()
