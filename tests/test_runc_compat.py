@@ -128,3 +128,36 @@ def test_exec_tty_is_on_the_containers_devpts_and_sized_early(runv, with_devpts,
         os.write(master, b"exit\n")
     finally:
         os.close(master)
+
+
+@pytest.mark.vm
+@pytest.mark.usefixtures("guest_image")
+def test_terminal_create_and_exec_let_go_of_the_callers_stdio(root, make_bundle, tmp_path):
+    """go-runc (containerd) reads create's and exec's output until end-of-file when there
+    is a terminal: runv's shim and exec relay must not hold the caller's pipe."""
+    bundle = make_bundle(["sh"], terminal=True, mounts=[DEVPTS])
+    receiver = Receiver(tmp_path / "create.sock")
+    base = [RUNV, "--root", str(root)]
+    try:
+        create = subprocess.run(
+            [*base, "create", "--bundle", str(bundle), "--console-socket", str(receiver.path), "t1"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=120,  # reads to EOF: hangs if held
+        )
+        assert create.returncode == 0, create.stderr
+        master = receiver.wait()
+        subprocess.run([*base, "start", "t1"], check=True, capture_output=True, timeout=60)
+        exec_receiver = Receiver(tmp_path / "exec.sock")
+        started = time.monotonic()
+        exec_ = subprocess.run(
+            [*base, "exec", "-t", "-d", "--console-socket", str(exec_receiver.path), "t1", "sleep", "1000"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+        )
+        assert exec_.returncode == 0 and time.monotonic() - started < 30, exec_.stderr
+        os.close(exec_receiver.wait())
+        os.write(master, b"echo alive\n")
+        read_until(master, b"alive")
+        os.close(master)
+    finally:
+        subprocess.run([*base, "delete", "--force", "t1"], capture_output=True, timeout=60)
+    assert not vm_processes_in(root)
+

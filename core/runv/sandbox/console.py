@@ -44,6 +44,15 @@ def take_controlling_tty(fd: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
 
 
+def stdio_to(fd: int) -> None:
+    """Puts ``fd`` (a pty slave) on stdin, stdout and stderr, as runc's init does with a
+    terminal: the caller's stdio is not the container's then, and a caller that reads the
+    runtime's output until end-of-file (containerd's go-runc) must not wait for the
+    container to exit."""
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+
+
 def check_console_socket(path: Path) -> None:
     if not path.exists():
         raise RunvError(f"console socket {path} does not exist")

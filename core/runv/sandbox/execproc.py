@@ -127,6 +127,7 @@ def _spawn(state_dir: Path, process: Process, console_socket: Path | None, pid_f
                 master, slave = console.open_pty(size.height, size.width) if size else console.open_pty()
                 console.take_controlling_tty(slave)
                 console.send_master(console_socket, master)
+                console.stdio_to(slave)  # containerd reads exec's output until EOF: let go of it
                 fds = (slave, slave, slave)
             relay = Relay(state_dir, process, fds)
             relay.start()

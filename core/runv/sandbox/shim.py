@@ -159,6 +159,7 @@ class Shim:
         master, slave = console.open_pty(size.height, size.width) if size else console.open_pty()
         console.take_controlling_tty(slave)
         console.send_master(self.console_socket, master)
+        console.stdio_to(slave)  # containerd reads create's output until EOF: let go of it
         self.stdio = (slave, slave, slave)
 
     def vm_gone(self, vm: VMSpec) -> str | None:
