@@ -1,0 +1,185 @@
+"""Helpers for the tests that drive runv through real clients (Podman, containerd)."""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import tarfile
+import tempfile
+import termios
+import time
+from pathlib import Path
+
+from conftest import RUNV
+
+
+def run(argv, *, env=None, timeout=180, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    """Runs a client command; output goes through files, not pipes (a container may keep
+    a pipe open for its life, and the client's children with it)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        result = subprocess.run(list(map(str, argv)), env=env, stdin=stdin, stdout=out, stderr=err, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        result.stdout, result.stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    return result
+
+
+class PtySession:
+    """A client command on a pty the test drives, as a user's terminal would."""
+
+    def __init__(self, argv, *, env=None, rows=30, cols=100) -> None:
+        self.output = b""
+        pid, master = pty.fork()
+        if pid == 0:
+            try:
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                os.execvpe(str(argv[0]), list(map(str, argv)), env or os.environ)
+            finally:
+                os._exit(127)
+        self.pid, self.master = pid, master
+
+    def read_until(self, needle: bytes, timeout: float = 60) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{needle!r} did not appear; got {self.output!r}"
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    data = os.read(self.master, 4096)
+                except OSError:
+                    data = b""
+                assert data, f"the terminal closed before {needle!r}; got {self.output!r}"
+                self.output += data
+        return self.output
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def wait(self, timeout: float = 60) -> int:
+        """The command's exit code (reading what it still prints meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.close()
+                return os.waitstatus_to_exitcode(status)
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.output += os.read(self.master, 4096)
+                except OSError:
+                    time.sleep(0.1)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.close()
+        raise AssertionError(f"the command did not exit within {timeout} s; output {self.output!r}")
+
+    def close(self) -> None:
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
+
+def rootfs_tar(rootfs: Path, path: Path) -> Path:
+    """``rootfs`` as a tar file (symlinks kept), the input of ``podman import``."""
+    with tarfile.open(path, "w") as tar:
+        for entry in sorted(rootfs.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    return path
+
+
+def oci_archive(rootfs: Path, path: Path, name: str) -> Path:
+    """An OCI image layout tarball (one layer: ``rootfs``) that ``ctr images import`` takes,
+    named ``name`` through the io.containerd.image.name annotation."""
+    layer_raw = io.BytesIO()
+    with tarfile.open(fileobj=layer_raw, mode="w") as tar:
+        for entry in sorted(rootfs.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    diff_id = "sha256:" + hashlib.sha256(layer_raw.getvalue()).hexdigest()
+    layer = gzip.compress(layer_raw.getvalue(), mtime=0)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    ).encode()
+
+    def descriptor(media_type: str, data: bytes, **extra) -> dict:
+        return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data), **extra}
+
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", layer)],
+        }
+    ).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                descriptor(
+                    "application/vnd.oci.image.manifest.v1+json",
+                    manifest,
+                    annotations={"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]},
+                    platform={"architecture": "amd64", "os": "linux"},
+                )
+            ],
+        }
+    ).encode()
+    with tarfile.open(path, "w") as tar:
+
+        def add(name_in_tar: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name_in_tar)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        add("index.json", index)
+        for blob in (config, manifest, layer):
+            add("blobs/sha256/" + hashlib.sha256(blob).hexdigest(), blob)
+    return path
+
+
+def qemu_of(runv_root: Path, container_id: str) -> int | None:
+    """The PID of the QEMU running the VM of ``container_id`` under ``runv_root``."""
+    want = str(runv_root / container_id)
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/cwd") == want:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().startswith("qemu-system"):
+                        return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+def runv_ids(runv_root: Path) -> list[str]:
+    """Containers runv still has under ``runv_root`` (podman/containerd must delete theirs)."""
+    out = run([RUNV, "--root", runv_root, "list", "-q"], timeout=30).stdout
+    return out.split()
+
+
+def mounts_under(directory: Path) -> list[str]:
+    """Mount points under ``directory`` (deepest first), from /proc/self/mountinfo."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point == str(directory) or point.startswith(str(directory) + "/"):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)

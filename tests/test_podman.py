@@ -1,0 +1,268 @@
+"""Podman (Debian's 4.3, through conmon) runs containers with runv: a private configuration
+(containers.conf naming runv, storage and runtime state under a temporary directory, so
+the host's podman is untouched) and an image imported from a busybox rootfs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import RUNV, vm_processes_in
+from realclients import PtySession, mounts_under, qemu_of, rootfs_tar, run, runv_ids
+
+PODMAN = shutil.which("podman")
+IMAGE = "localhost/runv-busybox:latest"
+BRIDGE = "cni-podman0"  # podman 4.3's default CNI network on Debian 12
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.usefixtures("guest_image"),
+    pytest.mark.skipif(PODMAN is None or os.geteuid() != 0, reason="needs root and podman (scripts/install installs Debian's podman)"),
+]
+
+CONTAINERS_CONF = """\
+[containers]
+# this host's default limits are above what podman may set for any runtime
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+log_driver = "k8s-file"
+
+[engine]
+runtime = "runv"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+tmp_dir = "{base}/tmp"
+# podman passes --log-format=json --log FILE only to the runtimes named here
+runtime_supports_json = ["runv", "crun", "runc"]
+
+[engine.runtimes]
+runv = ["{runv}"]
+
+[network]
+network_backend = "cni"
+network_config_dir = "{base}/cni"
+"""
+
+STORAGE_CONF = """\
+[storage]
+driver = "overlay"
+runroot = "{base}/runroot"
+graphroot = "{base}/graph"
+"""
+
+
+class Podman:
+    """``podman`` with the private configuration. Its runtime ``runv`` is a two-line
+    wrapper that adds ``--root`` (runv's state under the temporary directory): podman does
+    not pass ``--runtime-flag`` to the cleanup process conmon starts (``podman container
+    cleanup`` deletes with the bare runtime command), so that flag cannot move runv's root."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.runv_root = base / "runv"
+        self.env = {**os.environ, "CONTAINERS_CONF": str(base / "containers.conf"), "CONTAINERS_STORAGE_CONF": str(base / "storage.conf")}
+
+    def argv(self, *args) -> list[str]:
+        return [PODMAN, *map(str, args)]
+
+    def __call__(self, *args, check=False, timeout=180) -> subprocess.CompletedProcess:
+        result = run(self.argv(*args), env=self.env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"podman {' '.join(map(str, args))} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def inspect(self, name: str, template: str) -> str:
+        return self("inspect", "--format", template, name, check=True).stdout.strip()
+
+    def pty(self, *args, rows=30, cols=100) -> PtySession:
+        return PtySession(self.argv(*args), env=self.env, rows=rows, cols=cols)
+
+
+@pytest.fixture(scope="module")
+def podman(base_rootfs):
+    bridge_existed = os.path.exists(f"/sys/class/net/{BRIDGE}")
+    base = Path(tempfile.mkdtemp(prefix="runv-podman-"))  # short: conmon's sockets live under it
+    wrapper = base / "bin" / "runv"  # named runv: runtime_supports_json goes by the file name
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {RUNV} --root {base}/runv "$@"\n')
+    wrapper.chmod(0o755)
+    (base / "containers.conf").write_text(CONTAINERS_CONF.format(base=base, runv=wrapper))
+    (base / "storage.conf").write_text(STORAGE_CONF.format(base=base))
+    pm = Podman(base)
+    pm("import", rootfs_tar(base_rootfs, base / "rootfs.tar"), IMAGE, check=True)
+    yield pm
+    pm("rm", "--all", "--force", "--time", "0", timeout=120)
+    left = runv_ids(pm.runv_root)
+    pm("system", "reset", "--force", timeout=120)
+    for point in mounts_under(base):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    if not bridge_existed:
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    vms = vm_processes_in(pm.runv_root)
+    shutil.rmtree(base, ignore_errors=True)
+    assert not left, f"podman left runv containers behind: {left}"
+    assert not vms, "VM processes left behind"
+
+
+@pytest.fixture(scope="module")
+def box(podman):
+    """A running container (``podman run -d``) shared by the exec, pause and network tests."""
+    result = podman("run", "-d", "--name", "box", IMAGE, "sleep", "100000", check=True)
+    cid = result.stdout.strip()
+    assert podman.inspect("box", "{{.State.Status}}") == "running"
+    assert (podman.runv_root / cid).is_dir()  # runv's --root is the one podman passed
+    yield "box"
+    podman("rm", "--force", "--time", "0", "box")
+
+
+def gone(podman: Podman, name: str) -> bool:
+    return podman("container", "exists", name).returncode == 1
+
+
+def test_run_rm_echo(podman):
+    before = runv_ids(podman.runv_root)
+    result = podman("run", "--rm", IMAGE, "echo", "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hi\n"
+    assert runv_ids(podman.runv_root) == before  # podman deleted it from runv too
+
+
+def test_run_nonzero_exit_and_stderr(podman):
+    result = podman("run", "--rm", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == "out\n" and "err\n" in result.stderr
+
+
+def test_run_tty_through_a_pty(podman):
+    session = podman.pty("run", "--rm", "-it", IMAGE, "sh", rows=33, cols=101)
+    session.read_until(b"# ", timeout=120)
+    session.write(b"tty; stty size\r")
+    session.read_until(b"33 101")
+    assert b"/dev/pts/0" in session.output
+    session.write(b"exit 3\r")
+    assert session.wait() == 3
+
+
+def test_exec_output_exit_code_and_stdin(podman, box):
+    result = podman("exec", box, "sh", "-c", "echo in-exec; echo to-err >&2; exit 5")
+    assert result.returncode == 5 and result.stdout == "in-exec\n" and "to-err" in result.stderr
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write(b"through stdin\n")
+        stdin.seek(0)
+        result = run(podman.argv("exec", "-i", box, "cat"), env=podman.env, stdin=stdin)
+    assert result.returncode == 0 and result.stdout == "through stdin\n", result.stderr
+
+
+def test_exec_tty(podman, box):
+    session = podman.pty("exec", "-it", box, "sh", rows=22, cols=77)
+    session.read_until(b"# ")
+    session.write(b"tty; stty size\r")
+    session.read_until(b"22 77")
+    assert b"/dev/pts/" in session.output  # the container's own devpts names its terminal
+    session.write(b"exit 4\r")
+    assert session.wait() == 4
+
+
+def test_pause_unpause(podman, box):
+    podman("pause", box, check=True)
+    assert podman.inspect(box, "{{.State.Status}}") == "paused"
+    podman("unpause", box, check=True)
+    assert podman.inspect(box, "{{.State.Status}}") == "running"
+    assert podman("exec", box, "true").returncode == 0
+
+
+def test_default_network_gives_the_container_its_ip(podman, box):
+    address = podman.inspect(box, "{{.NetworkSettings.IPAddress}}")
+    gateway = podman.inspect(box, "{{.NetworkSettings.Gateway}}")
+    assert address and gateway, "podman gave the container no address on its default network"
+    shown = podman("exec", box, "ip", "-4", "addr", "show", "eth0")
+    assert f"inet {address}/" in shown.stdout, shown.stdout + shown.stderr
+    ping = podman("exec", box, "ping", "-c", "1", "-W", "10", gateway)
+    assert ping.returncode == 0, ping.stdout + ping.stderr  # the guest reaches the host bridge
+
+
+def test_kill_delivers_the_signal(podman):
+    cid = podman("run", "-d", "--name", "killed", IMAGE, "sleep", "1000", check=True).stdout.strip()
+    podman("kill", "--signal", "TERM", "killed", check=True)
+    podman("wait", "killed", check=True, timeout=60)
+    assert podman.inspect("killed", "{{.State.ExitCode}}") == "143"  # sleep died of TERM
+    podman("rm", "killed", check=True)
+    assert cid not in runv_ids(podman.runv_root)
+
+
+def test_stop_kills_a_container_that_ignores_term(podman):
+    script = 'trap "" TERM; echo ready; while true; do sleep 1; done'
+    cid = podman("run", "-d", "--name", "stubborn", IMAGE, "sh", "-c", script, check=True).stdout.strip()
+    deadline = time.monotonic() + 60
+    while "ready" not in podman("logs", "stubborn").stdout:
+        assert time.monotonic() < deadline, "the container never said ready"
+        time.sleep(0.2)
+    started = time.monotonic()
+    result = podman("stop", "--time", "2", "stubborn")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert 2 <= took < 60
+    assert podman.inspect("stubborn", "{{.State.ExitCode}}") == "137"  # KILLed after TERM did nothing
+    podman("rm", "stubborn", check=True)
+    assert cid not in runv_ids(podman.runv_root) and qemu_of(podman.runv_root, cid) is None
+
+
+def test_rm_force_of_a_running_container(podman):
+    cid = podman("run", "-d", "--name", "doomed", IMAGE, "sleep", "1000", check=True).stdout.strip()
+    assert qemu_of(podman.runv_root, cid)
+    podman("rm", "--force", "doomed", check=True)
+    assert gone(podman, "doomed")
+    assert cid not in runv_ids(podman.runv_root) and qemu_of(podman.runv_root, cid) is None
+
+
+def test_rm_force_after_the_vm_was_killed(podman):
+    cid = podman("run", "-d", "--name", "crashed", IMAGE, "sleep", "1000", check=True).stdout.strip()
+    qemu = qemu_of(podman.runv_root, cid)
+    assert qemu
+    os.kill(qemu, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while podman.inspect("crashed", "{{.State.Status}}") == "running":
+        assert time.monotonic() < deadline, "podman never saw the container stop"
+        time.sleep(0.2)
+    podman("rm", "--force", "crashed", check=True)
+    assert gone(podman, "crashed")
+    assert cid not in runv_ids(podman.runv_root) and qemu_of(podman.runv_root, cid) is None
+
+
+def test_missing_program_fails_as_with_runc(podman):
+    before = runv_ids(podman.runv_root)
+    result = podman("run", "--rm", IMAGE, "/no/such/program")
+    assert result.returncode == 127  # podman's "command not found", from runv's create error
+    assert 'runv: exec: "/no/such/program": stat /no/such/program: no such file or directory' in result.stderr
+    result = podman("run", "--rm", IMAGE, "no-such-program")
+    assert result.returncode == 127
+    assert 'exec: "no-such-program": executable file not found in $PATH' in result.stderr
+    assert runv_ids(podman.runv_root) == before
+
+
+def test_runv_error_is_shown_verbatim(podman, tmp_path):
+    before = runv_ids(podman.runv_root)
+    missing = tmp_path / "no-kernel"
+    result = podman("--runtime-flag", f"kernel={missing}", "run", "--rm", IMAGE, "true")
+    assert result.returncode != 0
+    assert f"runv: guest kernel {missing} does not exist: run `runv guest build` (or pass --kernel)" in result.stderr
+    assert runv_ids(podman.runv_root) == before
+
+
+def test_vm_that_fails_to_boot_gives_a_useful_error_not_a_hang(podman, tmp_path):
+    broken = tmp_path / "kernel"
+    broken.write_bytes(os.urandom(4096))
+    before = runv_ids(podman.runv_root)
+    started = time.monotonic()
+    result = podman("--runtime-flag", f"kernel={broken}", "run", "--rm", "--name", "noboot", IMAGE, "true", timeout=150)
+    assert result.returncode != 0 and time.monotonic() - started < 120
+    assert "runv: the VM of container" in result.stderr and "exited during boot: qemu" in result.stderr, result.stderr
+    assert gone(podman, "noboot")
+    assert runv_ids(podman.runv_root) == before
