@@ -161,3 +161,20 @@ def test_terminal_create_and_exec_let_go_of_the_callers_stdio(root, make_bundle,
         subprocess.run([*base, "delete", "--force", "t1"], capture_output=True, timeout=60)
     assert not vm_processes_in(root)
 
+
+
+@pytest.mark.vm
+@pytest.mark.usefixtures("guest_image")
+def test_deep_root_and_long_id(make_bundle, tmp_path):
+    """Podman's and containerd's roots plus 64-character ids make socket paths longer
+    than a unix socket address holds (108 bytes)."""
+    root = tmp_path / ("deep-" * 8) / "runv"
+    cid = "c" * 64
+    assert len(str(root / cid / "agent.sock")) > 108
+    base = [RUNV, "--root", str(root)]
+    try:
+        result = subprocess.run([*base, "run", "--bundle", str(make_bundle(["echo", "deep"])), cid], capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0 and result.stdout == "deep\n", result.stderr
+    finally:
+        subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=60)
+    assert not vm_processes_in(root)

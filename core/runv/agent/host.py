@@ -39,11 +39,14 @@ class AgentClient:
     def connect(cls, path: str, on_data: Callable, on_event: Callable, *, timeout: float, alive: Callable[[], str | None]) -> AgentClient:
         """Connects to the VMM's socket for the agent port and waits for the agent's
         ``ready``. ``alive()`` returns why the VM died (or None); it is polled meanwhile."""
+        from runv.sandbox.control import socket_name  # deep --root dirs (containerd's, podman's) pass sun_path's limit
+
         deadline = time.monotonic() + timeout
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
-                sock.connect(path)
+                with socket_name(path) as name:
+                    sock.connect(name)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 sock.close()
