@@ -43,6 +43,7 @@ STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}
 NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGPIPE}
 BENIGN = {signal.SIGCONT, signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG}  # do not stop a created container
 CONSOLE_TAIL = 15
+REPLY_GRACE = 10.0  # seconds an exiting shim waits to answer requests in flight
 
 
 def exit_code(status: dict) -> int:
@@ -87,6 +88,8 @@ class Shim:
         self.routes: dict[int, Callable[[bytes], None]] = {}  # agent output channel -> sink
         self.exits: dict[str, Callable[[dict], None]] = {}  # exec'd process name -> exit handler
         self.exec_ids = itertools.count(1)
+        self.answering = threading.Condition()  # counts control requests not yet answered
+        self.unanswered = 0
 
     # ---------------------------------------------------------------- boot
 
@@ -199,6 +202,8 @@ class Shim:
             else:
                 code = None
             if code is not None:
+                with self.answering:  # a fast exit must not cut off the reply to `start`
+                    self.answering.wait_for(lambda: self.unanswered == 0, timeout=REPLY_GRACE)
                 return code
 
     def accept_loop(self, server: socket.socket) -> None:
@@ -210,21 +215,34 @@ class Shim:
         with conn:
             try:
                 request = json.loads(conn.makefile("rb").readline() or b"{}")
-                if request.get("op") == "exec":
-                    return self.serve_exec(conn, request)
-                handler = getattr(self, "op_" + request.get("op", ""), None)
-                if handler is None:
-                    raise RunvError(f"unknown shim operation {request.get('op')!r}")
-                reply = {"ok": True, **(handler(request) or {})}
-            except RunvError as exc:
-                reply = {"error": str(exc)}
-            except Exception as exc:  # noqa: BLE001 - the CLI must get an answer
-                logger.error("shim: %s", traceback.format_exc())
-                reply = {"error": f"internal error in the shim: {exc}"}
+            except ValueError:
+                request = {}
+            if request.get("op") == "exec":
+                return self.serve_exec(conn, request)
+            with self.answering:
+                self.unanswered += 1
             try:
+                reply = self.answer(request)
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
-                pass
+                pass  # the caller went away
+            finally:
+                with self.answering:
+                    self.unanswered -= 1
+                    self.answering.notify_all()
+
+    def answer(self, request: dict) -> dict:
+        """The reply to one control request (never raises)."""
+        try:
+            handler = getattr(self, "op_" + str(request.get("op", "")), None)
+            if handler is None:
+                raise RunvError(f"unknown shim operation {request.get('op')!r}")
+            return {"ok": True, **(handler(request) or {})}
+        except RunvError as exc:
+            return {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the CLI must get an answer
+            logger.error("shim: %s", traceback.format_exc())
+            return {"error": f"internal error in the shim: {exc}"}
 
     def op_start(self, request: dict) -> None:
         with self.lock:
