@@ -1,0 +1,108 @@
+"""``podman run --rm IMAGE true`` with runv against the same with runc, in one run.
+
+    .venv/bin/python bench/podman.py [--runs 5] [--template]
+
+Uses the private Podman configuration of tests/test_podman.py (storage and runv's state
+under a temporary directory, CNI bridge network, an image imported from a busybox
+rootfs). Runs are interleaved (runc and runv, with the default network and with
+``--network none``) after one unmeasured warm-up of each, and timed on the host from
+podman's start to its exit: image lookup, conmon, network set-up and teardown, the
+runtime's create/start/delete, the container itself. runv boots cold (``--template
+off``). ``--template`` also makes a template of the podman containers' VM shape (``runv
+template create`` into a temporary RUNV_TEMPLATE_DIR) and times ``--network none`` runs
+that start from it (a template's VM has no NIC).
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import RUNV, make_rootfs  # noqa: E402
+from realclients import mounts_under, qemu_of, rootfs_tar  # noqa: E402
+from test_podman import CONTAINERS_CONF, IMAGE, STORAGE_CONF, Podman  # noqa: E402
+
+
+def timed(podman: Podman, flags: tuple[str, ...], run_flags: tuple[str, ...]) -> float:
+    start = time.perf_counter()
+    result = podman(*flags, "run", "--rm", *run_flags, IMAGE, "true", timeout=300)
+    took = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"podman {' '.join(flags)} run failed: {result.stderr}")
+    return took
+
+
+def share_tags(podman: Podman) -> list[str]:
+    """The 9p share tags of a podman container's VM (its template shape)."""
+    cid = podman("--runtime-flag", "template=off", "run", "--network", "none", "-d", IMAGE, "sleep", "1000", check=True).stdout.strip()
+    try:
+        pid = qemu_of(podman.runv_root, cid)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        return [m.group(1) for arg in cmdline if (m := re.search(r"mount_tag=([^,]+)", arg))]
+    finally:
+        podman("rm", "--force", "--time", "0", cid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--template", action="store_true", help="also time runs from a template of the containers' shape")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="rvbp-"))  # short: a template restore fails once <root>/<id>/agent.sock passes 108 bytes
+    templates = base / "templates"
+    wrapper = base / "bin" / "runv"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nRUNV_TEMPLATE_DIR={templates} exec {RUNV} --root {base}/runv "$@"\n')
+    wrapper.chmod(0o755)
+    (base / "containers.conf").write_text(CONTAINERS_CONF.format(base=base, runv=wrapper))
+    (base / "storage.conf").write_text(STORAGE_CONF.format(base=base))
+    podman = Podman(base)
+    try:
+        podman("import", rootfs_tar(make_rootfs(base / "rootfs"), base / "rootfs.tar"), IMAGE, check=True)
+        none = ("--network", "none")
+        variants = {
+            "runc, default network (CNI bridge)": (("--runtime", "runc"), ()),
+            "runv, default network (CNI bridge)": (("--runtime-flag", "template=off"), ()),
+            "runc, --network none": (("--runtime", "runc"), none),
+            "runv, --network none": (("--runtime-flag", "template=off"), none),
+        }
+        if args.template:
+            shares = [arg for tag in share_tags(podman) for arg in ("--share", tag)]
+            env = {**os.environ, "RUNV_TEMPLATE_DIR": str(templates)}
+            subprocess.run([RUNV, "template", "create", *shares, "podman"], env=env, check=True, stdout=subprocess.DEVNULL)
+            # a template's VM has no NIC: only containers without a network start from one
+            variants["runv from a template, --network none"] = (("--runtime-flag", "template=podman"), none)
+        for flags, run_flags in variants.values():
+            timed(podman, flags, run_flags)  # warm-up: page cache, CNI, QEMU's first start
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.runs):
+            for name, (flags, run_flags) in variants.items():
+                samples[name].append(timed(podman, flags, run_flags))
+        load = os.getloadavg()[0]
+    finally:
+        podman("rm", "--all", "--force", "--time", "0", timeout=120)
+        podman("system", "reset", "--force", timeout=120)
+        for point in mounts_under(base):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"`podman run --rm IMAGE true`, {args.runs} runs each, interleaved; seconds; load average {load:.1f}\n")
+    print("| runtime, network | median | min | max | vs runc |")
+    print("|---|---|---|---|---|")
+    for name, values in samples.items():
+        runc = statistics.median(samples["runc, " + name.split(", ", 1)[1]])
+        med = statistics.median(values)
+        print(f"| {name} | {med:.2f} | {min(values):.2f} | {max(values):.2f} | {med / runc:.1f}× |")
+
+
+if __name__ == "__main__":
+    main()
