@@ -21,6 +21,7 @@ from realclients import PtySession, mounts_under, qemu_of, rootfs_tar, run, runv
 PODMAN = shutil.which("podman")
 IMAGE = "localhost/runv-busybox:latest"
 BRIDGE = "cni-podman0"  # podman 4.3's default CNI network on Debian 12
+IPAM_DIR = Path("/var/lib/cni/networks/podman")  # host-local IPAM state of that network
 
 pytestmark = [
     pytest.mark.vm,
@@ -88,6 +89,8 @@ class Podman:
 @pytest.fixture(scope="module")
 def podman(base_rootfs):
     bridge_existed = os.path.exists(f"/sys/class/net/{BRIDGE}")
+    ipam_existed = IPAM_DIR.exists()
+    chains_existed = subprocess.run(["iptables", "-S", "CNI-FORWARD"], capture_output=True).returncode == 0
     base = Path(tempfile.mkdtemp(prefix="runv-podman-"))  # short: conmon's sockets live under it
     wrapper = base / "bin" / "runv"  # named runv: runtime_supports_json goes by the file name
     wrapper.parent.mkdir()
@@ -103,8 +106,14 @@ def podman(base_rootfs):
     pm("system", "reset", "--force", timeout=120)
     for point in mounts_under(base):
         subprocess.run(["umount", "-l", point], capture_output=True)
-    if not bridge_existed:
+    if not bridge_existed:  # what CNI made for this test's networks, as it was before
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    if not ipam_existed:
+        shutil.rmtree(IPAM_DIR, ignore_errors=True)
+    if not chains_existed:
+        rule = ["FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j", "CNI-FORWARD"]
+        for argv in (["-D", *rule], ["-F", "CNI-FORWARD"], ["-X", "CNI-FORWARD"], ["-F", "CNI-ADMIN"], ["-X", "CNI-ADMIN"]):
+            subprocess.run(["iptables", *argv], capture_output=True)
     vms = vm_processes_in(pm.runv_root)
     shutil.rmtree(base, ignore_errors=True)
     assert not left, f"podman left runv containers behind: {left}"
