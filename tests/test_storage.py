@@ -38,26 +38,45 @@ def storage_env(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- no VM
 
 
-def test_volume_plan_shares_dirs_and_parents_of_files(tmp_path):
+def test_volume_plan_shares_dirs_and_files_alone(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "f").write_text("x")
-    shares, mounts = volumes.plan([
+    staging = tmp_path / "state/volumes"
+    shares, mounts, host_binds = volumes.plan([
         {"destination": "/data", "type": "bind", "source": str(tmp_path / "d"), "options": ["rbind", "ro", "rprivate"]},
         {"destination": "/etc/f", "type": "none", "source": str(tmp_path / "f"), "options": ["bind", "nosuid"]},
-        {"destination": "/etc/g", "type": "bind", "source": str(tmp_path / "f"), "options": ["bind"]},
+        {"destination": "/proc/kcore", "type": "bind", "source": "/dev/null", "options": ["bind", "ro"]},
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["mode=755"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "size=65536k", "tmpcopyup"]},
-    ])
-    assert [(s.tag, s.path, s.readonly) for s in shares] == [("vol0", tmp_path / "d", True), ("vol1", tmp_path, False)]
+    ], staging)
+    # a file is shared from a directory of its own, never with its neighbours
+    assert [(s.tag, s.path, s.readonly) for s in shares] == [("vol0", tmp_path / "d", True), ("vol1", staging / "vol1", False)]
+    assert host_binds == ((tmp_path / "f", staging / "vol1/f"),)
     by_target = {m.target: m for m in mounts}
     assert by_target["/data"].fstype == "9p" and by_target["/data"].readonly and by_target["/data"].in_rootfs
-    assert by_target["/run/runv/volumes/vol1"].in_rootfs is False  # the parent, once, outside the rootfs
-    assert sum(1 for m in mounts if m.target == "/run/runv/volumes/vol1") == 1
+    assert by_target["/run/runv/volumes/vol1"].in_rootfs is False
     assert by_target["/etc/f"].fstype == "bind" and by_target["/etc/f"].source == "/run/runv/volumes/vol1/f"
     assert by_target["/etc/f"].options == "nosuid"
+    # the host's /dev is never shared: masked paths get the guest's own /dev/null
+    assert by_target["/proc/kcore"].source == "/dev/null" and by_target["/proc/kcore"].fstype == "bind"
+    assert all("/dev" != str(s.path) for s in shares)
     assert "/proc" not in by_target and "/dev" not in by_target  # the agent mounts those itself
     assert by_target["/dev/shm"].options == "nosuid,size=65536k"
+
+
+def test_volume_files_are_staged_and_released(tmp_path):
+    (tmp_path / "f").write_text("host\n")
+    state = tmp_path / "state"
+    _, _, host_binds = volumes.plan([{"destination": "/f", "type": "bind", "source": str(tmp_path / "f")}], state / "volumes")
+    volumes.stage(host_binds)
+    try:
+        assert (state / "volumes/vol0/f").read_text() == "host\n"
+        assert os.listdir(state / "volumes/vol0") == ["f"]
+    finally:
+        volumes.release(state)
+    assert (state / "volumes/vol0/f").read_text() == ""  # unmounted: the empty mount point is left
+    assert str(state) not in open("/proc/self/mountinfo").read()
 
 
 @pytest.mark.parametrize(
@@ -67,11 +86,12 @@ def test_volume_plan_shares_dirs_and_parents_of_files(tmp_path):
         ({"destination": "/x", "type": "bind", "source": "/does/not/exist", "options": ["bind"]}, "does not exist"),
         ({"destination": "x", "type": "tmpfs"}, "destination must be an absolute path"),
         ({"destination": "/x", "type": "bind", "source": "rel", "options": ["bind"]}, "absolute host path"),
+        ({"destination": "/x", "type": "bind", "source": "/dev/kvm", "options": ["bind"]}, "a VM has only its own devices"),
     ],
 )
-def test_volume_plan_refuses_what_it_cannot_honour(entry, words):
+def test_volume_plan_refuses_what_it_cannot_honour(entry, words, tmp_path):
     with pytest.raises(RunvError, match=words) as info:
-        volumes.plan([entry])
+        volumes.plan([entry], tmp_path)
     assert "\n" not in str(info.value) and "mounts[0]" in str(info.value)
 
 

@@ -17,6 +17,7 @@ from runv.sandbox import console, control
 from runv.sandbox.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 from runv.sandbox.state import Record, Store
 from runv.settings import Settings
+from runv.storage import volumes
 
 SHIM_EXIT_WAIT = 15.0  # seconds delete waits for a stopping shim before killing it
 
@@ -140,6 +141,7 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
         _stop_shim(record)
         container = _container(record, state_dir)
         _teardown(record, container)
+    volumes.release(state_dir)
     store.remove(container_id)
     if record is not None:
         from runv.sandbox.ocihooks import run_hooks

@@ -36,6 +36,7 @@ from runv.sandbox.state import Store, process_start_time
 from runv.sandbox.stdio import start_pump, write_all
 from runv.sandbox.vmspec import StorageAttachment, VMHandle, VMSpec, to_json
 from runv.settings import Settings
+from runv.storage import volumes
 
 AGENT_TIMEOUT = 120.0  # seconds from VMM start to agent ready (TCG on a loaded 2-core host)
 INIT = "init"
@@ -117,9 +118,9 @@ class Shim:
     def boot(self) -> None:
         """Attaches storage, boots the VM, waits for the agent and mounts the rootfs."""
         cid = self.container.id
-        from runv.storage import volumes
-
-        volume_shares, volume_mounts = volumes.plan(self.container.spec.mounts)  # refuses bad mounts before attaching
+        state_dir = self.container.state_dir
+        volume_shares, volume_mounts, host_binds = volumes.plan(self.container.spec.mounts, state_dir / "volumes")
+        volumes.stage(host_binds)
         self.attachment = self.hooks.attach_storage(container=self.container)
         if self.attachment is None:
             raise RunvError(f"storage plugin {self.storage!r} attached nothing for container {cid}")
@@ -407,6 +408,7 @@ class Shim:
         self.hooks.release_net(container=self.container)
         if self.attachment:
             self.hooks.detach_storage(container=self.container, attachment=self.attachment)
+        volumes.release(self.container.state_dir)
 
 
 def run(shim: Shim, report: Callable[[str], None]) -> int:

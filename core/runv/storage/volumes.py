@@ -1,10 +1,14 @@
 """The spec's ``mounts`` (volumes) as shares for the VM and entries of the agent's mount plan.
 
 * ``bind`` mounts (type ``bind``, or options holding ``bind``/``rbind``): a directory is shared
-  over virtio-9p and mounted at its destination in the container; a file's parent directory is
-  shared and mounted under ``/run/runv/volumes/`` in the guest (outside the container's root), and
-  the file bind-mounted from there. ``ro`` makes both the share (QEMU refuses writes) and the
-  guest mount read-only. Writes to a ``rw`` volume land in the host's file or directory.
+  over virtio-9p and mounted at its destination in the container. A file is bind-mounted on the
+  host into a directory of its own under the container's state (``volumes/volN/``), that
+  directory is shared and mounted under ``/run/runv/volumes/`` in the guest (outside the
+  container's root), and the file bind-mounted from there: the guest never sees the file's
+  neighbours. ``ro`` makes both the share (QEMU refuses writes) and the guest mount read-only.
+  Writes to a ``rw`` volume land in the host's file or directory.
+* A host device node is never shared: ``/dev/null`` and the other pseudo-devices (which
+  callers bind over masked paths) are bound from the guest's own; other devices are refused.
 * ``tmpfs``, ``proc``, ``sysfs``, ``devpts``, ``mqueue``, ``cgroup``/``cgroup2`` are mounted in
   the guest. ``/proc``, ``/sys``, ``/dev`` and ``/dev/pts`` are already mounted by the agent
   (``/dev`` as devtmpfs, which holds the guest's device nodes), so entries for exactly those are
@@ -15,6 +19,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 from pathlib import Path
 
 from runv.errors import RunvError
@@ -24,6 +30,7 @@ NINEP = "trans=virtio,version=9p2000.L,msize=262144"
 GUEST_TYPES = ("tmpfs", "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2")
 AGENT_MOUNTS = {"/proc": "proc", "/sys": "sysfs", "/dev": "tmpfs", "/dev/pts": "devpts"}
 STAGING = "/run/runv/volumes"
+PSEUDO_DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 FLAGS = {"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync", "noatime",
          "atime", "nodiratime", "diratime", "relatime", "norelatime", "strictatime", "newinstance"}
 
@@ -39,11 +46,14 @@ def mount_options(options: list[str]) -> list[str]:
     return [o for o in options if o in FLAGS or ("=" in o and not o.startswith(("idmap", "uidmap", "gidmap")))]
 
 
-def plan(spec_mounts, where: str = "config.json") -> tuple[tuple[Share, ...], tuple[GuestMount, ...]]:
-    """Shares and mount-plan entries for the spec's mounts; raises RunvError for the first
-    entry runv cannot honour."""
+def plan(
+    spec_mounts, staging: Path, where: str = "config.json"
+) -> tuple[tuple[Share, ...], tuple[GuestMount, ...], tuple[tuple[Path, Path], ...]]:
+    """Shares, mount-plan entries and host bind mounts (file -> its place under ``staging``)
+    for the spec's mounts; raises RunvError for the first entry runv cannot honour."""
     shares: dict[tuple[str, bool], Share] = {}
     mounts: list[GuestMount] = []
+    host_binds: list[tuple[Path, Path]] = []
 
     def share(path: Path, readonly: bool) -> str:
         key = (str(path), readonly)
@@ -70,19 +80,26 @@ def plan(spec_mounts, where: str = "config.json") -> tuple[tuple[Share, ...], tu
             if not isinstance(source, str) or not source.startswith("/"):
                 raise RunvError(f"{name}.source of a bind mount must be an absolute host path, not {source!r}")
             path = Path(source).resolve()
-            if path.is_dir():
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                raise RunvError(f"{name}: bind source {source} does not exist") from None
+            if stat.S_ISDIR(mode):
                 tag = share(path, readonly)
                 mounts.append(GuestMount(source=tag, fstype="9p", options=",".join([NINEP, *flags]), readonly=readonly,
                                          target=destination, in_rootfs=True))
-            elif path.exists():
-                tag = share(path.parent, readonly)
-                staging = f"{STAGING}/{tag}"
-                if not any(m.target == staging for m in mounts):
-                    mounts.append(GuestMount(source=tag, fstype="9p", options=NINEP, readonly=readonly, target=staging))
-                mounts.append(GuestMount(source=f"{staging}/{path.name}", fstype="bind", options=",".join(flags),
+            elif stat.S_ISREG(mode):
+                folder = staging / f"vol{len(shares)}"
+                tag = share(folder, readonly)
+                host_binds.append((path, folder / path.name))
+                mounts.append(GuestMount(source=tag, fstype="9p", options=NINEP, readonly=readonly, target=f"{STAGING}/{tag}"))
+                mounts.append(GuestMount(source=f"{STAGING}/{tag}/{path.name}", fstype="bind", options=",".join(flags),
                                          readonly=readonly, target=destination, in_rootfs=True))
+            elif str(path) in PSEUDO_DEVICES:
+                mounts.append(GuestMount(source=str(path), fstype="bind", options=",".join(flags), readonly=readonly,
+                                         target=destination, in_rootfs=True))
             else:
-                raise RunvError(f"{name}: bind source {source} does not exist")
+                raise RunvError(f"{name}: bind source {source} is a device, socket or fifo: a VM has only its own devices")
             continue
         if kind not in GUEST_TYPES:
             raise RunvError(
@@ -96,4 +113,25 @@ def plan(spec_mounts, where: str = "config.json") -> tuple[tuple[Share, ...], tu
         mounts.append(GuestMount(source=source, fstype=fstype, options=",".join(flags), readonly=readonly,
                                  target=destination, in_rootfs=True))
     # guest-level staging mounts go first; order inside the rootfs is the spec's
-    return tuple(shares.values()), tuple(mounts)
+    return tuple(shares.values()), tuple(mounts), tuple(host_binds)
+
+
+def stage(host_binds) -> None:
+    """Bind-mounts each volume file into its own directory (made here) for sharing."""
+    for source, target in host_binds:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+        result = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RunvError(f"cannot stage volume file {source}: {result.stderr.strip()}")
+
+
+def release(state_dir: Path) -> None:
+    """Unmounts every host mount left under a container's state directory (newest first);
+    converges after a crash, and must run before the directory is removed."""
+    prefix = str(state_dir.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    for point in reversed([p for p in points if p.startswith(prefix)]):
+        if subprocess.run(["umount", point], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True)
