@@ -117,3 +117,13 @@ def wait_for(condition, timeout=30.0):
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_container_dev_holds_only_the_standard_nodes(runv, make_bundle):
+    script = "ls /dev; echo x > /dev/null && head -c 4 /dev/zero | wc -c; ls /dev/pts"
+    result = runv("run", "--bundle", make_bundle(["sh", "-c", script]), "dev")
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.split()
+    assert {"null", "zero", "urandom", "tty", "ptmx", "pts", "shm"} <= set(names)
+    assert not [n for n in names if n.startswith(("vport", "vd", "hvc", "ttyS"))]  # no guest devices
+    assert "4" in names

@@ -12,12 +12,13 @@ import fcntl
 import os
 import select
 import signal
+import stat
 import struct
 import sys
 import termios
 import time
 
-from runv.agent.protocol import CTRL, DATA, FrameReader, ProtocolError, encode_ctrl, encode_data
+from runv.agent.protocol import CTRL, FrameReader, ProtocolError, encode_ctrl, encode_data
 
 PORT_NAME = "org.runv.agent"
 ROOTFS = "/rootfs"
@@ -332,14 +333,12 @@ class Agent:
         if root["fstype"] == "overlay":
             make_overlay_dirs(options)
         mount(resolve_source(root["source"]), self.rootfs, root["fstype"], options)
-        for fstype, target in (("proc", "proc"), ("sysfs", "sys"), ("devtmpfs", "dev")):
+        for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
             path = os.path.join(self.rootfs, target)
             if os.path.isdir(path):
                 mount(fstype, path, fstype, "")
-        devpts = os.path.join(self.rootfs, "dev/pts")
         if os.path.isdir(os.path.join(self.rootfs, "dev")):
-            os.makedirs(devpts, exist_ok=True)
-            mount("devpts", devpts, "devpts", "newinstance,ptmxmode=0666")
+            populate_dev(os.path.join(self.rootfs, "dev"))
         for entry in plan:  # the spec's mounts (volumes, tmpfs, mqueue...), in order
             if entry.get("in_rootfs"):
                 plan_mount(entry, rootfs_path(self.rootfs, entry["target"], entry))
@@ -526,12 +525,10 @@ def describe(exc: BaseException, program: str) -> str:
     return f'exec: "{program}": {exc}'
 
 
-def mount(source: str, target: str, fstype: str, options: str) -> None:
-    """Mounts with busybox mount (the guest has no ctypes); raises AgentError with its message."""
-    argv = ["/bin/busybox", "mount", "-t", fstype]
-    if options:
-        argv += ["-o", options]
-    argv += [source, target]
+def busybox(*args: str) -> None:
+    """Runs a busybox applet with ``args`` as its argv (never through a shell); raises
+    AgentError with its output when it fails."""
+    argv = ["/bin/busybox", *args]
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -545,7 +542,12 @@ def mount(source: str, target: str, fstype: str, options: str) -> None:
     os.close(r)
     _, status = os.waitpid(pid, 0)
     if status != 0:
-        raise AgentError(f"mount {source} on {target}: {output.decode(errors='replace').strip()}")
+        raise AgentError(f"{' '.join(args)}: {output.decode(errors='replace').strip()}")
+
+
+def mount(source: str, target: str, fstype: str, options: str) -> None:
+    """Mounts with busybox mount (the guest has no ctypes); raises AgentError with its message."""
+    busybox("mount", "-t", fstype, *(["-o", options] if options else []), source, target)
 
 
 TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441  # <asm-generic/ioctls.h>; not in termios
@@ -561,6 +563,27 @@ def open_pty(rootfs: str) -> tuple:
     master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
     return master, fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+
+
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2", "core": "/proc/kcore"}
+
+
+def populate_dev(path: str) -> None:
+    """The container's /dev, as runc makes it: a tmpfs with the standard nodes, its own
+    devpts and shm, and none of the guest's devices (the agent's port, the disks)."""
+    mount("tmpfs", path, "tmpfs", "nosuid,mode=755,size=65536k")
+    for name, (major, minor) in DEVICES.items():
+        os.mknod(os.path.join(path, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(os.path.join(path, name), 0o666)
+    for name, target in DEV_LINKS.items():
+        os.symlink(target, os.path.join(path, name))
+    for sub in ("pts", "shm", "mqueue"):
+        os.mkdir(os.path.join(path, sub))
+    os.chmod(os.path.join(path, "shm"), 0o1777)
+    mount("devpts", os.path.join(path, "pts"), "devpts", "newinstance,ptmxmode=0666,mode=620,gid=5")
+    mount("shm", os.path.join(path, "shm"), "tmpfs", "nosuid,nodev,noexec,mode=1777,size=65536k")
 
 
 def set_winsize(fd: int, rows: int, cols: int) -> None:
@@ -624,26 +647,6 @@ def main() -> None:
 
 NIC_TIMEOUT = 15.0  # seconds a hot-plugged NIC may take to show up in /sys/class/net
 SYS_NET = "/sys/class/net"
-
-
-def busybox(*args: str) -> None:
-    """Runs a busybox applet with ``args`` as its argv (never through a shell); raises
-    AgentError with its output when it fails."""
-    argv = ["/bin/busybox", *args]
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(w, 1)
-        os.dup2(w, 2)
-        os.execv(argv[0], argv)
-    os.close(w)
-    output = b""
-    while chunk := os.read(r, 4096):
-        output += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise AgentError(f"{' '.join(args)}: {output.decode(errors='replace').strip()}")
 
 
 def nic_macs() -> dict:
