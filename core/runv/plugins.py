@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import os
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
 from runv.errors import RunvError
+
+if TYPE_CHECKING:
+    from runv.agent.host import AgentClient
+    from runv.oci.config import Process
+    from runv.sandbox.context import Container
+    from runv.sandbox.vmspec import Nic, StorageAttachment, VMContribution, VMHandle, VMSpec
 
 GROUPS = {"hypervisor": "runv.hypervisors", "storage": "runv.storage", "extra": "runv.plugins"}
 AUTO = "auto"
@@ -157,7 +164,9 @@ def choose_hypervisor(name: str, log=lambda message: None) -> tuple[PluginInfo, 
 
 
 class Hooks:
-    """A typed façade over the plugin manager: keyword-only calls, one method per hook."""
+    """A typed façade over the plugin manager: one keyword-only method per hook (see
+    :mod:`runv.hookspecs` for what each means); firstresult hooks return one answer,
+    the others a list with one entry per plugin that answered."""
 
     def __init__(self, *plugins: tuple[str, Any]) -> None:
         import pluggy
@@ -172,8 +181,53 @@ class Hooks:
             self.pm.register(plugin, name)
         self.hook = self.pm.hook
 
-    def __getattr__(self, name: str):
-        return getattr(self.hook, name)
+    def probe(self) -> str | None:
+        return self.hook.probe()
+
+    def attach_storage(self, *, container: Container) -> StorageAttachment | None:
+        return self.hook.attach_storage(container=container)
+
+    def configure_net(self, *, container: Container) -> list[VMContribution]:
+        return self.hook.configure_net(container=container)
+
+    def prepare_vm(self, *, container: Container, vm: VMSpec) -> list[VMContribution]:
+        return self.hook.prepare_vm(container=container, vm=vm)
+
+    def boot(self, *, vm: VMSpec) -> VMHandle | None:
+        return self.hook.boot(vm=vm)
+
+    def exec(self, *, container: Container, process: Process, agent: AgentClient, name: str, streams: dict) -> int:
+        return self.hook.exec(container=container, process=process, agent=agent, name=name, streams=streams)
+
+    def sync_net(self, *, container: Container, agent: AgentClient, attach: Callable[[Nic], None]) -> None:
+        self.hook.sync_net(container=container, agent=agent, attach=attach)
+
+    def attach_nic(self, *, handle: VMHandle, nic: Nic) -> bool | None:
+        return self.hook.attach_nic(handle=handle, nic=nic)
+
+    def pause_vm(self, *, handle: VMHandle) -> bool | None:
+        return self.hook.pause_vm(handle=handle)
+
+    def resume_vm(self, *, handle: VMHandle) -> bool | None:
+        return self.hook.resume_vm(handle=handle)
+
+    def stop_vm(self, *, handle: VMHandle, force: bool) -> bool | None:
+        return self.hook.stop_vm(handle=handle, force=force)
+
+    def detach_storage(self, *, container: Container, attachment: StorageAttachment) -> None:
+        self.hook.detach_storage(container=container, attachment=attachment)
+
+    def release_net(self, *, container: Container) -> None:
+        self.hook.release_net(container=container)
+
+    def template_shape(self, *, vm: VMSpec) -> dict | None:
+        return self.hook.template_shape(vm=vm)
+
+    def save_template(self, *, vm: VMSpec, directory: Path, compress: bool, ready: Callable[[VMHandle], None]) -> dict | None:
+        return self.hook.save_template(vm=vm, directory=directory, compress=compress, ready=ready)
+
+    def restore_template(self, *, vm: VMSpec, directory: Path, record: dict) -> VMHandle | None:
+        return self.hook.restore_template(vm=vm, directory=directory, record=record)
 
 
 def load(hypervisor: str, storage: str, log=lambda message: None) -> tuple[Hooks, str, str]:
