@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pty
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -60,11 +59,12 @@ def test_kvm_probe_without_device(monkeypatch):
 @pytest.mark.skipif(not HAS_KVM, reason="no /dev/kvm on this host")
 def test_qemu_plugin_starts_qemu_with_kvm(tmp_path, monkeypatch):
     """The plugin's real boot path: QEMU up with KVM enabled, vCPUs created, QMP answering."""
-    from runv_qemu import driver, plugin
+    from runv_qemu import driver
+    from runv_qemu.plugin import CPU_ENV
+    from runv_qemu.plugin import hypervisor as plugin
 
-    monkeypatch.setenv(plugin.CPU_ENV, "qemu64")  # -cpu host aborts on PVM (see the next test)
-    kernel, initrd = Path("/var/lib/runv/kernel"), Path("/var/lib/runv/initrd.img")
-    if not kernel.is_file():
+    monkeypatch.setenv(CPU_ENV, "qemu64")  # -cpu host aborts on PVM (see the next test)
+    if not Path("/var/lib/runv/kernel").is_file():
         pytest.skip("no guest image: run `runv guest build`")
     handle = plugin.boot(vm=spec(tmp_path))
     try:
@@ -81,21 +81,21 @@ def test_qemu_plugin_starts_qemu_with_kvm(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not PVM, reason="only PVM rejects -cpu host")
 def test_qemu_plugin_reports_qemus_own_words_when_kvm_refuses(tmp_path):
-    from runv_qemu import plugin
+    from runv_qemu.plugin import hypervisor as plugin
 
     with pytest.raises(RunvError) as err:
         plugin.boot(vm=spec(tmp_path))
     assert "MSR 0x10a" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_tcg_reuses_the_qemu_driver():
-    import runv_qemu.driver
-    import runv_tcg
-
-    assert runv_tcg.driver is runv_qemu.driver
+def test_tcg_reuses_the_qemu_plugins_hooks():
     import runv_qemu.plugin
+    import runv_tcg
+    from runv_qemu.hypervisor import QemuHypervisor
 
-    assert runv_qemu.plugin.PRIORITY > runv_tcg.PRIORITY
+    assert type(runv_tcg.hypervisor) is QemuHypervisor
+    assert isinstance(runv_qemu.plugin.hypervisor, QemuHypervisor)
+    assert runv_qemu.plugin.hypervisor.PRIORITY > runv_tcg.hypervisor.PRIORITY
 
 
 @pytest.mark.skipif(not PVM, reason="asserts this host's verdict: software KVM")
