@@ -1,8 +1,9 @@
 """`runv run` of `true` against a bare QEMU boot of the same kernel and initrd.
 
 The bare boot runs the guest's first userspace program (/sbin/runv-halt, which powers
-off at once) with the machine options runv uses, so the ratio is runv's own overhead:
-the agent's start, the rootfs share, the shim and the CLI.
+off at once) with the machine options runv uses, so the cold ratio is runv's own
+overhead: the agent's start, the rootfs share, the shim and the CLI. The template line
+shows what `--template auto` does to it (it needs a template: `runv template create`).
 
     .venv/bin/python bench/boot.py [-n 5]
 """
@@ -34,16 +35,22 @@ def main() -> None:
     n = parser.parse_args().n
     with tempfile.TemporaryDirectory() as tmp:
         bundle = busybox_bundle(Path(tmp) / "bundle", ["true"])
-        root = Path(tmp) / "state"
-        runv_runs, bare_runs = [], []
-        for i in range(n):  # interleaved, so drift in machine load hits both alike
-            bare_runs.append(timed(bare_boot()))
-            runv_runs.append(timed([RUNV, "--root", str(root), "run", "--bundle", str(bundle), f"bench-{i}"]))
+        runv = [RUNV, "--root", str(Path(tmp) / "state")]
+        bare, cold, warm = [], [], []
+        for i in range(n):  # interleaved, so drift in machine load hits all alike
+            bare.append(timed(bare_boot()))
+            cold.append(timed(runv + ["--template", "off", "run", "--bundle", str(bundle), f"cold-{i}"]))
+            warm.append(timed(runv + ["run", "--bundle", str(bundle), f"warm-{i}"]))
     report(
         f"boot: median of {n}",
-        [("bare QEMU boot to first userspace instruction", median(bare_runs)), ("runv run true", median(runv_runs))],
-        ("runv run / bare boot", median(runv_runs), median(bare_runs)),
+        [
+            ("bare QEMU boot to first userspace instruction", median(bare)),
+            ("runv run true, cold boot (--template off)", median(cold)),
+            ("runv run true, from a template (auto)", median(warm)),
+        ],
+        ("runv run (cold) / bare boot", median(cold), median(bare)),
     )
+    print(f"{'runv run (template) / bare boot':<48} {median(warm) / median(bare):8.2f} x")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from common import RUNV, busybox_bundle, median, timed
 
+from runv.testing import vm_processes_in
+
 
 def pss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -25,19 +27,6 @@ def pss_kib(pid: int) -> int:
             if line.startswith("Pss:"):
                 return int(line.split()[1])
     return 0
-
-
-def qemu_pids(root: Path) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.readlink(f"/proc/{entry}/cwd").startswith(str(root)):
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().startswith("qemu-system"):
-                        found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 def idle_pss(root: Path, bundle: Path, count: int, template: str) -> tuple[float, float]:
@@ -51,7 +40,7 @@ def idle_pss(root: Path, bundle: Path, count: int, template: str) -> tuple[float
                            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         took = time.perf_counter() - started
         time.sleep(3)  # let the last guests settle
-        pids = qemu_pids(root)
+        pids = vm_processes_in(root)
         assert len(pids) == count, f"{len(pids)} VMs running, expected {count}"
         return sum(pss_kib(pid) for pid in pids) / 1024, took
     finally:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from runv.testing import vm_processes_in
+
 RUNV = str(Path(sys.executable).with_name("runv"))
 BUSYBOX = "/bin/busybox"
 KERNEL = Path(os.environ.get("RUNV_TEST_KERNEL", "/var/lib/runv/kernel"))
@@ -65,8 +67,6 @@ def root(tmp_path) -> Path:
 @pytest.fixture
 def runv(root):
     """Runs the installed ``runv`` binary with this test's --root; returns CompletedProcess."""
-    started: list[str] = []
-
     def call(*args, check=False, timeout=180, **kwargs):
         """Output goes through files, not pipes: a shim keeps the caller's stdio open
         for the container's life, as runc's container process does."""
@@ -88,20 +88,6 @@ def runv(root):
         for cid in os.listdir(root):
             subprocess.run([RUNV, "--root", str(root), "delete", "--force", cid], capture_output=True, timeout=60)
         assert not vm_processes_in(root), "VM processes left behind"
-
-
-def vm_processes_in(directory: Path) -> list[int]:
-    """PIDs of QEMU processes running in a state directory under ``directory``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.readlink(f"/proc/{entry}/cwd").startswith(str(directory)):
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().startswith("qemu-system"):
-                        found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(scope="session")

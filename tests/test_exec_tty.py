@@ -37,13 +37,16 @@ def host_children_of(pid):
 
 
 class ConsoleReceiver:
-    """A console socket written the way conmon and containerd use theirs."""
+    """A console socket written the way conmon and containerd use theirs: it takes the pty
+    master and (optionally) sizes it at once, as conmon does right after the runtime
+    returns, racing the runtime's own set-up."""
 
-    def __init__(self, path):
+    def __init__(self, path, size=None):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         self.sock.listen(1)
+        self.size = size
         self.master = None
         self.thread = threading.Thread(target=self._receive, daemon=True)
         self.thread.start()
@@ -52,6 +55,8 @@ class ConsoleReceiver:
         conn, _ = self.sock.accept()
         with conn:
             _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+        if self.size:
+            set_size(fds[0], *self.size)
         self.master = fds[0]
 
     def wait(self):

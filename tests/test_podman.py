@@ -4,7 +4,6 @@ the host's podman is untouched) and an image imported from a busybox rootfs."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -5,9 +5,7 @@ own command line."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -15,35 +13,8 @@ import pytest
 from conftest import RUNV, vm_processes_in
 from runv.errors import RunvError
 from runv.sandbox.lookpath import check_program
-from test_exec_tty import read_until, set_size
-
-
-class Receiver:
-    """A console socket that takes the pty master and (optionally) sizes it at once, as
-    conmon does right after the runtime returns, racing the runtime's own set-up."""
-
-    def __init__(self, path, size=None):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(1)
-        self.size = size
-        self.master = None
-        self.thread = threading.Thread(target=self._receive, daemon=True)
-        self.thread.start()
-
-    def _receive(self):
-        conn, _ = self.sock.accept()
-        with conn:
-            _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
-        if self.size:
-            set_size(fds[0], *self.size)
-        self.master = fds[0]
-
-    def wait(self):
-        self.thread.join(60)
-        assert self.master is not None, "no pty master arrived"
-        return self.master
+from test_exec_tty import ConsoleReceiver as Receiver
+from test_exec_tty import read_until
 
 
 # ---------------------------------------------------------------- no VM needed

@@ -8,12 +8,15 @@
 - :func:`fake_distribution` — an installed-looking distribution (``dist-info`` with entry
   points) in a directory you put on ``PYTHONPATH``, to test discovery and broken plugins.
 - :func:`run_runv` — the ``runv`` command next to the running interpreter, as a subprocess.
+- :func:`vm_processes_in` — QEMU processes whose state directory is under a directory,
+  to check that a test left no VM behind.
 
 Nothing here imports pytest; the helpers work from any test runner.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +77,17 @@ def run_runv(*args, env=None, timeout=180, python: str | None = None) -> subproc
     exe = Path(python or sys.executable)
     return subprocess.run([str(exe.with_name("runv")), *map(str, args)], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env=env, timeout=timeout)
+
+
+def vm_processes_in(directory: Path) -> list[int]:
+    """PIDs of QEMU processes running in a state directory under ``directory``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/cwd").startswith(str(directory)):
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().startswith("qemu-system"):
+                        found.append(int(entry))
+        except OSError:
+            continue
+    return found

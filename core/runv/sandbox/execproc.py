@@ -14,7 +14,7 @@ import socket
 import threading
 from pathlib import Path
 
-from runv.agent.protocol import CTRL, DATA, FrameReader, encode_ctrl, encode_data
+from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
 from runv.errors import RunvError
 from runv.oci.config import Process
 from runv.sandbox import console, control
