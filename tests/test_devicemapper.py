@@ -213,7 +213,7 @@ def test_thin_pool_snapshots_in_a_helper_vm(runv, helper_rootfs, tmp_path, monke
         "process": {"args": ["/usr/bin/python3.11", "-S", "/scenario.py"], "env": ["PATH=/usr/sbin:/usr/bin:/bin"],
                     "cwd": "/"},
         "root": {"path": str(helper_rootfs)},
-        "annotations": {"io.runv.storage.mode": "block"},
+        "annotations": {"io.runv.storage.mode": "block", "io.runv.guest-devices": "true"},  # loop, device-mapper
     }
     (bundle / "config.json").write_text(json.dumps(config))
     result = runv("run", "--bundle", bundle, "dmhelper", timeout=600)

@@ -337,8 +337,13 @@ class Agent:
             path = os.path.join(self.rootfs, target)
             if os.path.isdir(path):
                 mount(fstype, path, fstype, "")
-        if os.path.isdir(os.path.join(self.rootfs, "dev")):
-            populate_dev(os.path.join(self.rootfs, "dev"))
+        dev = os.path.join(self.rootfs, "dev")
+        if os.path.isdir(dev) and message.get("guest_devices"):  # the VM's own devices, all of them
+            mount("devtmpfs", dev, "devtmpfs", "")
+            os.makedirs(os.path.join(dev, "pts"), exist_ok=True)
+            mount("devpts", os.path.join(dev, "pts"), "devpts", "newinstance,ptmxmode=0666,mode=620,gid=5")
+        elif os.path.isdir(dev):
+            populate_dev(dev)
         for entry in plan:  # the spec's mounts (volumes, tmpfs, mqueue...), in order
             if entry.get("in_rootfs"):
                 plan_mount(entry, rootfs_path(self.rootfs, entry["target"], entry))

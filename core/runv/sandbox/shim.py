@@ -44,6 +44,7 @@ STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}
 NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGPIPE}
 BENIGN = {signal.SIGCONT, signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG}  # do not stop a created container
 CONSOLE_TAIL = 15
+GUEST_DEVICES = "io.runv.guest-devices"  # "true": the container's /dev is the VM's devtmpfs
 REPLY_GRACE = 10.0  # seconds an exiting shim waits to answer requests in flight
 
 
@@ -143,6 +144,7 @@ class Shim:
             rootfs={"source": root.source, "fstype": root.fstype, "options": root.options, "readonly": root.readonly},
             mounts=[to_json(m) for m in self.attachment.mounts],
             hostname=self.container.spec.hostname,
+            guest_devices=self.container.annotations.get(GUEST_DEVICES) == "true",
         )
         if self.container.spec.process.terminal:
             self.open_terminal()
