@@ -91,7 +91,7 @@ def probe():
         from runv_qemu import kvm
     except ImportError:
         return None if os.path.exists("/dev/kvm") else "no /dev/kvm: enable VT-x/AMD-V and load kvm_intel or kvm_amd"
-    return kvm.verdict()["reason"]
+    return kvm.cached_verdict()["reason"]
 
 
 @hookimpl

@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 
 from runv.errors import RunvError
 from runv.log import logger
 from runv.sandbox.vmspec import Nic, VMContribution
-from runv_net import RECORD, wire
+from runv_net import RECORD
 from runv_net.netns import Namespace, locate, unshare_net
+
+if TYPE_CHECKING:
+    from runv_net import wire  # imports pyroute2 (≈0.1 s): only where there is wiring to do
 
 HOTPLUG_SLOTS = 2  # PCIe slots kept free for interfaces configured after create
 GUEST_TIMEOUT = 60.0  # seconds the agent may take for `network` (it waits for hot-plugged NICs)
@@ -62,6 +65,10 @@ class Session:
 
     def wire_new(self) -> list[Nic]:
         """Wires every interface not wired yet; returns their NICs (fds open)."""
+        if self.ns.private and not self.links and only_loopback():
+            return []  # the shim's own namespace, still empty: no netlink needed
+        from runv_net import wire
+
         nics = []
         for iface in wire.scan(self.ns.path, self.wired):
             number = len(self.links)
@@ -125,16 +132,26 @@ def release(container) -> None:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return
-    links = [wire.Link(**link) for link in record.get("links", [])]
     ns = record.get("netns") or {}
     path = locate(ns.get("dev", -1), ns.get("ino", -1), ns.get("path"))
-    if links and path is not None:
+    if record.get("links") and path is not None:
+        from runv_net import wire
+
+        links = [wire.Link(**link) for link in record["links"]]
         try:
             wire.unwire(path, links)
         except (OSError, RunvError) as exc:
             logger.warning("net: cannot unwire network namespace %s of %s: %s", path, container.id, exc)
             return
     record_path.unlink(missing_ok=True)
+
+
+def only_loopback() -> bool:
+    """Whether the shim's own network namespace has no interface but ``lo`` (read from
+    /proc, so an empty namespace costs no netlink session)."""
+    with open(f"/proc/{os.getpid()}/net/dev") as f:
+        names = [line.split(":")[0].strip() for line in f.readlines()[2:]]
+    return names == ["lo"]
 
 
 def etc_files(container) -> dict[str, str]:

@@ -20,11 +20,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 DEVICE = "/dev/kvm"
 LOOPS = 100_000
 FAST_ENOUGH = 0.02  # seconds for 2×LOOPS instructions; hardware KVM needs ~0.1 ms
 TIMEOUT = 5.0
+CACHE = Path(os.environ.get("RUNV_KVM_CACHE", "/run/runv/kvm-verdict.json"))
 VENDOR_MODULES = {"kvm_intel": "Intel VT-x", "kvm_amd": "AMD-V", "kvm_pvm": "PVM (software KVM)"}
 
 # ioctl numbers from <linux/kvm.h>
@@ -122,6 +124,43 @@ def verdict(timeout: float = TIMEOUT) -> dict:
             f"{result['run_s'] * 1000:.0f} ms ({rate:.1f} M/s, emulated; hardware KVM runs them in under 1 ms) and "
             f"a stock guest kernel never boots under it: use --hypervisor tcg, or a host with VT-x/AMD-V")}
     return base | {"usable": True, "reason": None}
+
+
+def cached_verdict() -> dict:
+    """``verdict()``, measured once per host boot and KVM module (it costs ~0.13 s, and
+    ``--hypervisor auto`` asks on every create); kept in ``CACHE``."""
+    key = {"boot_id": _read("/proc/sys/kernel/random/boot_id"), "vendor": vendor(), "device": _device_id()}
+    try:
+        cached = json.loads(CACHE.read_text())
+        if cached["key"] == key:
+            return cached["verdict"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    result = verdict()
+    try:
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE.with_name(f"{CACHE.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "verdict": result}))
+        os.replace(tmp, CACHE)
+    except OSError:
+        pass  # not root: measure every time
+    return result
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _device_id() -> list | None:
+    try:
+        st = os.stat(DEVICE)
+    except OSError:
+        return None
+    return [st.st_rdev, st.st_ino, st.st_ctime_ns]
 
 
 def _package_parent() -> str:

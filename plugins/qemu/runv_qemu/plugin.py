@@ -24,7 +24,7 @@ class KvmHypervisor(QemuHypervisor):
 
     @hookimpl
     def probe(self):
-        return driver.missing_binary() or kvm.verdict()["reason"]
+        return driver.missing_binary() or kvm.cached_verdict()["reason"]
 
     @hookimpl
     def boot(self, vm):
