@@ -303,7 +303,8 @@ def test_two_interfaces_and_delete_force_after_a_crash(runv, make_bundle, nets, 
     bundle = make_bundle(["sh", "-c", script], **netns_entry(path))
     out = tmp_path / "out"
     with open(out, "w") as stdout:
-        assert runv("create", "--bundle", bundle, "--pid-file", tmp_path / "pid", "net2", stdout=stdout).returncode == 0
+        created = runv("create", "--bundle", bundle, "--pid-file", tmp_path / "pid", "net2", stdout=stdout)
+        assert created.returncode == 0, created.stderr
     assert runv("start", "net2").returncode == 0
     deadline = time.monotonic() + TUN_TIMEOUT
     while "READY" not in out.read_text() and time.monotonic() < deadline:

@@ -11,7 +11,8 @@ one-line warning when a template was chosen or looked usable but was stale or br
 After a restore the guest agent is already running and will not say ``ready`` again: the
 shim connects and sends ``clone`` (the poke), which sets the guest clock and reseeds its
 RNG; ``prepare`` then mounts this container's rootfs and sets its hostname, as after a
-cold boot. See docs/templates.md.
+cold boot. The container's NICs are hot-plugged after the restore (a template has none:
+a NIC's MAC is device state). See docs/templates.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import attrs
 
 import runv
 from runv.errors import RunvError
@@ -301,6 +304,7 @@ def restore(shim: Shim, vm: VMSpec) -> object | None:
     from runv.sandbox.vmspec import to_json
 
     choice = getattr(shim.settings, "template", AUTO)
+    nics, vm = vm.nics, attrs.evolve(vm, nics=())  # a NIC's MAC is device state: hot-plugged after
     try:
         record, warning = choose(choice, vm, shim.hypervisor, shim.hooks)
     except (RunvError, OSError) as exc:
@@ -315,6 +319,8 @@ def restore(shim: Shim, vm: VMSpec) -> object | None:
             shim.store.update(shim.container.id, hypervisor=shim.hypervisor, vm=to_json(handle))
             try:
                 shim.agent = poke(shim, vm, record["name"])
+                for nic in nics:
+                    shim.attach_nic(nic)
             except RunvError as exc:
                 warning = f"template {record['name']!r} not used: {exc}"
                 shim.hooks.stop_vm(handle=handle, force=True)

@@ -202,7 +202,9 @@ async def _attach_nic(path: str, nic: Nic, slots: int) -> None:
         await client.execute("netdev_add", {"type": "tap", "id": nic.id, "fd": nic.id})
         errors = []
         for index in range(slots):  # the first free root port takes it
-            device = {"driver": "virtio-net-pci", "id": f"dev-{nic.id}", "netdev": nic.id, "mac": nic.mac}
+            # addr 0: a root port has one slot; QEMU would take a second device at another
+            # address, which the guest never scans (PCIe ports have only device 0)
+            device = {"driver": "virtio-net-pci", "id": f"dev-{nic.id}", "netdev": nic.id, "mac": nic.mac, "addr": "0"}
             try:
                 await client.execute("device_add", {**device, "bus": f"{HOTPLUG_PORT}{index}"})
                 return
