@@ -142,10 +142,13 @@ def test_deep_root_and_long_id(make_bundle, tmp_path):
     root = tmp_path / ("deep-" * 8) / "runv"
     cid = "c" * 64
     assert len(str(root / cid / "agent.sock")) > 108
-    base = [RUNV, "--root", str(root)]
+    log = tmp_path / "log"
+    base = [RUNV, "--root", str(root), "--log", str(log)]
     try:
         result = subprocess.run([*base, "run", "--bundle", str(make_bundle(["echo", "deep"])), cid], capture_output=True, text=True, timeout=180)
         assert result.returncode == 0 and result.stdout == "deep\n", result.stderr
+        if os.environ.get("RUNV_TEMPLATE_DIR"):  # the session template: a restore connects by the long path too
+            assert "restored from template" in log.read_text()
     finally:
         subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=60)
     assert not vm_processes_in(root)

@@ -30,9 +30,14 @@ def socket_name(path: Path | str) -> Iterator[str]:
 
 
 def connect_unix(path: Path) -> socket.socket:
+    """A connected unix stream socket (any path length); raises OSError, leaking nothing."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    with socket_name(path) as name:
-        sock.connect(name)
+    try:
+        with socket_name(path) as name:
+            sock.connect(name)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 

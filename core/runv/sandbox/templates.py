@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -349,11 +348,11 @@ def poke(shim: Shim, vm: VMSpec, name: str) -> AgentClient:
         if adopted:
             shim.on_agent_event(message)
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    from runv.sandbox.control import connect_unix  # deep --root dirs pass sun_path's limit
+
     try:
-        sock.connect(str(vm.agent_socket))
+        sock = connect_unix(vm.agent_socket)
     except OSError as exc:
-        sock.close()
         raise RunvError(f"cannot connect to the restored VM's agent: {exc.strerror}") from None
     client = AgentClient(sock, on_data, on_event)
     try:
