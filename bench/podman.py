@@ -8,9 +8,10 @@ rootfs). Runs are interleaved (runc and runv, with the default network and with
 ``--network none``) after one unmeasured warm-up of each, and timed on the host from
 podman's start to its exit: image lookup, conmon, network set-up and teardown, the
 runtime's create/start/delete, the container itself. runv boots cold (``--template
-off``). ``--template`` also makes a template of the podman containers' VM shape (``runv
-template create`` into a temporary RUNV_TEMPLATE_DIR) and times ``--network none`` runs
-that start from it (a template's VM has no NIC).
+off``). ``--template`` also makes templates of the podman containers' VM shapes, with and
+without a network (``runv template create`` into a temporary RUNV_TEMPLATE_DIR), and
+times runs that start from them (a template's VM has no NIC: the container's is
+hot-plugged after the restore).
 Prints a markdown table.
 """
 
@@ -42,9 +43,10 @@ def timed(podman: Podman, flags: tuple[str, ...], run_flags: tuple[str, ...]) ->
     return took
 
 
-def share_tags(podman: Podman) -> list[str]:
-    """The 9p share tags of a podman container's VM (its template shape)."""
-    cid = podman("--runtime-flag", "template=off", "run", "--network", "none", "-d", IMAGE, "sleep", "1000", check=True).stdout.strip()
+def share_tags(podman: Podman, run_flags: tuple[str, ...]) -> list[str]:
+    """The 9p share tags of a podman container's VM (its template shape): with a network,
+    podman also binds /etc/hosts, /etc/resolv.conf and /etc/hostname, one share each."""
+    cid = podman("--runtime-flag", "template=off", "run", *run_flags, "-d", IMAGE, "sleep", "1000", check=True).stdout.strip()
     try:
         pid = qemu_of(podman.runv_root, cid)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
@@ -77,10 +79,12 @@ def main() -> None:
             "runv, --network none": (("--runtime-flag", "template=off"), none),
         }
         if args.template:
-            shares = [arg for tag in share_tags(podman) for arg in ("--share", tag)]
             env = {**os.environ, "RUNV_TEMPLATE_DIR": str(templates)}
-            subprocess.run([RUNV, "template", "create", *shares, "podman"], env=env, check=True, stdout=subprocess.DEVNULL)
-            # a template's VM has no NIC: only containers without a network start from one
+            for name, run_flags in (("podman-net", ()), ("podman", none)):
+                shares = [arg for tag in share_tags(podman, run_flags) for arg in ("--share", tag)]
+                subprocess.run([RUNV, "template", "create", *shares, name], env=env, check=True, stdout=subprocess.DEVNULL)
+            # a template's VM has no NIC: the container's NIC is hot-plugged after the restore
+            variants["runv from a template, default network (CNI bridge)"] = (("--runtime-flag", "template=podman-net"), ())
             variants["runv from a template, --network none"] = (("--runtime-flag", "template=podman"), none)
         for flags, run_flags in variants.values():
             timed(podman, flags, run_flags)  # warm-up: page cache, CNI, QEMU's first start
