@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import RUNV, make_rootfs  # noqa: E402
 from realclients import mounts_under, qemu_of, rootfs_tar  # noqa: E402
-from test_podman import CONTAINERS_CONF, IMAGE, STORAGE_CONF, Podman  # noqa: E402
+from test_podman import IMAGE, Podman  # noqa: E402
 
 
 def timed(podman: Podman, flags: tuple[str, ...], run_flags: tuple[str, ...]) -> float:
@@ -62,13 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="rvbp-"))  # short: a template restore fails once <root>/<id>/agent.sock passes 108 bytes
     templates = base / "templates"
-    wrapper = base / "bin" / "runv"
-    wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\nRUNV_TEMPLATE_DIR={templates} exec {RUNV} --root {base}/runv "$@"\n')
-    wrapper.chmod(0o755)
-    (base / "containers.conf").write_text(CONTAINERS_CONF.format(base=base, runv=wrapper))
-    (base / "storage.conf").write_text(STORAGE_CONF.format(base=base))
-    podman = Podman(base)
+    podman = Podman.configure(base, runv_env=f"RUNV_TEMPLATE_DIR={templates} ")
     try:
         podman("import", rootfs_tar(make_rootfs(base / "rootfs"), base / "rootfs.tar"), IMAGE, check=True)
         none = ("--network", "none")

@@ -69,6 +69,18 @@ class Podman:
         self.runv_root = base / "runv"
         self.env = {**os.environ, "CONTAINERS_CONF": str(base / "containers.conf"), "CONTAINERS_STORAGE_CONF": str(base / "storage.conf")}
 
+    @classmethod
+    def configure(cls, base: Path, runv_env: str = "") -> "Podman":
+        """Writes the private configuration under ``base``: the runv wrapper (``runv_env``:
+        variable assignments to put before it), containers.conf and storage.conf."""
+        wrapper = base / "bin" / "runv"  # named runv: runtime_supports_json goes by the file name
+        wrapper.parent.mkdir()
+        wrapper.write_text(f'#!/bin/sh\n{runv_env}exec {RUNV} --root {base}/runv "$@"\n')
+        wrapper.chmod(0o755)
+        (base / "containers.conf").write_text(CONTAINERS_CONF.format(base=base, runv=wrapper))
+        (base / "storage.conf").write_text(STORAGE_CONF.format(base=base))
+        return cls(base)
+
     def argv(self, *args) -> list[str]:
         return [PODMAN, *map(str, args)]
 
@@ -91,13 +103,7 @@ def podman(base_rootfs):
     ipam_existed = IPAM_DIR.exists()
     chains_existed = subprocess.run(["iptables", "-S", "CNI-FORWARD"], capture_output=True).returncode == 0
     base = Path(tempfile.mkdtemp(prefix="runv-podman-"))  # short: conmon's sockets live under it
-    wrapper = base / "bin" / "runv"  # named runv: runtime_supports_json goes by the file name
-    wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\nexec {RUNV} --root {base}/runv "$@"\n')
-    wrapper.chmod(0o755)
-    (base / "containers.conf").write_text(CONTAINERS_CONF.format(base=base, runv=wrapper))
-    (base / "storage.conf").write_text(STORAGE_CONF.format(base=base))
-    pm = Podman(base)
+    pm = Podman.configure(base)
     pm("import", rootfs_tar(base_rootfs, base / "rootfs.tar"), IMAGE, check=True)
     yield pm
     pm("rm", "--all", "--force", "--time", "0", timeout=120)
