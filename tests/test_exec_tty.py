@@ -279,3 +279,24 @@ def test_failing_prestart_fails_create_and_cleans_up(runv, make_bundle, root):
     assert result.returncode == 1
     assert "prestart hook #0 (/bin/sh) failed with exit status 2: no way" in result.stderr
     assert not (root / "nohook").exists()
+
+
+def test_events_reports_an_oom_kill(runv, running, root):
+    events = subprocess.Popen([RUNV, "--root", str(root), "events", "--interval", "500ms", running],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # the first stats event sets the baseline
+        hog = runv("exec", running, "awk", 'BEGIN { while (1) a[i++] = sprintf("%0200d", i) }')  # small allocations until the OOM killer
+        assert hog.returncode == 137  # killed by the guest kernel's OOM killer (SIGKILL)
+        deadline = time.monotonic() + 30
+        seen = []
+        while time.monotonic() < deadline:
+            line = events.stdout.readline()
+            seen.append(json.loads(line))
+            if seen[-1]["type"] == "oom":
+                break
+        assert seen[-1] == {"type": "oom", "id": running}
+        assert seen[0]["type"] == "stats"
+    finally:
+        events.kill()
+        events.wait()
