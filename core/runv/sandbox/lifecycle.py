@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,8 +49,10 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     from runv import plugins
     from runv.oci.config import load_bundle
     from runv.sandbox.context import Container
+    from runv.sandbox.lookpath import check_program
     from runv.sandbox.shim import Shim
     from runv.sandbox.shim import run as run_shim
+    from runv.sandbox.templates import warning_of
 
     store = Store(settings.root)
     store.dir(container_id)  # validates the id before anything else
@@ -60,8 +63,6 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
             f"{bundle}/config.json: hooks.startContainer is not supported: it runs inside the container, "
             "which is a VM here; use createContainer or prestart (run on the host)"
         )
-    from runv.sandbox.lookpath import check_program
-
     process = spec.process  # missing program: refused here, as runc's create does, before a VM boots
     check_program(str(rootfs), process.args, process.env, process.cwd, [str(m.get("destination", "")) for m in spec.mounts])
     if spec.process.terminal:
@@ -84,14 +85,13 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
         return run_shim(shim, report)
 
     pid, answer = spawn_session(child)
-    if answer != OK:
+    if answer != OK:  # the shim tore down what it built, unless it died first: converge anyway
+        record = store.read(container_id)
+        _teardown(record, _container(record, state_dir))
+        volumes.release(state_dir)
         store.remove(container_id)
         raise RunvError(answer.removeprefix("error: ") or f"the shim of container {container_id} died during create")
     write_pid_file(pid_file, pid)
-    import sys
-
-    from runv.sandbox.templates import warning_of
-
     if warning := warning_of(state_dir):  # the shim fell back to a cold boot
         print(f"runv: warning: {warning}", file=sys.stderr)
     return pid
