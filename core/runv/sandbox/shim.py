@@ -53,15 +53,6 @@ def exit_code(status: dict) -> int:
     return status["code"] if "code" in status else 128 + status["signal"]
 
 
-def console_tail(path: Path) -> str:
-    """The last lines the VM printed (its console and the VMM's stderr), for error messages."""
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in lines[-CONSOLE_TAIL:] if line.strip())
-
-
 class Shim:
     def __init__(
         self,
@@ -172,8 +163,7 @@ class Shim:
         """Why the VM is no longer running, or None while it is."""
         if process_start_time(self.handle.pid) is not None:
             return None
-        tail = console_tail(vm.console_log)
-        return f"the VM of container {self.container.id} exited during boot: {tail or 'no output'}"
+        return f"the VM of container {self.container.id} exited during boot: {vm.last_words(CONSOLE_TAIL)}"
 
     # ---------------------------------------------------------------- serving
 

@@ -49,6 +49,12 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def is_running(pid: int, start_time: int | None) -> bool:
+    """Whether ``pid`` is still the process that started at ``start_time`` (not a zombie,
+    not a newer process that reused the PID)."""
+    return bool(pid) and start_time is not None and process_start_time(pid) == start_time
+
+
 @attrs.frozen
 class Record:
     """What runv keeps about one container between commands."""
@@ -69,7 +75,7 @@ class Record:
     attachment: dict[str, Any] | None = None  # the storage plugin's StorageAttachment
 
     def shim_alive(self) -> bool:
-        return bool(self.shim_pid) and process_start_time(self.shim_pid) == self.shim_start
+        return is_running(self.shim_pid, self.shim_start)
 
     def live_status(self) -> str:
         """The recorded status, corrected to ``stopped`` when the shim is gone."""

@@ -99,6 +99,15 @@ class VMSpec:
     nics: tuple[Nic, ...] = ()
     hotplug_slots: int = 0
 
+    def last_words(self, lines: int = 5) -> str:
+        """The last lines the VM printed (its console and the VMM's stderr), joined into one
+        line for error messages."""
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            text = ""
+        return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:]) or "no output"
+
     def with_contribution(self, extra: VMContribution) -> "VMSpec":
         return attrs.evolve(
             self,

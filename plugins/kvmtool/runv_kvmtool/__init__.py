@@ -24,11 +24,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from runv import hookimpl
 from runv.errors import RunvError
-from runv.sandbox.state import process_start_time
+from runv.sandbox.state import is_running, process_start_time
 from runv.sandbox.vmspec import VMHandle, VMSpec
 
 PRIORITY = 15  # below qemu (20), above tcg (10)
@@ -109,10 +108,10 @@ def boot(vm):
         if match and int(match.group(1)) == AGENT_TTY:
             pty = match.group(2)
         elif proc.poll() is not None:
-            raise RunvError(f"lkvm failed to start (exit {proc.returncode}): {_last_words(vm.console_log)}")
+            raise RunvError(f"lkvm failed to start (exit {proc.returncode}): {vm.last_words()}")
         elif time.monotonic() > deadline:
             proc.kill()
-            raise RunvError(f"lkvm did not report its agent pty within {START_TIMEOUT:.0f} s: {_last_words(vm.console_log)}")
+            raise RunvError(f"lkvm did not report its agent pty within {START_TIMEOUT:.0f} s: {vm.last_words()}")
         else:
             time.sleep(0.02)
     relay = subprocess.Popen([sys.executable, "-m", "runv_kvmtool.relay", pty, str(vm.agent_socket)],
@@ -121,15 +120,6 @@ def boot(vm):
     return VMHandle(hypervisor="kvmtool", pid=proc.pid, data={
         "name": vm_name(vm), "lkvm": binary, "start_time": process_start_time(proc.pid),
         "relay": relay.pid, "relay_start_time": process_start_time(relay.pid), "pty": pty})
-
-
-def _alive(pid: int, start_time) -> bool:
-    return start_time is not None and process_start_time(pid) == start_time
-
-
-def _last_words(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return " | ".join(lines[-5:]) or "no output"
 
 
 def _lkvm(handle: VMHandle, action: str) -> None:
@@ -153,7 +143,7 @@ def resume_vm(handle):
 @hookimpl
 def stop_vm(handle, force):
     for pid, start in ((handle.pid, handle.data.get("start_time")), (handle.data.get("relay"), handle.data.get("relay_start_time"))):
-        if pid is None or not _alive(pid, start):
+        if pid is None or not is_running(pid, start):
             continue
         if not force and pid == handle.pid:
             try:
@@ -161,7 +151,7 @@ def stop_vm(handle, force):
             except (RunvError, subprocess.TimeoutExpired):
                 pass
         deadline = time.monotonic() + 5
-        while _alive(pid, start) and time.monotonic() < deadline:
+        while is_running(pid, start) and time.monotonic() < deadline:
             if force or time.monotonic() > deadline - 3:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from runv.errors import RunvError
 from runv.sandbox.control import socket_name
-from runv.sandbox.state import process_start_time
+from runv.sandbox.state import is_running, process_start_time
 from runv.sandbox.vmspec import Nic, VMHandle, VMSpec
 
 BINARY = "qemu-system-x86_64"
@@ -106,11 +106,11 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
     deadline = time.monotonic() + START_TIMEOUT
     while not qmp.exists():
         if proc.poll() is not None:
-            raise RunvError(f"{BINARY} failed to start (exit {proc.returncode}): {_last_words(vm.console_log)}")
+            raise RunvError(f"{BINARY} failed to start (exit {proc.returncode}): {vm.last_words()}")
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
-            raise RunvError(f"{BINARY} did not start within {START_TIMEOUT:.0f} s: {_last_words(vm.console_log)}")
+            raise RunvError(f"{BINARY} did not start within {START_TIMEOUT:.0f} s: {vm.last_words()}")
         time.sleep(0.01)
     return VMHandle(
         hypervisor=plugin,
@@ -119,17 +119,8 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
     )
 
 
-def _last_words(log: Path) -> str:
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no output"
-    return " | ".join(lines[-5:]) or "no output"
-
-
 def alive(handle: VMHandle) -> bool:
-    start_time = process_start_time(handle.pid)
-    return start_time is not None and start_time == handle.data.get("start_time")
+    return is_running(handle.pid, handle.data.get("start_time"))
 
 
 async def _qmp(path: str, *commands: str) -> list:

@@ -33,7 +33,7 @@ class KvmHypervisor(QemuHypervisor):
             driver.qmp(handle, "query-status")
         except RunvError:
             driver.stop(handle, force=True)
-            raise RunvError(f"{driver.BINARY} with KVM exited at start: {driver._last_words(vm.console_log)}") from None
+            raise RunvError(f"{driver.BINARY} with KVM exited at start: {vm.last_words()}") from None
         return handle
 
 

@@ -139,7 +139,7 @@ def save(vm: VMSpec, directory: Path, compress: bool, ready, plugin: str, accel:
             if status == "completed":
                 break
             if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                raise RunvError(f"saving the template failed (migration {status}): {driver._last_words(vm.console_log)}")
+                raise RunvError(f"saving the template failed (migration {status}): {vm.last_words()}")
             time.sleep(0.02)
         seconds = time.monotonic() - started
     finally:
@@ -166,7 +166,7 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
         deadline = time.monotonic() + LOAD_TIMEOUT
         while True:
             if not driver.alive(handle):
-                raise RunvError(f"{driver.BINARY} could not load the template: {driver._last_words(vm.console_log)}")
+                raise RunvError(f"{driver.BINARY} could not load the template: {vm.last_words()}")
             migration, run_state = _qmp(handle, ("query-migrate", None), ("query-status", None))
             if migration.get("status") == "failed":
                 raise RunvError(f"{driver.BINARY} could not load the template: {migration.get('error-desc', 'failed')}")
