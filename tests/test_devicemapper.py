@@ -168,7 +168,8 @@ def helper_rootfs(tmp_path_factory) -> Path:
     package = rootfs / "opt/runv"
     (package / "runv").mkdir(parents=True)
     (package / "runv_devicemapper").mkdir(parents=True)
-    for name in ("__init__.py", "errors.py"):
+    for name in ("__init__.py", "errors.py", "storage/__init__.py", "storage/images.py"):
+        (package / "runv" / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / "runv" / name, package / "runv" / name)
     shutil.copy2(PLUGIN / "thin.py", package / "runv_devicemapper/thin.py")  # the code under test
     (package / "runv_devicemapper/__init__.py").write_text("")  # the hook glue needs pluggy; not tested here

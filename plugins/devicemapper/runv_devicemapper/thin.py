@@ -19,7 +19,6 @@ Every change is recorded in ``devices.json`` *before* it is made in the pool (st
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from runv.errors import RunvError
+from runv.storage import images
 
 SECTOR = 512
 BLOCK_SECTORS = 128  # 64 KiB pool blocks
@@ -130,17 +130,12 @@ class Pool:
     @contextmanager
     def locked(self) -> Iterator[dict]:
         """The registry under the pool's lock; written back when the block succeeds."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with images.locked(self.directory):
             registry = self._read()
             try:
                 yield registry
             finally:
                 self._write(registry)  # also after a failure: it records what was cleaned up
-        finally:
-            os.close(fd)
 
     def _read(self) -> dict:
         try:
