@@ -14,11 +14,10 @@ import attrs
 from runv.errors import RunvError
 from runv.log import logger
 from runv.log import setup as setup_logging
-from runv.sandbox import console, control
+from runv.sandbox import control
 from runv.sandbox.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 from runv.sandbox.state import Record, Store
 from runv.settings import Settings
-from runv.storage import volumes
 
 SHIM_EXIT_WAIT = 15.0  # seconds delete waits for a stopping shim before killing it
 
@@ -48,11 +47,13 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     """Creates the container (a shim with a booted VM) and returns the shim's PID."""
     from runv import plugins
     from runv.oci.config import load_bundle
+    from runv.sandbox import console
     from runv.sandbox.context import Container
     from runv.sandbox.lookpath import check_program
     from runv.sandbox.shim import Shim
     from runv.sandbox.shim import run as run_shim
     from runv.sandbox.templates import warning_of
+    from runv.storage import volumes
 
     store = Store(settings.root)
     store.dir(container_id)  # validates the id before anything else
@@ -122,6 +123,8 @@ def kill(settings: Settings, container_id: str, signum: int, all_processes: bool
 
 def delete(settings: Settings, container_id: str, force: bool) -> None:
     """Removes a stopped (or, with ``force``, any) container; converges after any crash."""
+    from runv.storage import volumes
+
     store = Store(settings.root)
     state_dir = store.dir(container_id)
     if not state_dir.is_dir():
@@ -201,6 +204,7 @@ def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | No
     terminal, for a terminal container without a console socket), waits for it, deletes
     the container (as ``runc run`` does) and returns the container's exit code."""
     from runv.oci.config import load_bundle
+    from runv.sandbox import console
     from runv.sandbox.shim import NOT_FORWARDED
 
     if console_socket is None and load_bundle(bundle.resolve())[0].process.terminal:
