@@ -22,7 +22,7 @@ from conftest import RUNV, make_rootfs
 
 import runv
 import runv_devicemapper
-from runv.guest.builder import shared_libraries
+from runv.image.builder import shared_libraries
 from runv.storage import images
 
 ROOT = Path(runv.__file__).parent.parent

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import pytest
 
 from runv.errors import RunvError
-from runv.guest import builder, kernel
-from runv.guest.cpio import Archive
+from runv.image import builder, kernel
+from runv.image.cpio import Archive
 
 
 class Member(NamedTuple):

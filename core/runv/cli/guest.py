@@ -14,7 +14,7 @@ def build(
     kernel_package: Annotated[str, typer.Option(help="Debian kernel package to take the kernel and modules from.")] = "linux-image-amd64",
 ) -> None:
     """Make --kernel and --initrd from Debian's kernel, busybox-static and python3.11 (idempotent)."""
-    from runv.guest.builder import build_guest
+    from runv.image.builder import build_guest
 
     settings = ctx.find_root().obj
     build_guest(settings.kernel, settings.initrd, kernel_package=kernel_package, force=force)

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import runv
 from runv.errors import RunvError
-from runv.guest import kernel
-from runv.guest.cpio import Archive
-from runv.guest.kernel import run_tool
+from runv.image import kernel
+from runv.image.cpio import Archive
+from runv.image.kernel import run_tool
 
 BUILDER_VERSION = 1
 BUSYBOX = Path("/bin/busybox")
@@ -321,7 +321,7 @@ def _write_temporary(path: Path, data: bytes) -> Path:
 
 def _init_script() -> bytes:
     """The guest's /init, shipped as package data."""
-    return resources.files("runv.guest").joinpath("init.sh").read_bytes()
+    return resources.files("runv.image").joinpath("init.sh").read_bytes()
 
 
 def _read(path: Path, hint: str = "") -> bytes:
