@@ -23,7 +23,7 @@ from conftest import RUNV, make_rootfs
 import runv
 import runv_devicemapper
 from runv.image.builder import shared_libraries
-from runv.storage import images
+from runv.api import images
 
 ROOT = Path(runv.__file__).parent.parent
 PLUGIN = Path(runv_devicemapper.__file__).parent
@@ -34,7 +34,7 @@ SCENARIO = r'''
 import hashlib, json, os, subprocess, sys, threading
 sys.path.insert(0, "/opt/runv")
 from pathlib import Path
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv_devicemapper import thin
 
 out = {}
@@ -168,7 +168,7 @@ def helper_rootfs(tmp_path_factory) -> Path:
     package = rootfs / "opt/runv"
     (package / "runv").mkdir(parents=True)
     (package / "runv_devicemapper").mkdir(parents=True)
-    for name in ("__init__.py", "errors.py", "storage/__init__.py", "storage/images.py"):
+    for name in ("__init__.py", "api/__init__.py", "api/errors.py", "api/tools.py", "api/images.py"):
         (package / "runv" / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / "runv" / name, package / "runv" / name)
     shutil.copy2(PLUGIN / "thin.py", package / "runv_devicemapper/thin.py")  # the code under test
@@ -194,7 +194,7 @@ def test_probe_says_this_kernel_has_no_device_mapper():
 def test_attach_refuses_clearly_without_device_mapper(tmp_path):
     if "device-mapper" in Path("/proc/devices").read_text():
         pytest.skip("this host has a device-mapper")
-    from runv.errors import RunvError
+    from runv.api.errors import RunvError
 
     with pytest.raises(RunvError, match="storage devicemapper cannot run here: this host's kernel has no device-mapper"):
         runv_devicemapper.attach_storage(container=None)

@@ -1,13 +1,19 @@
-"""Hook specifications: what a runv plugin may implement.
+"""Hook specifications: what a runv plugin may implement, by phase of a container's life.
 
 A plugin is a module (or object) with functions named like the specifications below,
-decorated with :data:`runv.hookimpl`. Hypervisor plugins implement ``probe``, ``boot``,
-``stop_vm``, ``pause_vm`` and ``resume_vm``; storage plugins implement ``attach_storage``
-and ``detach_storage``; any plugin may contribute to ``prepare_vm``. The core calls hooks
-with keyword arguments only, through :class:`runv.plugins.Hooks`.
+decorated with :data:`runv.api.hookimpl`, and declared by an entry point (see
+docs/plugins.md). A function decorated with ``hookimpl`` whose name is not below fails the
+plugin's load (a misspelt hook never registers silently).
 
-Only the selected hypervisor and the selected storage plugin are loaded for a container,
-so a ``firstresult`` hook answered by "the hypervisor" is answered by the one in use.
+- A **hypervisor** plugin implements ``hypervisor_info``, ``probe`` and ``boot``; the
+  :class:`~runv.api.VM` that ``boot`` returns does the rest (stop, pause, hot-plug, save).
+- A **storage** plugin implements ``attach_storage`` and ``detach_storage`` (and ``probe``).
+- Any plugin may contribute to ``configure_net``, ``prepare_vm``, ``sync_net``,
+  ``release_net`` and ``exec``; the always-on extras (``runv.plugins`` entry points) do.
+
+Only the selected hypervisor and storage plugin are loaded for a container, so a
+``firstresult`` hook is answered by the one in use. The core calls every hook with keyword
+arguments, through :class:`runv.hooks.Hooks`.
 """
 
 from __future__ import annotations
@@ -17,26 +23,36 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from runv.agent.host import AgentClient
+    from runv.api import Container, HypervisorInfo, Nic, StorageAttachment, VM, VMContribution, VMSpec
     from runv.oci.config import Process
-    from runv.sandbox.context import Container
-    from runv.sandbox.vmspec import Nic, StorageAttachment, VMContribution, VMHandle, VMSpec
+    from runv.shim.agentclient import AgentClient
 
 hookspec = pluggy.HookspecMarker("runv")
 
 # -------------------------------------------------------------------------
-# Host checks
+# What a plugin is, and whether it can run here
 # -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def hypervisor_info() -> HypervisorInfo | None:
+    """Declare the hypervisor: its capabilities (shared filesystem, agent channel, disk
+    naming, NICs, pause), the :class:`~runv.api.VM` class its VMs are, its template
+    support and its ``priority`` for ``--hypervisor auto``.
+
+    Implemented by every hypervisor plugin; the core checks the declaration is whole
+    (:meth:`~runv.api.HypervisorInfo.problems`) when the plugin loads.
+
+    Stops at first non-None result.
+    """
 
 
 @hookspec(firstresult=True)
 def probe() -> str | None:
     """Can this plugin run on this host?
 
-    Hypervisor plugins answer for themselves; ``runv`` calls it on each candidate when
-    ``--hypervisor auto`` picks one. Keep it fast (seconds at most, never hang).
+    Called on the plugin alone (``runv check``, and each candidate of ``--hypervisor auto``).
+    Keep it fast (seconds at most, never hang).
 
     :return: ``None`` when usable, otherwise one line saying why not and how to fix it.
 
@@ -53,7 +69,9 @@ def probe() -> str | None:
 def attach_storage(container: Container) -> StorageAttachment | None:
     """Make the container's root filesystem reachable from the guest.
 
-    Implemented by the selected storage plugin.
+    Implemented by the selected storage plugin. Name shares and disks in the mount plan
+    with :meth:`runv.api.GuestMount.of_share` and :meth:`~runv.api.GuestMount.of_disk`:
+    the core turns them into what the hypervisor serves.
 
     :param container: the container being created (bundle, spec, state directory).
     :return: the shares/disks to add to the VM and how the agent mounts the rootfs.
@@ -64,11 +82,11 @@ def attach_storage(container: Container) -> StorageAttachment | None:
 
 @hookspec
 def configure_net(container: Container) -> VMContribution | None:
-    """Wire the container's network into the VM (devices and kernel arguments).
+    """Wire the container's network into the VM (NICs and kernel arguments).
 
     Called on every plugin; each may contribute. Runs in the shim's main thread before
     the VMM starts (a plugin may move the shim into a network namespace of its own here).
-    NICs come back as :class:`runv.sandbox.vmspec.Nic` with open fds the VMM inherits.
+    NICs come back as :class:`runv.api.Nic` with open fds the VMM inherits.
 
     :param container: the container being created.
     :return: what to add to the VM, or ``None``.
@@ -80,7 +98,7 @@ def prepare_vm(container: Container, vm: VMSpec) -> VMContribution | None:
     """Contribute to the VM about to boot, or refuse it.
 
     Called on every plugin after storage and network are attached. Raise
-    :class:`runv.errors.RunvError` to refuse (for example: a required binary is missing).
+    :class:`runv.api.RunvError` to refuse (for example: a required binary is missing).
 
     :param container: the container being created.
     :param vm: the VM as built so far.
@@ -89,14 +107,16 @@ def prepare_vm(container: Container, vm: VMSpec) -> VMContribution | None:
 
 
 @hookspec(firstresult=True)
-def boot(vm: VMSpec) -> VMHandle | None:
+def boot(vm: VMSpec) -> VM | None:
     """Start the VM described by ``vm`` and return once its VMM is running.
 
-    Implemented by the selected hypervisor. The VMM must serve the agent channel at
-    ``vm.agent_socket`` and write its own errors to ``vm.console_log``. Raise
-    :class:`runv.errors.RunvError` with the VMM's own words when it fails to start.
+    Implemented by the selected hypervisor. The VMM must serve the agent channel (as its
+    :class:`~runv.api.AgentChannel` says) at the unix socket ``vm.agent_socket`` and write
+    its own errors to ``vm.console_log``. Every share, disk and NIC of ``vm`` is within
+    the declared capabilities (the core checked); refuse anything else with
+    :class:`runv.api.RunvError` rather than drop it, and fail with the VMM's own words.
 
-    :return: a handle the core persists and passes back to the hooks below.
+    :return: the running VM.
 
     Stops at first non-None result.
     """
@@ -128,55 +148,16 @@ def sync_net(container: Container, agent: AgentClient, attach: Callable[[Nic], N
     Called on every plugin once the agent answers (after ``boot``: the NICs given by
     ``configure_net``) and again at ``start`` (interfaces a caller configured in the
     namespace after ``create``, the Docker model). New NICs are hot-plugged with
-    ``attach``, which raises :class:`runv.errors.RunvError` when the hypervisor cannot.
+    ``attach``, which raises :class:`runv.api.RunvError` when the hypervisor cannot.
 
     :param agent: the guest agent, for its ``network`` request.
-    :param attach: adds one NIC to the running VM (through ``attach_nic``).
-    """
-
-
-@hookspec(firstresult=True)
-def attach_nic(handle: VMHandle, nic: Nic) -> bool | None:
-    """Hot-plug ``nic`` into the running VM. Implemented by the hypervisor.
-
-    :return: True when done; ``None`` when this hypervisor cannot hot-plug NICs.
-
-    Stops at first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def pause_vm(handle: VMHandle) -> bool | None:
-    """Freeze every vCPU of the VM. Implemented by the hypervisor; returns True when done.
-
-    Stops at first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def resume_vm(handle: VMHandle) -> bool | None:
-    """Thaw a VM frozen by ``pause_vm``. Implemented by the hypervisor; returns True.
-
-    Stops at first non-None result.
+    :param attach: adds one NIC to the running VM (:meth:`runv.api.VM.attach_nic`).
     """
 
 
 # -------------------------------------------------------------------------
 # Teardown (must converge: called again after a crash, on whatever is left)
 # -------------------------------------------------------------------------
-
-
-@hookspec(firstresult=True)
-def stop_vm(handle: VMHandle, force: bool) -> bool | None:
-    """Stop the VM and wait until its VMM has exited.
-
-    Implemented by the hypervisor. Must succeed when the VMM is already gone.
-
-    :param force: kill at once instead of asking the VMM to quit.
-    :return: True when done.
-
-    Stops at first non-None result.
-    """
 
 
 @hookspec
@@ -190,53 +171,4 @@ def release_net(container: Container) -> None:
 
     Called on every plugin, in the shim and again by ``delete`` (also after a crash, with
     ``container.spec`` possibly ``None``). Must succeed when already undone.
-    """
-
-
-# -------------------------------------------------------------------------
-# VM templates (a booted guest saved once, restored for each container)
-# -------------------------------------------------------------------------
-
-
-@hookspec(firstresult=True)
-def template_shape(vm: VMSpec) -> dict | None:
-    """What a template must have been made from to start ``vm``: the hypervisor's machine
-    and device set with every per-container value (host paths, names) taken out, and the
-    VMM's own identity. Implemented by the hypervisor; the core compares it with the one
-    recorded in each template, so a template of another shape or a stale one is not used.
-
-    :return: JSON-ready data, or ``None`` when ``vm`` cannot start from a template here
-        (this hypervisor has no templates, or the VM has devices a template cannot carry);
-        the core then boots cold.
-
-    Stops at first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def save_template(vm: VMSpec, directory: Path, compress: bool, ready: Callable[[VMHandle], None]) -> dict | None:
-    """Boot ``vm``, call ``ready(handle)`` (it returns once the guest agent answers, and
-    stays connected), save the running guest into ``directory`` and stop the VM.
-
-    Implemented by the hypervisor. Files written must be readable by root only.
-
-    :param compress: make the saved files smaller at some cost in restore time and memory.
-    :return: what was saved (kept in the template's record and passed to
-        ``restore_template``), or ``None`` when this hypervisor has no templates.
-
-    Stops at first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def restore_template(vm: VMSpec, directory: Path, record: dict) -> VMHandle | None:
-    """Start ``vm`` from the template in ``directory`` instead of booting it; return once
-    the guest runs. ``vm`` has the template's shape (see ``template_shape``) with this
-    container's own host paths. The guest agent does not say ``ready`` again: the core
-    pokes it and pushes the clone's identity (RNG seed, clock, hostname).
-
-    Raise :class:`runv.errors.RunvError` when the template cannot be loaded (the core
-    warns and boots cold); return ``None`` when this hypervisor has no templates.
-
-    Stops at first non-None result.
     """

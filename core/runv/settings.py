@@ -19,4 +19,4 @@ class Settings:
     initrd: Path = DEFAULT_INITRD
     hypervisor: str = "auto"
     storage: str = "overlay"
-    template: str = "auto"  # VM template to start from: auto, off or a name (runv.sandbox.templates)
+    template: str = "auto"  # VM template to start from: auto, off or a name (runv.templates.store)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv.settings import DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_ROOT, Settings
 
 app = typer.Typer(

@@ -7,28 +7,30 @@ import typer
 NAME = "check"
 
 
-def probe_plugin(info) -> tuple[str, str | None]:
-    """``(status, reason)`` for one enabled plugin: ok, unusable or broken."""
-    from runv.plugins import LoadError
+def probe_plugin(info) -> tuple[str, str | None, int | None]:
+    """``(status, reason, priority)`` for one enabled plugin: ok, unusable or broken (a
+    hypervisor's priority when it loads)."""
+    from runv.loader import LoadError, hooks_of, load_hypervisor
 
     try:
-        module = info.load()
+        if info.kind == "hypervisor":
+            hypervisor = load_hypervisor(info.name)
+            hooks, priority = hypervisor.hooks, hypervisor.info.priority
+        else:
+            hooks, priority = hooks_of(info), None
     except LoadError as exc:
-        return "broken", f"{exc.reason}: reinstall {info.distribution}, or disable it ([plugins] disabled in the config file)"
-    probe = getattr(module, "probe", None)
-    if not hasattr(probe, "runv_impl"):
-        return "ok", None
+        return "broken", f"{exc.reason}: reinstall {info.distribution}, or disable it ([plugins] disabled in the config file)", None
     try:
-        reason = probe()
+        reason = hooks.probe()
     except Exception as exc:  # noqa: BLE001 - a probe that raises is a finding, not a crash
-        return "broken", f"its probe raised {type(exc).__name__}: {exc}"
-    return ("ok", None) if reason is None else ("unusable", reason)
+        return "broken", f"its probe raised {type(exc).__name__}: {exc}", priority
+    return ("ok", None, priority) if reason is None else ("unusable", reason, priority)
 
 
 def report(settings) -> dict:
     """The whole check as data: one entry per plugin and guest file, and the verdict on the
     default selection (``settings.hypervisor`` / ``settings.storage`` and the guest image)."""
-    from runv.plugins import AUTO, disabled, installed
+    from runv.loader import AUTO, disabled, installed
 
     off = disabled()
     entries = []
@@ -37,10 +39,10 @@ def report(settings) -> dict:
         if info.name in off:
             entry.update(status="disabled", reason=f"disabled by {off[info.name]}")
         else:
-            status, reason = probe_plugin(info)
+            status, reason, priority = probe_plugin(info)
             entry.update(status=status, reason=reason)
             if info.kind == "hypervisor" and status == "ok":
-                entry["priority"] = getattr(info.load(), "PRIORITY", 0)
+                entry["priority"] = priority
         entries.append(entry)
     for what, path in (("kernel", settings.kernel), ("initrd", settings.initrd)):
         ok = path.is_file()
@@ -93,7 +95,7 @@ def command(
 ) -> None:
     import json
 
-    from runv.errors import RunvError
+    from runv.api.errors import RunvError
 
     result = report(ctx.obj)
     print(json.dumps(result, indent=2) if as_json else render(result), flush=True)

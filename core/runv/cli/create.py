@@ -19,6 +19,6 @@ def command(
     no_new_keyring: NoNewKeyring = False,
     preserve_fds: PreserveFds = 0,
 ) -> None:
-    from runv.sandbox.lifecycle import create
+    from runv.runtime.verbs import create
 
     create(ctx.obj, container_id, bundle, pid_file, console_socket)

@@ -14,6 +14,6 @@ def command(
     container_id: ContainerId,
     force: Annotated[bool, typer.Option("--force", "-f", help="Kill the container first if it is running.")] = False,
 ) -> None:
-    from runv.sandbox.lifecycle import delete
+    from runv.runtime.verbs import delete
 
     delete(ctx.obj, container_id, force)

@@ -18,9 +18,9 @@ def command(
     import json
     import time
 
-    from runv.errors import RunvError
-    from runv.sandbox.lifecycle import ask_shim
-    from runv.sandbox.state import Store
+    from runv.api.errors import RunvError
+    from runv.runtime.verbs import ask_shim
+    from runv.state import Store
 
     seconds = parse_duration(interval)
     oom_kills = None
@@ -55,7 +55,7 @@ def stats_event(container_id: str, figures: dict) -> dict:
 
 
 def parse_duration(text: str) -> float:
-    from runv.errors import RunvError
+    from runv.api.errors import RunvError
 
     for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("", 1.0)):
         if text.endswith(suffix):

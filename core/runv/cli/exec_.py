@@ -30,7 +30,7 @@ def command(
     cap: Annotated[Optional[List[str]], typer.Option("--cap", "-c", hidden=True)] = None,
     preserve_fds: PreserveFds = 0,
 ) -> None:
-    from runv.sandbox.execproc import exec_process, make_process
+    from runv.runtime.execclient import exec_process, make_process
 
     spec_process = make_process(
         ctx.obj, container_id, process_file=process, args=args or [], env=env or [], cwd=cwd, user=user,

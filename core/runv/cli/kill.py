@@ -15,6 +15,6 @@ def command(
     signal: Annotated[str, typer.Argument(metavar="[SIGNAL]", help="Number, TERM or SIGTERM.")] = "TERM",
     all_processes: Annotated[bool, typer.Option("--all", "-a", help="Signal every process of the container.")] = False,
 ) -> None:
-    from runv.sandbox.lifecycle import kill, parse_signal
+    from runv.runtime.verbs import kill, parse_signal
 
     kill(ctx.obj, container_id, parse_signal(signal), all_processes)

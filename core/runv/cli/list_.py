@@ -14,8 +14,8 @@ def command(
 ) -> None:
     import json
 
-    from runv.errors import RunvError
-    from runv.sandbox.state import Store
+    from runv.api.errors import RunvError
+    from runv.state import Store
 
     if output_format not in ("table", "json"):
         raise RunvError(f"invalid format {output_format!r}: use table or json")

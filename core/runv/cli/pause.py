@@ -8,6 +8,6 @@ NAME = "pause"
 
 
 def command(ctx: typer.Context, container_id: ContainerId) -> None:
-    from runv.sandbox.lifecycle import pause
+    from runv.runtime.verbs import pause
 
     pause(ctx.obj, container_id)

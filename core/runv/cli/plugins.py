@@ -8,26 +8,29 @@ NAME = "plugins"
 
 
 def describe() -> list[dict]:
-    """Every installed plugin as a dict; enabled ones are imported to list their hooks, and
-    one whose import raises is reported with its error instead of breaking the listing."""
-    from runv import hookspecs
-    from runv.plugins import LoadError, disabled, installed
+    """Every installed plugin as a dict; enabled ones are loaded to list their hooks (and a
+    hypervisor's priority and capabilities), and one that fails to load is reported with its
+    error instead of breaking the listing."""
+    import attrs
 
-    specs = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "runv_spec"))
+    from runv.loader import LoadError, disabled, hooks_of, installed, load_hypervisor
+
     off = disabled()
     rows = []
     for info in installed():
         row = {"name": info.name, "kind": info.kind, "distribution": info.distribution, "version": info.version,
-               "module": info.value, "disabled": off.get(info.name), "hooks": [], "priority": None, "error": None}
+               "module": info.value, "disabled": off.get(info.name), "hooks": [], "priority": None,
+               "capabilities": None, "templates": None, "error": None}
         if row["disabled"] is None:
             try:
-                module = info.load()
+                row["hooks"] = hooks_of(info).implemented(info.name)
+                if info.kind == "hypervisor":
+                    declared = load_hypervisor(info.name).info
+                    row["priority"] = declared.priority
+                    row["capabilities"] = attrs.asdict(declared.capabilities)
+                    row["templates"] = declared.templates is not None
             except LoadError as exc:
                 row["error"] = exc.reason
-            else:
-                row["hooks"] = [name for name in specs if hasattr(getattr(module, name, None), "runv_impl")]
-                if info.kind == "hypervisor":
-                    row["priority"] = getattr(module, "PRIORITY", 0)
         rows.append(row)
     return rows
 

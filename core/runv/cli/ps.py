@@ -16,8 +16,8 @@ def command(
 ) -> None:
     import json
 
-    from runv.errors import RunvError
-    from runv.sandbox.lifecycle import ask_shim
+    from runv.api.errors import RunvError
+    from runv.runtime.verbs import ask_shim
 
     if output_format not in ("table", "json"):
         raise RunvError(f"invalid format {output_format!r}: use table or json")

@@ -8,6 +8,6 @@ NAME = "resume"
 
 
 def command(ctx: typer.Context, container_id: ContainerId) -> None:
-    from runv.sandbox.lifecycle import resume
+    from runv.runtime.verbs import resume
 
     resume(ctx.obj, container_id)

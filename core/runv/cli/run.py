@@ -21,7 +21,7 @@ def command(
     no_new_keyring: NoNewKeyring = False,
     preserve_fds: PreserveFds = 0,
 ) -> None:
-    from runv.sandbox.lifecycle import run
+    from runv.runtime.verbs import run
 
     code = run(ctx.obj, container_id, bundle, pid_file, detach, console_socket)
     raise typer.Exit(code)

@@ -13,8 +13,8 @@ def command(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory to write config.json into.")] = Path("."),
     rootless: Annotated[bool, typer.Option("--rootless", hidden=True)] = False,
 ) -> None:
-    from runv.errors import RunvError
-    from runv.oci.template import default_spec
+    from runv.api.errors import RunvError
+    from runv.oci.default_spec import default_spec
 
     path = bundle / "config.json"
     if path.exists():

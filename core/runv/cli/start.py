@@ -8,6 +8,6 @@ NAME = "start"
 
 
 def command(ctx: typer.Context, container_id: ContainerId) -> None:
-    from runv.sandbox.lifecycle import start
+    from runv.runtime.verbs import start
 
     start(ctx.obj, container_id)

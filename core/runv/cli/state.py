@@ -10,6 +10,6 @@ NAME = "state"
 def command(ctx: typer.Context, container_id: ContainerId) -> None:
     import json
 
-    from runv.sandbox.state import Store
+    from runv.state import Store
 
     print(json.dumps(Store(ctx.obj.root).read(container_id).oci_state().to_json(), indent=2))

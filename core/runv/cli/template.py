@@ -17,24 +17,24 @@ def create(
     name: Annotated[Optional[str], typer.Argument(help="Template name (default: from hypervisor, memory, vCPUs and a hash of the shape).")] = None,
     memory: Annotated[int, typer.Option("--memory", "-m", help="Guest memory in MiB.")] = 256,
     vcpus: Annotated[int, typer.Option("--vcpus", help="Guest vCPUs.")] = 1,
-    share: Annotated[Optional[list[str]], typer.Option("--share", help="Tag of a 9p share the containers have (repeat; default: rootfs).")] = None,
+    share: Annotated[Optional[list[str]], typer.Option("--share", help="Tag of a shared directory the containers have (repeat; default: rootfs).")] = None,
     hotplug_slots: Annotated[int, typer.Option("--hotplug-slots", help="Free PCIe slots the containers' VMs keep (the net plugin keeps 2).")] = 2,
     compress: Annotated[bool, typer.Option("--compress", help="Save guest RAM lz4-compressed in the state file (smaller; clones do not share RAM).")] = False,
 ) -> None:
     """Boot a VM of this shape to agent-ready and save it (replaces a template of the same name)."""
-    from runv.sandbox import templates
+    from runv.templates import make, store
 
-    record = templates.create(
+    record = make.create(
         ctx.find_root().obj,
         name=name,
         memory_mib=memory,
         vcpus=vcpus,
-        shares=tuple(share or templates.DEFAULT_SHARES),
+        shares=tuple(share or make.DEFAULT_SHARES),
         hotplug_slots=hotplug_slots,
         compress=compress,
     )
     size = sum(record["saved"]["files"].values())
-    typer.echo(f"{record['name']}: saved in {record['seconds']:.1f} s ({size / 2**20:.0f} MiB) in {templates.directory()}")
+    typer.echo(f"{record['name']}: saved in {record['seconds']:.1f} s ({size / 2**20:.0f} MiB) in {store.directory()}")
 
 
 @app.command("list")
@@ -43,18 +43,18 @@ def list_(
     format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
 ) -> None:
     """Templates with their shape, and whether the current kernel and initrd still match."""
-    from runv.sandbox import templates
+    from runv.templates import match, store
 
     settings = ctx.find_root().obj
     try:
-        current = templates.source(settings.kernel, settings.initrd)
+        current = match.source(settings.kernel, settings.initrd)
     except OSError:
         current = None
     rows = []
-    for record in templates.all_records():
-        path = templates.directory() / record["name"]
-        problem = templates.broken_reason(path, record) or (
-            templates.stale_reason(record, current) if current else "no guest kernel/initrd to compare with"
+    for record in store.all_records():
+        path = store.directory() / record["name"]
+        problem = match.broken_reason(path, record) or (
+            match.stale_reason(record, current) if current else "no guest kernel/initrd to compare with"
         )
         shape = record.get("shape", {})
         rows.append({
@@ -82,7 +82,7 @@ def list_(
 @app.command("rm")
 def rm(names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Templates to remove.")]) -> None:
     """Remove templates."""
-    from runv.sandbox import templates
+    from runv.templates import store
 
     for name in names:
-        templates.remove(name)
+        store.remove(name)

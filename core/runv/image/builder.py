@@ -4,7 +4,7 @@ The initrd holds:
 
 * ``/init`` (``init.sh``): mounts /proc, /sys, /dev, /dev/pts, /run and /tmp, loads the modules
   listed in ``/etc/runv/modules`` (absolute paths, in load order) and execs the agent with
-  ``python3.11 -S -B -m runv.agent.guest`` from ``/usr/lib/runv-agent``.
+  ``python3.11 -S -B -m runv.agent`` from ``/usr/lib/runv-agent``.
 * ``/sbin/runv-halt``: powers off at once (``rdinit=/sbin/runv-halt`` measures a bare boot).
 * ``/bin/busybox`` from Debian's busybox-static, with a symlink for each applet.
 * the kernel modules of ``GUEST_MODULES`` and their dependencies under ``/usr/lib/modules/<release>/``.
@@ -32,10 +32,10 @@ from importlib import resources
 from pathlib import Path
 
 import runv
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv.image import kernel
 from runv.image.cpio import Archive
-from runv.image.kernel import run_tool
+from runv.api.tools import run_tool
 
 BUILDER_VERSION = 1
 BUSYBOX = Path("/bin/busybox")
@@ -43,7 +43,24 @@ BUSYBOX_HINT = "install busybox-static (apt-get install busybox-static)"
 PYTHON = Path("/usr/bin/python3.11")
 PYTHON_HINT = "install python3.11-minimal (apt-get install python3.11-minimal)"
 AGENT_ROOT = Path(runv.__file__).parent.parent
-AGENT_FILES = ("runv/__init__.py", "runv/agent/__init__.py", "runv/agent/protocol.py", "runv/agent/guest.py")
+# Exactly the files `python3.11 -m runv.agent` imports: the build refuses an agent that imports one more.
+AGENT_FILES = (
+    "runv/__init__.py",
+    "runv/agent/__init__.py",
+    "runv/agent/__main__.py",
+    "runv/agent/channel.py",
+    "runv/agent/debug.py",
+    "runv/agent/errors.py",
+    "runv/agent/identity.py",
+    "runv/agent/loop.py",
+    "runv/agent/mounts.py",
+    "runv/agent/network.py",
+    "runv/agent/processes.py",
+    "runv/agent/proctable.py",
+    "runv/agent/protocol.py",
+    "runv/agent/stats.py",
+    "runv/agent/terminal.py",
+)
 GUEST_AGENT_ROOT = "/usr/lib/runv-agent"
 GUEST_STDLIB = "/usr/lib/python3.11"
 # The environment the kernel gives /init, plus the PATH /init sets: the agent's imports are found in the same one.
@@ -77,7 +94,7 @@ GZIP_LEVEL = 6
 DISCOVER_IMPORTS = """
 import json, os, runpy, sys
 sys.path.insert(0, sys.argv[1])
-import runv.agent.guest
+import runv.agent.__main__
 files = {os.__file__}
 for module in list(sys.modules.values()):
     spec = getattr(module, "__spec__", None)

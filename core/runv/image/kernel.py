@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
+from runv.api.tools import run_tool
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ELF_MAGIC = b"\x7fELF"
@@ -24,26 +25,6 @@ EXACT_DEPENDENCY = re.compile(r"\s*(linux-image-\d\S*)(?:\s*\(=\s*([^)\s]+)\))?"
 APT_HINT = "run apt-get update, or pass an installable kernel package"
 # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size of an ELF64 section header.
 SECTION_HEADER = struct.Struct("<IIQQQQ")
-
-
-def run_tool(
-    argv: Sequence[str],
-    what: str,
-    hint: str,
-    *,
-    cwd: Path | None = None,
-    stdin: str | None = None,
-    env: dict[str, str] | None = None,
-) -> str:
-    """Run a host tool and return its stdout, or raise RunvError saying ``what`` failed and the ``hint``."""
-    try:
-        result = subprocess.run(argv, cwd=cwd, input=stdin, env=env, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise RunvError(f"{what}: {argv[0]} not found; {hint}") from None
-    if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-        raise RunvError(f"{what}: {detail}; {hint}")
-    return result.stdout
 
 
 def resolve_package(package: str) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 
 HOOK_KINDS = ("createRuntime", "createContainer", "startContainer", "prestart", "poststart", "poststop")
 

@@ -1,5 +1,6 @@
-"""Example runv storage plugin ``plainfs``: shares the bundle's rootfs into the VM over
-virtio-9p under the tag ``plainroot`` (runv's own ``overlay`` plugin uses ``rootfs``).
+"""Example runv storage plugin ``plainfs``: shares the bundle's rootfs into the VM under the
+tag ``plainroot`` (runv's own ``overlay`` plugin uses ``rootfs``), over whatever shared
+filesystem the hypervisor serves (virtio-9p with QEMU).
 
 Select it with ``runv --storage plainfs ...``. It implements three hooks:
 
@@ -8,11 +9,9 @@ Select it with ``runv --storage plainfs ...``. It implements three hooks:
 - ``detach_storage``: undo (nothing: the share lives and dies with the VM).
 """
 
-from runv import hookimpl
-from runv.sandbox.vmspec import GuestMount, Share, StorageAttachment
+from runv.api import GuestMount, Share, StorageAttachment, hookimpl
 
 TAG = "plainroot"
-OPTIONS = "trans=virtio,version=9p2000.L,msize=262144"
 
 
 @hookimpl
@@ -24,7 +23,7 @@ def probe():
 def attach_storage(container):
     readonly = container.spec.root.readonly
     return StorageAttachment(
-        rootfs=GuestMount(source=TAG, fstype="9p", options=OPTIONS, readonly=readonly),
+        rootfs=GuestMount.of_share(TAG, readonly=readonly),
         shares=(Share(tag=TAG, path=container.rootfs, readonly=readonly),),
         data={"plugin": "plainfs"},
     )

@@ -7,7 +7,7 @@ from runv.testing import container, hooks_with
 def test_attach_storage_shares_the_rootfs_as_plainroot(tmp_path):
     c = container(tmp_path, readonly=True)
     attachment = hooks_with(runv_plainfs).attach_storage(container=c)
-    assert attachment.rootfs.source == "plainroot" and attachment.rootfs.fstype == "9p"
+    assert attachment.rootfs.source == "plainroot" and attachment.rootfs.fstype == "share"
     assert attachment.rootfs.readonly and attachment.shares[0].path == c.rootfs
 
 

@@ -2,7 +2,7 @@
 
 A device-mapper thin pool (on block devices named in the config, or on loop-backed sparse
 files under the pool directory) holds one base thin volume per rootfs content, built once
-from the cached ext4 image of the bundle's rootfs (:func:`runv.storage.images.base_image`);
+from the cached ext4 image of the bundle's rootfs (:func:`runv.api.images.base_image`);
 each container gets a thin snapshot of it, activated with ``dmsetup`` as
 ``/dev/mapper/runv-<id>`` and attached to the VM as virtio-blk with serial ``rootfs``; the
 agent mounts it by that serial. ``delete`` removes the snapshot; the pool and the bases stay
@@ -27,9 +27,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from runv import hookimpl
-from runv.errors import RunvError
-from runv.sandbox.vmspec import Disk, GuestMount, StorageAttachment
+from runv.api import Disk, GuestMount, RunvError, StorageAttachment, hookimpl
 
 SERIAL = "rootfs"
 DEFAULTS = {"dm_pool": "runv-pool", "dm_dir": "/var/lib/runv/devicemapper", "dm_data_size": "20G",
@@ -63,7 +61,7 @@ def probe():
 
 
 def pool_from_settings(options: dict):
-    from runv.storage.config import parse_size
+    from runv.api.storage import parse_size
     from runv_devicemapper.thin import Pool
 
     cfg = {**DEFAULTS, **{k: v for k, v in options.items() if k.startswith("dm_")}}
@@ -81,8 +79,8 @@ def snapshot_name(container_id: str) -> str:
 
 @hookimpl
 def attach_storage(container):
-    from runv.storage.config import settings
-    from runv.storage.images import base_image
+    from runv.api.storage import settings
+    from runv.api.images import base_image
 
     reason = kernel_has_device_mapper()
     if reason:
@@ -95,7 +93,7 @@ def attach_storage(container):
     readonly = container.spec.root.readonly
     device = pool.snapshot(snapshot_name(container.id), key)
     return StorageAttachment(
-        rootfs=GuestMount(source=f"serial:{SERIAL}", fstype="ext4", readonly=readonly),
+        rootfs=GuestMount.of_disk(SERIAL, "ext4", readonly=readonly),
         disks=(Disk(serial=SERIAL, path=Path(device), format="raw", readonly=readonly),),
         data={"pool": pool.name, "dir": str(pool.directory), "snapshot": snapshot_name(container.id), "base": key},
     )

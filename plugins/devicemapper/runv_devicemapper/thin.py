@@ -1,7 +1,7 @@
 """A device-mapper thin pool, its base volumes and per-container snapshots, driven with
 ``dmsetup`` and ``losetup`` (util-linux).
 
-Standard library only (plus :mod:`runv.errors`, itself stdlib only): the tests run this
+Standard library only (plus :mod:`runv.api`'s errors, tools and images, themselves stdlib only): the tests run this
 module inside a runv guest, whose kernel has ``dm-thin-pool``, because CI hosts have no
 device-mapper.
 
@@ -27,8 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from runv.errors import RunvError
-from runv.storage import images
+from runv.api import images
+from runv.api.errors import RunvError
+from runv.api.tools import run_tool
 
 SECTOR = 512
 BLOCK_SECTORS = 128  # 64 KiB pool blocks
@@ -43,14 +44,8 @@ class PoolFull(RunvError):
 
 
 def run(*argv: str, what: str = "") -> str:
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise RunvError(f"{what or argv[0]}: {argv[0]} is not installed ({TOOLS.get(argv[0], 'install it')})") from None
-    if result.returncode != 0:
-        words = " | ".join(line.strip() for line in (result.stderr or result.stdout).strip().splitlines()[-3:])
-        raise RunvError(f"{what or ' '.join(argv)}: {argv[0]} failed: {words or f'exit {result.returncode}'}")
-    return result.stdout
+    """A dmsetup or losetup call; a failure is one line with the tool's last words."""
+    return run_tool(argv, what or " ".join(argv), install=TOOLS.get(argv[0], ""))
 
 
 def dm_exists(name: str) -> bool:

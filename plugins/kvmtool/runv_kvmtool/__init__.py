@@ -10,9 +10,10 @@ PATH, or name it with ``RUNV_LKVM=/path/to/lkvm`` or in the config file::
 kvmtool has a single virtio console, so the guest console is ttyS0 and the agent talks
 over the second 8250 UART: ``--tty 1`` makes kvmtool expose ttyS1 as a host pty, the
 kernel gets ``runv.agent=/dev/ttyS1`` (the agent puts the tty in raw mode), and a relay
-process (:mod:`runv_kvmtool.relay`) serves the pty at ``vm.agent_socket``. kvmtool
-needs hardware KVM like the ``qemu`` plugin, so the probe also runs the KVM test
-(from ``runv-qemu`` when it is installed).
+process (:mod:`runv_kvmtool.relay`) serves the pty at ``vm.agent_socket``. Disks have no
+serial in kvmtool: the guest finds them by order (``/dev/vda``, ``/dev/vdb``...). NICs
+cannot be given as open taps, so a container with network interfaces is refused. kvmtool
+needs hardware KVM like the ``qemu`` plugin, so the probe also runs runv's KVM test.
 """
 
 from __future__ import annotations
@@ -20,29 +21,33 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
-from runv import hookimpl
-from runv.errors import RunvError
-from runv.sandbox.state import is_running, process_start_time
-from runv.sandbox.vmspec import VMHandle, VMSpec
+from runv.api import (NINEP_VIRTIO, VM, AgentChannel, Capabilities, HypervisorInfo, RunvError, VMSpec, hookimpl,
+                      kvm_verdict, process_start_time, run_tool, stop_process)
+from runv.api.config import section
 
 PRIORITY = 15  # below qemu (20), above tcg (10)
 BINARY = "lkvm"
 PATH_ENV = "RUNV_LKVM"
 AGENT_TTY = 1  # ttyS1; ttyS0 is the console
+CAPABILITIES = Capabilities(
+    shared_fs=NINEP_VIRTIO,  # --9p DIR,TAG
+    agent=AgentChannel(kind="tty", device=f"/dev/ttyS{AGENT_TTY}"),
+    disk_prefix="/dev/vd",  # --disk, in order, no serial
+    disk_formats=("raw",),
+    nics=False,  # kvmtool makes its own taps; it cannot take the net plugin's open ones
+    pause=True,  # lkvm pause / resume
+)
 PTY_LINE = re.compile(r"Assigned terminal (\d+) to pty (\S+)")
 START_TIMEOUT = 10.0
 
 
 def lkvm() -> str | None:
     """The lkvm to run: $RUNV_LKVM, the config file's [kvmtool] path, or PATH."""
-    from runv.plugins import config
-
-    configured = os.environ.get(PATH_ENV) or config().get("kvmtool", {}).get("path")
+    configured = os.environ.get(PATH_ENV) or section("kvmtool").get("path")
     if configured:
         return configured if os.access(configured, os.X_OK) else None
     return shutil.which(BINARY)
@@ -61,7 +66,7 @@ def command(vm: VMSpec, binary: str = BINARY) -> list[str]:
         "--mem", str(vm.memory_mib),
         "--kernel", str(vm.kernel),
         "--initrd", str(vm.initrd),
-        "--params", " ".join(("console=ttyS0", f"runv.agent=/dev/ttyS{AGENT_TTY}") + vm.kernel_args),
+        "--params", " ".join(("console=ttyS0",) + vm.kernel_args),
         "--console", "serial",
         "--tty", str(AGENT_TTY),
         "--network", "mode=none",
@@ -69,8 +74,6 @@ def command(vm: VMSpec, binary: str = BINARY) -> list[str]:
     for share in vm.shares:
         args += ["--9p", f"{share.path},{share.tag}"]
     for disk in vm.disks:
-        if disk.format != "raw":
-            raise RunvError(f"kvmtool boots raw disk images only, not {disk.format} ({disk.path})")
         args += ["--disk", f"{disk.path}{',ro' if disk.readonly else ''}"]
     return args
 
@@ -80,17 +83,35 @@ def control(action: str, name: str, binary: str | None = None) -> list[str]:
     return [binary or BINARY, action, "--name", name]
 
 
+class KvmtoolVM(VM):
+    """An ``lkvm run`` process and the relay serving its agent pty."""
+
+    def lkvm(self, action: str) -> None:
+        run_tool(control(action, self.data["name"], self.data["lkvm"]), f"lkvm {action} {self.data['name']}", timeout=10)
+
+    def stop(self, force: bool = False) -> None:
+        stop_process(self.pid, self.start_time, ask=lambda: self.lkvm("stop"), force=force)
+        stop_process(self.data.get("relay"), self.data.get("relay_start_time"), force=True)
+
+    def pause(self) -> None:
+        self.lkvm("pause")
+
+    def resume(self) -> None:
+        self.lkvm("resume")
+
+
+@hookimpl
+def hypervisor_info():
+    return HypervisorInfo(capabilities=CAPABILITIES, vm=KvmtoolVM, priority=PRIORITY)
+
+
 @hookimpl
 def probe():
     if lkvm() is None:
         where = os.environ.get(PATH_ENV) or "PATH"
         return (f"lkvm not found on {where}: kvmtool is not packaged by Debian, build it from "
                 f"git.kernel.org/pub/scm/linux/kernel/git/will/kvmtool.git and set {PATH_ENV} or [kvmtool] path")
-    try:
-        from runv_qemu import kvm
-    except ImportError:
-        return None if os.path.exists("/dev/kvm") else "no /dev/kvm: enable VT-x/AMD-V and load kvm_intel or kvm_amd"
-    return kvm.cached_verdict()["reason"]
+    return kvm_verdict()["reason"]
 
 
 @hookimpl
@@ -117,49 +138,6 @@ def boot(vm):
     relay = subprocess.Popen([sys.executable, "-m", "runv_kvmtool.relay", pty, str(vm.agent_socket)],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(vm.console_log, "ab"),
                              start_new_session=True)
-    return VMHandle(hypervisor="kvmtool", pid=proc.pid, data={
-        "name": vm_name(vm), "lkvm": binary, "start_time": process_start_time(proc.pid),
-        "relay": relay.pid, "relay_start_time": process_start_time(relay.pid), "pty": pty})
-
-
-def _lkvm(handle: VMHandle, action: str) -> None:
-    out = subprocess.run(control(action, handle.data["name"], handle.data["lkvm"]), capture_output=True, text=True, timeout=10)
-    if out.returncode != 0:
-        raise RunvError(f"lkvm {action} {handle.data['name']} failed: {(out.stderr or out.stdout).strip() or out.returncode}")
-
-
-@hookimpl
-def pause_vm(handle):
-    _lkvm(handle, "pause")
-    return True
-
-
-@hookimpl
-def resume_vm(handle):
-    _lkvm(handle, "resume")
-    return True
-
-
-@hookimpl
-def stop_vm(handle, force):
-    for pid, start in ((handle.pid, handle.data.get("start_time")), (handle.data.get("relay"), handle.data.get("relay_start_time"))):
-        if pid is None or not is_running(pid, start):
-            continue
-        if not force and pid == handle.pid:
-            try:
-                _lkvm(handle, "stop")
-            except (RunvError, subprocess.TimeoutExpired):
-                pass
-        deadline = time.monotonic() + 5
-        while is_running(pid, start) and time.monotonic() < deadline:
-            if force or time.monotonic() > deadline - 3:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    break
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.02)
-    return True
+    return KvmtoolVM("kvmtool", proc.pid, process_start_time(proc.pid), {
+        "name": vm_name(vm), "lkvm": binary, "relay": relay.pid, "relay_start_time": process_start_time(relay.pid),
+        "pty": pty})

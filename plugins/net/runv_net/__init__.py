@@ -9,7 +9,7 @@ imported only when a container is created or deleted. See docs/networking.md.
 
 from pathlib import Path
 
-from runv import hookimpl
+from runv.api import hookimpl
 
 PLUGIN_NAME = "net"
 RECORD = "net.json"  # in the container's state directory: what teardown must undo

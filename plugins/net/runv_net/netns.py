@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 
 import attrs
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): which kind of namespace an nsfs file is

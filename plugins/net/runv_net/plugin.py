@@ -4,18 +4,18 @@ up to date after boot and at start, unwire at teardown. See docs/networking.md."
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import attrs
 
-from runv.errors import RunvError
-from runv.log import logger
-from runv.sandbox.vmspec import Nic, VMContribution
+from runv.api import Nic, RunvError, VMContribution
 from runv_net import RECORD
 from runv_net.netns import Namespace, locate, unshare_net
 
+logger = logging.getLogger("runv.net")
 if TYPE_CHECKING:
     from runv_net import wire  # imports pyroute2 (≈0.1 s): only where there is wiring to do
 

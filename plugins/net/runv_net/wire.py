@@ -22,7 +22,7 @@ import struct
 import attrs
 from pyroute2 import IPRoute, NetlinkError, protocols
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv_net.netns import run_in
 
 ARPHRD_ETHER = 1

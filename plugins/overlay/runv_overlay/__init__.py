@@ -1,10 +1,11 @@
 """runv storage plugin ``overlay``: the bundle's rootfs for the guest, in one of three modes.
 
-``share`` (the default): the rootfs over virtio-9p; writes land in the bundle, as with runc.
+``share`` (the default): the rootfs shared with the guest (over virtio-9p with QEMU: the
+hypervisor's shared filesystem); writes land in the bundle, as with runc.
 
 ``overlay`` (``io.runv.storage.overlay=true`` or ``io.runv.storage.mode=overlay``, or
 ``mode = "overlay"`` under ``[storage]`` in runv's config file): the bundle stays pristine.
-The rootfs is shared read-only over 9p as the lower layer; the upper layer is a sparse ext4
+The rootfs is shared read-only as the lower layer; the upper layer is a sparse ext4
 file in the container's state directory (``upper.img``), attached as virtio-blk with serial
 ``upper``; the guest assembles the overlay. Many containers can share one bundle. The upper
 file is removed when the container's VM is gone (``detach_storage``) and with its state.
@@ -20,12 +21,9 @@ base image itself, read-only). See docs/storage.md for the measurements behind t
 
 from pathlib import Path
 
-from runv import hookimpl
-from runv.errors import RunvError
-from runv.sandbox.vmspec import Disk, GuestMount, Share, StorageAttachment
+from runv.api import Disk, GuestMount, RunvError, Share, StorageAttachment, hookimpl
 
 TAG = "rootfs"
-OPTIONS = "trans=virtio,version=9p2000.L,msize=262144"
 LOWER = "/run/runv/lower"
 UPPER = "/run/runv/upper"
 UPPER_SERIAL = "upper"
@@ -36,8 +34,8 @@ ROOT_SERIAL = "rootfs"
 def probe():
     """The share mode needs nothing beyond QEMU; overlay and block need e2fsprogs and
     qemu-img: unusable only when the configured default mode needs what is missing."""
-    from runv.storage.config import settings
-    from runv.storage.images import MKFS, QEMU_IMG, missing_tools
+    from runv.api.storage import settings
+    from runv.api.images import MKFS, QEMU_IMG, missing_tools
 
     missing = missing_tools(MKFS, QEMU_IMG)
     mode = settings()["mode"]
@@ -56,7 +54,7 @@ def _state_dir(container) -> Path:
 
 @hookimpl
 def attach_storage(container):
-    from runv.storage.config import settings
+    from runv.api.storage import settings
 
     readonly = container.spec.root.readonly
     options = settings(container.annotations)
@@ -66,14 +64,14 @@ def attach_storage(container):
     if mode == "overlay" and not readonly:
         return _overlay(container, options)
     return StorageAttachment(
-        rootfs=GuestMount(source=TAG, fstype="9p", options=OPTIONS, readonly=readonly),
+        rootfs=GuestMount.of_share(TAG, readonly=readonly),
         shares=(Share(tag=TAG, path=container.rootfs, readonly=readonly),),
         data={"mode": "share" if mode == "share" else mode},
     )
 
 
 def _overlay(container, options) -> StorageAttachment:
-    from runv.storage.images import empty_ext4
+    from runv.api.images import empty_ext4
 
     upper = empty_ext4(_state_dir(container) / "upper.img", options["upper_size"], "runv-upper")
     layers = f"lowerdir={LOWER},upperdir={UPPER}/upper,workdir={UPPER}/work"
@@ -82,15 +80,15 @@ def _overlay(container, options) -> StorageAttachment:
         shares=(Share(tag=TAG, path=container.rootfs, readonly=True),),
         disks=(Disk(serial=UPPER_SERIAL, path=upper, format="raw"),),
         mounts=(
-            GuestMount(source=TAG, fstype="9p", options=OPTIONS, readonly=True, target=LOWER),
-            GuestMount(source=f"serial:{UPPER_SERIAL}", fstype="ext4", target=UPPER),
+            GuestMount.of_share(TAG, readonly=True, target=LOWER),
+            GuestMount.of_disk(UPPER_SERIAL, "ext4", target=UPPER),
         ),
         data={"mode": "overlay", "files": [str(upper)]},
     )
 
 
 def _block(container, options, readonly: bool) -> StorageAttachment:
-    from runv.storage.images import base_image, overlay_qcow2
+    from runv.api.images import base_image, overlay_qcow2
 
     base = base_image(container.rootfs, options["cache_dir"], options["base_size"])
     if readonly:
@@ -101,7 +99,7 @@ def _block(container, options, readonly: bool) -> StorageAttachment:
         disk = Disk(serial=ROOT_SERIAL, path=qcow2, format="qcow2")
         files = [str(qcow2)]
     return StorageAttachment(
-        rootfs=GuestMount(source=f"serial:{ROOT_SERIAL}", fstype="ext4", readonly=readonly),
+        rootfs=GuestMount.of_disk(ROOT_SERIAL, "ext4", readonly=readonly),
         disks=(disk,),
         data={"mode": "block", "base": str(base), "files": files},
     )

@@ -8,17 +8,12 @@ It is controlled through QMP with ``qemu.qmp``.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from runv.errors import RunvError
-from runv.sandbox.control import socket_name
-from runv.sandbox.state import is_running, process_start_time
-from runv.sandbox.vmspec import Nic, VMHandle, VMSpec
+from runv.api import VM, Nic, RunvError, VMSpec, process_start_time, socket_name, stop_process
 
 BINARY = "qemu-system-x86_64"
 QMP_SOCKET = "qmp.sock"
@@ -72,7 +67,7 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
     ]
     if cpu:
         args += ["-cpu", cpu]
-    for index, share in enumerate(vm.shares):
+    for index, share in enumerate(vm.shares):  # the guest mounts them as NINEP_VIRTIO says
         readonly = ",readonly=on" if share.readonly else ""
         args += [
             "-fsdev", f"local,id=fs{index},path={opt(share.path)},security_model=passthrough,multidevs=remap{readonly}",
@@ -94,7 +89,7 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
     return args
 
 
-def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: list[str] = ()) -> VMHandle:
+def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: list[str] = ()) -> QemuVM:
     """Starts QEMU and returns once its QMP socket is up; fails with QEMU's own words.
     ``extra`` goes at the end of the command line (templates: memory backend, -incoming)."""
     argv = command(vm, accel, cpu) + list(extra)
@@ -112,107 +107,74 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
             proc.wait()
             raise RunvError(f"{BINARY} did not start within {START_TIMEOUT:.0f} s: {vm.last_words()}")
         time.sleep(0.01)
-    return VMHandle(
-        hypervisor=plugin,
-        pid=proc.pid,
-        data={"qmp": str(qmp), "start_time": process_start_time(proc.pid), "argv": argv, "hotplug_slots": vm.hotplug_slots},
-    )
+    return QemuVM(plugin, proc.pid, process_start_time(proc.pid),
+                  {"qmp": str(qmp), "argv": argv, "hotplug_slots": vm.hotplug_slots, "console_log": str(vm.console_log)})
 
 
-def alive(handle: VMHandle) -> bool:
-    return is_running(handle.pid, handle.data.get("start_time"))
-
-
-async def _qmp(path: str, *commands: str) -> list:
+async def _execute(path: str, commands: list[tuple[str, dict | None]], fd: int | None = None) -> list:
     from qemu.qmp import QMPClient
 
     client = QMPClient("runv")
     with socket_name(path) as name:
         await asyncio.wait_for(client.connect(name), 5)
     try:
-        return [await client.execute(cmd) for cmd in commands]
+        if fd is not None:
+            client.send_fd_scm(fd)
+        return [await client.execute(cmd, args) for cmd, args in commands]
     finally:
-        await client.disconnect()
-
-
-def qmp(handle: VMHandle, *commands: str) -> list:
-    """Runs QMP commands against the VM; raises RunvError when QEMU does not answer."""
-    try:
-        return asyncio.run(_qmp(handle.data["qmp"], *commands))
-    except Exception as exc:  # noqa: BLE001 - qemu.qmp raises many kinds
-        raise RunvError(f"QMP {', '.join(commands)} failed for VM pid {handle.pid}: {exc or type(exc).__name__}") from None
-
-
-def status(handle: VMHandle) -> dict:
-    """QMP ``query-status`` and ``query-kvm`` in one: ``{"status": ..., "running": ..., "kvm": {...}}``."""
-    run_state, kvm = qmp(handle, "query-status", "query-kvm")
-    return {**run_state, "kvm": kvm}
-
-
-def stop(handle: VMHandle, force: bool) -> bool:
-    """Asks QEMU to quit (or kills it) and waits for it to be gone."""
-    if not alive(handle):
-        return True
-    if not force:
         try:
-            qmp(handle, "quit")
-        except RunvError:
+            await client.disconnect()
+        except Exception:  # noqa: BLE001 - QEMU may quit as it answers
             pass
-        if _wait_gone(handle, QUIT_TIMEOUT):
-            return True
-    try:
-        os.kill(handle.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    _wait_gone(handle, QUIT_TIMEOUT)
-    return True
 
 
-def _wait_gone(handle: VMHandle, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(handle):
-        try:  # reap it when it is our child (the shim); other callers just watch it go
-            os.waitpid(handle.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+class QemuVM(VM):
+    """A QEMU process driven over QMP (``data["qmp"]``: its socket)."""
 
+    def qmp(self, *commands: str | tuple[str, dict | None], fd: int | None = None) -> list:
+        """Runs QMP commands (a name, or a name and its arguments); raises RunvError when
+        QEMU does not answer or refuses. ``fd`` is sent first with SCM_RIGHTS (``getfd``)."""
+        calls = [(c, None) if isinstance(c, str) else c for c in commands]
+        try:
+            return asyncio.run(_execute(self.data["qmp"], calls, fd))
+        except Exception as exc:  # noqa: BLE001 - qemu.qmp raises many kinds
+            names = ", ".join(c[0] for c in calls)
+            raise RunvError(f"QMP {names} failed for VM pid {self.pid}: {exc or type(exc).__name__}") from None
 
-async def _attach_nic(path: str, nic: Nic, slots: int) -> None:
-    from qemu.qmp import ExecuteError, QMPClient
+    def status(self) -> dict:
+        """QMP ``query-status`` and ``query-kvm`` in one: ``{"status": ..., "running": ..., "kvm": {...}}``."""
+        run_state, kvm = self.qmp("query-status", "query-kvm")
+        return {**run_state, "kvm": kvm}
 
-    client = QMPClient("runv")
-    with socket_name(path) as name:
-        await asyncio.wait_for(client.connect(name), 5)
-    try:
-        client.send_fd_scm(nic.fd)
-        await client.execute("getfd", {"fdname": nic.id})
-        await client.execute("netdev_add", {"type": "tap", "id": nic.id, "fd": nic.id})
+    def stop(self, force: bool = False) -> None:
+        """Asks QEMU to quit (or kills it) and waits for it to be gone."""
+        stop_process(self.pid, self.start_time, ask=lambda: self.qmp("quit"), grace=QUIT_TIMEOUT, force=force)
+
+    def pause(self) -> None:
+        self.qmp("stop")
+
+    def resume(self) -> None:
+        self.qmp("cont")
+
+    def attach_nic(self, nic: Nic) -> None:
+        """Hot-plugs a virtio-net NIC on the tap ``nic.fd`` into the first free root port."""
+        self.qmp(("getfd", {"fdname": nic.id}), ("netdev_add", {"type": "tap", "id": nic.id, "fd": nic.id}), fd=nic.fd)
         errors = []
-        for index in range(slots):  # the first free root port takes it
+        for index in range(self.data.get("hotplug_slots", 0)):
             # addr 0: a root port has one slot; QEMU would take a second device at another
             # address, which the guest never scans (PCIe ports have only device 0)
-            device = {"driver": "virtio-net-pci", "id": f"dev-{nic.id}", "netdev": nic.id, "mac": nic.mac, "addr": "0"}
+            device = {"driver": "virtio-net-pci", "id": f"dev-{nic.id}", "netdev": nic.id, "mac": nic.mac, "addr": "0",
+                      "bus": f"{HOTPLUG_PORT}{index}"}
             try:
-                await client.execute("device_add", {**device, "bus": f"{HOTPLUG_PORT}{index}"})
+                self.qmp(("device_add", device))
                 return
-            except ExecuteError as exc:
+            except RunvError as exc:
                 errors.append(str(exc))
-        await client.execute("netdev_del", {"id": nic.id})
-        raise RunvError(f"no free PCIe slot to hot-plug NIC {nic.id} ({slots} kept free; {'; '.join(errors[-1:])})")
-    finally:
-        await client.disconnect()
+        self.qmp(("netdev_del", {"id": nic.id}))
+        raise RunvError(f"no free PCIe slot to hot-plug NIC {nic.id} ({self.data.get('hotplug_slots', 0)} kept free; "
+                        f"{'; '.join(errors[-1:])})")
 
+    def save(self, directory: Path) -> dict:
+        from runv_qemu import template
 
-def attach_nic(handle: VMHandle, nic: Nic) -> bool:
-    """Hot-plugs a virtio-net NIC on the tap ``nic.fd`` (sent over QMP with SCM_RIGHTS)."""
-    try:
-        asyncio.run(_attach_nic(handle.data["qmp"], nic, handle.data.get("hotplug_slots", 0)))
-    except RunvError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - qemu.qmp raises many kinds
-        raise RunvError(f"cannot hot-plug NIC {nic.id} into VM pid {handle.pid}: {exc or type(exc).__name__}") from None
-    return True
+        return template.save(self, directory)

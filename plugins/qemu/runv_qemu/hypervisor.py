@@ -1,13 +1,24 @@
 """The hooks of a QEMU-backed hypervisor plugin, parameterised by accelerator.
 
-``tcg`` and ``qemu`` (KVM) are instances of these classes; their entry points name the
-instance, which pluggy registers like a module.
+``tcg`` and ``qemu`` (KVM) are instances of :class:`QemuHypervisor`; their entry points
+name the instance, which pluggy registers like a module.
 """
 
 from __future__ import annotations
 
-from runv import hookimpl
+from runv.api import AgentChannel, Capabilities, HypervisorInfo, NINEP_VIRTIO, hookimpl
 from runv_qemu import driver
+from runv_qemu.driver import QemuVM
+from runv_qemu.template import QemuTemplates
+
+CAPABILITIES = Capabilities(
+    shared_fs=NINEP_VIRTIO,  # -fsdev local + virtio-9p-pci, mount tag = the share's tag
+    agent=AgentChannel(),  # a virtserialport named org.runv.agent, served at vm.agent_socket
+    disk_formats=("raw", "qcow2"),  # virtio-blk with serial=Disk.serial
+    nics=True,  # -netdev tap,fd=N
+    nic_hotplug=True,  # device_add on a free pcie-root-port (VMSpec.hotplug_slots of them)
+    pause=True,  # QMP stop / cont
+)
 
 
 class QemuHypervisor:
@@ -16,10 +27,15 @@ class QemuHypervisor:
     def __init__(self, name: str, accel: str, priority: int) -> None:
         self.name = name
         self.accel = accel
-        self.PRIORITY = priority  # what `--hypervisor auto` ranks plugins by
+        self.priority = priority  # what `--hypervisor auto` ranks plugins by
 
     def cpu(self) -> str | None:
         return None
+
+    @hookimpl
+    def hypervisor_info(self):
+        return HypervisorInfo(capabilities=CAPABILITIES, vm=QemuVM, priority=self.priority,
+                              templates=QemuTemplates(self.name, self.accel, self.cpu))
 
     @hookimpl
     def probe(self):
@@ -28,39 +44,3 @@ class QemuHypervisor:
     @hookimpl
     def boot(self, vm):
         return driver.start(vm, plugin=self.name, accel=self.accel, cpu=self.cpu())
-
-    @hookimpl
-    def stop_vm(self, handle, force):
-        return driver.stop(handle, force)
-
-    @hookimpl
-    def pause_vm(self, handle):
-        driver.qmp(handle, "stop")
-        return True
-
-    @hookimpl
-    def resume_vm(self, handle):
-        driver.qmp(handle, "cont")
-        return True
-
-    @hookimpl
-    def attach_nic(self, handle, nic):
-        return driver.attach_nic(handle, nic)
-
-    @hookimpl
-    def template_shape(self, vm):
-        from runv_qemu import template
-
-        return template.shape(vm, accel=self.accel, cpu=self.cpu())
-
-    @hookimpl
-    def save_template(self, vm, directory, compress, ready):
-        from runv_qemu import template
-
-        return template.save(vm, directory, compress, ready, plugin=self.name, accel=self.accel, cpu=self.cpu())
-
-    @hookimpl
-    def restore_template(self, vm, directory, record):
-        from runv_qemu import template
-
-        return template.restore(vm, directory, record, plugin=self.name, accel=self.accel, cpu=self.cpu())

@@ -20,7 +20,6 @@ used. :func:`shape` says which device set a VM has; a template serves only VMs o
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import time
@@ -28,10 +27,9 @@ from pathlib import Path
 
 import attrs
 
-from runv.errors import RunvError
-from runv.sandbox.control import socket_name
-from runv.sandbox.vmspec import Disk, Share, VMHandle, VMSpec
+from runv.api import Disk, RunvError, Share, TemplateSupport, VMSpec, last_words
 from runv_qemu import driver
+from runv_qemu.driver import QemuVM
 
 MEMORY = "memory"
 STATE = "state"
@@ -88,62 +86,56 @@ def shape(vm: VMSpec, accel: str, cpu: str | None) -> dict | None:
     }
 
 
-async def _execute(path: str, commands: list[tuple[str, dict | None]]) -> list:
-    from qemu.qmp import QMPClient
-
-    client = QMPClient("runv-template")
-    with socket_name(path) as name:
-        await asyncio.wait_for(client.connect(name), 5)
-    try:
-        return [await client.execute(cmd, args) for cmd, args in commands]
-    finally:
-        try:
-            await client.disconnect()
-        except Exception:  # noqa: BLE001 - QEMU may quit as it answers
-            pass
-
-
-def _qmp(handle: VMHandle, *commands: tuple[str, dict | None]) -> list:
-    try:
-        return asyncio.run(_execute(handle.data["qmp"], list(commands)))
-    except Exception as exc:  # noqa: BLE001 - qemu.qmp raises many kinds
-        names = ", ".join(c[0] for c in commands)
-        raise RunvError(f"QMP {names} failed for VM pid {handle.pid}: {exc or type(exc).__name__}") from None
-
-
 def _ignore_shared(on: bool) -> tuple[str, dict]:
     return ("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
 
 
-def save(vm: VMSpec, directory: Path, compress: bool, ready, plugin: str, accel: str, cpu: str | None) -> dict:
-    """Boots ``vm`` with its RAM in ``directory/memory``, calls ``ready(handle)`` (which
-    returns once the agent answers), stops it and saves it into ``directory``."""
-    if compress and shutil.which(COMPRESSOR) is None:
-        raise RunvError(f"--compress needs {COMPRESSOR}: apt-get install lz4")
+class QemuTemplates(TemplateSupport):
+    """Templates for one QEMU accelerator and CPU model."""
+
+    def __init__(self, plugin: str, accel: str, cpu) -> None:
+        self.plugin, self.accel, self.cpu = plugin, accel, cpu  # cpu: a callable giving the -cpu model
+
+    def shape(self, vm: VMSpec) -> dict | None:
+        return shape(vm, self.accel, self.cpu())
+
+    def boot(self, vm: VMSpec, directory: Path, compress: bool) -> QemuVM:
+        """Boots ``vm`` with its RAM in ``directory/memory`` (shared: once stopped, the file
+        is its memory), or in anonymous memory when ``compress`` (the RAM goes into the stream)."""
+        if compress and shutil.which(COMPRESSOR) is None:
+            raise RunvError(f"--compress needs {COMPRESSOR}: apt-get install lz4")
+        extra = []
+        if not compress:
+            memory = directory / MEMORY
+            fd = os.open(memory, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(fd, vm.memory_mib << 20)
+            os.close(fd)
+            extra = _memory_args(vm, memory, share=True)
+        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), extra=extra)
+        booted.data["compress"] = compress
+        return booted
+
+    def restore(self, vm: VMSpec, directory: Path, saved: dict) -> QemuVM:
+        return restore(vm, directory, saved, plugin=self.plugin, accel=self.accel, cpu=self.cpu())
+
+
+def save(vm: QemuVM, directory: Path) -> dict:
+    """Stops the VM booted by :meth:`QemuTemplates.boot` and saves it into ``directory``."""
+    compress = vm.data.get("compress", False)
     memory = directory / MEMORY
     state = directory / STATE
-    extra = [] if compress else _memory_args(vm, memory, share=True)
-    if not compress:
-        fd = os.open(memory, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(fd, vm.memory_mib << 20)
-        os.close(fd)
-    handle = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra)
-    try:
-        ready(handle)
-        started = time.monotonic()
-        sink = f"{COMPRESSOR} -q -c > {state}" if compress else f"cat > {state}"
-        _qmp(handle, ("stop", None), _ignore_shared(not compress), ("migrate", {"uri": f"exec:{sink}"}))
-        deadline = time.monotonic() + SAVE_TIMEOUT
-        while True:
-            status = _qmp(handle, ("query-migrate", None))[0].get("status")
-            if status == "completed":
-                break
-            if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                raise RunvError(f"saving the template failed (migration {status}): {vm.last_words()}")
-            time.sleep(0.02)
-        seconds = time.monotonic() - started
-    finally:
-        driver.stop(handle, force=True)
+    started = time.monotonic()
+    sink = f"{COMPRESSOR} -q -c > {state}" if compress else f"cat > {state}"
+    vm.qmp(("stop", None), _ignore_shared(not compress), ("migrate", {"uri": f"exec:{sink}"}))
+    deadline = time.monotonic() + SAVE_TIMEOUT
+    while True:
+        status = vm.qmp(("query-migrate", None))[0].get("status")
+        if status == "completed":
+            break
+        if status in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise RunvError(f"saving the template failed (migration {status}): {last_words(Path(vm.data['console_log']))}")
+        time.sleep(0.02)
+    seconds = time.monotonic() - started
     os.chmod(state, 0o600)
     files = {STATE: state.stat().st_size}
     if not compress:
@@ -151,7 +143,7 @@ def save(vm: VMSpec, directory: Path, compress: bool, ready, plugin: str, accel:
     return {"files": files, "compress": COMPRESSOR if compress else None, "save_seconds": round(seconds, 3)}
 
 
-def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, cpu: str | None) -> VMHandle:
+def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, cpu: str | None) -> QemuVM:
     """Starts QEMU for ``vm`` with the template's device set and loads the template into
     it; returns once the guest runs again. Raises RunvError (QEMU's words) when it cannot."""
     compress = record.get("compress")
@@ -160,14 +152,14 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     if not compress:
         extra = _memory_args(vm, directory / MEMORY, share=False) + extra
     source = f"{compress} -q -d -c {state}" if compress else f"cat {state}"
-    handle = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra)
+    clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra)
     try:
-        _qmp(handle, _ignore_shared(not compress), ("migrate-incoming", {"uri": f"exec:{source}"}))
+        clone.qmp(_ignore_shared(not compress), ("migrate-incoming", {"uri": f"exec:{source}"}))
         deadline = time.monotonic() + LOAD_TIMEOUT
         while True:
-            if not driver.alive(handle):
+            if not clone.alive():
                 raise RunvError(f"{driver.BINARY} could not load the template: {vm.last_words()}")
-            migration, run_state = _qmp(handle, ("query-migrate", None), ("query-status", None))
+            migration, run_state = clone.qmp(("query-migrate", None), ("query-status", None))
             if migration.get("status") == "failed":
                 raise RunvError(f"{driver.BINARY} could not load the template: {migration.get('error-desc', 'failed')}")
             if run_state["status"] != "inmigrate":
@@ -176,8 +168,8 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
                 raise RunvError(f"{driver.BINARY} did not load the template within {LOAD_TIMEOUT:.0f} s")
             time.sleep(0.01)
         if not run_state["running"]:
-            _qmp(handle, ("cont", None))
+            clone.qmp(("cont", None))
     except BaseException:
-        driver.stop(handle, force=True)
+        clone.stop(force=True)
         raise
-    return handle
+    return clone

@@ -2,9 +2,11 @@
 
 The plugin writes an ``xl`` domain config (:func:`config`) into the state directory:
 PVH direct kernel boot (kernel, ramdisk, cmdline), memory, vcpus, a ``p9`` entry per
-share (the rootfs), a ``disk`` entry per disk, ``vif`` entries for networking and a PV
-``channel`` for the agent, served by the backend at ``vm.agent_socket``. In the guest the
-channel is ``/dev/hvc1`` (``hvc0`` is the console), named by ``runv.agent=/dev/hvc1``.
+share (the guest mounts it with ``trans=xen``), a ``disk`` entry per disk (the guest sees
+``/dev/xvda``, ``/dev/xvdb``... in order) and a PV ``channel`` for the agent, served by the
+backend at ``vm.agent_socket``. In the guest the channel is ``/dev/hvc1`` (``hvc0`` is the
+console), named by ``runv.agent=/dev/hvc1``. A Xen vif needs a bridge in dom0, not the net
+plugin's open taps, so a container with network interfaces is refused.
 
 ``xl create -F`` keeps xl in the foreground while the domain lives, so its PID is the
 VM's PID for the core; pause, resume and stop use ``xl pause|unpause|shutdown|destroy``.
@@ -13,20 +15,24 @@ VM's PID for the core; pause, resume and stop use ``xl pause|unpause|shutdown|de
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import time
 
-from runv import hookimpl
-from runv.errors import RunvError
-from runv.sandbox.state import process_start_time
-from runv.sandbox.vmspec import VMHandle, VMSpec
+from runv.api import (VM, AgentChannel, Capabilities, HypervisorInfo, RunvError, SharedFs, VMSpec, hookimpl,
+                      process_start_time, run_tool, stop_process)
 
 PRIORITY = 18  # a Xen dom0 has no KVM; where it works it beats tcg
+CAPABILITIES = Capabilities(
+    shared_fs=SharedFs("9p", "trans=xen,version=9p2000.L"),  # xl's p9 entries (the 9pfs backend)
+    agent=AgentChannel(kind="tty", device="/dev/hvc1"),  # a PV console channel
+    disk_prefix="/dev/xvd",
+    disk_formats=("raw", "qcow2"),
+    nics=False,
+    pause=True,  # xl pause / unpause
+)
 XL = "xl"
-CAPABILITIES = "/proc/xen/capabilities"
+CAPABILITIES_FILE = "/proc/xen/capabilities"
 CONFIG_FILE = "domain.cfg"
 START_TIMEOUT = 20.0
 
@@ -48,16 +54,15 @@ def _list(items: list[str]) -> str:
     return "[\n" + "".join(f"    {_quote(item)},\n" for item in items) + "]"
 
 
-def config(vm: VMSpec, vifs: tuple[dict, ...] = ()) -> str:
-    """The ``xl`` domain config for ``vm``; ``vifs`` are dicts of xl vif keys (mac, bridge, script...)."""
+def config(vm: VMSpec) -> str:
+    """The ``xl`` domain config for ``vm``."""
     for share in vm.shares:
         if "," in str(share.path) or "," in share.tag:
             raise RunvError(f"xl p9 entries cannot hold commas: {share.path}")
-    cmdline = " ".join(("console=hvc0", "runv.agent=/dev/hvc1") + vm.kernel_args)
+    cmdline = " ".join(("console=hvc0",) + vm.kernel_args)
     p9 = [f"tag={s.tag},security_model=none,path={s.path}" for s in vm.shares]
     disks = [f"format={d.format},vdev=xvd{chr(ord('a') + i)},access={'ro' if d.readonly else 'rw'},target={d.path}"
              for i, d in enumerate(vm.disks)]
-    vif = [",".join(f"{k}={v}" for k, v in nic.items()) for nic in vifs]
     channel = [f"name=org.runv.agent,connection=socket,path={vm.agent_socket}"]
     lines = [
         "# written by runv's xen plugin; one container's domain",
@@ -73,7 +78,6 @@ def config(vm: VMSpec, vifs: tuple[dict, ...] = ()) -> str:
         'on_crash = "destroy"',
         f"p9 = {_list(p9)}",
         f"disk = {_list(disks)}",
-        f"vif = {_list(vif)}",
         f"channel = {_list(channel)}",
     ]
     return "\n".join(lines) + "\n"
@@ -88,15 +92,44 @@ def create_command(path, *, dry_run: bool = False) -> list[str]:
     return xl("-N", "create", str(path)) if dry_run else xl("create", "-F", str(path))
 
 
+class XenVM(VM):
+    """A domain, with ``xl create -F`` (its PID is the VM's) living as long as it does."""
+
+    def xl(self, action: str) -> None:
+        run_tool(xl(action, self.data["domain"]), f"xl {action} {self.data['domain']}", timeout=30)
+
+    def exists(self) -> bool:
+        return subprocess.run(xl("list", self.data["domain"]), capture_output=True).returncode == 0
+
+    def stop(self, force: bool = False) -> None:
+        if self.exists():
+            try:
+                self.xl("destroy" if force else "shutdown")
+            except RunvError:
+                self.xl("destroy")
+        stop_process(self.pid, self.start_time, ask=lambda: None, grace=10.0)
+
+    def pause(self) -> None:
+        self.xl("pause")
+
+    def resume(self) -> None:
+        self.xl("unpause")
+
+
+@hookimpl
+def hypervisor_info():
+    return HypervisorInfo(capabilities=CAPABILITIES, vm=XenVM, priority=PRIORITY)
+
+
 @hookimpl
 def probe():
     if shutil.which(XL) is None:
         return "xl not found: install xen-utils (apt-get install xen-utils-4.17) and boot the Xen hypervisor"
     try:
-        with open(CAPABILITIES) as f:
+        with open(CAPABILITIES_FILE) as f:
             caps = f.read()
     except OSError:
-        return f"not running on the Xen hypervisor (no {CAPABILITIES}): boot this host with Xen (GRUB's Xen entry)"
+        return f"not running on the Xen hypervisor (no {CAPABILITIES_FILE}): boot this host with Xen (GRUB's Xen entry)"
     if "control_d" not in caps:
         return "this is a Xen guest, not dom0: run runv in the control domain"
     return None
@@ -114,49 +147,6 @@ def boot(vm):
     while subprocess.run(xl("list", name), capture_output=True).returncode != 0:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            tail = " | ".join(vm.console_log.read_text(errors="replace").strip().splitlines()[-5:])
-            raise RunvError(f"xl create {name} failed: {tail or 'no output'}")
+            raise RunvError(f"xl create {name} failed: {vm.last_words()}")
         time.sleep(0.1)
-    return VMHandle(hypervisor="xen", pid=proc.pid,
-                    data={"domain": name, "config": str(path), "start_time": process_start_time(proc.pid)})
-
-
-def _xl(handle: VMHandle, action: str) -> None:
-    out = subprocess.run(xl(action, handle.data["domain"]), capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise RunvError(f"xl {action} {handle.data['domain']} failed: {(out.stderr or out.stdout).strip()}")
-
-
-@hookimpl
-def pause_vm(handle):
-    _xl(handle, "pause")
-    return True
-
-
-@hookimpl
-def resume_vm(handle):
-    _xl(handle, "unpause")
-    return True
-
-
-@hookimpl
-def stop_vm(handle, force):
-    exists = subprocess.run(xl("list", handle.data["domain"]), capture_output=True).returncode == 0
-    if exists:
-        try:
-            _xl(handle, "destroy" if force else "shutdown")
-        except RunvError:
-            _xl(handle, "destroy")
-    deadline = time.monotonic() + 10
-    while process_start_time(handle.pid) == handle.data.get("start_time") and handle.data.get("start_time"):
-        if time.monotonic() > deadline:
-            try:
-                os.kill(handle.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-        try:
-            os.waitpid(handle.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return True
+    return XenVM("xen", proc.pid, process_start_time(proc.pid), {"domain": name, "config": str(path)})

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 
 SOCKET = "shim.sock"
 

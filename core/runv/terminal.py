@@ -16,8 +16,8 @@ import tty
 from pathlib import Path
 from typing import Iterator
 
-from runv.errors import RunvError
-from runv.sandbox.stdio import write_all
+from runv.api.errors import RunvError
+from runv.stdio import write_all
 
 
 def open_pty(rows: int = 0, cols: int = 0) -> tuple[int, int]:

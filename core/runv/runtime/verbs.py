@@ -11,12 +11,12 @@ from pathlib import Path
 
 import attrs
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv.log import logger
 from runv.log import setup as setup_logging
-from runv.sandbox import control
-from runv.sandbox.spawn import OK, spawn_session, wait_exit_code, write_pid_file
-from runv.sandbox.state import Record, Store
+from runv.shim import control
+from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
+from runv.state import Record, Store
 from runv.settings import Settings
 
 SHIM_EXIT_WAIT = 15.0  # seconds delete waits for a stopping shim before killing it
@@ -45,15 +45,14 @@ def check_guest(settings: Settings) -> None:
 
 def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, console_socket: Path | None = None) -> int:
     """Creates the container (a shim with a booted VM) and returns the shim's PID."""
-    from runv import plugins
+    from runv import loader as plugins
     from runv.oci.config import load_bundle
-    from runv.sandbox import console
-    from runv.sandbox.context import Container
-    from runv.sandbox.lookpath import check_program
-    from runv.sandbox.shim import Shim
-    from runv.sandbox.shim import run as run_shim
-    from runv.sandbox.templates import warning_of
-    from runv.storage import volumes
+    from runv import terminal as console
+    from runv.api.container import Container
+    from runv.runtime.lookpath import check_program
+    from runv.shim.server import Shim
+    from runv.shim.server import run as run_shim
+    from runv.templates.store import warning_of
 
     store = Store(settings.root)
     store.dir(container_id)  # validates the id before anything else
@@ -73,12 +72,12 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     check_guest(settings)
     if (store.dir(container_id) / "state.json").exists():
         raise RunvError(f"container with id {container_id} already exists")
-    hooks, hypervisor, storage = plugins.load(settings.hypervisor, settings.storage, logger.debug)
+    selection = plugins.load(settings.hypervisor, settings.storage, logger.debug)
     state_dir = store.claim(container_id)
     created = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     store.write(Record(id=container_id, bundle=str(bundle), rootfs=str(rootfs), created=created, annotations=spec.annotations))
     container = Container(id=container_id, bundle=bundle, rootfs=rootfs, spec=spec, state_dir=state_dir)
-    shim = Shim(settings, store, container, hooks, hypervisor, storage, console_socket)
+    shim = Shim(settings, store, container, selection, console_socket)
 
     def child(report) -> int:
         os.chdir(state_dir)
@@ -89,7 +88,6 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     if answer != OK:  # the shim tore down what it built, unless it died first: converge anyway
         record = store.read(container_id)
         _teardown(record, _container(record, state_dir))
-        volumes.release(state_dir)
         store.remove(container_id)
         raise RunvError(answer.removeprefix("error: ") or f"the shim of container {container_id} died during create")
     write_pid_file(pid_file, pid)
@@ -123,7 +121,7 @@ def kill(settings: Settings, container_id: str, signum: int, all_processes: bool
 
 def delete(settings: Settings, container_id: str, force: bool) -> None:
     """Removes a stopped (or, with ``force``, any) container; converges after any crash."""
-    from runv.storage import volumes
+    from runv.shim import volumes
 
     store = Store(settings.root)
     state_dir = store.dir(container_id)
@@ -144,10 +142,11 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
         _stop_shim(record)
         container = _container(record, state_dir)
         _teardown(record, container)
-    volumes.release(state_dir)
+    else:
+        volumes.release(state_dir)
     store.remove(container_id)
     if record is not None:
-        from runv.sandbox.ocihooks import run_hooks
+        from runv.runtime.ocihooks import run_hooks
 
         run_hooks(container.spec, "poststop", attrs.evolve(record.oci_state(), status="stopped"), fatal=False)
 
@@ -168,7 +167,7 @@ def _container(record: Record, state_dir: Path):
     """The container as the hooks see it, rebuilt from its record (no spec when the
     bundle is gone: teardown must still converge)."""
     from runv.oci.config import load_bundle
-    from runv.sandbox.context import Container
+    from runv.api.container import Container
 
     try:
         spec, _ = load_bundle(Path(record.bundle))
@@ -179,24 +178,23 @@ def _container(record: Record, state_dir: Path):
 
 
 def _teardown(record: Record, container) -> None:
-    """Stops the VM, releases the network and detaches storage the record names
-    (whatever the shim left behind)."""
-    from runv import plugins
-    from runv.sandbox.vmspec import attachment_from_json, handle_from_json
+    """Runs the one teardown (:func:`runv.shim.teardown.teardown`) on whatever the record
+    names: the VM, re-attached through its hypervisor, the network, the storage."""
+    from runv import loader
+    from runv.api.vm import attachment_from_json
+    from runv.shim.teardown import teardown
 
+    vm = None
     if record.vm:
-        plugins.load_hypervisor(record.hypervisor).stop_vm(handle=handle_from_json(record.vm), force=True)
-    extras = []
-    for info in plugins.available("extra").values():
         try:
-            extras.append((info.name, info.load()))
-        except plugins.LoadError as exc:
-            logger.warning("%s", exc)
-    if extras:  # the always-on plugins undo what their configure_net left
-        plugins.Hooks(*extras).release_net(container=container)
-    if record.attachment:
-        hooks = plugins.Hooks((record.storage, plugins.choose("storage", record.storage).load()))
-        hooks.detach_storage(container=container, attachment=attachment_from_json(record.attachment))
+            vm = loader.load_hypervisor(record.hypervisor).reattach(record.vm)
+        except RunvError as exc:  # the plugin is gone: the VMM process is still ours to kill
+            from runv.api.hypervisor import VM
+
+            logger.warning("container %s: %s; killing its VMM", record.id, exc)
+            vm = VM.from_record(record.vm)
+    attachment = attachment_from_json(record.attachment) if record.attachment else None
+    teardown(container, loader.teardown_hooks(record.storage if attachment else None), vm, attachment, force=True)
 
 
 def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, detach: bool, console_socket: Path | None = None) -> int:
@@ -204,8 +202,8 @@ def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | No
     terminal, for a terminal container without a console socket), waits for it, deletes
     the container (as ``runc run`` does) and returns the container's exit code."""
     from runv.oci.config import load_bundle
-    from runv.sandbox import console
-    from runv.sandbox.shim import NOT_FORWARDED
+    from runv import terminal as console
+    from runv.shim.server import NOT_FORWARDED
 
     if console_socket is None and load_bundle(bundle.resolve())[0].process.terminal:
         if detach:
@@ -242,25 +240,23 @@ def _finish(settings: Settings, container_id: str, pid: int) -> int:
 
 def pause(settings: Settings, container_id: str) -> None:
     """Freezes the container's VM through its hypervisor (QEMU: QMP ``stop``)."""
-    _freeze(settings, container_id, "running", "paused", "pause_vm", "container not running")
+    _freeze(settings, container_id, "running", "paused", "container not running")
 
 
 def resume(settings: Settings, container_id: str) -> None:
-    _freeze(settings, container_id, "paused", "running", "resume_vm", "container not paused")
+    _freeze(settings, container_id, "paused", "running", "container not paused")
 
 
-def _freeze(settings: Settings, container_id: str, before: str, after: str, hook: str, refusal: str) -> None:
-    from runv import plugins
-    from runv.sandbox.vmspec import handle_from_json
+def _freeze(settings: Settings, container_id: str, before: str, after: str, refusal: str) -> None:
+    from runv import loader
 
     store = Store(settings.root)
     with store.locked(container_id):
         record = store.read(container_id)
         if record.live_status() != before:
             raise RunvError(refusal)
-        hooks = plugins.load_hypervisor(record.hypervisor)
-        if not getattr(hooks, hook)(handle=handle_from_json(record.vm)):
-            raise RunvError(f"hypervisor {record.hypervisor!r} cannot {hook.removesuffix('_vm')} a VM")
+        vm = loader.load_hypervisor(record.hypervisor).reattach(record.vm)
+        vm.pause() if after == "paused" else vm.resume()
         store.write(attrs.evolve(record, status=after))
 
 

@@ -1,7 +1,7 @@
 """The spec's ``mounts`` (volumes) as shares for the VM and entries of the agent's mount plan.
 
 * ``bind`` mounts (type ``bind``, or options holding ``bind``/``rbind``): a directory is shared
-  over virtio-9p and mounted at its destination in the container. A file is bind-mounted on the
+  with the guest (over the hypervisor's shared filesystem) and mounted at its destination in the container. A file is bind-mounted on the
   host into a directory of its own under the container's state (``volumes/volN/``), that
   directory is shared and mounted under ``/run/runv/volumes/`` in the guest (outside the
   container's root), and the file bind-mounted from there: the guest never sees the file's
@@ -23,10 +23,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-from runv.errors import RunvError
-from runv.sandbox.vmspec import GuestMount, Share
+from runv.api.errors import RunvError
+from runv.api.vm import GuestMount, Share
 
-NINEP = "trans=virtio,version=9p2000.L,msize=262144"
 GUEST_TYPES = ("tmpfs", "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2")
 AGENT_MOUNTS = {"/proc": "proc", "/sys": "sysfs", "/dev": "tmpfs", "/dev/pts": "devpts"}
 STAGING = "/run/runv/volumes"
@@ -86,13 +85,13 @@ def plan(
                 raise RunvError(f"{name}: bind source {source} does not exist") from None
             if stat.S_ISDIR(mode):
                 tag = share(path, readonly)
-                mounts.append(GuestMount(source=tag, fstype="9p", options=",".join([NINEP, *flags]), readonly=readonly,
+                mounts.append(GuestMount.of_share(tag, options=",".join(flags), readonly=readonly,
                                          target=destination, in_rootfs=True))
             elif stat.S_ISREG(mode):
                 folder = staging / f"vol{len(shares)}"
                 tag = share(folder, readonly)
                 host_binds.append((path, folder / path.name))
-                mounts.append(GuestMount(source=tag, fstype="9p", options=NINEP, readonly=readonly, target=f"{STAGING}/{tag}"))
+                mounts.append(GuestMount.of_share(tag, readonly=readonly, target=f"{STAGING}/{tag}"))
                 mounts.append(GuestMount(source=f"{STAGING}/{tag}/{path.name}", fstype="bind", options=",".join(flags),
                                          readonly=readonly, target=destination, in_rootfs=True))
             elif str(path) in PSEUDO_DEVICES:

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import PurePosixPath
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_LINKS = 40

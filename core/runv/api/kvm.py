@@ -9,7 +9,7 @@ this code through its instruction emulator, a few million instructions per secon
 boots only PVM-enabled guest kernels: a stock kernel never reaches init. Speed is the
 functional test; the vendor module named in ``/sys/module`` explains the result.
 
-The measurement runs in a child process (``python -m runv_qemu.kvm``) under a hard
+The measurement runs in a child process (``python -m runv.api.kvm``) under a hard
 timeout, so a wedged ``KVM_RUN`` can never hang the caller.
 """
 
@@ -101,7 +101,7 @@ def verdict(timeout: float = TIMEOUT) -> dict:
     if not os.access(DEVICE, os.R_OK | os.W_OK):
         return base | {"reason": f"no permission to open {DEVICE}: add this user to the kvm group, or use --hypervisor tcg"}
     try:
-        out = subprocess.run([sys.executable, "-S", "-m", "runv_qemu.kvm"], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-S", "-m", "runv.api.kvm"], capture_output=True, text=True,
                              timeout=timeout, env={**os.environ, "PYTHONPATH": _package_parent()})
     except subprocess.TimeoutExpired:
         return base | {"reason": f"a 4-instruction test guest did not halt within {timeout:.0f} s under {DEVICE}: KVM is not usable, use --hypervisor tcg"}
@@ -164,7 +164,8 @@ def _device_id() -> list | None:
 
 
 def _package_parent() -> str:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The directory holding the ``runv`` package, for the child's PYTHONPATH."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv.log import logger
 from runv.oci.config import Hook, Spec
 from runv.oci.state import State

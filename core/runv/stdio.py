@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Callable
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 
 
 def write_all(fd: int, data: bytes) -> None:

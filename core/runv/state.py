@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import attrs
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
+from runv.api.process import is_running
 from runv.oci.state import State
 
 RECORD = "state.json"
@@ -36,25 +37,6 @@ def validate_id(container_id: str) -> str:
     return container_id
 
 
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (guards against PID reuse), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None
-    return int(fields[19])
-
-
-def is_running(pid: int, start_time: int | None) -> bool:
-    """Whether ``pid`` is still the process that started at ``start_time`` (not a zombie,
-    not a newer process that reused the PID)."""
-    return bool(pid) and start_time is not None and process_start_time(pid) == start_time
-
-
 @attrs.frozen
 class Record:
     """What runv keeps about one container between commands."""
@@ -71,7 +53,7 @@ class Record:
     exit_code: int | None = None
     hypervisor: str = ""
     storage: str = ""
-    vm: dict[str, Any] | None = None  # the hypervisor's VMHandle
+    vm: dict[str, Any] | None = None  # the running VM (runv.api.VM.record())
     attachment: dict[str, Any] | None = None  # the storage plugin's StorageAttachment
 
     def shim_alive(self) -> bool:

@@ -1,8 +1,15 @@
 """What a VM is made of, as frozen values the hooks pass to each other."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import attrs
+
+from runv.api.tools import last_words
+
+SHARE = "share"  # GuestMount.fstype of a Share, however the hypervisor serves it
+SERIAL = "serial:"  # GuestMount.source prefix naming a Disk by its serial
 
 
 @attrs.frozen
@@ -26,12 +33,14 @@ class Disk:
 
 @attrs.frozen
 class GuestMount:
-    """How the agent mounts the container rootfs: ``mount -t fstype -o options source``.
+    """One mount the agent makes: ``mount -t fstype -o options source target``.
 
-    The same shape describes the other entries of the agent's mount plan (``mounts``):
     ``target`` is a path inside the container rootfs when ``in_rootfs``, else an absolute
-    guest path mounted before the rootfs (a lower share, an upper disk). ``source``
-    ``serial:NAME`` is the virtio-blk disk with that serial; fstype ``bind`` binds a guest path.
+    guest path mounted before the rootfs (a lower share, an upper disk); the rootfs itself
+    has no target. Name shares and disks with :meth:`of_share` and :meth:`of_disk`, not by
+    filesystem or device: the core turns them into what the hypervisor serves (9p,
+    virtio-fs, a device path) from its :class:`~runv.api.hypervisor.Capabilities`.
+    ``fstype`` ``bind`` binds a guest path.
     """
 
     source: str
@@ -40,6 +49,16 @@ class GuestMount:
     readonly: bool = False
     target: str = ""
     in_rootfs: bool = False
+
+    @classmethod
+    def of_share(cls, tag: str, **fields) -> GuestMount:
+        """The share ``tag`` (a :class:`Share` of the same VM)."""
+        return cls(source=tag, fstype=SHARE, **fields)
+
+    @classmethod
+    def of_disk(cls, serial: str, fstype: str, **fields) -> GuestMount:
+        """The filesystem ``fstype`` on the disk with ``serial`` (a :class:`Disk` of the same VM)."""
+        return cls(source=SERIAL + serial, fstype=fstype, **fields)
 
 
 @attrs.frozen
@@ -52,7 +71,7 @@ class StorageAttachment:
     data: dict = attrs.field(factory=dict)  # the plugin's own record, kept for teardown
     mounts: tuple[GuestMount, ...] = ()  # the agent's mount plan around the rootfs (in order)
 
-    def plus(self, shares: tuple[Share, ...] = (), mounts: tuple[GuestMount, ...] = ()) -> "StorageAttachment":
+    def plus(self, shares: tuple[Share, ...] = (), mounts: tuple[GuestMount, ...] = ()) -> StorageAttachment:
         """This attachment with more shares and mounts (the spec's volumes) appended."""
         return attrs.evolve(self, shares=self.shares + shares, mounts=self.mounts + mounts)
 
@@ -100,15 +119,10 @@ class VMSpec:
     hotplug_slots: int = 0
 
     def last_words(self, lines: int = 5) -> str:
-        """The last lines the VM printed (its console and the VMM's stderr), joined into one
-        line for error messages."""
-        try:
-            text = self.console_log.read_text(errors="replace")
-        except OSError:
-            text = ""
-        return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:]) or "no output"
+        """The last lines the VM printed (its console and the VMM's stderr), as one line."""
+        return last_words(self.console_log, lines)
 
-    def with_contribution(self, extra: VMContribution) -> "VMSpec":
+    def with_contribution(self, extra: VMContribution) -> VMSpec:
         return attrs.evolve(
             self,
             kernel_args=self.kernel_args + extra.kernel_args,
@@ -119,22 +133,9 @@ class VMSpec:
         )
 
 
-@attrs.frozen
-class VMHandle:
-    """A running VM as its hypervisor plugin describes it; persisted in the container state."""
-
-    hypervisor: str
-    pid: int
-    data: dict = attrs.field(factory=dict)  # plugin-specific (control socket paths, names)
-
-
 def to_json(value) -> dict:
     """A frozen value as JSON-ready data (paths become strings), for the state file."""
     return attrs.asdict(value, value_serializer=lambda _inst, _field, v: str(v) if isinstance(v, Path) else v)
-
-
-def handle_from_json(data: dict) -> VMHandle:
-    return VMHandle(**data)
 
 
 def attachment_from_json(data: dict) -> StorageAttachment:

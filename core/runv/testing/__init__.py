@@ -1,6 +1,6 @@
 """Helpers for testing runv plugins (and runv itself); import them in a plugin's tests.
 
-- :func:`vm_spec` — a :class:`~runv.sandbox.vmspec.VMSpec` in a temporary directory, for
+- :func:`vm_spec` — a :class:`~runv.api.vm.VMSpec` in a temporary directory, for
   golden tests of a hypervisor plugin's command line or config.
 - :func:`container` — a container (bundle, parsed spec, state directory) for hook tests.
 - :func:`hooks_with` — the core's hooks with your plugin registered in-process (no
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runv.sandbox.vmspec import VMSpec
+from runv.api.vm import VMSpec
 
 
 def vm_spec(state_dir: Path, **fields) -> VMSpec:
@@ -34,10 +34,10 @@ def vm_spec(state_dir: Path, **fields) -> VMSpec:
 
 
 def container(directory: Path, args=("true",), *, readonly: bool = False, cid: str = "test"):
-    """A :class:`~runv.sandbox.context.Container` for hook tests: a bundle under
+    """A :class:`~runv.api.container.Container` for hook tests: a bundle under
     ``directory`` with an empty ``rootfs`` (create files in it as your test needs)."""
     from runv.oci.config import parse_spec
-    from runv.sandbox.context import Container
+    from runv.api.container import Container
 
     rootfs = directory / "bundle" / "rootfs"
     rootfs.mkdir(parents=True, exist_ok=True)
@@ -47,8 +47,8 @@ def container(directory: Path, args=("true",), *, readonly: bool = False, cid: s
 
 
 def hooks_with(*plugins):
-    """:class:`runv.plugins.Hooks` with ``plugins`` (modules or objects) registered."""
-    from runv.plugins import Hooks
+    """:class:`runv.loader.Hooks` with ``plugins`` (modules or objects) registered."""
+    from runv.loader import Hooks
 
     return Hooks(*((getattr(p, "__name__", repr(p)), p) for p in plugins))
 

@@ -1,6 +1,6 @@
 """Default hook implementations the core registers before any plugin (``trylast``)."""
 
-from runv import hookimpl
+from runv.api import hookimpl
 
 
 @hookimpl(trylast=True)

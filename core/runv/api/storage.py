@@ -1,4 +1,4 @@
-"""Storage settings: the ``[storage]`` table of runv's config file, overridden per container
+"""Storage settings shared by storage plugins: the ``[storage]`` table of runv's config file, overridden per container
 by annotations.
 
 ``/etc/runv/config.toml`` (or ``$RUNV_CONFIG``)::
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runv.errors import RunvError
+from runv.api.config import section
+from runv.api.errors import RunvError
 
 MODES = ("share", "overlay", "block")
 ANNOTATION = "io.runv.storage."
@@ -40,12 +41,7 @@ def parse_size(text: str | int, where: str) -> int:
 
 def settings(annotations: dict[str, str] | None = None) -> dict:
     """The effective storage settings for one container (file, then annotations)."""
-    from runv.plugins import config, config_path
-
-    table = config().get("storage", {})
-    if not isinstance(table, dict):
-        raise RunvError(f"{config_path()}: [storage] must be a table")
-    result = {**DEFAULTS, **table}
+    result = {**DEFAULTS, **section("storage")}
     for key, value in (annotations or {}).items():
         if not key.startswith(ANNOTATION):
             continue

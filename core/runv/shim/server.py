@@ -1,51 +1,52 @@
 """The per-container shim: the process whose PID callers see as the container's.
 
-It boots the VM through the hooks, owns the one connection to the guest agent, relays
-the container's stdio, forwards the signals it receives to the container process, serves
-the CLI over a control socket, tears the VM down when the container exits, and exits
-with the container's exit code (128+N when killed by signal N).
+It brings the VM up (:mod:`runv.shim.bringup`), owns the one connection to the guest
+agent, relays the container's stdio, forwards the signals it receives to the container
+process, serves the CLI over a control socket (exec: :mod:`runv.shim.execrelay`), tears
+the VM down when the container exits (:mod:`runv.shim.teardown`), and exits with the
+container's exit code (128+N when killed by signal N).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import queue
 import signal
 import socket
 import threading
-import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 
-from runv.agent.host import AgentClient, AgentError
-from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
-from runv.errors import RunvError
+from runv import terminal
+from runv.api.errors import RunvError
+from runv.api.process import process_start_time
+from runv.api.vm import StorageAttachment, to_json
 from runv.log import logger
-from runv.plugins import Hooks
 from runv.oci.config import ConsoleSize
-from runv.sandbox import console, control
-from runv.sandbox.context import Container
-from runv.sandbox.ocihooks import run_hooks
-from runv.sandbox.spawn import OK
-from runv.sandbox.state import Store, process_start_time
-from runv.sandbox.stdio import start_pump, write_all
-from runv.sandbox.vmspec import StorageAttachment, VMHandle, VMSpec, to_json
-from runv.settings import Settings
-from runv.storage import volumes
+from runv.runtime.ocihooks import run_hooks
+from runv.runtime.spawn import OK
+from runv.shim import bringup, control, volumes
+from runv.shim.agentclient import AgentClient, AgentError
+from runv.shim.teardown import teardown
+from runv.stdio import start_pump, write_all
 
-AGENT_TIMEOUT = 120.0  # seconds from VMM start to agent ready (TCG on a loaded 2-core host)
-INIT = "init"
-STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}
+if TYPE_CHECKING:
+    from runv.api.container import Container
+    from runv.api.hypervisor import VM
+    from runv.loader import Selection
+    from runv.settings import Settings
+    from runv.state import Store
+
+INIT = "init"  # the agent's name for the container process
+STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}  # the container process's agent channels
 NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGPIPE}
 BENIGN = {signal.SIGCONT, signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG}  # do not stop a created container
-CONSOLE_TAIL = 15
-GUEST_DEVICES = "io.runv.guest-devices"  # "true": the container's /dev is the VM's devtmpfs
 REPLY_GRACE = 10.0  # seconds an exiting shim waits to answer requests in flight
+CLOSED_CODE = 255  # the exit code when the VM closes the agent channel without an exit
 
 
 def exit_code(status: dict) -> int:
@@ -54,24 +55,17 @@ def exit_code(status: dict) -> int:
 
 
 class Shim:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        container: Container,
-        hooks: Hooks,
-        hypervisor: str,
-        storage: str,
-        console_socket: Path | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, store: Store, container: Container, plugins: Selection,
+                 console_socket: Path | None = None) -> None:
         self.settings = settings
         self.store = store
         self.container = container
-        self.hooks = hooks
-        self.hypervisor = hypervisor
-        self.storage = storage
+        self.hooks = plugins.hooks
+        self.hypervisor = plugins.hypervisor
+        self.caps = plugins.hypervisor.info.capabilities
+        self.storage = plugins.storage
         self.attachment: StorageAttachment | None = None
-        self.handle: VMHandle | None = None
+        self.vm: VM | None = None
         self.agent: AgentClient | None = None
         self.events: queue.Queue = queue.Queue()
         self.lock = threading.Lock()
@@ -80,90 +74,62 @@ class Shim:
         self.stdio = (0, 1, 2)  # the container's stdio on the host: the caller's, or a pty slave
         self.routes: dict[int, Callable[[bytes], None]] = {}  # agent output channel -> sink
         self.exits: dict[str, Callable[[dict], None]] = {}  # exec'd process name -> exit handler
-        self.exec_ids = itertools.count(1)
         self.answering = threading.Condition()  # counts control requests not yet answered
         self.unanswered = 0
 
     # ---------------------------------------------------------------- boot
 
-    def vm_spec(self) -> VMSpec:
-        state_dir = self.container.state_dir
-        args = ("panic=-1", "rdinit=/init") + (("runv.debug",) if self.settings.debug else ("quiet",))
-        vm = VMSpec(
-            name=self.container.id,
-            state_dir=state_dir,
-            kernel=self.settings.kernel,
-            initrd=self.settings.initrd,
-            agent_socket=state_dir / "agent.sock",
-            console_log=state_dir / "console.log",
-            kernel_args=args,
-            shares=self.attachment.shares,
-            disks=self.attachment.disks,
-            debug=self.settings.debug,
-        )
-        for extra in self.hooks.configure_net(container=self.container):
-            vm = vm.with_contribution(extra)
-        for extra in self.hooks.prepare_vm(container=self.container, vm=vm):
-            vm = vm.with_contribution(extra)
-        return vm
-
     def boot(self) -> None:
-        """Attaches storage, boots the VM, waits for the agent and mounts the rootfs."""
+        """Attaches storage, boots (or restores) the VM, waits for the agent, mounts the rootfs."""
+        from runv.templates.restore import restore
+
         cid = self.container.id
         state_dir = self.container.state_dir
         volume_shares, volume_mounts, host_binds = volumes.plan(self.container.spec.mounts, state_dir / "volumes")
         volumes.stage(host_binds)
-        self.attachment = self.hooks.attach_storage(container=self.container)
-        if self.attachment is None:
+        attachment = self.hooks.attach_storage(container=self.container)
+        if attachment is None:
             raise RunvError(f"storage plugin {self.storage!r} attached nothing for container {cid}")
-        self.attachment = self.attachment.plus(shares=volume_shares, mounts=volume_mounts)
+        self.attachment = attachment.plus(shares=volume_shares, mounts=volume_mounts)
         self.store.update(cid, storage=self.storage, attachment=to_json(self.attachment))
-        vm = self.vm_spec()
-        logger.debug("booting %s with %s: %s", cid, self.hypervisor, vm)
-        from runv.sandbox import templates
-
-        self.handle = templates.restore(self, vm) or self.hooks.boot(vm=vm)  # a restore connects self.agent
-        self.store.update(cid, hypervisor=self.hypervisor, vm=to_json(self.handle))
-        started = time.monotonic()
-        self.agent = self.agent or AgentClient.connect(
-            str(vm.agent_socket), self.on_data, self.on_agent_event, timeout=AGENT_TIMEOUT, alive=lambda: self.vm_gone(vm)
-        )
-        logger.debug("agent ready after %.2f s: %s", time.monotonic() - started, self.agent.ready_info)
-        root = self.attachment.rootfs
-        self.agent.call(
-            "prepare",
-            rootfs={"source": root.source, "fstype": root.fstype, "options": root.options, "readonly": root.readonly},
-            mounts=[to_json(m) for m in self.attachment.mounts],
-            hostname=self.container.spec.hostname,
-            guest_devices=self.container.annotations.get(GUEST_DEVICES) == "true",
-        )
+        spec = bringup.container_vm(self.settings, self.caps, self.hooks, self.container, self.attachment)
+        bringup.check_vm(spec, self.caps, self.hypervisor.name)
+        logger.debug("booting %s with %s: %s", cid, self.hypervisor.name, spec)
+        restored = restore(self.settings.template, spec, self.hypervisor, self.on_data, self.on_agent_event,
+                           persist=self.persist, attach_nic=lambda vm, nic: bringup.attach_nic(vm, self.caps, nic))
+        if restored:
+            self.vm, self.agent = restored
+        else:
+            self.persist(self.hooks.boot(vm=spec))
+            self.agent = bringup.connect_agent(spec, self.vm, self.caps, self.on_data, self.on_agent_event)
+        self.agent.call("prepare", **bringup.prepare_request(self.container, self.attachment, spec, self.caps))
         if self.container.spec.process.terminal:
             self.open_terminal()
-        state = self.store.read(self.container.id).oci_state()
+        state = self.store.read(cid).oci_state()
         for kind in ("createRuntime", "createContainer", "prestart"):
             run_hooks(self.container.spec, kind, attrs.evolve(state, status="creating" if kind == "createRuntime" else "created"), fatal=True)
-        self.hooks.sync_net(container=self.container, agent=self.agent, attach=self.attach_nic)
+        self.sync_net()
 
-    def attach_nic(self, nic) -> None:
-        """Hot-plugs a NIC a network plugin wired after boot (for ``sync_net``)."""
-        if not self.hooks.attach_nic(handle=self.handle, nic=nic):
-            raise RunvError(f"hypervisor {self.hypervisor!r} cannot hot-plug network interfaces")
+    def persist(self, vm: VM | None) -> None:
+        """Keeps the running VM, in memory and in the state record (so a crash leaves it findable)."""
+        if vm is None:
+            raise RunvError(f"hypervisor plugin {self.hypervisor.name!r} booted nothing")
+        self.vm = vm
+        self.store.update(self.container.id, hypervisor=self.hypervisor.name, vm=vm.record())
+
+    def sync_net(self) -> None:
+        self.hooks.sync_net(container=self.container, agent=self.agent,
+                            attach=lambda nic: bringup.attach_nic(self.vm, self.caps, nic))
 
     def open_terminal(self) -> None:
         """The container's pty: its master goes to the console socket, its slave becomes
         the shim's controlling terminal, so resizes arrive here as SIGWINCH."""
         size = self.container.spec.process.console_size
-        master, slave = console.open_pty(size.height, size.width) if size else console.open_pty()
-        console.take_controlling_tty(slave)
-        console.send_master(self.console_socket, master)
-        console.stdio_to(slave)  # containerd reads create's output until EOF: let go of it
+        master, slave = terminal.open_pty(size.height, size.width) if size else terminal.open_pty()
+        terminal.take_controlling_tty(slave)
+        terminal.send_master(self.console_socket, master)
+        terminal.stdio_to(slave)  # containerd reads create's output until EOF: let go of it
         self.stdio = (slave, slave, slave)
-
-    def vm_gone(self, vm: VMSpec) -> str | None:
-        """Why the VM is no longer running, or None while it is."""
-        if process_start_time(self.handle.pid) is not None:
-            return None
-        return f"the VM of container {self.container.id} exited during boot: {vm.last_words(CONSOLE_TAIL)}"
 
     # ---------------------------------------------------------------- serving
 
@@ -191,7 +157,7 @@ class Shim:
                 code = exit_code(value)
             elif kind == "closed":
                 logger.error("container %s: the VM closed the agent channel", self.container.id)
-                code = 255
+                code = CLOSED_CODE
             else:
                 code = None
             if code is not None:
@@ -205,13 +171,15 @@ class Shim:
             threading.Thread(target=self.handle_client, args=(conn,), daemon=True).start()
 
     def handle_client(self, conn: socket.socket) -> None:
+        from runv.shim.execrelay import serve_exec
+
         with conn:
             try:
                 request = json.loads(conn.makefile("rb").readline() or b"{}")
             except ValueError:
                 request = {}
             if request.get("op") == "exec":
-                return self.serve_exec(conn, request)
+                return serve_exec(self, conn, request)
             with self.answering:
                 self.unanswered += 1
             try:
@@ -241,10 +209,10 @@ class Shim:
         with self.lock:
             if self.started:
                 raise RunvError(f"cannot start an already running container {self.container.id}")
-            self.hooks.sync_net(container=self.container, agent=self.agent, attach=self.attach_nic)
+            self.sync_net()
             process = self.container.spec.process
             if process.terminal:  # the caller may have resized the pty since create
-                rows, cols = console.get_winsize(self.stdio[0])
+                rows, cols = terminal.get_winsize(self.stdio[0])
                 if rows and cols:
                     process = attrs.evolve(process, console_size=ConsoleSize(height=rows, width=cols))
             self.routes[STREAMS["stdout"]] = self.sink(self.stdio[1])
@@ -276,77 +244,11 @@ class Shim:
     def resize(self) -> None:
         """Passes the pty's new window size to the container process (SIGWINCH in the guest)."""
         if self.started and self.container.spec.process.terminal:
-            rows, cols = console.get_winsize(self.stdio[0])
+            rows, cols = terminal.get_winsize(self.stdio[0])
             try:
                 self.agent.call("winsize", proc=INIT, rows=rows, cols=cols)
             except AgentError as exc:
                 logger.debug("window size not delivered: %s", exc)
-
-    def serve_exec(self, conn: socket.socket, request: dict) -> None:
-        """Starts an exec'd process and relays its streams and signals over ``conn``
-        (see execproc.Relay for the other end) until it exits."""
-        from runv.oci.config import parse_process
-
-        number = next(self.exec_ids)
-        name = f"exec-{number}"
-        base = 16 * number  # channels base+1..3, clear of the container's 1..3
-        streams = {"stdin": base + 1, "stdout": base + 2, "stderr": base + 3}
-        send_lock = threading.Lock()
-        exited = threading.Event()
-        held: list[bytes] | None = []  # output that arrived before the reply line went out
-
-        def send(frame: bytes, reply: bool = False) -> None:
-            nonlocal held
-            with send_lock:
-                if held is not None and not reply:
-                    held.append(frame)
-                    return
-                frames = [frame] + (held or [])
-                held = None
-                try:
-                    for item in frames:
-                        conn.sendall(item)
-                except OSError:
-                    pass  # the relay is gone; the process still runs to its end
-
-        def on_exit(message: dict) -> None:
-            send(encode_ctrl({k: v for k, v in message.items() if k in ("code", "signal")}))
-            exited.set()
-
-        process = parse_process(request.get("process"), "exec request")
-        self.routes[streams["stdout"]] = lambda data: send(encode_data(1, data))
-        self.routes[streams["stderr"]] = lambda data: send(encode_data(2, data))
-        self.exits[name] = on_exit
-        try:
-            pid = self.hooks.exec(container=self.container, process=process, agent=self.agent, name=name, streams=streams)
-        except RunvError as exc:
-            self.forget(name, streams)
-            send(json.dumps({"error": str(exc)}).encode() + b"\n", reply=True)
-            return
-        send(json.dumps({"ok": True, "pid": pid}).encode() + b"\n", reply=True)
-        reader = FrameReader()
-        try:
-            while not exited.is_set() and (data := conn.recv(65536)):
-                for kind, _channel, payload in reader.feed(data):
-                    if kind == CTRL and payload.get("op") == "signal":
-                        self.agent.call("signal", proc=name, signal=int(payload["signal"]))
-                    elif kind == CTRL and payload.get("op") == "winsize":
-                        self.agent.call("winsize", proc=name, rows=payload["size"][0], cols=payload["size"][1])
-                    elif kind != CTRL:
-                        self.agent.send_data(streams["stdin"], payload)
-            if not exited.is_set():  # the caller went away: EOF (and a hang-up on a terminal)
-                self.agent.send_data(streams["stdin"], b"")
-                if process.terminal:
-                    self.agent.call("signal", proc=name, signal=signal.SIGHUP)
-        except (RunvError, OSError) as exc:
-            logger.debug("exec %s: %s", name, exc)
-        exited.wait()
-        self.forget(name, streams)
-
-    def forget(self, name: str, streams: dict) -> None:
-        self.exits.pop(name, None)
-        self.routes.pop(streams["stdout"], None)
-        self.routes.pop(streams["stderr"], None)
 
     def forward_signal(self, signum: int) -> int | None:
         """Delivers a signal to the container process; before start a terminating signal
@@ -389,18 +291,11 @@ class Shim:
             return
         self.events.put((message["event"], message))
 
-    # ---------------------------------------------------------------- teardown
-
     def teardown(self, force: bool = False) -> None:
-        """Stops the VM and detaches storage; safe to call with either missing."""
+        """Closes the agent and takes the VM down (see :func:`runv.shim.teardown.teardown`)."""
         if self.agent:
             self.agent.close()
-        if self.handle:
-            self.hooks.stop_vm(handle=self.handle, force=force)
-        self.hooks.release_net(container=self.container)
-        if self.attachment:
-            self.hooks.detach_storage(container=self.container, attachment=self.attachment)
-        volumes.release(self.container.state_dir)
+        teardown(self.container, self.hooks, self.vm, self.attachment, force=force)
 
 
 def run(shim: Shim, report: Callable[[str], None]) -> int:
@@ -416,6 +311,8 @@ def run(shim: Shim, report: Callable[[str], None]) -> int:
             logger.error("%s", traceback.format_exc())
         try:
             shim.teardown(force=True)
+        except Exception:  # noqa: BLE001 - logged by teardown; create reports the boot failure
+            pass
         finally:
             report(message)
         return 1
@@ -423,8 +320,11 @@ def run(shim: Shim, report: Callable[[str], None]) -> int:
         code = shim.serve(report)
     except Exception:  # noqa: BLE001
         logger.error("shim of %s failed: %s", cid, traceback.format_exc())
-        code = 255
+        code = CLOSED_CODE
     shim.store.update(cid, status="stopped", exit_code=code)
     logger.debug("container %s exited with %d", cid, code)
-    shim.teardown()
+    try:
+        shim.teardown()
+    except Exception:  # noqa: BLE001 - logged by teardown; the exit code is the container's
+        pass
     return code

@@ -1,4 +1,4 @@
-"""Disk images for the block storage modes.
+"""Disk images for storage plugins (the block modes of overlay, devicemapper's bases).
 
 * :func:`base_image`: a rootfs as an ext4 image (``mkfs.ext4 -d``), built once per content and
   cached under a cache directory as ``base-<hash>.ext4``, read-only. Builds run under an
@@ -19,12 +19,12 @@ import hashlib
 import os
 import shutil
 import stat
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
+from runv.api.tools import run_tool
 
 MKFS = "mkfs.ext4"
 # The files are sparse (they read as zeros), so the inode tables and journal need no zeroing:
@@ -40,18 +40,6 @@ def missing_tools(*tools: str) -> str | None:
     """One line naming the tools that are not installed (with how to get them), or None."""
     missing = [f"{tool} ({HINTS.get(tool, 'install it')})" for tool in tools if shutil.which(tool) is None]
     return f"missing: {', '.join(missing)}" if missing else None
-
-
-def run(argv: list[str], what: str) -> str:
-    """Runs a tool; a failure becomes a RunvError with the tool's last words."""
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise RunvError(f"{what}: {argv[0]} is not installed ({HINTS.get(argv[0], 'install it')})") from None
-    if result.returncode != 0:
-        words = " | ".join(line.strip() for line in (result.stderr or result.stdout).strip().splitlines()[-3:])
-        raise RunvError(f"{what}: {argv[0]} failed (exit {result.returncode}): {words or 'no output'}")
-    return result.stdout
 
 
 @contextmanager
@@ -115,8 +103,8 @@ def base_image(rootfs: Path, cache_dir: Path, minimum_size: int) -> Path:
         try:
             with open(temporary, "wb") as f:
                 f.truncate(size)
-            run([MKFS, "-q", "-F", "-E", LAZY, "-L", "runv-base", "-d", str(rootfs), str(temporary)],
-                f"cannot build the base image of {rootfs} ({size >> 20} MiB)")
+            run_tool([MKFS, "-q", "-F", "-E", LAZY, "-L", "runv-base", "-d", str(rootfs), str(temporary)],
+                     f"cannot build the base image of {rootfs} ({size >> 20} MiB)", install=HINTS[MKFS])
             os.chmod(temporary, 0o444)  # nothing writes a base: qemu opens backing files read-only
             os.replace(temporary, image)
         finally:
@@ -127,8 +115,8 @@ def base_image(rootfs: Path, cache_dir: Path, minimum_size: int) -> Path:
 def overlay_qcow2(base: Path, path: Path) -> Path:
     """A new qcow2 at ``path`` backed by ``base`` (raw); replaces a stale one."""
     path.unlink(missing_ok=True)
-    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(path)],
-        f"cannot create the container's disk overlay {path}")
+    run_tool([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(path)],
+             f"cannot create the container's disk overlay {path}", install=HINTS[QEMU_IMG])
     return path
 
 
@@ -138,7 +126,7 @@ def empty_ext4(path: Path, size: int, label: str) -> Path:
     with open(path, "wb") as f:
         f.truncate(size)
     try:
-        run([MKFS, "-q", "-F", "-E", LAZY, "-L", label, str(path)], f"cannot format {path}")
+        run_tool([MKFS, "-q", "-F", "-E", LAZY, "-L", label, str(path)], f"cannot format {path}", install=HINTS[MKFS])
     except RunvError:
         path.unlink(missing_ok=True)
         raise

@@ -15,13 +15,13 @@ import threading
 from pathlib import Path
 
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv.oci.config import Process
-from runv.sandbox import console, control
-from runv.sandbox.shim import NOT_FORWARDED, exit_code
-from runv.sandbox.spawn import OK, spawn_session, wait_exit_code, write_pid_file
-from runv.sandbox.state import Store
-from runv.sandbox.stdio import start_pump, write_all
+from runv import terminal as console, control
+from runv.shim.server import NOT_FORWARDED, exit_code
+from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
+from runv.state import Store
+from runv.stdio import start_pump, write_all
 from runv.settings import Settings
 
 STDIN, STDOUT, STDERR = 0, 1, 2  # stream channels between an exec relay and the shim

@@ -1,0 +1,38 @@
+"""Running host tools with errors for people, and reading what a VM printed last."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from runv.api.errors import RunvError
+
+
+def run_tool(argv: Sequence[str], what: str, hint: str = "", *, install: str = "", cwd: Path | None = None,
+             input: str | None = None, env: dict[str, str] | None = None, timeout: float | None = None) -> str:
+    """Runs a host tool and returns its stdout. A missing tool, a timeout or a non-zero exit
+    raises RunvError as one line: what failed, the tool's last words, and ``hint`` (what to
+    do) when given; ``install`` says how to get a missing tool."""
+    tool = Path(argv[0]).name
+    try:
+        result = subprocess.run(list(argv), cwd=cwd, input=input, env=env, capture_output=True, text=True, timeout=timeout,
+                                stdin=None if input is not None else subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise RunvError(f"{what}: {tool} is not installed ({install or hint or 'install it'})") from None
+    except subprocess.TimeoutExpired:
+        raise RunvError(f"{what}: {tool} did not finish within {timeout:.0f} s") from None
+    if result.returncode != 0:
+        words = " | ".join(line.strip() for line in (result.stderr or result.stdout).strip().splitlines()[-3:])
+        raise RunvError(f"{what}: {tool} failed (exit {result.returncode}): {words or 'no output'}" + (f"; {hint}" if hint else ""))
+    return result.stdout
+
+
+def last_words(log: Path, lines: int = 5) -> str:
+    """The last non-empty lines of a VM's console log (its guest console and the VMM's
+    stderr), joined into one line for error messages."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:]) or "no output"

@@ -1,1 +1,0 @@
-"""VM specs, container state, lifecycle and the per-container shim."""

@@ -1,0 +1,139 @@
+"""Bringing a container's VM up: its VMSpec, checked against what the hypervisor can do,
+booted (or restored from a template), the agent connected and the rootfs mounted.
+
+The guest's mounts are built here from the hypervisor's capabilities: a storage plugin
+names a share by tag and a disk by serial, and this module turns them into what the
+guest mounts (9p, virtio-fs, a device path), so no plugin hard-codes a transport.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import attrs
+
+from runv.api.errors import RunvError
+from runv.api.hypervisor import Capabilities
+from runv.api.vm import SERIAL, SHARE, GuestMount, StorageAttachment, VMSpec, to_json
+from runv.log import logger
+
+if TYPE_CHECKING:
+    from runv.api.container import Container
+    from runv.api.hypervisor import VM
+    from runv.hooks import Hooks
+    from runv.settings import Settings
+    from runv.shim.agentclient import AgentClient
+
+AGENT_TIMEOUT = 120.0  # seconds from VMM start to agent ready (TCG on a loaded 2-core host)
+CONSOLE_TAIL = 15  # console lines quoted when a VM dies during boot
+GUEST_DEVICES = "io.runv.guest-devices"  # "true": the container's /dev is the VM's devtmpfs
+
+
+def kernel_args(debug: bool, caps: Capabilities) -> tuple[str, ...]:
+    """The kernel arguments of every runv VM (a template's too: they are part of its shape)."""
+    return ("panic=-1", "rdinit=/init", *caps.agent.kernel_args()) + (("runv.debug",) if debug else ("quiet",))
+
+
+def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, **fields) -> VMSpec:
+    """The VMSpec every runv VM starts from; ``fields`` add devices or change sizes."""
+    return VMSpec(
+        name=name,
+        state_dir=state_dir,
+        kernel=settings.kernel,
+        initrd=settings.initrd,
+        agent_socket=state_dir / "agent.sock",
+        console_log=state_dir / "console.log",
+        kernel_args=kernel_args(settings.debug, caps),
+        debug=settings.debug,
+        **fields,
+    )
+
+
+def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container: Container,
+                 attachment: StorageAttachment) -> VMSpec:
+    """The container's VM: its storage, then what the network and other plugins add."""
+    vm = base_vm(settings, caps, container.id, container.state_dir, shares=attachment.shares, disks=attachment.disks)
+    for extra in hooks.configure_net(container=container):
+        vm = vm.with_contribution(extra)
+    for extra in hooks.prepare_vm(container=container, vm=vm):
+        vm = vm.with_contribution(extra)
+    return vm
+
+
+def check_vm(vm: VMSpec, caps: Capabilities, hypervisor: str) -> None:
+    """Refuses, in one line, a share, disk or NIC the hypervisor cannot honour."""
+    if vm.shares and caps.shared_fs is None:
+        share = vm.shares[0]
+        raise RunvError(f"hypervisor {hypervisor!r} cannot share host directories with a VM, and container {vm.name} "
+                        f"needs {share.path} as share {share.tag!r}: use a storage mode that gives the rootfs as a "
+                        f"disk (io.runv.storage.mode=block) and no directory volumes")
+    for disk in vm.disks:
+        if disk.format not in caps.disk_formats:
+            raise RunvError(f"hypervisor {hypervisor!r} cannot attach {disk.format} disks ({disk.path}); "
+                            f"it takes {', '.join(caps.disk_formats)}")
+    if caps.disk_prefix and len(vm.disks) > 26:
+        raise RunvError(f"hypervisor {hypervisor!r} names disks by letter: at most 26, not {len(vm.disks)}")
+    if vm.nics and not caps.nics:
+        raise RunvError(f"hypervisor {hypervisor!r} cannot give a VM network interfaces, and the network namespace of "
+                        f"container {vm.name} has {len(vm.nics)}: use another hypervisor, or a namespace without them")
+
+
+def guest_mount(entry: GuestMount, vm: VMSpec, caps: Capabilities) -> dict:
+    """One mount as the agent makes it: a share as the hypervisor serves it, a disk by the
+    name the guest gives it."""
+    source, fstype, options = entry.source, entry.fstype, entry.options
+    if fstype == SHARE:
+        served = caps.shared_fs
+        share = next((s for s in vm.shares if s.tag == source), None)
+        if served is None or share is None:
+            raise RunvError(f"the mount of share {source!r} names no share of the VM")
+        source = str(share.path) if served.source == "path" else share.tag
+        fstype, options = served.fstype, ",".join(filter(None, [served.options, options]))
+    elif source.startswith(SERIAL) and caps.disk_prefix:
+        serial = source[len(SERIAL):]
+        index = next((i for i, d in enumerate(vm.disks) if d.serial == serial), None)
+        if index is None:
+            raise RunvError(f"the mount of disk {serial!r} names no disk of the VM")
+        source = caps.disk_device(index)
+    return {**to_json(entry), "source": source, "fstype": fstype, "options": options}
+
+
+def prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities) -> dict:
+    """The agent's ``prepare``: the rootfs, the mount plan around it, hostname and /dev."""
+    root = guest_mount(attachment.rootfs, vm, caps)
+    return {
+        "rootfs": {key: root[key] for key in ("source", "fstype", "options", "readonly")},
+        "mounts": [guest_mount(m, vm, caps) for m in attachment.mounts],
+        "hostname": container.spec.hostname,
+        "guest_devices": container.annotations.get(GUEST_DEVICES) == "true",
+    }
+
+
+def attach_nic(vm: VM, caps: Capabilities, nic) -> None:
+    """Hot-plugs a NIC a network plugin wired after boot (``sync_net``'s ``attach``)."""
+    if not caps.nic_hotplug:
+        raise RunvError(f"hypervisor {vm.hypervisor!r} cannot hot-plug network interfaces (NIC {nic.id})")
+    vm.attach_nic(nic)
+
+
+def connect_agent(vm_spec: VMSpec, vm: VM, caps: Capabilities, on_data: Callable, on_event: Callable) -> AgentClient:
+    """Waits for the booted guest's agent; a VM that dies meanwhile fails with its last words."""
+    from runv.shim.agentclient import AgentClient
+
+    def gone() -> str | None:
+        if vm.alive():
+            return None
+        return f"the VM of container {vm_spec.name} exited during boot: {vm_spec.last_words(CONSOLE_TAIL)}"
+
+    started = time.monotonic()
+    agent = AgentClient.connect(vm_spec.agent_socket, on_data, on_event, timeout=AGENT_TIMEOUT, alive=gone,
+                                preamble=caps.agent.connect_preamble)
+    logger.debug("agent ready after %.2f s: %s", time.monotonic() - started, agent.ready_info)
+    return agent
+
+
+def without_nics(vm: VMSpec) -> tuple[VMSpec, tuple]:
+    """``vm`` without its NICs, and the NICs (a template restore hot-plugs them after)."""
+    return attrs.evolve(vm, nics=()), vm.nics

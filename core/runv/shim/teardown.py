@@ -1,0 +1,41 @@
+"""Taking a container's VM down: the one teardown the shim runs when its container exits
+(or its create fails) and ``delete`` runs again on whatever a crash left behind."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runv.log import logger
+from runv.shim import volumes
+
+if TYPE_CHECKING:
+    from runv.api.container import Container
+    from runv.api.hypervisor import VM
+    from runv.api.vm import StorageAttachment
+    from runv.hooks import Hooks
+
+
+def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: StorageAttachment | None,
+             force: bool = False) -> None:
+    """Stops the VM, releases the network, detaches the storage and unmounts the volumes'
+    host staging, in that order. Every step runs even when an earlier one failed (a VMM
+    that cannot be stopped must not keep a tap or a mount alive); the first failure is
+    raised once all have run. Each step converges when there is nothing left to undo."""
+    steps = [
+        ("stop the VM", (lambda: vm.stop(force=force)) if vm is not None else None),
+        ("release the network", lambda: hooks.release_net(container=container)),
+        ("detach the storage", (lambda: hooks.detach_storage(container=container, attachment=attachment))
+         if attachment is not None else None),
+        ("unmount the volumes", lambda: volumes.release(container.state_dir)),
+    ]
+    first = None
+    for what, step in steps:
+        if step is None:
+            continue
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the remaining steps must still run
+            logger.error("container %s: cannot %s: %s", container.id, what, exc)
+            first = first or exc
+    if first is not None:
+        raise first

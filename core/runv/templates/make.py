@@ -1,0 +1,96 @@
+"""Making a template: boot a VM of a given shape to agent-ready and save it (``runv template create``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runv.api.errors import RunvError
+from runv.api.vm import Share
+from runv.log import logger
+from runv.templates import match
+from runv.templates.store import RECORD, check_name, directory
+
+if TYPE_CHECKING:
+    from runv.settings import Settings
+
+DEFAULT_SHARES = ("rootfs",)  # the overlay plugin's share mode: the rootfs over the hypervisor's shared fs
+DEFAULT_HOTPLUG_SLOTS = 2  # what the net plugin keeps free in every VM
+LEFTOVERS = ("agent.sock", "qmp.sock", "console.log")  # run-time files of the template VM, not part of it
+
+
+def create(
+    settings: Settings,
+    *,
+    name: str | None = None,
+    memory_mib: int = 256,
+    vcpus: int = 1,
+    shares: tuple[str, ...] = DEFAULT_SHARES,
+    hotplug_slots: int = DEFAULT_HOTPLUG_SLOTS,
+    compress: bool = False,
+) -> dict:
+    """Boots a VM of this shape to agent-ready, saves it as a template; returns its record."""
+    from runv import loader
+    from runv.shim.bringup import base_vm, connect_agent
+
+    for what, path in (("kernel", settings.kernel), ("initrd", settings.initrd)):
+        if not path.is_file():
+            raise RunvError(f"guest {what} {path} does not exist: run `runv guest build` (or pass --{what})")
+    if memory_mib < 64 or vcpus < 1:
+        raise RunvError("a template needs at least 64 MiB of memory and 1 vCPU")
+    hypervisor = loader.choose_hypervisor(settings.hypervisor, logger.debug)
+    support = hypervisor.info.templates
+    if support is None:
+        raise RunvError(f"hypervisor {hypervisor.name!r} cannot make VM templates")
+    caps = hypervisor.info.capabilities
+    base = directory()
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(f"{base}/.making-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700)
+    try:
+        empty = work / "empty"  # what the template's shares point at: they are never mounted
+        empty.mkdir()
+        spec = base_vm(settings, caps, "template", work, memory_mib=memory_mib, vcpus=vcpus, hotplug_slots=hotplug_slots,
+                       shares=tuple(Share(tag=tag, path=empty, readonly=True) for tag in shares))
+        vm_shape = match.shape(spec, hypervisor.name, support)
+        if vm_shape is None:
+            raise RunvError(f"hypervisor {hypervisor.name!r} cannot make a template of this shape")
+        name = name or match.default_name(vm_shape)
+        check_name(name)
+        started = time.monotonic()
+        vm = support.boot(spec, work, compress)
+        try:
+            connect_agent(spec, vm, caps, lambda *_: None, lambda _m: None).close()
+            saved = vm.save(work)
+        finally:
+            vm.stop(force=True)
+        record = {
+            "name": name,
+            "created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "seconds": round(time.monotonic() - started, 2),
+            "source": match.source(spec.kernel, spec.initrd, digest=True),
+            "shape": vm_shape,
+            "shares": list(shares),
+            "saved": saved,
+        }
+        for leftover in LEFTOVERS:
+            (work / leftover).unlink(missing_ok=True)
+        empty.rmdir()
+        fd = os.open(work / RECORD, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+        final = base / name
+        if final.exists():
+            old = Path(f"{base}/.old-{name}-{os.getpid()}")
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(work, final)
+        return record
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

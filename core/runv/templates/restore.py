@@ -1,0 +1,104 @@
+"""Starting a container's VM from a template: pick one (:mod:`runv.templates.match`),
+restore it, make the clone its own (clock, RNG seed) and hot-plug its NICs; on any failure
+the clone is stopped and the container boots cold."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Callable
+
+import attrs
+
+from runv.api.errors import RunvError
+from runv.log import logger
+from runv.templates import match, store
+
+if TYPE_CHECKING:
+    from runv.api.hypervisor import VM
+    from runv.api.vm import VMSpec
+    from runv.loader import Hypervisor
+    from runv.shim.agentclient import AgentClient
+
+POKE_TIMEOUT = 20.0  # seconds for a restored agent to answer its first request
+
+
+def choose(choice: str, vm: VMSpec, hypervisor: Hypervisor) -> tuple[dict | None, str | None]:
+    """The template record to start ``vm`` from, or None and why not (a warning, or None)."""
+    wanted = match.shape(vm, hypervisor.name, hypervisor.info.templates)
+    current = match.source(vm.kernel, vm.initrd)
+    if choice in (match.AUTO, match.OFF) or wanted is None:
+        candidates = store.all_records() if choice == match.AUTO and wanted is not None else []
+    else:
+        try:
+            candidates = [store.read(choice)]
+        except RunvError as exc:
+            return None, str(exc)
+    record, warning = match.select(choice, wanted, current, candidates, store.directory(), hypervisor.name)
+    if record is None and warning is None and choice == match.AUTO:
+        logger.debug("no template has this VM's shape: %s", wanted)
+    return record, warning
+
+
+def restore(choice: str, vm: VMSpec, hypervisor: Hypervisor, on_data: Callable, on_event: Callable,
+            persist: Callable[[VM], None], attach_nic: Callable[[VM, object], None]) -> tuple[VM, AgentClient] | None:
+    """Starts ``vm`` from a template when one fits: the running VM and its agent, connected
+    and made its own, with ``vm``'s NICs hot-plugged (``persist(vm)`` records the VM as soon
+    as it runs). None (after a warning when one is due) to boot cold."""
+    nics, bare = vm.nics, attrs.evolve(vm, nics=())  # a NIC's MAC is device state: hot-plugged after
+    try:
+        record, warning = choose(choice, bare, hypervisor)
+    except (RunvError, OSError) as exc:
+        record, warning = None, f"templates not used: {exc}"
+    if record is not None:
+        name = record["name"]
+        try:
+            clone = hypervisor.info.templates.restore(bare, store.directory() / name, record["saved"])
+        except RunvError as exc:
+            clone, warning = None, f"template {name!r} not used: {exc}"
+        if clone is not None:
+            persist(clone)
+            try:
+                agent = poke(bare, name, on_data, on_event, hypervisor.info.capabilities.agent.connect_preamble)
+                try:
+                    for nic in nics:
+                        attach_nic(clone, nic)
+                except RunvError:
+                    agent.close()
+                    raise
+            except RunvError as exc:
+                warning = f"template {name!r} not used: {exc}"
+                clone.stop(force=True)
+            else:
+                logger.info("container %s: VM restored from template %s", vm.name, name)
+                store.note(vm.state_dir, {"template": name})
+                return clone, agent
+    if warning:
+        logger.warning("%s; booting cold", warning)
+        store.note(vm.state_dir, {"warning": f"{warning}; booting cold", "named": choice != match.AUTO})
+    return None
+
+
+def poke(vm: VMSpec, name: str, on_data: Callable, on_event: Callable, preamble: str = "") -> AgentClient:
+    """Connects to a restored agent and makes the clone its own (clock, RNG seed)."""
+    from runv.api.sockets import connect_unix
+    from runv.shim.agentclient import AgentClient, AgentError
+
+    adopted = []  # until the clone answers, the shim must not see this client's events
+
+    try:
+        sock = connect_unix(vm.agent_socket)
+        if preamble:
+            AgentClient.handshake(sock, preamble)
+    except OSError as exc:
+        raise RunvError(f"cannot connect to the restored VM's agent: {exc.strerror or exc}") from None
+    client = AgentClient(sock, lambda *a: adopted and on_data(*a), lambda m: adopted and on_event(m))
+    try:
+        reply = client.call("clone", timeout=POKE_TIMEOUT, seed=os.urandom(64).hex(), time=time.time())
+    except AgentError as exc:
+        client.close()
+        raise RunvError(f"the restored guest agent did not answer: {exc}") from None
+    client.ready_info = {"event": "ready", "template": name, **{k: v for k, v in reply.items() if k not in ("id", "ok")}}
+    client.ready.set()
+    adopted.append(True)
+    return client

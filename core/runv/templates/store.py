@@ -1,0 +1,82 @@
+"""Where templates live (``/var/lib/runv/templates``, or ``$RUNV_TEMPLATE_DIR``): one
+directory per template holding its files and ``template.json``, and the note a container's
+state directory keeps of the template it started from."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from runv.api.errors import RunvError
+from runv.templates.match import AUTO, OFF
+
+DIR_ENV = "RUNV_TEMPLATE_DIR"
+DEFAULT_DIR = Path("/var/lib/runv/templates")
+RECORD = "template.json"
+RESULT = "template.json"  # in a container's state directory: the template used, or why none
+
+
+def directory() -> Path:
+    return Path(os.environ.get(DIR_ENV) or DEFAULT_DIR)
+
+
+def read(name: str) -> dict:
+    path = directory() / name / RECORD
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunvError(f"template {name!r} does not exist in {directory()} (see `runv template list`)") from None
+    except (OSError, ValueError) as exc:
+        raise RunvError(f"template {name!r}: cannot read {path}: {exc}") from None
+
+
+def all_records() -> list[dict]:
+    """Every template's record, newest first (unreadable ones are skipped)."""
+    found = []
+    base = directory()
+    if not base.is_dir():
+        return []
+    for entry in base.iterdir():
+        if entry.name.startswith(".") or not (entry / RECORD).is_file():
+            continue
+        try:
+            found.append(json.loads((entry / RECORD).read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda r: r.get("created", ""), reverse=True)
+
+
+def check_name(name: str) -> None:
+    if not name or name.startswith(".") or "/" in name or name in (AUTO, OFF):
+        raise RunvError(f"invalid template name {name!r}: not auto/off, no '/', not starting with '.'")
+
+
+def remove(name: str) -> None:
+    check_name(name)
+    path = directory() / name
+    if not (path / RECORD).exists() and not path.is_dir():
+        raise RunvError(f"template {name!r} does not exist in {directory()}")
+    shutil.rmtree(path)
+
+
+def note(state_dir: Path, what: dict) -> None:
+    """Records in the container's state directory whether it started from a template
+    (``create`` prints a warning found there)."""
+    where = state_dir if state_dir.is_absolute() else Path.cwd()  # the shim runs in it
+    try:
+        (where / RESULT).write_text(json.dumps(what))
+    except OSError:
+        pass
+
+
+def warning_of(state_dir: Path) -> str | None:
+    """The warning the shim recorded about the template named by ``--template NAME`` for
+    this container, if any. (Under ``auto`` a stale or broken template is only logged:
+    the container's caller reads create's stderr, and nothing asked for that template.)"""
+    try:
+        result = json.loads((state_dir / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    return result.get("warning") if result.get("named") else None
