@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import pytest
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv.image import builder, kernel
 from runv.image.cpio import Archive
 

@@ -2,8 +2,8 @@
 
 import inspect
 
-from runv import hookimpl, hookspecs
-from runv.plugins import Hooks
+from runv.api import hookimpl, hookspecs
+from runv.loader import Hooks
 
 
 def spec_names():

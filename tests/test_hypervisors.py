@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runv.errors import RunvError
-from runv.sandbox.vmspec import Disk, Share, VMSpec
+from runv.api.errors import RunvError
+from runv.api.vm import Disk, Share, VMSpec
 
 GOLDEN = Path(__file__).with_name("golden")
 HAS_KVM = os.path.exists("/dev/kvm")
@@ -163,7 +163,7 @@ def test_agent_over_a_serial_tty_through_the_relay(tmp_path):
     """The kvmtool agent path without kvmtool: the guest agent on one end of a pty (as on
     ttyS1), the relay serving the other end at a unix socket, a host client pinging."""
     from runv.agent.guest import Agent, serial_channel
-    from runv.agent.host import AgentClient
+    from runv.shim.agentclient import AgentClient
 
     assert serial_channel(["quiet", "runv.agent=/dev/ttyS1"]) == "/dev/ttyS1"
     master, slave = pty.openpty()

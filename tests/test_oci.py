@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from runv.errors import RunvError
+from runv.api.errors import RunvError
 from runv.oci.config import load_bundle, parse_process, parse_spec
-from runv.oci.template import default_spec
+from runv.oci.default_spec import default_spec
 
 GOOD = {
     "ociVersion": "1.0.2",

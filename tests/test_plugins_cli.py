@@ -124,7 +124,7 @@ def test_hot_commands_import_no_plugin_machinery(args, tmp_path, env):
     assert imported, out.stderr
     heavy = [m for m in imported if m.split(".")[0] in ("pluggy", "qemu", "runv_qemu", "runv_tcg", "runv_kvmtool",
                                                         "runv_xen", "runv_overlay", "tomllib")
-             or m in ("runv.plugins", "runv.cli.check.", "runv.hookspecs")]
+             or m in ("runv.loader", "runv.cli.check.", "runv.hookspecs")]
     assert heavy == []
 
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import RUNV, vm_processes_in
-from runv.errors import RunvError
-from runv.sandbox.lookpath import check_program
+from runv.api.errors import RunvError
+from runv.runtime.lookpath import check_program
 from test_exec_tty import ConsoleReceiver as Receiver
 from test_exec_tty import read_until
 

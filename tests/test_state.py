@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from runv.errors import RunvError
-from runv.sandbox.lifecycle import parse_signal
-from runv.sandbox.state import Record, Store, process_start_time, validate_id
+from runv.api.errors import RunvError
+from runv.runtime.verbs import parse_signal
+from runv.state import Record, Store, process_start_time, validate_id
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "..", "a..b", "-x", "a b"])

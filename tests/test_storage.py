@@ -16,9 +16,10 @@ import pytest
 
 from conftest import RUNV, vm_processes_in
 
-from runv.errors import RunvError
-from runv.storage import config as storage_config
-from runv.storage import images, volumes
+from runv.api.errors import RunvError
+from runv.api import storage as storage_config
+from runv.api import images
+from runv.shim import volumes
 
 
 def tree_hash(root: Path) -> str:
