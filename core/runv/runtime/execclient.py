@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
 from runv.api.errors import RunvError
+from runv.api.sockets import connect_unix
 from runv.oci.config import Process
 from runv import terminal as console, control
 from runv.shim.server import NOT_FORWARDED, exit_code
@@ -51,7 +52,7 @@ class Relay:
 
     def start(self) -> int:
         """Has the shim start the process; returns its guest PID."""
-        self.sock = control.connect_unix(self.state_dir / control.SOCKET)
+        self.sock = connect_unix(self.state_dir / control.SOCKET)
         self.sock.sendall(json.dumps({"op": "exec", "process": self.process.to_json()}).encode() + b"\n")
         line = b""
         while not line.endswith(b"\n"):  # byte by byte: frames follow the reply on this socket
