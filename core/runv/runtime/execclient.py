@@ -18,8 +18,9 @@ from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
 from runv.api.errors import RunvError
 from runv.api.sockets import connect_unix
 from runv.oci.config import Process
-from runv import terminal as console, control
-from runv.shim.server import NOT_FORWARDED, exit_code
+from runv import terminal as console
+from runv.shim import control
+from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 from runv.state import Store
 from runv.stdio import start_pump, write_all

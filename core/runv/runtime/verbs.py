@@ -203,7 +203,7 @@ def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | No
     the container (as ``runc run`` does) and returns the container's exit code."""
     from runv.oci.config import load_bundle
     from runv import terminal as console
-    from runv.shim.server import NOT_FORWARDED
+    from runv.shim.control import NOT_FORWARDED
 
     if console_socket is None and load_bundle(bundle.resolve())[0].process.terminal:
         if detach:

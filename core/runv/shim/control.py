@@ -1,14 +1,22 @@
-"""Talking to a container's shim over its control socket (one JSON line each way)."""
+"""Talking to a container's shim over its control socket (one JSON line each way), and what
+the shim and its clients agree on: which signals are relayed, how an exit becomes a code."""
 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from runv.api.errors import RunvError
 from runv.api.sockets import connect_unix
 
 SOCKET = "shim.sock"
+NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGPIPE}
+
+
+def exit_code(status: dict) -> int:
+    """An agent exit event as a shell-style exit code."""
+    return status["code"] if "code" in status else 128 + status["signal"]
 
 
 def call(state_dir: Path, op: str, timeout: float = 60.0, **args) -> dict:

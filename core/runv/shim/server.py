@@ -31,6 +31,7 @@ from runv.runtime.ocihooks import run_hooks
 from runv.runtime.spawn import OK
 from runv.shim import bringup, control, volumes
 from runv.shim.agentclient import AgentClient, AgentError
+from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.shim.teardown import teardown
 from runv.stdio import start_pump, write_all
 
@@ -43,15 +44,9 @@ if TYPE_CHECKING:
 
 INIT = "init"  # the agent's name for the container process
 STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}  # the container process's agent channels
-NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGPIPE}
 BENIGN = {signal.SIGCONT, signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG}  # do not stop a created container
 REPLY_GRACE = 10.0  # seconds an exiting shim waits to answer requests in flight
 CLOSED_CODE = 255  # the exit code when the VM closes the agent channel without an exit
-
-
-def exit_code(status: dict) -> int:
-    """An agent exit event as a shell-style exit code."""
-    return status["code"] if "code" in status else 128 + status["signal"]
 
 
 class Shim:
