@@ -1,36 +1,54 @@
-"""The guest agent and the host client over a socketpair: the same code as in the VM,
-without the VM (processes run on the host, without chroot)."""
+"""The guest agent and the host client over a socketpair, a unix socket (``--socket``
+mode) and, where the host has vsock loopback, vsock: the same code as in the VM, without
+the VM (processes run on the host, without chroot)."""
 
+import contextlib
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
-from runv.agent.guest import Agent
-from runv.agent.host import AgentClient, AgentError
+from runv.agent.__main__ import parse_args
+from runv.agent.channel import find_port, listen_vsock, serial_channel, vsock_port
+from runv.agent.loop import Agent
 from runv.agent.protocol import CTRL, DATA, FrameReader, ProtocolError, encode_ctrl, encode_data
+from runv.shim.agentclient import AgentClient, AgentError
+
+VMADDR_CID_LOCAL = 1  # socket.VMADDR_CID_LOCAL from Python 3.12 on
 
 
 class Peer:
-    """A forked agent and a connected client that records streams and events."""
+    """A connected client that records streams and events; ``stop()`` ends the agent."""
 
-    def __init__(self):
-        host, guest = socket.socketpair()
-        self.pid = os.fork()
-        if self.pid == 0:
-            host.close()
-            try:
-                Agent(guest.detach(), rootfs="/").run()
-            finally:
-                os._exit(0)
-        guest.close()
+    def __init__(self, sock, pid, stop):
+        self.pid = pid
+        self.stop = stop
         self.output: dict[int, bytearray] = {}
         self.eof: set[int] = set()
         self.exits: dict[str, dict] = {}
         self.exited = threading.Condition()
-        self.client = AgentClient(host, self.on_data, self.on_event)
+        self.client = AgentClient(sock, self.on_data, self.on_event)
         assert self.client.ready.wait(10)
+
+    @classmethod
+    def forked(cls, serve=lambda fd: Agent(fd, rootfs="/").run()):
+        """An agent forked on one end of a socketpair."""
+        host, guest = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            host.close()
+            try:
+                serve(guest.detach())
+            finally:
+                os._exit(0)
+        guest.close()
+        return cls(host, pid, lambda: os.waitpid(pid, 0))
 
     def on_data(self, channel, payload):
         if payload:
@@ -51,12 +69,12 @@ class Peer:
 
     def close(self):
         self.client.close()
-        os.waitpid(self.pid, 0)
+        self.stop()
 
 
 @pytest.fixture
 def peer():
-    p = Peer()
+    p = Peer.forked()
     yield p
     p.close()
 
@@ -140,3 +158,161 @@ def test_stats_report_cpu_memory_pids(peer):
     assert stats["cpu"]["total"] > 0 and len(stats["cpu"]["percpu"]) == os.cpu_count()
     assert 0 < stats["memory"]["usage"] < stats["memory"]["limit"]
     assert stats["pids"] >= 1 and stats["oom_kills"] >= 0
+
+
+def test_signal_all_off_pid_1_reaches_only_the_agents_processes(peer):
+    exec_(peer, "a", ["sleep", "30"])
+    exec_(peer, "b", ["sleep", "30"], base=10)
+    peer.client.call("signal", all=True, signal=15)
+    assert peer.wait_exit("a")["signal"] == 15 and peer.wait_exit("b")["signal"] == 15
+
+
+# ---------------------------------------------------------------- channel selection
+
+
+def test_channel_is_picked_from_the_kernel_command_line():
+    assert serial_channel(["quiet", "runv.agent=/dev/ttyS1"]) == "/dev/ttyS1"
+    assert serial_channel(["quiet"]) is None and vsock_port(["quiet"]) is None
+    assert vsock_port(["console=ttyS0", "runv.agent=vsock:1024", "quiet"]) == 1024
+    assert serial_channel(["runv.agent=vsock:1024"]) is None  # vsock is not a tty
+    assert vsock_port(["runv.agent=/dev/hvc1"]) is None
+    for bad in ("vsock:", "vsock:x", "vsock:0", "vsock:-5", f"vsock:{1 << 32}"):
+        with pytest.raises(SystemExit, match="bad vsock port"):
+            vsock_port([f"runv.agent={bad}"])
+
+
+def test_virtio_serial_port_is_found_by_name(tmp_path):
+    for port, name in (("vport0p1", "org.qemu.guest_agent.0"), ("vport0p2", "org.runv.agent")):
+        (tmp_path / port).mkdir()
+        (tmp_path / port / "name").write_text(name + "\n")
+    assert find_port(str(tmp_path)) == "/dev/vport0p2"
+    (tmp_path / "vport0p2" / "name").write_text("other\n")
+    with pytest.raises(SystemExit, match="no virtio-serial port named org.runv.agent"):
+        find_port(str(tmp_path), timeout=0.1)
+
+
+def test_command_line_options():
+    assert parse_args([]) == {"socket": None, "rootfs": None, "debug": False}
+    assert parse_args(["--socket", "/s", "--rootfs=/r", "--debug"]) == {"socket": "/s", "rootfs": "/r", "debug": True}
+    for bad in (["--socket", "/s"], ["--rootfs", "/r"], ["--socket"], ["--frobnicate"], ["extra"]):
+        with pytest.raises(SystemExit, match="runv-agent"):
+            parse_args(bad)
+
+
+# ---------------------------------------------------------------- --socket mode
+
+
+@pytest.fixture
+def socket_agent(tmp_path):
+    """``python -m runv.agent --socket P --rootfs /`` as a host process: (socket path, Popen)."""
+    path = str(tmp_path / "agent.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "runv.agent", "--socket", path, "--rootfs", "/"])
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        assert proc.poll() is None and time.monotonic() < deadline, "the agent did not listen"
+        time.sleep(0.02)
+    yield path, proc
+    if proc.poll() is None:
+        proc.terminate()
+    assert proc.wait(10) == 0
+    assert not os.path.exists(path)
+
+
+def connect(path, pid):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    return Peer(sock, pid, lambda: None)
+
+
+def test_socket_mode_runs_the_real_agent_as_a_host_process(socket_agent):
+    path, proc = socket_agent
+    first = connect(path, proc.pid)
+    assert first.client.ready_info == {"event": "ready", "pid": proc.pid, "kernel": os.uname().release}
+    assert first.client.call("ping")["pid"] == proc.pid
+    exec_(first, "hi", ["echo", "hi"])
+    assert first.wait_exit("hi") == {"event": "exit", "proc": "hi", "code": 0}
+    assert first.output[2] == b"hi\n" and {2, 3} <= first.eof
+    exec_(first, "sleeper", ["sleep", "30"], base=10)
+    first.close()
+    # The agent goes back to accepting; its processes outlive the connection.
+    second = connect(path, proc.pid)
+    assert second.client.ready_info["pid"] == proc.pid
+    second.client.call("signal", proc="sleeper", signal=9)
+    assert second.wait_exit("sleeper")["signal"] == 9
+    with contextlib.suppress(AgentError):  # the channel closes as the agent exits, as a VM's does
+        second.client.call("poweroff", timeout=10)
+    assert proc.wait(10) == 0
+    second.close()
+
+
+def test_socket_mode_ends_its_processes_on_sigterm(socket_agent):
+    path, proc = socket_agent
+    peer = connect(path, proc.pid)
+    pid = exec_(peer, "sleeper", ["sleep", "30"])["pid"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    deadline = time.monotonic() + 5
+    while alive(pid):
+        assert time.monotonic() < deadline, "the agent's process outlived it"
+        time.sleep(0.02)
+    peer.close()
+
+
+def alive(pid):
+    """Whether ``pid`` runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------- vsock
+
+
+def vsock_loopback_port() -> int:
+    """A vsock port that loopback connections reach on this host, or pytest.skip with the reason."""
+    if not hasattr(socket, "AF_VSOCK"):
+        pytest.skip("this Python has no AF_VSOCK")
+    if shutil.which("modprobe"):
+        subprocess.run(["modprobe", "vsock_loopback"], capture_output=True)
+    port = 20000 + os.getpid() % 20000
+    try:
+        with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as server:
+            server.bind((socket.VMADDR_CID_ANY, port))
+            server.listen(1)
+            with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as probe:
+                probe.settimeout(2)
+                probe.connect((VMADDR_CID_LOCAL, port))
+    except OSError as exc:
+        pytest.skip(f"vsock loopback does not work on this host (the vsock_loopback module is needed): {exc}")
+    return port + 1  # a fresh port for the agent itself
+
+
+def test_vsock_channel_serves_a_host_connection():
+    port = vsock_loopback_port()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            Agent(listen_vsock(port), rootfs="/").run()
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            try:
+                sock.connect((VMADDR_CID_LOCAL, port))
+                break
+            except OSError:
+                sock.close()
+                assert time.monotonic() < deadline, "the agent did not listen on vsock"
+                time.sleep(0.05)
+        peer = Peer(sock, pid, lambda: None)
+        assert peer.client.ready_info["pid"] == pid
+        exec_(peer, "hi", ["echo", "hi"])
+        assert peer.wait_exit("hi")["code"] == 0 and peer.output[2] == b"hi\n"
+        peer.close()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

@@ -1,1 +1,1 @@
-"""Host/guest agent protocol, the host-side client and the guest agent (stdlib only)."""
+"""The host/guest agent protocol and the guest agent (stdlib only: it runs in the VM); ``python -m runv.agent`` starts it."""

@@ -12,4 +12,4 @@ mount -t tmpfs tmpfs /tmp
 while read -r module; do
     insmod "$module" 2>/dev/null || echo "runv-init: cannot load ${module##*/}"
 done </etc/runv/modules
-cd /usr/lib/runv-agent && exec /usr/bin/python3.11 -S -B -m runv.agent.guest
+cd /usr/lib/runv-agent && exec /usr/bin/python3.11 -S -B -m runv.agent

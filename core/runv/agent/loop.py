@@ -1,0 +1,182 @@
+"""The agent's event loop: one poll over the host channel and the processes' stdio, frames in, requests dispatched."""
+
+import errno
+import os
+import select
+import signal
+
+from runv.agent import identity, mounts, network, processes, stats, terminal
+from runv.agent.channel import Port, Stream
+from runv.agent.debug import log
+from runv.agent.errors import AgentError
+from runv.agent.proctable import ProcessTable
+from runv.agent.protocol import CTRL, FrameReader, ProtocolError, encode_ctrl
+
+ROOTFS = "/rootfs"  # where op_prepare mounts the container's rootfs and processes are chrooted
+READ_CHUNK = 65536  # bytes read from the host at once
+HIGH_WATER = 4 << 20  # stop reading process output while this much waits for the host
+IDLE_POLL_MS = 100  # poll timeout while the host is away or an exit waits for its output
+
+
+def op_poweroff(agent, message: dict) -> None:
+    """Syncs and powers the VM off. An agent that is not PID 1 (on the host: the tests,
+    ``--socket`` mode) kills its processes and stops serving instead, never the host."""
+    os.sync()
+    agent.flush()
+    if os.getpid() != 1:
+        agent.processes.kill_all(signal.SIGKILL)
+        agent.running = False
+        return
+    os.execv("/bin/busybox", ["poweroff", "-f"])
+
+
+# Every request the agent serves: op -> handler(agent, message), which returns the
+# reply's fields (or None) and refuses with AgentError; an OSError becomes "op: reason".
+OPERATIONS = {
+    "ping": identity.op_ping,
+    "clone": identity.op_clone,
+    "prepare": mounts.op_prepare,
+    "exec": processes.op_exec,
+    "signal": processes.op_signal,
+    "winsize": terminal.op_winsize,
+    "ps": stats.op_ps,
+    "stats": stats.op_stats,
+    "network": network.op_network,
+    "poweroff": op_poweroff,
+}
+
+
+class Agent:
+    """Serves the host over ``channel`` (see runv.agent.channel) until ``running`` is False.
+
+    ``channel`` may also be a bare fd: a connected socket (``run()`` returns when the host
+    closes it; ``Agent(fd, rootfs="/")`` runs processes without chroot, as the tests do),
+    or with ``is_port=True`` a virtio-serial port or tty whose host end comes and goes.
+    """
+
+    operations = OPERATIONS
+
+    def __init__(self, channel, *, rootfs: str = ROOTFS, is_port: bool = False) -> None:
+        if isinstance(channel, int):
+            channel = Port(channel) if is_port else Stream(channel)
+        self.channel = channel
+        self.rootfs = rootfs
+        self.reader = FrameReader()
+        self.outbuf = bytearray()
+        self.processes = ProcessTable(rootfs, self.send)
+        self.running = True
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def send(self, frame: bytes) -> None:
+        self.outbuf += frame
+
+    def ready_event(self) -> dict:
+        return {"event": "ready", **identity.identity()}
+
+    def run(self) -> None:
+        if self.channel.connected:
+            self.send(encode_ctrl(self.ready_event()))
+        while self.running:
+            self.step()
+
+    def step(self) -> None:
+        """One poll: the channel (or the host arriving), signals, process stdio; then exits."""
+        channel = self.channel
+        poller = select.poll()
+        if channel.connected:
+            channel_fd = channel.fd
+            poller.register(channel_fd, select.POLLIN | (select.POLLOUT if self.outbuf else 0))
+        else:
+            channel_fd, mask = channel.waiting()
+            poller.register(channel_fd, mask)
+        poller.register(self.wake_r, select.POLLIN)
+        self.processes.register(poller, read_output=len(self.outbuf) <= HIGH_WATER)
+        timeout = IDLE_POLL_MS if (not channel.connected or self.processes.pending_exits()) else None
+        try:
+            events = poller.poll(timeout)
+        except InterruptedError:
+            events = []
+        for fd, mask in events:
+            if fd == channel_fd:
+                self.on_channel(mask)
+            elif fd == self.wake_r:
+                self.drain_wakeups()
+            else:
+                self.processes.on_ready(fd)
+        self.processes.reap()
+        self.processes.flush_exits()
+
+    def on_channel(self, mask: int) -> None:
+        channel = self.channel
+        if not channel.connected:
+            if channel.arrived(mask):
+                self.reader = FrameReader()
+                self.send(encode_ctrl(self.ready_event()))
+            return
+        if mask & select.POLLOUT and self.outbuf:
+            self.flush()
+        if not channel.connected or not mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            return
+        try:
+            data = os.read(channel.fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                raise
+            data = b""
+        if not data:
+            self.on_disconnect()
+            return
+        try:
+            frames = self.reader.feed(data)
+        except ProtocolError as exc:
+            log(f"dropping connection: {exc}")
+            self.on_disconnect()
+            return
+        for kind, stream, payload in frames:
+            if kind == CTRL:
+                self.on_request(payload)
+            else:
+                self.processes.on_data(stream, payload)
+
+    def on_disconnect(self) -> None:
+        self.outbuf.clear()
+        if not self.channel.lost():
+            self.running = False
+
+    def flush(self) -> None:
+        if not self.channel.connected:
+            return
+        try:
+            written = os.write(self.channel.fd, self.outbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.on_disconnect()
+            return
+        del self.outbuf[:written]
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def on_request(self, message: dict) -> None:
+        request_id = message.get("id")
+        op = message.get("op", "")
+        handler = self.operations.get(op) if isinstance(op, str) else None
+        try:
+            if handler is None:
+                raise AgentError(f"unknown operation {op!r}")
+            result = handler(self, message) or {}
+            reply = {"id": request_id, "ok": True, **result}
+        except AgentError as exc:
+            reply = {"id": request_id, "error": str(exc)}
+        except OSError as exc:
+            reply = {"id": request_id, "error": f"{op}: {exc.strerror or exc}"}
+        self.send(encode_ctrl(reply))

@@ -1,0 +1,147 @@
+"""Starting a process the host asks for: fork, the child's set-up in order, exec, and the exec and signal requests."""
+
+import fcntl
+import os
+import signal
+import termios
+
+from runv.agent.errors import AgentError
+from runv.agent.terminal import open_pty, set_winsize
+
+
+class Process:
+    """A process the host started: its pid, streams and, once reaped, its status."""
+
+    def __init__(self, name: str, pid: int, streams: dict, tty_fd) -> None:
+        self.name = name
+        self.pid = pid
+        self.outputs = streams["outputs"]  # fd -> channel
+        self.stdin_fd = streams["stdin_fd"]
+        self.stdin_channel = streams["stdin_channel"]
+        self.stdin_queue = bytearray()
+        self.stdin_eof = False
+        self.tty_fd = tty_fd
+        self.status = None
+        self.exited_at = None
+
+
+def spawn(rootfs: str, name: str, message: dict) -> Process:
+    """Forks the process into the rootfs with its stdio on pipes or a pty; a failure in
+    the child before exec comes back through a close-on-exec pipe as AgentError."""
+    streams = message.get("streams", {})
+    tty = bool(message.get("tty"))
+    if tty:
+        master, slave = open_pty(rootfs)
+        set_winsize(master, message.get("rows", 0), message.get("cols", 0))
+        child_fds = (slave, slave, slave)
+        parent = {"outputs": {master: streams.get("stdout", 0)}, "stdin_fd": master}
+        close_in_parent = [slave]
+    else:
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        child_fds = (in_r, out_w, err_w)
+        parent = {"outputs": {out_r: streams.get("stdout", 0), err_r: streams.get("stderr", 0)}, "stdin_fd": in_w}
+        close_in_parent = [in_r, out_w, err_w]
+    parent["stdin_channel"] = streams.get("stdin", 0)
+    err_pipe_r, err_pipe_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child(rootfs, message, child_fds, tty, err_pipe_w)
+        except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
+            os.write(err_pipe_w, describe(exc, message["args"][0]).encode())
+        os._exit(127)
+    os.close(err_pipe_w)
+    for fd in close_in_parent:
+        os.close(fd)
+    failure = os.read(err_pipe_r, 4096)
+    os.close(err_pipe_r)
+    if failure:
+        os.waitpid(pid, 0)
+        for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
+            os.close(fd)
+        raise AgentError(failure.decode())
+    for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
+        os.set_blocking(fd, False)
+    return Process(name, pid, parent, master if tty else None)
+
+
+def child(rootfs: str, message: dict, fds: tuple, tty: bool, keep: int) -> None:
+    """Runs in the forked child: becomes the container process or raises. The steps run
+    in this order, each relying on the ones before; ``keep`` is the error pipe's fd."""
+    reset_signals()
+    take_stdio(fds, tty)
+    close_inherited_fds(keep)
+    enter_rootfs(rootfs, message.get("cwd") or "/")
+    set_user(message.get("user") or {})
+    env = dict(item.split("=", 1) for item in message.get("env", []) if "=" in item)
+    os.execvpe(message["args"][0], message["args"], env)
+
+
+def reset_signals() -> None:
+    """Every disposition back to default and no wakeup fd: the agent's handlers are its own."""
+    signal.set_wakeup_fd(-1)
+    for signum in range(1, signal.NSIG):
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+
+
+def take_stdio(fds: tuple, tty: bool) -> None:
+    """A session of its own, ``fds`` as fds 0-2 and, with a tty, it as the controlling terminal."""
+    os.setsid()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    if tty:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def close_inherited_fds(keep: int) -> None:
+    """Closes every fd above stdio but ``keep`` (the error pipe, which is close-on-exec)."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1024)
+
+
+def enter_rootfs(rootfs: str, cwd: str) -> None:
+    """chroot into the rootfs (not when it is "/": the agent on the host), then to ``cwd``."""
+    if rootfs != "/":
+        os.chroot(rootfs)
+        os.chdir("/")
+    os.chdir(cwd)
+
+
+def set_user(user: dict) -> None:
+    """Supplementary groups, gid, then uid (last: it gives up the right to change the others)."""
+    if user:
+        os.setgroups(user.get("additionalGids", []))
+        os.setgid(user.get("gid", 0))
+        os.setuid(user.get("uid", 0))
+
+
+def describe(exc: BaseException, program: str) -> str:
+    """What went wrong starting ``program``, phrased as runc does."""
+    if isinstance(exc, FileNotFoundError) and exc.filename in (None, program):
+        return f'exec: "{program}": executable file not found in $PATH'
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f'exec: "{program}": {exc.strerror}{where}'
+    return f'exec: "{program}": {exc}'
+
+
+def op_exec(agent, message: dict) -> dict:
+    return {"pid": agent.processes.start(message["proc"], message).pid}
+
+
+def op_signal(agent, message: dict) -> None:
+    signum = int(message["signal"])
+    if not message.get("all"):
+        os.kill(agent.processes.lookup(message["proc"]).pid, signum)
+    elif os.getpid() == 1:
+        try:
+            os.kill(-1, signum)  # from PID 1: every process but the agent itself
+        except ProcessLookupError:
+            pass
+    else:  # the agent as a host process (tests, --socket): its own processes, never the host's
+        agent.processes.kill_all(signum)

@@ -1,0 +1,154 @@
+"""The running processes by name and output fd: their stdio relayed to and from the host, their exits reaped and reported."""
+
+import os
+import select
+import time
+
+from runv.agent.errors import AgentError
+from runv.agent.processes import Process, spawn
+from runv.agent.protocol import encode_ctrl, encode_data
+
+OUTPUT_CHUNK = 65536  # bytes read from a process's stdout or stderr at once
+EXIT_GRACE = 1.0  # seconds an exited process's output may keep flowing before exit is sent
+
+
+class ProcessTable:
+    """The host's processes by name and by output fd; ``send`` takes the frames for the host."""
+
+    def __init__(self, rootfs: str, send) -> None:
+        self.rootfs = rootfs
+        self.send = send
+        self.by_name = {}  # name -> Process
+        self.by_fd = {}  # output fd -> Process
+
+    def start(self, name: str, message: dict) -> Process:
+        if name in self.by_name:
+            raise AgentError(f"process {name!r} already exists")
+        proc = spawn(self.rootfs, name, message)
+        self.by_name[name] = proc
+        for fd in proc.outputs:
+            self.by_fd[fd] = proc
+        return proc
+
+    def lookup(self, name: str) -> Process:
+        proc = self.by_name.get(name)
+        if proc is None or proc.status is not None:
+            raise AgentError(f"process {name!r} is not running")
+        return proc
+
+    def kill_all(self, signum: int) -> None:
+        """``signum`` to every process group the host started (each process leads its own session)."""
+        for proc in self.by_name.values():
+            if proc.status is None:
+                try:
+                    os.killpg(proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    # ---------------------------------------------------------------- stdio relay
+
+    def register(self, poller, read_output: bool) -> None:
+        """Outputs to read (unless the host is behind) and stdins with bytes waiting."""
+        if read_output:
+            for fd in self.by_fd:
+                poller.register(fd, select.POLLIN)
+        for proc in self.by_name.values():
+            if proc.stdin_fd is not None and proc.stdin_queue:
+                poller.register(proc.stdin_fd, select.POLLOUT)
+
+    def on_ready(self, fd: int) -> None:
+        """A process's output is readable or its stdin writable."""
+        if fd in self.by_fd:
+            self.on_output(fd)
+        else:
+            self.on_stdin_writable(fd)
+
+    def on_output(self, fd: int) -> None:
+        proc = self.by_fd[fd]
+        try:
+            data = os.read(fd, OUTPUT_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO from a pty master once the slave side is gone
+            data = b""
+        self.send(encode_data(proc.outputs[fd], data))
+        if not data:
+            self.close_output(fd)
+
+    def close_output(self, fd: int) -> None:
+        proc = self.by_fd.pop(fd)
+        del proc.outputs[fd]
+        if fd != proc.tty_fd:
+            os.close(fd)
+
+    def on_data(self, channel: int, payload: bytes) -> None:
+        """Stream bytes from the host: queued for the process whose stdin ``channel`` is."""
+        for proc in self.by_name.values():
+            if proc.stdin_channel == channel and proc.stdin_fd is not None:
+                if payload:
+                    proc.stdin_queue += payload
+                else:
+                    proc.stdin_eof = True
+                self.on_stdin_writable(proc.stdin_fd)
+                return
+
+    def on_stdin_writable(self, fd: int) -> None:
+        for proc in self.by_name.values():
+            if proc.stdin_fd == fd:
+                break
+        else:
+            return
+        try:
+            if proc.stdin_queue:
+                written = os.write(fd, proc.stdin_queue)
+                del proc.stdin_queue[:written]
+        except BlockingIOError:
+            return
+        except OSError:  # the process closed its stdin: drop what it will never read
+            proc.stdin_queue.clear()
+            proc.stdin_eof = True
+        if proc.stdin_eof and not proc.stdin_queue:
+            if fd == proc.tty_fd:
+                os.write(fd, b"\x04")  # end-of-file on a terminal is the EOF character
+            else:
+                os.close(fd)
+            proc.stdin_fd = None
+
+    # ---------------------------------------------------------------- exits
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for proc in self.by_name.values():
+                if proc.pid == pid and proc.status is None:
+                    proc.status = os.waitstatus_to_exitcode(status)
+                    proc.exited_at = time.monotonic()
+
+    def pending_exits(self) -> bool:
+        return any(p.status is not None for p in self.by_name.values())
+
+    def flush_exits(self) -> None:
+        """Sends ``exit`` once a process's output is drained (or after a grace period,
+        when a background child still holds its stdout open)."""
+        now = time.monotonic()
+        for name, proc in list(self.by_name.items()):
+            if proc.status is None:
+                continue
+            if proc.outputs and now - proc.exited_at < EXIT_GRACE:
+                continue
+            for fd in list(proc.outputs):
+                self.send(encode_data(proc.outputs[fd], b""))
+                self.close_output(fd)
+            if proc.stdin_fd is not None and proc.stdin_fd != proc.tty_fd:
+                os.close(proc.stdin_fd)
+            if proc.tty_fd is not None:
+                os.close(proc.tty_fd)
+            code = proc.status
+            status = {"code": code} if code >= 0 else {"signal": -code}
+            self.send(encode_ctrl({"event": "exit", "proc": name, **status}))
+            del self.by_name[name]
