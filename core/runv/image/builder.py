@@ -268,7 +268,7 @@ def _add_pycs(archive: Archive, sources: Iterable[tuple[Path, str]]) -> None:
 def _run_python(arguments: list[str], what: str, stdin: str | None = None) -> str:
     """Run the target Python in the guest's environment, from /, and return its stdout."""
     hint = f"check that {PYTHON} can import the agent"
-    return run_tool([str(PYTHON), *arguments], what, hint, cwd=Path("/"), stdin=stdin, env=GUEST_ENVIRONMENT)
+    return run_tool([str(PYTHON), *arguments], what, hint, cwd=Path("/"), input=stdin, env=GUEST_ENVIRONMENT)
 
 
 def shared_libraries(binary: Path) -> list[Path]:
