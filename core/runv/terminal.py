@@ -10,8 +10,8 @@ import select
 import signal
 import socket
 import struct
-import termios
 import tempfile
+import termios
 import tty
 from pathlib import Path
 from typing import Iterator

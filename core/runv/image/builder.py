@@ -33,9 +33,9 @@ from pathlib import Path
 
 import runv
 from runv.api.errors import RunvError
+from runv.api.tools import run_tool
 from runv.image import kernel
 from runv.image.cpio import Archive
-from runv.api.tools import run_tool
 
 BUILDER_VERSION = 1
 BUSYBOX = Path("/bin/busybox")

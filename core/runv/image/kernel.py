@@ -9,7 +9,6 @@ import lzma
 import os
 import re
 import shutil
-import subprocess
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Sequence

@@ -3,7 +3,6 @@
 import attrs
 
 OCI_VERSION = "1.0.2"
-STATUSES = ("creating", "created", "running", "paused", "stopped")
 
 
 @attrs.frozen
