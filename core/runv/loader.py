@@ -18,10 +18,10 @@ import attrs
 
 from runv.api.config import config, config_path
 from runv.api.errors import RunvError
+from runv.hooks import Hooks  # noqa: F401 - re-exported: runv.testing.hooks_with and plugin tests import it from here
 
 if TYPE_CHECKING:
     from runv.api.hypervisor import VM, HypervisorInfo
-    from runv.hooks import Hooks
 
 GROUPS = {"hypervisor": "runv.hypervisors", "storage": "runv.storage", "extra": "runv.plugins"}
 AUTO = "auto"
@@ -123,8 +123,6 @@ def hooks_of(info: PluginInfo) -> Hooks:
     """The plugin alone with the core's hooks; a misspelt or misshapen hook is a LoadError."""
     import pluggy
 
-    from runv.hooks import Hooks
-
     plugin = info.load()
     try:
         return Hooks((info.name, plugin))
@@ -210,8 +208,6 @@ def load(hypervisor: str, storage: str, log: Callable[[str], None] = lambda mess
     """Loads the selected hypervisor and storage plugins and the extras, all on one set of hooks."""
     import pluggy
 
-    from runv.hooks import Hooks
-
     chosen = choose_hypervisor(hypervisor, log)
     st_info = choose("storage", storage)
     plugins = [(chosen.name, chosen.hooks.pm.get_plugin(chosen.name)), (st_info.name, st_info.load())]
@@ -225,7 +221,6 @@ def load(hypervisor: str, storage: str, log: Callable[[str], None] = lambda mess
 def teardown_hooks(storage: str | None) -> Hooks:
     """The hooks teardown needs: the extras (``release_net``) and, when named, the storage
     plugin (``detach_storage``); a plugin that fails to load is logged and left out."""
-    from runv.hooks import Hooks
     from runv.log import logger
 
     plugins = extras()
