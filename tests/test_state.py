@@ -6,7 +6,8 @@ import pytest
 
 from runv.api.errors import RunvError
 from runv.runtime.verbs import parse_signal
-from runv.state import Record, Store, process_start_time, validate_id
+from runv.api.process import process_start_time
+from runv.state import Record, Store, validate_id
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "..", "a..b", "-x", "a b"])

@@ -19,7 +19,10 @@ from conftest import RUNV, vm_processes_in
 from runv.api.errors import RunvError
 from runv.api import storage as storage_config
 from runv.api import images
-from runv.shim import volumes
+from runv.api import NINEP_VIRTIO, VIRTIOFS, Capabilities, GuestMount
+from runv.api.vm import to_json as vm_json
+from runv.shim import bringup, volumes
+from runv.testing import vm_spec
 
 
 def tree_hash(root: Path) -> str:
@@ -55,7 +58,12 @@ def test_volume_plan_shares_dirs_and_files_alone(tmp_path):
     assert [(s.tag, s.path, s.readonly) for s in shares] == [("vol0", tmp_path / "d", True), ("vol1", staging / "vol1", False)]
     assert host_binds == ((tmp_path / "f", staging / "vol1/f"),)
     by_target = {m.target: m for m in mounts}
-    assert by_target["/data"].fstype == "9p" and by_target["/data"].readonly and by_target["/data"].in_rootfs
+    assert by_target["/data"] == GuestMount.of_share("vol0", options="", readonly=True, target="/data", in_rootfs=True)
+    # the core serves the share as the hypervisor's capabilities say (9p for QEMU, virtio-fs, ...)
+    vm = vm_spec(tmp_path / "state", shares=shares)
+    assert bringup.guest_mount(by_target["/data"], vm, Capabilities(shared_fs=NINEP_VIRTIO)) == {
+        **vm_json(by_target["/data"]), "source": "vol0", "fstype": "9p", "options": NINEP_VIRTIO.options}
+    assert bringup.guest_mount(by_target["/data"], vm, Capabilities(shared_fs=VIRTIOFS))["fstype"] == "virtiofs"
     assert by_target["/run/runv/volumes/vol1"].in_rootfs is False
     assert by_target["/etc/f"].fstype == "bind" and by_target["/etc/f"].source == "/run/runv/volumes/vol1/f"
     assert by_target["/etc/f"].options == "nosuid"
