@@ -71,8 +71,8 @@ def check_vm(vm: VMSpec, caps: Capabilities, hypervisor: str) -> None:
                         f"disk (io.runv.storage.mode=block) and no directory volumes")
     for disk in vm.disks:
         if disk.format not in caps.disk_formats:
-            raise RunvError(f"hypervisor {hypervisor!r} cannot attach {disk.format} disks ({disk.path}); "
-                            f"it takes {', '.join(caps.disk_formats)}")
+            takes = ", ".join(caps.disk_formats) or "no disks: use a storage mode that shares the rootfs"
+            raise RunvError(f"hypervisor {hypervisor!r} cannot attach {disk.format} disks ({disk.path}); it takes {takes}")
     if caps.disk_prefix and len(vm.disks) > 26:
         raise RunvError(f"hypervisor {hypervisor!r} names disks by letter: at most 26, not {len(vm.disks)}")
     if vm.nics and not caps.nics:
@@ -120,7 +120,7 @@ def attach_nic(vm: VM, caps: Capabilities, nic) -> None:
 
 def connect_agent(vm_spec: VMSpec, vm: VM, caps: Capabilities, on_data: Callable, on_event: Callable) -> AgentClient:
     """Waits for the booted guest's agent; a VM that dies meanwhile fails with its last words."""
-    from runv.shim.agentclient import AgentClient
+    from runv.shim.agentclient import AgentClient, AgentError
 
     def gone() -> str | None:
         if vm.alive():
@@ -128,8 +128,13 @@ def connect_agent(vm_spec: VMSpec, vm: VM, caps: Capabilities, on_data: Callable
         return f"the VM of container {vm_spec.name} exited during boot: {vm_spec.last_words(CONSOLE_TAIL)}"
 
     started = time.monotonic()
-    agent = AgentClient.connect(vm_spec.agent_socket, on_data, on_event, timeout=AGENT_TIMEOUT, alive=gone,
-                                preamble=caps.agent.connect_preamble)
+    try:
+        agent = AgentClient.connect(vm_spec.agent_socket, on_data, on_event, timeout=AGENT_TIMEOUT, alive=gone,
+                                    preamble=caps.agent.connect_preamble)
+    except AgentError as exc:
+        if vm.alive():  # a silent guest: its console is removed with the failed container, so quote it now
+            raise AgentError(f"{exc}: {vm_spec.last_words(CONSOLE_TAIL)}") from None
+        raise
     logger.debug("agent ready after %.2f s: %s", time.monotonic() - started, agent.ready_info)
     return agent
 
