@@ -1,15 +1,22 @@
 """Helpers for testing runv plugins (and runv itself); import them in a plugin's tests.
 
-- :func:`vm_spec` — a :class:`~runv.api.vm.VMSpec` in a temporary directory, for
-  golden tests of a hypervisor plugin's command line or config.
-- :func:`container` — a container (bundle, parsed spec, state directory) for hook tests.
-- :func:`hooks_with` — the core's hooks with your plugin registered in-process (no
-  install needed), to call ``attach_storage``/``probe``/... exactly as the core does.
+- :func:`vm_spec` — a :class:`runv.api.VMSpec` in a temporary directory, for golden
+  tests of a hypervisor plugin's command line or config.
+- :func:`container` — a :class:`runv.api.Container` (bundle, parsed spec, state
+  directory) for hook tests.
+- :func:`hooks_with` — :class:`runv.hooks.Hooks` with your plugin registered (no install
+  needed), to call ``attach_storage``/``probe``/... exactly as the core does.
+- :func:`registered` — your plugin installed for this process while a ``with`` block
+  runs (:func:`runv.loader.register_local`), so the core's own selection finds it:
+  ``with registered("hypervisor", "fake", fakevmm): verbs.create(...)``.
 - :func:`fake_distribution` — an installed-looking distribution (``dist-info`` with entry
-  points) in a directory you put on ``PYTHONPATH``, to test discovery and broken plugins.
-- :func:`run_runv` — the ``runv`` command next to the running interpreter, as a subprocess.
-- :func:`vm_processes_in` — QEMU processes whose state directory is under a directory,
-  to check that a test left no VM behind.
+  points) in a directory you put on ``PYTHONPATH``, for ``runv`` subprocesses, discovery
+  and broken plugins; :func:`fake_vmm_path` is one that installs the fake VMM.
+- :mod:`runv.testing.fakevmm` — a hypervisor plugin that runs the real guest agent as a
+  host process instead of a VM: whole containers in seconds, without QEMU.
+- :func:`vm_processes_in` — VM processes (QEMU's, or the fake VMM's agents) whose state
+  directory is under a directory, to check that a test left no VM behind;
+  :func:`leftovers_in` — those, any other process and any mount there.
 
 Nothing here imports pytest; the helpers work from any test runner.
 """
@@ -17,15 +24,21 @@ Nothing here imports pytest; the helpers work from any test runner.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
-from runv.api.vm import VMSpec
+if TYPE_CHECKING:
+    from runv.api import Container, VMSpec
+    from runv.hooks import Hooks
+
+FAKE_VMM_DISTRIBUTION = "runv-fakevmm"
 
 
 def vm_spec(state_dir: Path, **fields) -> VMSpec:
     """A VM spec with the usual file names under ``state_dir``; ``fields`` override any."""
+    from runv.api import VMSpec
+
     values = dict(name="test", state_dir=state_dir, kernel=Path("/var/lib/runv/kernel"),
                   initrd=Path("/var/lib/runv/initrd.img"), agent_socket=state_dir / "agent.sock",
                   console_log=state_dir / "console.log")
@@ -33,32 +46,50 @@ def vm_spec(state_dir: Path, **fields) -> VMSpec:
     return VMSpec(**values)
 
 
-def container(directory: Path, args=("true",), *, readonly: bool = False, cid: str = "test"):
-    """A :class:`~runv.api.container.Container` for hook tests: a bundle under
-    ``directory`` with an empty ``rootfs`` (create files in it as your test needs)."""
+def container(directory: Path, args=("true",), *, readonly: bool = False, cid: str = "test",
+              annotations: dict[str, str] | None = None) -> Container:
+    """A container for hook tests: a bundle under ``directory`` with an empty ``rootfs``
+    (create files in it as your test needs) and a state directory that does not exist yet."""
+    from runv.api import Container
     from runv.oci.config import parse_spec
-    from runv.api.container import Container
 
     rootfs = directory / "bundle" / "rootfs"
     rootfs.mkdir(parents=True, exist_ok=True)
     spec = parse_spec({"ociVersion": "1.0.2", "process": {"args": list(args), "cwd": "/"},
-                       "root": {"path": "rootfs", "readonly": readonly}}, "test config.json")
+                       "root": {"path": "rootfs", "readonly": readonly}, "annotations": annotations or {}},
+                      "test config.json")
     return Container(id=cid, bundle=rootfs.parent, rootfs=rootfs, spec=spec, state_dir=directory / "state")
 
 
-def hooks_with(*plugins):
-    """:class:`runv.loader.Hooks` with ``plugins`` (modules or objects) registered."""
-    from runv.loader import Hooks
+def hooks_with(*plugins: Any) -> Hooks:
+    """:class:`runv.hooks.Hooks` (with the core's defaults) and ``plugins`` (modules or
+    objects) registered; raises pluggy's ``PluginValidationError`` for a misspelt hook."""
+    from runv.hooks import Hooks
 
     return Hooks(*((getattr(p, "__name__", repr(p)), p) for p in plugins))
 
 
+@contextmanager
+def registered(kind: str, name: str, plugin: Any) -> Iterator[Any]:
+    """``plugin`` installed as the ``kind`` plugin ``name`` (``hypervisor``, ``storage`` or
+    ``extra``) for this process while the block runs, as if its distribution declared it;
+    ``runv plugins``, ``--hypervisor NAME`` and the shims this process forks all see it."""
+    from runv import loader
+
+    loader.register_local(kind, name, plugin)
+    try:
+        yield plugin
+    finally:
+        loader.unregister_local(kind, name)
+
+
 def fake_distribution(directory: Path, name: str, entry_points: dict[str, dict[str, str]],
-                      modules: dict[str, str] = {}, version: str = "0.0.1") -> Path:
+                      modules: dict[str, str] | None = None, version: str = "0.0.1") -> Path:
     """Writes ``modules`` (file name -> source) and a ``NAME-VERSION.dist-info`` declaring
-    ``entry_points`` (group -> {name: "module"}) into ``directory``; returns ``directory``."""
+    ``entry_points`` (group -> {name: "module[:attr]"}) into ``directory``; returns
+    ``directory``, for ``PYTHONPATH``."""
     directory.mkdir(parents=True, exist_ok=True)
-    for filename, source in modules.items():
+    for filename, source in (modules or {}).items():
         (directory / filename).parent.mkdir(parents=True, exist_ok=True)
         (directory / filename).write_text(source)
     info = directory / f"{name.replace('-', '_')}-{version}.dist-info"
@@ -72,22 +103,58 @@ def fake_distribution(directory: Path, name: str, entry_points: dict[str, dict[s
     return directory
 
 
-def run_runv(*args, env=None, timeout=180, python: str | None = None) -> subprocess.CompletedProcess:
-    """Runs ``runv ARGS`` from the interpreter's environment (or ``python``'s); text output."""
-    exe = Path(python or sys.executable)
-    return subprocess.run([str(exe.with_name("runv")), *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=env, timeout=timeout)
+def fake_vmm_path(directory: Path, name: str = "fake") -> Path:
+    """A directory for ``PYTHONPATH`` that installs :mod:`runv.testing.fakevmm` as the
+    hypervisor ``name``, so ``runv --hypervisor NAME ...`` subprocesses run without QEMU."""
+    return fake_distribution(directory, FAKE_VMM_DISTRIBUTION, {"runv.hypervisors": {name: "runv.testing.fakevmm"}})
+
+
+def with_path(env: dict[str, str] | None, directory: Path) -> dict[str, str]:
+    """``env`` (default: this process's environment) with ``directory`` first on ``PYTHONPATH``."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH", "")]))
+    return env
 
 
 def vm_processes_in(directory: Path) -> list[int]:
-    """PIDs of QEMU processes running in a state directory under ``directory``."""
+    """PIDs of VM processes whose working directory (a container's state directory) is
+    under ``directory``: QEMU's, and the agents :mod:`runv.testing.fakevmm` started."""
     found = []
     for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            if entry.isdigit() and os.readlink(f"/proc/{entry}/cwd").startswith(str(directory)):
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().startswith("qemu-system"):
-                        found.append(int(entry))
+            if not os.readlink(f"/proc/{entry}/cwd").startswith(str(directory)):
+                continue
+            with open(f"/proc/{entry}/comm") as f:
+                qemu = f.read().startswith("qemu-system")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                agent = b"\0runv.agent\0--socket\0" in f.read()
         except OSError:
             continue
+        if qemu or agent:
+            found.append(int(entry))
+    return found
+
+
+def leftovers_in(directory: Path) -> list[str]:
+    """What a test left under ``directory``, one line each: mounts (in this mount
+    namespace), processes whose cwd or root is there (the fake VMs' agents and their
+    containers' processes), and VM processes (:func:`vm_processes_in`). Empty when clean."""
+    prefix = str(directory)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        found += [f"mount {line.split()[4]}" for line in f if line.split()[4].startswith(prefix)]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        for link in ("cwd", "root"):
+            try:
+                target = os.readlink(f"/proc/{entry}/{link}")
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                found.append(f"process {entry} ({link} {target})")
+                break
+    found += [f"VM process {pid}" for pid in vm_processes_in(directory)]
     return found
