@@ -43,11 +43,13 @@ class Api(http.server.BaseHTTPRequestHandler):
             self.send_response(204)
             body = b""
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-        if self.path == "/api/v1/vmm.shutdown":
-            os._exit(0)
+        try:
+            self.end_headers()
+            if body:
+                self.wfile.write(body)
+        finally:  # the client may hang up as soon as it has the status line
+            if self.path == "/api/v1/vmm.shutdown":
+                os._exit(0)
 
     def do_GET(self):
         body = json.dumps({"state": "Running"}).encode()
