@@ -49,7 +49,6 @@ def test_writes_land_in_the_bundle(fake, make_bundle):
     assert (bundle / "rootfs/tmp/out").read_text() == "written\n"
 
 
-@pytest.mark.xfail(reason="the agent mounts a bind-type rootfs without the read-only remount (runv.agent.mounts.op_prepare)")
 def test_a_readonly_rootfs_refuses_writes(fake, make_bundle):
     bundle = make_bundle(["sh", "-c", "touch /x"], readonly=True)
     assert fake("run", "--bundle", bundle, "box").returncode != 0

@@ -65,7 +65,10 @@ def op_prepare(agent, message: dict) -> None:
         options = ",".join(filter(None, [options, "ro"]))
     if root["fstype"] == "overlay":
         make_overlay_dirs(options)
-    mount(resolve_source(root["source"]), agent.rootfs, root["fstype"], options)
+    if root["fstype"] == "bind":  # a host path (the fake VMM): bind flags need a remount, as for volumes
+        plan_mount({**root, "in_rootfs": True}, agent.rootfs)
+    else:
+        mount(resolve_source(root["source"]), agent.rootfs, root["fstype"], options)
     for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
         path = os.path.join(agent.rootfs, target)
         if os.path.isdir(path):

@@ -12,7 +12,6 @@ from pathlib import Path
 from runv.api import hookimpl
 
 PLUGIN_NAME = "net"
-RECORD = "net.json"  # in the container's state directory: what teardown must undo
 
 
 @hookimpl
@@ -31,8 +30,7 @@ def sync_net(container, agent, attach):
 
 @hookimpl
 def release_net(container):
-    if not (Path(container.state_dir) / RECORD).exists():
-        return  # nothing wired (or already undone): `delete` need not import pyroute2
     from runv_net import plugin
 
-    plugin.release(container)
+    if (Path(container.state_dir) / plugin.RECORD).exists():  # else nothing wired: `delete` need not import pyroute2
+        plugin.release(container)

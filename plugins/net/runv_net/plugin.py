@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Callable
 import attrs
 
 from runv.api import Nic, RunvError, VMContribution
-from runv_net import RECORD
 from runv_net.netns import Namespace, locate, unshare_net
 
 logger = logging.getLogger("runv.net")
 if TYPE_CHECKING:
     from runv_net import wire  # imports pyroute2 (≈0.1 s): only where there is wiring to do
 
+RECORD = "net.json"  # in the container's state directory: what teardown must undo
 HOTPLUG_SLOTS = 2  # PCIe slots kept free for interfaces configured after create
 GUEST_TIMEOUT = 60.0  # seconds the agent may take for `network` (it waits for hot-plugged NICs)
 # /etc files for callers that do not bind-mount them: annotations holding the content.

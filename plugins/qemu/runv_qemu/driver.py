@@ -89,9 +89,10 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
     return args
 
 
-def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: list[str] = ()) -> QemuVM:
-    """Starts QEMU and returns once its QMP socket is up; fails with QEMU's own words.
-    ``extra`` goes at the end of the command line (templates: memory backend, -incoming)."""
+def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: list[str] = (), cls: type[QemuVM] | None = None) -> QemuVM:
+    """Starts QEMU and returns once its QMP socket is up (as a ``cls``, default QemuVM);
+    fails with QEMU's own words. ``extra`` goes at the end of the command line (templates:
+    memory backend, -incoming)."""
     argv = command(vm, accel, cpu) + list(extra)
     with open(vm.console_log, "ab") as log:
         proc = subprocess.Popen(
@@ -107,7 +108,7 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
             proc.wait()
             raise RunvError(f"{BINARY} did not start within {START_TIMEOUT:.0f} s: {vm.last_words()}")
         time.sleep(0.01)
-    return QemuVM(plugin, proc.pid, process_start_time(proc.pid),
+    return (cls or QemuVM)(plugin, proc.pid, process_start_time(proc.pid),
                   {"qmp": str(qmp), "argv": argv, "hotplug_slots": vm.hotplug_slots, "console_log": str(vm.console_log)})
 
 
@@ -174,7 +175,3 @@ class QemuVM(VM):
         raise RunvError(f"no free PCIe slot to hot-plug NIC {nic.id} ({self.data.get('hotplug_slots', 0)} kept free; "
                         f"{'; '.join(errors[-1:])})")
 
-    def save(self, directory: Path) -> dict:
-        from runv_qemu import template
-
-        return template.save(self, directory)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from runv.api import AgentChannel, Capabilities, HypervisorInfo, NINEP_VIRTIO, hookimpl
 from runv_qemu import driver
-from runv_qemu.driver import QemuVM
-from runv_qemu.template import QemuTemplates
+from runv_qemu.template import QemuTemplates, TemplatedQemuVM
 
 CAPABILITIES = Capabilities(
     shared_fs=NINEP_VIRTIO,  # -fsdev local + virtio-9p-pci, mount tag = the share's tag
@@ -34,7 +33,7 @@ class QemuHypervisor:
 
     @hookimpl
     def hypervisor_info(self):
-        return HypervisorInfo(capabilities=CAPABILITIES, vm=QemuVM, priority=self.priority,
+        return HypervisorInfo(capabilities=CAPABILITIES, vm=TemplatedQemuVM, priority=self.priority,
                               templates=QemuTemplates(self.name, self.accel, self.cpu))
 
     @hookimpl
@@ -43,4 +42,4 @@ class QemuHypervisor:
 
     @hookimpl
     def boot(self, vm):
-        return driver.start(vm, plugin=self.name, accel=self.accel, cpu=self.cpu())
+        return driver.start(vm, plugin=self.name, accel=self.accel, cpu=self.cpu(), cls=TemplatedQemuVM)

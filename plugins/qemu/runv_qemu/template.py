@@ -90,6 +90,13 @@ def _ignore_shared(on: bool) -> tuple[str, dict]:
     return ("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
 
 
+class TemplatedQemuVM(QemuVM):
+    """A QEMU VM that can also be saved as a template (what the QEMU plugins' VMs are)."""
+
+    def save(self, directory: Path) -> dict:
+        return save(self, directory)
+
+
 class QemuTemplates(TemplateSupport):
     """Templates for one QEMU accelerator and CPU model."""
 
@@ -111,7 +118,7 @@ class QemuTemplates(TemplateSupport):
             os.ftruncate(fd, vm.memory_mib << 20)
             os.close(fd)
             extra = _memory_args(vm, memory, share=True)
-        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), extra=extra)
+        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), extra=extra, cls=TemplatedQemuVM)
         booted.data["compress"] = compress
         return booted
 
@@ -152,7 +159,7 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     if not compress:
         extra = _memory_args(vm, directory / MEMORY, share=False) + extra
     source = f"{compress} -q -d -c {state}" if compress else f"cat {state}"
-    clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra)
+    clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra, cls=TemplatedQemuVM)
     try:
         clone.qmp(_ignore_shared(not compress), ("migrate-incoming", {"uri": f"exec:{source}"}))
         deadline = time.monotonic() + LOAD_TIMEOUT
