@@ -9,12 +9,14 @@ can boot a stock kernel.
 """
 
 import os
+import time
 
 from runv.api import RunvError, hookimpl, kvm_verdict
 from runv_qemu import driver
 from runv_qemu.hypervisor import QemuHypervisor
 
 CPU_ENV = "RUNV_QEMU_CPU"
+QMP_RETRY = 0.05  # seconds between looks at a QEMU whose QMP did not answer yet
 
 
 class KvmHypervisor(QemuHypervisor):
@@ -27,13 +29,24 @@ class KvmHypervisor(QemuHypervisor):
 
     @hookimpl
     def boot(self, vm):
+        """QEMU's start, and then its first QMP answer: QMP answers only once QEMU has set
+        up its vCPUs with KVM, where KVM can refuse the CPU model and QEMU exits. A QMP
+        failure alone proves nothing (QEMU may be between bind and listen, or still writing
+        its error as it exits): look again until QEMU answers or is gone, and quote it then."""
         booted = super().boot(vm)
-        try:  # QMP answers only once QEMU has set up its vCPUs with KVM (where -cpu host can abort)
-            booted.qmp("query-status")
-        except RunvError:
-            booted.stop(force=True)
-            raise RunvError(f"{driver.BINARY} with KVM exited at start: {vm.last_words()}") from None
-        return booted
+        deadline = time.monotonic() + driver.START_TIMEOUT
+        while True:
+            try:
+                booted.qmp("query-status")
+                return booted
+            except RunvError as exc:
+                if not booted.alive():
+                    raise RunvError(f"{driver.BINARY} with KVM exited at start: {vm.last_words()}") from None
+                if time.monotonic() > deadline:
+                    booted.stop(force=True)
+                    raise RunvError(f"{driver.BINARY} with KVM did not answer QMP within {driver.START_TIMEOUT:.0f} s "
+                                    f"({exc}): {vm.last_words()}") from None
+            time.sleep(QMP_RETRY)
 
 
 hypervisor = KvmHypervisor(name="qemu", accel="kvm", priority=20)  # above tcg: KVM when it works
