@@ -132,12 +132,13 @@ def boot(vm):
             raise RunvError(f"lkvm failed to start (exit {proc.returncode}): {vm.last_words()}")
         elif time.monotonic() > deadline:
             proc.kill()
+            proc.wait()
             raise RunvError(f"lkvm did not report its agent pty within {START_TIMEOUT:.0f} s: {vm.last_words()}")
         else:
             time.sleep(0.02)
-    relay = subprocess.Popen([sys.executable, "-m", "runv_kvmtool.relay", pty, str(vm.agent_socket)],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(vm.console_log, "ab"),
-                             start_new_session=True)
+    with open(vm.console_log, "ab") as log:  # the relay's errors go with the VM's
+        relay = subprocess.Popen([sys.executable, "-m", "runv_kvmtool.relay", pty, str(vm.agent_socket)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     return KvmtoolVM("kvmtool", proc.pid, process_start_time(proc.pid), {
         "name": vm_name(vm), "lkvm": binary, "relay": relay.pid, "relay_start_time": process_start_time(relay.pid),
         "pty": pty})

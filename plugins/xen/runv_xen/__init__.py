@@ -147,6 +147,7 @@ def boot(vm):
     while subprocess.run(xl("list", name), capture_output=True).returncode != 0:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
+            proc.wait()
             raise RunvError(f"xl create {name} failed: {vm.last_words()}")
         time.sleep(0.1)
     return XenVM("xen", proc.pid, process_start_time(proc.pid), {"domain": name, "config": str(path)})
