@@ -120,7 +120,7 @@ def test_tcg_reuses_the_qemu_plugins_hooks():
     assert isinstance(runv_qemu.plugin.hypervisor, QemuHypervisor)
     qemu, tcg = runv_qemu.plugin.hypervisor.hypervisor_info(), runv_tcg.hypervisor.hypervisor_info()
     assert qemu.priority > tcg.priority
-    assert qemu.vm is tcg.vm is QemuVM and qemu.capabilities == tcg.capabilities
+    assert qemu.vm is tcg.vm and issubclass(qemu.vm, QemuVM) and qemu.capabilities == tcg.capabilities
     assert qemu.problems() == [] and tcg.problems() == []
 
 
@@ -239,6 +239,59 @@ def test_agent_over_a_serial_tty_through_the_relay(tmp_path):
         agent.running = False
 
 
+def fake_tool(path: Path, script: str) -> Path:
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
+    """boot, re-attach from the record, pause/resume and stop through lkvm's own commands
+    (a fake lkvm that logs its arguments): stop takes the relay down with lkvm."""
+    import runv_kvmtool
+
+    master, slave = pty.openpty()  # the fake lkvm's "ttyS1"
+    log, pid_file = tmp_path / "lkvm.log", tmp_path / "lkvm.pid"
+    fake = fake_tool(tmp_path / "lkvm", f"""echo "$@" >> {log}
+case "$1" in
+  run) echo $$ > {pid_file}; echo "  Info: Assigned terminal 1 to pty {os.ttyname(slave)}"; exec sleep 60;;
+  stop) kill $(cat {pid_file});;
+esac
+""")
+    monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(fake))
+    state = tmp_path / "state"
+    state.mkdir()
+    vm = runv_kvmtool.boot(vm=spec(state, kernel_args=runv_kvmtool.CAPABILITIES.agent.kernel_args()))
+    try:
+        assert isinstance(vm, runv_kvmtool.KvmtoolVM) and vm.alive()
+        again = runv_kvmtool.hypervisor_info().vm.from_record(vm.record())
+        again.pause()
+        again.resume()
+        assert log.read_text().splitlines()[1:] == ["pause --name runv-c1", "resume --name runv-c1"]
+        assert "--params console=ttyS0 runv.agent=/dev/ttyS1 --console" in log.read_text().splitlines()[0]
+        deadline = time.monotonic() + 10
+        while not (state / "agent.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (state / "agent.sock").exists()  # the relay serves the agent's pty
+        again.stop()
+        assert log.read_text().splitlines()[-1] == "stop --name runv-c1"
+        assert not vm.alive() and not runv_kvmtool.KvmtoolVM("kvmtool", vm.data["relay"], vm.data["relay_start_time"]).alive()
+    finally:
+        vm.stop(force=True)
+        os.close(master)
+        os.close(slave)
+
+
+def test_kvmtool_boot_fails_with_lkvms_own_words(tmp_path, monkeypatch):
+    import runv_kvmtool
+
+    fake = fake_tool(tmp_path / "lkvm", "echo '  Error: /dev/kvm: KVM_CREATE_VM failed' >&2; exit 1\n")
+    monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(fake))
+    with pytest.raises(RunvError) as err:
+        runv_kvmtool.boot(vm=spec(tmp_path))
+    assert str(err.value) == "lkvm failed to start (exit 1): Error: /dev/kvm: KVM_CREATE_VM failed"
+
+
 @pytest.mark.skipif(shutil.which("lkvm") is None, reason="lkvm is not installed (kvmtool has no Debian package)")
 def test_real_lkvm_lists():
     assert subprocess.run(["lkvm", "list"], capture_output=True, timeout=10).returncode == 0
@@ -301,6 +354,55 @@ def test_xen_commands_and_probe():
     if not HAS_XEN:
         reason = runv_xen.probe()
         assert reason and ("xl not found" in reason or "Xen" in reason)
+
+
+def fake_xl(directory: Path, create: str) -> Path:
+    """An ``xl`` that logs its arguments; ``create`` is its ``create`` branch (a domain
+    "exists" while the file ``domain`` does)."""
+    log = directory / "xl.log"
+    fake_tool(directory / "xl", f"""echo "$@" >> {log}
+case "$1" in
+  create) {create};;
+  list) test -e {directory}/domain;;
+  shutdown|destroy) rm -f {directory}/domain; kill $(cat {directory}/xl.pid);;
+esac
+""")
+    return log
+
+
+def test_xen_vm_life_with_a_fake_xl(tmp_path, monkeypatch):
+    import runv_xen
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = fake_xl(bin_dir, f"echo $$ > {bin_dir}/xl.pid; touch {bin_dir}/domain; exec sleep 60")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    vm_spec = spec(tmp_path, kernel_args=runv_xen.CAPABILITIES.agent.kernel_args())
+    vm = runv_xen.boot(vm=vm_spec)
+    try:
+        assert (tmp_path / "domain.cfg").read_text() == runv_xen.config(vm_spec)
+        again = runv_xen.hypervisor_info().vm.from_record(vm.record())
+        again.pause()
+        again.resume()
+        again.stop()
+        assert not vm.alive()
+        calls = log.read_text().splitlines()
+        assert [c for c in calls if not c.startswith("list")] == [
+            f"create -F {tmp_path / 'domain.cfg'}", "pause runv-c1", "unpause runv-c1", "shutdown runv-c1"]
+    finally:
+        vm.stop(force=True)
+
+
+def test_xen_boot_fails_with_xls_own_words(tmp_path, monkeypatch):
+    import runv_xen
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_xl(bin_dir, "echo 'libxl: error: cannot connect to xenstore' >&2; exit 1")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(RunvError) as err:
+        runv_xen.boot(vm=spec(tmp_path))
+    assert str(err.value) == "xl create runv-c1 failed: libxl: error: cannot connect to xenstore"
 
 
 @pytest.mark.skipif(not HAS_XEN, reason="xl needs a running Xen hypervisor (dom0), even for `xl -N create`")
