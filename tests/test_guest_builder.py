@@ -227,7 +227,12 @@ def test_built_image_is_complete_and_up_to_date(built_image: tuple[Path, Path]) 
     assert all(path.lstrip("/") in members for path in listed)
     assert members["init"].mode == stat.S_IFREG | 0o755
     assert members["dev/console"].rdev == (5, 1)
-    assert "usr/lib/runv-agent/runv/agent/__pycache__/guest.cpython-311.pyc" in members
+    agent = builder.GUEST_AGENT_ROOT.lstrip("/")
+    assert "runv/agent/__main__.py" in builder.AGENT_FILES and "runv/agent/loop.py" in builder.AGENT_FILES
+    for source in builder.AGENT_FILES:  # every module `python3.11 -m runv.agent` imports, and its .pyc
+        folder, _, module = source.rpartition("/")
+        assert f"{agent}/{source}" in members, source
+        assert f"{agent}/{folder}/__pycache__/{module.removesuffix('.py')}.cpython-311.pyc" in members, source
     lines: list[str] = []
     assert not builder.build_guest(kernel_path, initrd_path, progress=lines.append)
     assert lines[0].startswith("guest image up to date")
