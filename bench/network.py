@@ -80,11 +80,13 @@ def main() -> None:
         }
         (bundle / "config.json").write_text(json.dumps(config))
         out = open(work / "out", "w+")
-        run = subprocess.Popen([RUNV, "--root", str(work / "state"), "run", "-b", str(bundle), "bench-net"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        run = subprocess.Popen([RUNV, "--root", str(work / "state"), "run", "-b", str(bundle), "bench-net"],
+                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         while "seconds" not in result and time.monotonic() < deadline and run.poll() is None:
             time.sleep(0.2)
-        host_ping = subprocess.run(["busybox", "ping", "-q", "-c", str(args.pings), "-i", "0.2", GUEST], capture_output=True, text=True).stdout.strip().splitlines()[-1:]
+        ping = ["busybox", "ping", "-q", "-c", str(args.pings), "-i", "0.2", GUEST]
+        host_ping = subprocess.run(ping, capture_output=True, text=True).stdout.strip().splitlines()[-1:]
         socket.create_connection((GUEST, 7000), timeout=10).close()
         run.wait(60)
         out.seek(0)

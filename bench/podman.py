@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/podman.py [--runs 5] [--template]
 
-Uses the private Podman configuration of tests/test_podman.py (storage and runv's state
+Uses the private Podman configuration of tests/vm/test_podman.py (storage and runv's state
 under a temporary directory, CNI bridge network, an image imported from a busybox
 rootfs). Runs are interleaved (runc and runv, with the default network and with
 ``--network none``) after one unmeasured warm-up of each, and timed on the host from
@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import RUNV, make_rootfs  # noqa: E402
-from realclients import mounts_under, qemu_of, rootfs_tar  # noqa: E402
-from test_podman import IMAGE, Podman  # noqa: E402
+from conftest import RUNV, make_rootfs
+from realclients import mounts_under, qemu_of, rootfs_tar
+from test_podman import IMAGE, Podman
 
 
 def timed(podman: Podman, flags: tuple[str, ...], run_flags: tuple[str, ...]) -> float:

@@ -12,7 +12,7 @@ container (TCG) that, timed with /proc/uptime inside the guest:
   bundle's rootfs (reads from the shared base / lower layer).
 
 devicemapper is left out where the host kernel has no device-mapper (see
-tests/test_devicemapper.py for where its code runs); its guest side is the block mode's
+tests/vm/test_devicemapper.py for where its code runs); its guest side is the block mode's
 (ext4 on virtio-blk). Prints a markdown table.
 """
 
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import RUNV, make_rootfs  # noqa: E402
+from conftest import RUNV, make_rootfs
 
 SCRIPT = r"""
 t() { read up idle < /proc/uptime; echo $up; }

@@ -6,32 +6,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from support import INITRD, KERNEL, RUNV, make_rootfs
 
 from runv.testing import vm_processes_in
-
-RUNV = str(Path(sys.executable).with_name("runv"))
-BUSYBOX = "/bin/busybox"
-KERNEL = Path(os.environ.get("RUNV_TEST_KERNEL", "/var/lib/runv/kernel"))
-INITRD = Path(os.environ.get("RUNV_TEST_INITRD", "/var/lib/runv/initrd.img"))
-
-
-def make_rootfs(path: Path) -> Path:
-    """A minimal busybox root filesystem (statically linked, so nothing else is needed)."""
-    for sub in ("bin", "proc", "sys", "dev", "tmp", "etc", "root"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(BUSYBOX, path / "bin/busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for applet in applets:
-        link = path / "bin" / applet
-        if not link.exists():
-            link.symlink_to("busybox")
-    (path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from runv.api import Container, HypervisorInfo, Nic, StorageAttachment, VM, VMContribution, VMSpec
+    from runv.api import VM, Container, HypervisorInfo, Nic, StorageAttachment, VMContribution, VMSpec
     from runv.oci.config import Process
     from runv.shim.agentclient import AgentClient
 

@@ -18,7 +18,7 @@ import attrs
 
 from runv.api.config import config, config_path
 from runv.api.errors import RunvError
-from runv.hooks import Hooks  # noqa: F401 - re-exported: runv.testing.hooks_with and plugin tests import it from here
+from runv.hooks import Hooks
 
 if TYPE_CHECKING:
     from runv.api.hypervisor import VM, HypervisorInfo
@@ -46,7 +46,7 @@ class PluginInfo:
             return _LOCAL[(self.kind, self.name)]
         try:
             return metadata.EntryPoint(self.name, self.value, GROUPS[self.kind]).load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break runv
+        except Exception as exc:
             raise LoadError(self, exc) from exc
 
 

@@ -26,6 +26,7 @@ PORT_WAIT = 5.0  # seconds the virtio-serial port may take to show up at boot
 AGENT_ARG = "runv.agent="
 VSOCK_PREFIX = "vsock:"
 AWAY_BACKOFF = 0.1  # seconds between looks at a port whose host end is closed
+SUN_PATH_MAX = 100  # bytes of a socket path bind() takes as it is (sun_path holds 108)
 
 
 class Stream:
@@ -177,7 +178,14 @@ def listen_unix(path: str) -> Listener:
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.bind(path)
+    if len(os.fsencode(path)) < SUN_PATH_MAX:
+        sock.bind(path)
+    else:  # deeper than sun_path allows: bind through the directory's descriptor
+        dirfd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_CLOEXEC)
+        try:
+            sock.bind(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
+        finally:
+            os.close(dirfd)
     sock.listen(1)
     return Listener(sock)
 

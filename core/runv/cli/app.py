@@ -35,7 +35,8 @@ def main_options(
     initrd: Annotated[Path, typer.Option(help="Guest initrd (built by `runv guest build`).")] = DEFAULT_INITRD,
     hypervisor: Annotated[str, typer.Option(help="Hypervisor plugin, or auto.")] = "auto",
     storage: Annotated[str, typer.Option(help="Storage plugin for the container rootfs.")] = "overlay",
-    template: Annotated[str, typer.Option(help="Start VMs from a saved VM template: auto (one that matches, if any), off, or a name (see `runv template`).")] = "auto",
+    template: Annotated[str, typer.Option(
+        help="Start VMs from a saved VM template: auto (one that matches, if any), off, or a name (see `runv template`).")] = "auto",
     systemd_cgroup: Annotated[bool, typer.Option("--systemd-cgroup", hidden=True)] = False,
     rootless: Annotated[Optional[str], typer.Option("--rootless", hidden=True)] = None,
 ) -> None:
@@ -53,7 +54,24 @@ def main_options(
 
 def _register() -> None:
     from runv.cli import (
-        check, create, delete, events, exec_, features, guest, kill, list_, pause, plugins, ps, resume, run, spec, start, state, template,
+        check,
+        create,
+        delete,
+        events,
+        exec_,
+        features,
+        guest,
+        kill,
+        list_,
+        pause,
+        plugins,
+        ps,
+        resume,
+        run,
+        spec,
+        start,
+        state,
+        template,
     )
 
     commands = (spec, create, start, run, exec_, state, kill, delete, list_, pause, resume, ps, events, features, check, plugins)

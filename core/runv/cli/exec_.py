@@ -1,7 +1,7 @@
 """Run a new process inside a running container."""
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,12 +14,12 @@ CONTEXT_SETTINGS = {"allow_interspersed_args": False}  # `exec ID sh -c ...`: -c
 def command(
     ctx: typer.Context,
     container_id: ContainerId,
-    args: Annotated[Optional[List[str]], typer.Argument(metavar="[COMMAND [ARG...]]")] = None,
+    args: Annotated[Optional[list[str]], typer.Argument(metavar="[COMMAND [ARG...]]")] = None,
     process: Annotated[Optional[Path], typer.Option("--process", "-p", help="process.json describing the process.")] = None,
-    env: Annotated[Optional[List[str]], typer.Option("--env", "-e", help="K=V added to the container's environment.")] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="K=V added to the container's environment.")] = None,
     cwd: Annotated[Optional[str], typer.Option("--cwd", help="Working directory in the container.")] = None,
     user: Annotated[Optional[str], typer.Option("--user", "-u", help="UID[:GID].")] = None,
-    additional_gids: Annotated[Optional[List[int]], typer.Option("--additional-gids", "-g", help="Extra group ids.")] = None,
+    additional_gids: Annotated[Optional[list[int]], typer.Option("--additional-gids", "-g", help="Extra group ids.")] = None,
     tty: Annotated[bool, typer.Option("--tty", "-t", help="Allocate a pseudo-terminal.")] = False,
     console_socket: ConsoleSocket = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the process has started.")] = False,
@@ -27,7 +27,7 @@ def command(
     process_label: Annotated[Optional[str], typer.Option("--process-label", hidden=True)] = None,
     apparmor: Annotated[Optional[str], typer.Option("--apparmor", hidden=True)] = None,
     no_new_privs: Annotated[bool, typer.Option("--no-new-privs", hidden=True)] = False,
-    cap: Annotated[Optional[List[str]], typer.Option("--cap", "-c", hidden=True)] = None,
+    cap: Annotated[Optional[list[str]], typer.Option("--cap", "-c", hidden=True)] = None,
     preserve_fds: PreserveFds = 0,
 ) -> None:
     from runv.runtime.execclient import exec_process, make_process

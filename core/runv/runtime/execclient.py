@@ -14,17 +14,17 @@ import socket
 import threading
 from pathlib import Path
 
+from runv import terminal as console
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
 from runv.api.errors import RunvError
 from runv.api.sockets import connect_unix
 from runv.oci.config import Process
-from runv import terminal as console
+from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
+from runv.settings import Settings
 from runv.shim import control
 from runv.shim.control import NOT_FORWARDED, exit_code
-from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 from runv.state import Store
 from runv.stdio import start_pump, write_all
-from runv.settings import Settings
 
 STDIN, STDOUT, STDERR = 0, 1, 2  # stream channels between an exec relay and the shim
 
@@ -76,11 +76,11 @@ class Relay:
         for signum in signal.valid_signals() - NOT_FORWARDED:
             signal.signal(signum, lambda n, _f: self.send(encode_ctrl({"op": "signal", "signal": n})))
         if tty:
-            resize = lambda *_: self.send(encode_ctrl({"op": "winsize", "size": console.get_winsize(self.fds[0])}))  # noqa: E731
+            resize = lambda *_: self.send(encode_ctrl({"op": "winsize", "size": console.get_winsize(self.fds[0])}))
             signal.signal(signal.SIGWINCH, resize)
             if all(console.get_winsize(self.fds[0])):
                 resize()  # conmon sizes the pty as soon as exec returns: maybe before this handler was set
-        hangup = lambda: self.send(encode_ctrl({"op": "signal", "signal": signal.SIGHUP}))  # noqa: E731
+        hangup = lambda: self.send(encode_ctrl({"op": "signal", "signal": signal.SIGHUP}))
         start_pump(self.fds[0], lambda data: self.send(encode_data(STDIN, data)), hangup)
         reader = FrameReader()
         while data := self.sock.recv(65536):

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
@@ -14,10 +14,10 @@ import attrs
 from runv.api.errors import RunvError
 from runv.log import logger
 from runv.log import setup as setup_logging
-from runv.shim import control
 from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
-from runv.state import Record, Store
 from runv.settings import Settings
+from runv.shim import control
+from runv.state import Record, Store
 
 SHIM_EXIT_WAIT = 15.0  # seconds delete waits for a stopping shim before killing it
 
@@ -46,9 +46,9 @@ def check_guest(settings: Settings) -> None:
 def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, console_socket: Path | None = None) -> int:
     """Creates the container (a shim with a booted VM) and returns the shim's PID."""
     from runv import loader as plugins
-    from runv.oci.config import load_bundle
     from runv import terminal as console
     from runv.api.container import Container
+    from runv.oci.config import load_bundle
     from runv.runtime.lookpath import check_program
     from runv.shim.server import Shim
     from runv.shim.server import run as run_shim
@@ -74,7 +74,7 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
         raise RunvError(f"container with id {container_id} already exists")
     selection = plugins.load(settings.hypervisor, settings.storage, logger.debug)
     state_dir = store.claim(container_id)
-    created = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     store.write(Record(id=container_id, bundle=str(bundle), rootfs=str(rootfs), created=created, annotations=spec.annotations))
     container = Container(id=container_id, bundle=bundle, rootfs=rootfs, spec=spec, state_dir=state_dir)
     shim = Shim(settings, store, container, selection, console_socket)
@@ -166,8 +166,8 @@ def _stop_shim(record: Record) -> None:
 def _container(record: Record, state_dir: Path):
     """The container as the hooks see it, rebuilt from its record (no spec when the
     bundle is gone: teardown must still converge)."""
-    from runv.oci.config import load_bundle
     from runv.api.container import Container
+    from runv.oci.config import load_bundle
 
     try:
         spec, _ = load_bundle(Path(record.bundle))
@@ -201,8 +201,8 @@ def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | No
     """create + start; in the foreground, relays signals to the shim (or the caller's
     terminal, for a terminal container without a console socket), waits for it, deletes
     the container (as ``runc run`` does) and returns the container's exit code."""
-    from runv.oci.config import load_bundle
     from runv import terminal as console
+    from runv.oci.config import load_bundle
     from runv.shim.control import NOT_FORWARDED
 
     if console_socket is None and load_bundle(bundle.resolve())[0].process.terminal:

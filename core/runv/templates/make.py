@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +72,7 @@ def create(
             vm.stop(force=True)
         record = {
             "name": name,
-            "created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "seconds": round(time.monotonic() - started, 2),
             "source": match.source(spec.kernel, spec.initrd, digest=True),
             "shape": vm_shape,

@@ -79,8 +79,8 @@ def snapshot_name(container_id: str) -> str:
 
 @hookimpl
 def attach_storage(container):
-    from runv.api.storage import settings
     from runv.api.images import base_image
+    from runv.api.storage import settings
 
     reason = kernel_has_device_mapper()
     if reason:

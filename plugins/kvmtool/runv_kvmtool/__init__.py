@@ -25,8 +25,20 @@ import subprocess
 import sys
 import time
 
-from runv.api import (NINEP_VIRTIO, VM, AgentChannel, Capabilities, HypervisorInfo, RunvError, VMSpec, hookimpl,
-                      kvm_verdict, process_start_time, run_tool, stop_process)
+from runv.api import (
+    NINEP_VIRTIO,
+    VM,
+    AgentChannel,
+    Capabilities,
+    HypervisorInfo,
+    RunvError,
+    VMSpec,
+    hookimpl,
+    kvm_verdict,
+    process_start_time,
+    run_tool,
+    stop_process,
+)
 from runv.api.config import section
 
 PRIORITY = 15  # below qemu (20), above tcg (10)

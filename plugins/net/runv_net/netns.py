@@ -34,7 +34,7 @@ class Namespace:
     private: bool = False  # the shim's own, made by unshare (no path in config.json)
 
     @classmethod
-    def open(cls, path: str, private: bool = False) -> "Namespace":
+    def open(cls, path: str, private: bool = False) -> Namespace:
         """The namespace at ``path``; a one-line RunvError when it is missing or not a netns."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

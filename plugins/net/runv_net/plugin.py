@@ -24,7 +24,7 @@ GUEST_TIMEOUT = 60.0  # seconds the agent may take for `network` (it waits for h
 # /etc files for callers that do not bind-mount them: annotations holding the content.
 ANNOTATIONS = {"runv.net/resolv.conf": "/etc/resolv.conf", "runv.net/hosts": "/etc/hosts"}
 
-SESSIONS: dict[str, "Session"] = {}  # container id -> live session, in the shim process
+SESSIONS: dict[str, Session] = {}  # container id -> live session, in the shim process
 
 
 def netns_path(linux: dict) -> str | None:

@@ -34,8 +34,8 @@ ROOT_SERIAL = "rootfs"
 def probe():
     """The share mode needs nothing beyond QEMU; overlay and block need e2fsprogs and
     qemu-img: unusable only when the configured default mode needs what is missing."""
-    from runv.api.storage import settings
     from runv.api.images import MKFS, QEMU_IMG, missing_tools
+    from runv.api.storage import settings
 
     missing = missing_tools(MKFS, QEMU_IMG)
     mode = settings()["mode"]

@@ -6,7 +6,7 @@ name the instance, which pluggy registers like a module.
 
 from __future__ import annotations
 
-from runv.api import AgentChannel, Capabilities, HypervisorInfo, NINEP_VIRTIO, hookimpl
+from runv.api import NINEP_VIRTIO, AgentChannel, Capabilities, HypervisorInfo, hookimpl
 from runv_qemu import driver
 from runv_qemu.template import QemuTemplates, TemplatedQemuVM
 

@@ -19,8 +19,7 @@ import shutil
 import subprocess
 import time
 
-from runv.api import (VM, AgentChannel, Capabilities, HypervisorInfo, RunvError, SharedFs, VMSpec, hookimpl,
-                      process_start_time, run_tool, stop_process)
+from runv.api import VM, AgentChannel, Capabilities, HypervisorInfo, RunvError, SharedFs, VMSpec, hookimpl, process_start_time, run_tool, stop_process
 
 PRIORITY = 18  # a Xen dom0 has no KVM; where it works it beats tcg
 CAPABILITIES = Capabilities(

@@ -19,7 +19,7 @@ import termios
 import time
 from pathlib import Path
 
-from conftest import RUNV
+from support import RUNV
 
 
 def run(argv, *, env=None, timeout=180, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:

@@ -92,7 +92,7 @@ def test_qemu_plugin_reports_qemus_own_words_when_kvm_refuses(tmp_path, monkeypa
     and leaves no QEMU behind. (PVM here used to abort -cpu host on MSR 0x10a at start;
     now -cpu host starts and stops later with a KVM emulation failure, so the test asks
     for a CPU model PVM's KVM cannot give instead.)"""
-    from conftest import vm_processes_in
+    from runv.testing import vm_processes_in
     from runv_qemu.plugin import CPU_ENV
     from runv_qemu.plugin import hypervisor as plugin
 
@@ -135,7 +135,7 @@ def test_explicit_qemu_fails_at_create_with_the_probes_reason(runv, make_bundle)
 @pytest.mark.vm
 @pytest.mark.skipif(not PVM, reason="asserts this host's choice")
 def test_auto_chooses_tcg_here_and_says_so(runv, make_bundle, guest_image):
-    from conftest import INITRD, KERNEL
+    from support import INITRD, KERNEL
 
     result = runv("--debug", "--kernel", KERNEL, "--initrd", INITRD, "run", "-b", make_bundle(["true"]), "c1")
     assert result.returncode == 0, result.stderr

@@ -9,13 +9,13 @@ import subprocess
 import time
 
 import pytest
-
-from conftest import RUNV, vm_processes_in
-from runv.api.errors import RunvError
-from runv.runtime.lookpath import check_program
+from support import RUNV
 from test_exec_tty import ConsoleReceiver as Receiver
 from test_exec_tty import read_until
 
+from runv.api.errors import RunvError
+from runv.runtime.lookpath import check_program
+from runv.testing import vm_processes_in
 
 # ---------------------------------------------------------------- no VM needed
 

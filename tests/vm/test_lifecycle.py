@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import vm_processes_in
+from runv.testing import vm_processes_in
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

@@ -14,8 +14,7 @@ import threading
 import time
 
 import pytest
-
-from conftest import RUNV
+from support import RUNV
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -121,7 +120,7 @@ def test_concurrent_execs_have_their_own_streams(runv, running):
 def test_twenty_execs_leave_no_host_processes(runv, running, root):
     shim = json.loads(runv("state", running, check=True).stdout)["pid"]
     before = set(host_children_of(shim))
-    for n in range(20):
+    for _ in range(20):
         assert runv("exec", running, "true").returncode == 0
     assert set(host_children_of(shim)) == before
     leftovers = subprocess.run(["pgrep", "-f", f"exec {running}"], capture_output=True, text=True).stdout

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import RUNV, vm_processes_in
 from realclients import PtySession, mounts_under, qemu_of, rootfs_tar, run, runv_ids
+from support import RUNV
+
+from runv.testing import vm_processes_in
 
 PODMAN = shutil.which("podman")
 IMAGE = "localhost/runv-busybox:latest"
@@ -70,7 +71,7 @@ class Podman:
         self.env = {**os.environ, "CONTAINERS_CONF": str(base / "containers.conf"), "CONTAINERS_STORAGE_CONF": str(base / "storage.conf")}
 
     @classmethod
-    def configure(cls, base: Path, runv_env: str = "") -> "Podman":
+    def configure(cls, base: Path, runv_env: str = "") -> Podman:
         """Writes the private configuration under ``base``: the runv wrapper (``runv_env``:
         variable assignments to put before it), containers.conf and storage.conf."""
         wrapper = base / "bin" / "runv"  # named runv: runtime_supports_json goes by the file name

@@ -18,6 +18,7 @@ from runv.agent.__main__ import parse_args
 from runv.agent.channel import find_port, listen_vsock, serial_channel, vsock_port
 from runv.agent.loop import Agent
 from runv.agent.protocol import CTRL, DATA, FrameReader, ProtocolError, encode_ctrl, encode_data
+from runv.api.sockets import connect_unix
 from runv.shim.agentclient import AgentClient, AgentError
 
 VMADDR_CID_LOCAL = 1  # socket.VMADDR_CID_LOCAL from Python 3.12 on
@@ -219,9 +220,7 @@ def socket_agent(tmp_path):
 
 
 def connect(path, pid):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    return Peer(sock, pid, lambda: None)
+    return Peer(connect_unix(path), pid, lambda: None)
 
 
 def test_socket_mode_runs_the_real_agent_as_a_host_process(socket_agent):

@@ -17,8 +17,8 @@ import pytest
 
 pyroute2 = pytest.importorskip("pyroute2")
 from pyroute2 import IPRoute, netns  # noqa: E402
+from support import RUNV  # noqa: E402
 
-from conftest import RUNV  # noqa: E402
 from runv.api.errors import RunvError  # noqa: E402
 
 TUN_TIMEOUT = int(os.environ.get("RUNV_NET_TIMEOUT", 150))  # seconds for a VM test's container to finish (TCG on a shared 2-core host)
@@ -100,8 +100,8 @@ def netns_entry(path: str) -> dict:
 def taps_and_qdiscs(path: str) -> tuple[list, list]:
     """The tun/tap links and ingress qdiscs in the namespace at ``path``."""
     with IPRoute(netns=path, flags=0) as ns:
-        taps = [l.get("ifname") for l in ns.get_links() if l.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"]
-        names = {l["index"]: l.get("ifname") for l in ns.get_links()}
+        taps = [link.get("ifname") for link in ns.get_links() if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"]
+        names = {link["index"]: link.get("ifname") for link in ns.get_links()}
         ingress = [names.get(q["index"]) for q in ns.get_qdiscs() if q.get_attr("TCA_KIND") == "ingress"]
     return taps, ingress
 
@@ -192,7 +192,7 @@ def test_wire_and_unwire_leave_the_veth_as_the_caller_made_it(nets):
             link, fd = wire.wire(path, iface, number, f"net{number}")
             links.append(link)
             fds.append(fd)
-        assert [l.qdisc_created for l in links] == [True, False]
+        assert [link.qdisc_created for link in links] == [True, False]
         taps, ingress = taps_and_qdiscs(path)
         assert sorted(taps) == ["tap0_runv", "tap1_runv"]
         assert sorted(ingress) == ["eth0", "eth1", "tap0_runv", "tap1_runv"]
@@ -319,7 +319,7 @@ def test_two_interfaces_and_delete_force_after_a_crash(runv, make_bundle, nets, 
     assert runv("delete", "--force", "net2").returncode == 0
     assert taps_and_qdiscs(path) == ([], [])
     with IPRoute(netns=path, flags=0) as ns:
-        assert sorted(l.get("ifname") for l in ns.get_links()) == ["eth0", "eth1", "lo"]
+        assert sorted(link.get("ifname") for link in ns.get_links()) == ["eth0", "eth1", "lo"]
 
 
 @pytest.mark.vm

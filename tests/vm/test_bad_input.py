@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import vm_processes_in
+from runv.testing import vm_processes_in
 
 
 def assert_clean_failure(result, root, *needles):

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from runv.api.errors import RunvError
-from runv.runtime.verbs import parse_signal
 from runv.api.process import process_start_time
+from runv.runtime.verbs import parse_signal
 from runv.state import Record, Store, validate_id
 
 

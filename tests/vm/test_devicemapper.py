@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import RUNV, make_rootfs
+from support import RUNV, make_rootfs
 
 import runv
 import runv_devicemapper
-from runv.image.builder import shared_libraries
 from runv.api import images
+from runv.image.builder import shared_libraries
 
 ROOT = Path(runv.__file__).parent.parent
 PLUGIN = Path(runv_devicemapper.__file__).parent

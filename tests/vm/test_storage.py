@@ -13,16 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from support import RUNV
 
-from conftest import RUNV, vm_processes_in
-
-from runv.api.errors import RunvError
+from runv.api import NINEP_VIRTIO, VIRTIOFS, Capabilities, GuestMount, images
 from runv.api import storage as storage_config
-from runv.api import images
-from runv.api import NINEP_VIRTIO, VIRTIOFS, Capabilities, GuestMount
+from runv.api.errors import RunvError
 from runv.api.vm import to_json as vm_json
 from runv.shim import bringup, volumes
-from runv.testing import vm_spec
+from runv.testing import vm_processes_in, vm_spec
 
 
 def tree_hash(root: Path) -> str:

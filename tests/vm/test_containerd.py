@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import RUNV, vm_processes_in
 from realclients import PtySession, mounts_under, oci_archive, run, runv_ids
+from support import RUNV
+
+from runv.testing import vm_processes_in
 
 CONTAINERD = shutil.which("containerd")
 CTR = shutil.which("ctr")
