@@ -20,6 +20,7 @@ HEADER = struct.Struct("!BII")
 CTRL = 1
 DATA = 2
 MAX_PAYLOAD = 1 << 20
+MAX_DEPTH = 32  # nesting of a control frame's JSON: deeper is refused before it is parsed
 
 
 class ProtocolError(Exception):
@@ -64,9 +65,44 @@ class FrameReader:
             payload = bytes(self._buffer[HEADER.size : end])
             del self._buffer[:end]
             if kind == CTRL:
-                try:
-                    payload = json.loads(payload)
-                except ValueError as exc:
-                    raise ProtocolError(f"bad control frame: {exc}") from None
+                payload = decode_ctrl(payload)
             frames.append((kind, channel, payload))
         return frames
+
+
+def nesting(payload: bytes) -> int:
+    """The deepest nesting of ``[`` and ``{`` in JSON text (brackets in strings skipped),
+    counted without recursion, so that hostile depth never reaches the parser."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in payload:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def decode_ctrl(payload: bytes) -> dict:
+    """A control frame's JSON object; anything else (bad JSON, too deep, not an object)
+    is a ProtocolError, never another exception."""
+    if (payload.count(b"[") + payload.count(b"{") > MAX_DEPTH) and nesting(payload) > MAX_DEPTH:
+        raise ProtocolError(f"control frame nested deeper than {MAX_DEPTH}")
+    try:
+        message = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"bad control frame: {str(exc)[:200]}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"control frame is a JSON {type(message).__name__}, not an object")
+    return message

@@ -32,6 +32,7 @@ from runv.runtime.spawn import OK
 from runv.shim import bringup, control, volumes
 from runv.shim.agentclient import AgentClient, AgentError
 from runv.shim.control import NOT_FORWARDED, exit_code
+from runv.shim.execrelay import SIGNAL_TIMEOUT, Outbox
 from runv.shim.teardown import teardown
 from runv.stdio import start_pump, write_all
 
@@ -47,6 +48,7 @@ STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}  # the container process's agen
 BENIGN = {signal.SIGCONT, signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG}  # do not stop a created container
 REPLY_GRACE = 10.0  # seconds an exiting shim waits to answer requests in flight
 CLOSED_CODE = 255  # the exit code when the VM closes the agent channel without an exit
+KILLED_CODE = 128 + signal.SIGKILL  # the exit code of a container the host killed
 
 
 class Shim:
@@ -71,6 +73,8 @@ class Shim:
         self.exits: dict[str, Callable[[dict], None]] = {}  # exec'd process name -> exit handler
         self.answering = threading.Condition()  # counts control requests not yet answered
         self.unanswered = 0
+        self.killed = False  # SIGKILL: the host stopped the VM; the guest is not asked
+        self.outboxes: list = []  # the container's output streams, drained by threads of their own
 
     # ---------------------------------------------------------------- boot
 
@@ -148,10 +152,13 @@ class Shim:
                 code = self.forward_signal(value)
             elif kind == "winch":
                 code = self.resize()
+            elif kind == "killed" or (self.killed and kind in ("exit", "closed")):
+                code = KILLED_CODE
             elif kind == "exit" and value.get("proc") == INIT:
                 code = exit_code(value)
             elif kind == "closed":
-                logger.error("container %s: the VM closed the agent channel", self.container.id)
+                reason = value.get("reason") or "the VM closed the agent channel"
+                logger.error("container %s: %s", self.container.id, reason)
                 code = CLOSED_CODE
             else:
                 code = None
@@ -224,11 +231,30 @@ class Shim:
         )
 
     def op_signal(self, request: dict) -> None:
-        signum = int(request["signal"])
+        signum = request.get("signal")
+        if type(signum) is not int or signum not in signal.valid_signals():
+            raise RunvError(f"invalid signal {signum!r}")
+        if signum == signal.SIGKILL:
+            return self.kill_vm()
         if not self.started:
             self.events.put(("signal", signum))
             return
-        self.agent.call("signal", proc=INIT, signal=signum, all=bool(request.get("all")))
+        try:
+            self.agent.call("signal", timeout=SIGNAL_TIMEOUT, proc=INIT, signal=signum, all=bool(request.get("all")))
+        except AgentError as exc:
+            raise RunvError(f"container {self.container.id}: signal {signum} not delivered: {exc}") from None
+
+    def kill_vm(self) -> None:
+        """SIGKILL is the host's: the VM is stopped from outside at once (the guest is never
+        asked, so a hostile agent cannot refuse it) and the container stops with 137."""
+        self.killed = True
+        logger.debug("container %s: SIGKILL, stopping the VM from the host", self.container.id)
+        if self.vm is not None:
+            try:
+                self.vm.stop(force=True)
+            except RunvError as exc:
+                logger.error("container %s: cannot kill the VM: %s", self.container.id, exc)
+        self.events.put(("killed", None))
 
     def op_ps(self, request: dict) -> dict:
         return {"processes": self.agent.call("ps")["processes"]}
@@ -241,7 +267,7 @@ class Shim:
         if self.started and self.container.spec.process.terminal:
             rows, cols = terminal.get_winsize(self.stdio[0])
             try:
-                self.agent.call("winsize", proc=INIT, rows=rows, cols=cols)
+                self.agent.call("winsize", timeout=SIGNAL_TIMEOUT, proc=INIT, rows=rows, cols=cols)
             except AgentError as exc:
                 logger.debug("window size not delivered: %s", exc)
 
@@ -251,7 +277,7 @@ class Shim:
         if not self.started:
             return None if signum in BENIGN else 128 + signum
         try:
-            self.agent.call("signal", proc=INIT, signal=signum)
+            self.agent.call("signal", timeout=SIGNAL_TIMEOUT, proc=INIT, signal=signum)
         except AgentError as exc:
             logger.debug("signal %d not delivered: %s", signum, exc)
         return None
@@ -259,19 +285,12 @@ class Shim:
     # ---------------------------------------------------------------- streams
 
     def sink(self, fd: int) -> Callable[[bytes], None]:
-        """Writes a stream to one of the container's host fds; once the caller closed its
-        end, output is dropped, as a closed pipe would."""
-        broken = False
-
-        def write(data: bytes) -> None:
-            nonlocal broken
-            if not broken:
-                try:
-                    write_all(fd, data)
-                except OSError:
-                    broken = True
-
-        return write
+        """Writes a stream to one of the container's host fds, from a bounded outbox with a
+        thread of its own (a slow reader never holds up the agent channel); once the caller
+        closed its end, output is dropped, as a closed pipe would."""
+        outbox = Outbox(lambda data: write_all(fd, data), f"container {self.container.id} fd {fd}")
+        self.outboxes.append(outbox)
+        return outbox.put
 
     def on_data(self, channel: int, payload: bytes) -> None:
         route = self.routes.get(channel)
@@ -279,7 +298,7 @@ class Shim:
             route(payload)
 
     def on_agent_event(self, message: dict) -> None:
-        if message["event"] == "exit" and message.get("proc") != INIT:
+        if message["event"] == "exit" and message["proc"] != INIT:
             handler = self.exits.get(message["proc"])
             if handler:
                 handler(message)
@@ -288,6 +307,8 @@ class Shim:
 
     def teardown(self, force: bool = False) -> None:
         """Closes the agent and takes the VM down (see :func:`runv.shim.teardown.teardown`)."""
+        for outbox in self.outboxes:  # the container's last output reaches its stdout first
+            outbox.finish(timeout=2.0)
         if self.agent:
             self.agent.close()
         teardown(self.container, self.hooks, self.vm, self.attachment, force=force)
