@@ -49,25 +49,40 @@ class FrameReader:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list:
         """Returns the complete frames in ``data`` (plus what was buffered) as
-        ``(kind, channel, payload)`` tuples; control payloads are decoded dicts."""
+        ``(kind, channel, payload)`` tuples; control payloads are decoded dicts. A bad
+        frame raises ProtocolError, after the good frames before it were returned (the
+        error then comes from the next call: feed it ``b""``)."""
+        if self._error is not None:
+            raise self._error
         self._buffer += data
         frames = []
-        while len(self._buffer) >= HEADER.size:
-            kind, channel, length = HEADER.unpack_from(self._buffer)
-            if kind not in (CTRL, DATA) or length > MAX_PAYLOAD:
-                raise ProtocolError(f"bad frame header kind={kind} length={length}")
-            end = HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            payload = bytes(self._buffer[HEADER.size : end])
-            del self._buffer[:end]
-            if kind == CTRL:
-                payload = decode_ctrl(payload)
-            frames.append((kind, channel, payload))
+        try:
+            while len(self._buffer) >= HEADER.size:
+                kind, channel, length = HEADER.unpack_from(self._buffer)
+                if kind not in (CTRL, DATA) or length > MAX_PAYLOAD:
+                    raise ProtocolError(f"bad frame header kind={kind} length={length}")
+                end = HEADER.size + length
+                if len(self._buffer) < end:
+                    break
+                payload = bytes(self._buffer[HEADER.size : end])
+                del self._buffer[:end]
+                if kind == CTRL:
+                    payload = decode_ctrl(payload)
+                frames.append((kind, channel, payload))
+        except ProtocolError as exc:
+            if not frames:
+                raise
+            self._error = exc
         return frames
+
+    @property
+    def failed(self) -> bool:
+        """A bad frame is waiting to be raised by the next :meth:`feed`."""
+        return self._error is not None
 
 
 def nesting(payload: bytes) -> int:

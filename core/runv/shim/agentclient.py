@@ -185,7 +185,10 @@ class AgentClient:
     def _read_loop(self) -> None:
         reader = FrameReader()
         try:
-            while data := self.sock.recv(1 << 16):
+            while True:
+                data = b"" if reader.failed else self.sock.recv(1 << 16)  # a failed reader raises its error
+                if not data and not reader.failed:
+                    break
                 for kind, channel, payload in reader.feed(data):
                     if kind != CTRL:
                         self.on_data(channel, payload)
