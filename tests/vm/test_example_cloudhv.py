@@ -1,7 +1,8 @@
 """The example hypervisor plugin (examples/runv-cloudhv) as a third party ships it: a wheel
-built with ``pip wheel``, installed next to runv's own wheel into a fresh virtualenv, found
-by `runv plugins` from its entry point, and reported by `runv check` as unusable with its
-probe's reason (Cloud Hypervisor is not installed here). Its unit tests run in runv's own
+built with ``pip wheel``, installed next to runv's own wheel (and runv-overlay's) into a
+fresh virtualenv, found by `runv plugins` from its entry point, and reported by `runv check`
+as unusable with its probe's reason (Cloud Hypervisor is not installed here); in the same
+environment a container runs on the fake VMM that the runv wheel ships (runv.testing). Its unit tests run in runv's own
 test run too (pyproject's testpaths); here they run once more against the installed wheel.
 
 The virtualenv borrows the dependencies (attrs, pluggy, typer, pytest) from this
@@ -35,9 +36,9 @@ def wheel(source: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
-    """A fresh virtualenv with the runv and runv-cloudhv wheels installed; returns its python."""
+    """A fresh virtualenv with the runv, runv-cloudhv and runv-overlay wheels installed; returns its python."""
     base = tmp_path_factory.mktemp("cloudhv")
-    wheels = [wheel(REPO, base / "core"), wheel(EXAMPLE, base / "example")]
+    wheels = [wheel(REPO, base / "core"), wheel(EXAMPLE, base / "example"), wheel(REPO / "plugins" / "overlay", base / "overlay")]
     subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True, timeout=120)
     python = base / "venv" / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -114,3 +115,23 @@ def test_runv_check_reports_it_unusable_with_the_probes_reason(venv, env):
 def test_the_examples_own_tests_pass_against_the_wheel(venv, env):
     result = run(venv, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests"), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_container_runs_there_on_the_fake_vmm(venv, env, tmp_path):
+    from support import make_rootfs
+
+    from runv.testing import fake_vmm_path, leftovers_in, with_path
+
+    bundle = tmp_path / "bundle"
+    make_rootfs(bundle / "rootfs")
+    config = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+              "process": {"args": ["sh", "-c", "echo from $(cat /etc/passwd | cut -d: -f1); exit 7"], "env": ["PATH=/bin"], "cwd": "/"}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    guest = [tmp_path / "kernel", tmp_path / "initrd.img"]  # create checks they exist; the fake VMM boots neither
+    for path in guest:
+        path.write_bytes(b"")
+    fake = with_path(env, fake_vmm_path(tmp_path / "fakevmm"))
+    result = runv(venv, "--root", str(tmp_path / "state"), "--kernel", str(guest[0]), "--initrd", str(guest[1]),
+                  "--hypervisor", "fake", "run", "--bundle", str(bundle), "from-wheel", env=fake)
+    assert (result.returncode, result.stdout, result.stderr) == (7, "from root\n", "")
+    assert leftovers_in(tmp_path) == []
