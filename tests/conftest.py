@@ -6,11 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
-from support import INITRD, KERNEL, RUNV, make_rootfs
+from support import INITRD, KERNEL, RUNV, make_rootfs, run_captured
 
 from runv.testing import vm_processes_in
 
@@ -49,20 +48,7 @@ def root(tmp_path) -> Path:
 def runv(root):
     """Runs the installed ``runv`` binary with this test's --root; returns CompletedProcess."""
     def call(*args, check=False, timeout=180, **kwargs):
-        """Output goes through files, not pipes: a shim keeps the caller's stdio open
-        for the container's life, as runc's container process does."""
-        argv = [RUNV, "--root", str(root), *map(str, args)]
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            kwargs.setdefault("stdout", out)
-            kwargs.setdefault("stderr", err)
-            result = subprocess.run(argv, timeout=timeout, **kwargs)
-            out.seek(0)
-            err.seek(0)
-            result.stdout, result.stderr = out.read().decode(), err.read().decode()
-        if check and result.returncode != 0:
-            raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
-        return result
+        return run_captured([RUNV, "--root", str(root), *map(str, args)], check=check, timeout=timeout, **kwargs)
 
     yield call
     if root.is_dir():  # leave nothing behind, whatever the test did

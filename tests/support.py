@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 RUNV = str(Path(sys.executable).with_name("runv"))
@@ -27,3 +28,19 @@ def make_rootfs(path: Path) -> Path:
             link.symlink_to("busybox")
     (path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     return path
+
+
+def run_captured(argv: list[str], *, check: bool = False, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
+    """Runs ``argv`` with its output through files, not pipes (a shim keeps its caller's
+    stdio open for the container's life, as runc's container process does); text output."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        kwargs.setdefault("stdout", out)
+        kwargs.setdefault("stderr", err)
+        result = subprocess.run(argv, timeout=timeout, **kwargs)
+        out.seek(0)
+        err.seek(0)
+        result.stdout, result.stderr = out.read().decode(), err.read().decode()
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
+    return result

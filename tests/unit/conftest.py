@@ -5,12 +5,11 @@ core's functions directly. ``base_rootfs`` and ``make_bundle`` come from tests/c
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from support import run_captured
 
 from runv.testing import fake_vmm_path, leftovers_in, with_path
 
@@ -51,18 +50,8 @@ def fake(tmp_path, root, fake_site, guest_files, hermetic):
     def call(*args, check=False, timeout=30, **kwargs):
         argv = [RUNV, "--root", str(root), "--kernel", str(kernel), "--initrd", str(initrd), "--hypervisor", "fake",
                 *map(str, args)]
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
         kwargs.setdefault("env", env)
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            kwargs.setdefault("stdout", out)
-            kwargs.setdefault("stderr", err)
-            result = subprocess.run(argv, timeout=timeout, **kwargs)
-            out.seek(0)
-            err.seek(0)
-            result.stdout, result.stderr = out.read().decode(), err.read().decode()
-        if check and result.returncode != 0:
-            raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
-        return result
+        return run_captured(argv, check=check, timeout=timeout, **kwargs)
 
     call.env = env
     yield call
