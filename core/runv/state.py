@@ -22,16 +22,22 @@ from runv.oci.state import State
 
 RECORD = "state.json"
 LOCK = "lock"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# runc's character set (libcontainer's ``^[\w+-\.]+$``: letters, digits, ``_ + , - .``), in
+# ASCII, matched in full (``$`` alone would let ``abc\n`` through), and not starting with a
+# symbol (so never ``.`` or ``..``, nor an option-looking ``-x``).
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+,.-]*")
+MAX_ID = 100  # characters: ids name directories, device-mapper devices (127 bytes) and VMs
 
 
 def validate_id(container_id: str) -> str:
-    """Ids name directories: no empty ids, no ``/`` and no ``..``."""
+    """Ids name directories and devices: runc's characters, a length limit; one line each."""
     if not container_id:
         raise RunvError("container id must not be empty")
-    if "/" in container_id or ".." in container_id or not _ID.match(container_id):
+    if len(container_id) > MAX_ID:
+        raise RunvError(f"invalid container id: {len(container_id)} characters, at most {MAX_ID}")
+    if not _ID.fullmatch(container_id) or ".." in container_id:
         raise RunvError(
-            f"invalid container id {container_id!r}: use letters, digits and _.+- "
+            f"invalid container id {container_id!r}: use letters, digits and _+,-. "
             "(no '/', no '..', not starting with a symbol)"
         )
     return container_id

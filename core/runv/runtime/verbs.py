@@ -58,6 +58,8 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     store.dir(container_id)  # validates the id before anything else
     bundle = bundle.resolve()
     spec, rootfs = load_bundle(bundle)
+    if Path(os.path.realpath(rootfs)) == Path("/"):  # the share would export the host's root
+        raise RunvError(f"{bundle}/config.json: root.path {spec.root.path!r} resolves to the host's /: refused")
     if spec.hooks.get("startContainer"):
         raise RunvError(
             f"{bundle}/config.json: hooks.startContainer is not supported: it runs inside the container, "
@@ -139,9 +141,16 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
         status = record.live_status()
         if status in ("running", "paused") and not force:
             raise RunvError(f"cannot delete container {container_id} that is not stopped: {status}")
+        if status == "creating" and not force:  # its create is still running: it cleans up on failure
+            raise RunvError(f"cannot delete container {container_id} that is being created (use --force)")
         _stop_shim(record)
-        container = _container(record, state_dir)
-        _teardown(record, container)
+        with store.locked(container_id):  # the shim is dead: what it recorded last is what there is
+            try:
+                record = store.read(container_id)
+            except RunvError:
+                pass
+            container = _container(record, state_dir)
+            _teardown(record, container)
     else:
         volumes.release(state_dir)
     store.remove(container_id)

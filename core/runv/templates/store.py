@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def directory() -> Path:
 
 
 def read(name: str) -> dict:
+    check_name(name)
     path = directory() / name / RECORD
     try:
         return json.loads(path.read_text())
@@ -48,9 +50,15 @@ def all_records() -> list[dict]:
     return sorted(found, key=lambda r: r.get("created", ""), reverse=True)
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def check_name(name: str) -> None:
-    if not name or name.startswith(".") or "/" in name or name in (AUTO, OFF):
-        raise RunvError(f"invalid template name {name!r}: not auto/off, no '/', not starting with '.'")
+    """Template names name directories and reach QEMU's command line: letters, digits and
+    ``_.-``, at most 64 characters, not starting with a symbol, not auto/off."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name or name in (AUTO, OFF):
+        raise RunvError(f"invalid template name {name!r}: letters, digits and _.- (at most 64, not starting "
+                        "with a symbol, not auto/off)")
 
 
 def remove(name: str) -> None:

@@ -74,7 +74,9 @@ def pool_from_settings(options: dict):
 
 
 def snapshot_name(container_id: str) -> str:
-    return f"runv-{container_id}"
+    """A container's dm device: ``runv-ct-<id>``, a namespace of its own (the pool is
+    ``runv-pool``, its bases ``runv-pool-base-*``), so no id names another device of runv's"""
+    return f"runv-ct-{container_id}"
 
 
 @hookimpl

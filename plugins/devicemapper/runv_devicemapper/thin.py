@@ -268,6 +268,9 @@ class Pool:
             stale = registry["snapshots"].pop(name, None)
             if stale:
                 self._drop(stale, name)
+            elif dm_exists(name):  # not ours (the registry names every device runv made)
+                raise RunvError(f"a device-mapper device {name} exists that pool {self.name} did not make: "
+                                "refusing to reuse it")
             self._check_space()
             entry = {"id": self._new_id(registry), "sectors": base["sectors"], "base": key, "state": "creating"}
             registry["snapshots"][name] = entry
@@ -285,9 +288,7 @@ class Pool:
         """Deactivates and deletes a snapshot; nothing to do when it is gone already."""
         with self.locked() as registry:
             entry = registry["snapshots"].get(name)
-            if entry is None:
-                if dm_exists(self.name):
-                    dm_remove(name)
+            if entry is None:  # never made, or removed already: a device of that name is not ours
                 return
             if not dm_exists(self.name):
                 self._ensure()

@@ -1,0 +1,95 @@
+"""An untrusted bundle and odd ids on the fake VMM: each refused in one line, nothing left
+(the ``fake`` fixture checks: no process, no mount, every container deleted)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from runv.api.errors import RunvError
+from runv.templates.store import check_name
+
+
+def one_line_error(result, words):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("cid, words", [("abc\n", "invalid container id"), ("a" * 300, "at most 100"),
+                                        ("x y", "invalid container id"), ("a/b", "invalid container id")])
+def test_bad_ids_are_one_line_errors(fake, make_bundle, cid, words):
+    bundle = make_bundle(["true"])
+    one_line_error(fake("create", "--bundle", bundle, cid), words)
+    assert fake("list", "-q").stdout.strip() == ""
+
+
+def test_a_root_path_resolving_to_the_hosts_root_is_refused(fake, make_bundle, tmp_path):
+    bundle = make_bundle(["true"])
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "up").symlink_to("/")
+    for path in ("/", "up", "rootfs/../../../../../.."):
+        config["root"]["path"] = path
+        (bundle / "config.json").write_text(json.dumps(config))
+        one_line_error(fake("create", "--bundle", bundle, "box"), "resolves to the host's /")
+    assert fake("list", "-q").stdout.strip() == ""
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "parent"])
+def test_a_symlinked_volume_source_is_refused_not_followed(fake, make_bundle, tmp_path, kind):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("host secret\n")
+    links = tmp_path / "links"
+    links.mkdir()
+    if kind == "file":
+        (links / "vol").symlink_to(outside / "secret")
+        source = links / "vol"
+    elif kind == "dir":
+        (links / "vol").symlink_to(outside)
+        source = links / "vol"
+    else:
+        (links / "up").symlink_to(outside)
+        source = links / "up" / "secret"
+    bundle = make_bundle(["cat", "/data"], mounts=[{"destination": "/data", "type": "bind", "source": str(source),
+                                                     "options": ["bind"]}])
+    result = fake("run", "--bundle", bundle, "box")
+    one_line_error(result, "is a symbolic link")
+    assert "host secret" not in result.stdout
+    assert fake("list", "-q").stdout.strip() == ""
+
+
+def test_a_real_volume_directory_still_works(fake, make_bundle, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/f").write_text("from the host\n")
+    bundle = make_bundle(["cat", "/data/f"], mounts=[{"destination": "/data", "type": "bind", "source": str(tmp_path / "d"),
+                                                       "options": ["bind", "ro"]}])
+    result = fake("run", "--bundle", bundle, "box")
+    assert (result.returncode, result.stdout) == (0, "from the host\n"), result.stderr
+
+
+def test_delete_refuses_a_container_still_being_created(fake, root):
+    state = root / "box"
+    state.mkdir(parents=True)
+    record = {"id": "box", "bundle": "/nonexistent", "rootfs": "/nonexistent/rootfs", "created": "now", "status": "creating",
+              "shim_pid": os.getpid(), "shim_start": 0}
+    (state / "state.json").write_text(json.dumps(record))
+    one_line_error(fake("delete", "box"), "being created")
+    assert fake("delete", "--force", "box").returncode == 0
+    assert not state.exists()
+
+
+@pytest.mark.parametrize("name", ["", ".x", "a/b", "auto", "off", "a" * 65, "x\n", "a;rm -rf /", "a..b"])
+def test_template_names_are_restricted(name):
+    with pytest.raises(RunvError, match="invalid template name"):
+        check_name(name)
+
+
+def test_devicemapper_names_live_in_runvs_own_namespace():
+    from runv_devicemapper import snapshot_name
+
+    assert snapshot_name("pool") == "runv-ct-pool" != "runv-pool"
+    assert snapshot_name("pool-base-k1").startswith("runv-ct-")
