@@ -3,13 +3,19 @@
 QEMU runs as a child of the shim, in the container's state directory (so its socket
 paths stay short), with its stderr and the guest console appended to ``console.log``.
 It is controlled through QMP with ``qemu.qmp``.
+
+It is jailed (docs/security.md): started through :mod:`runv_qemu.jail` (parent-death
+signal, its own mount namespace, no_new_privs, a minimal capability bounding set, a
+seccomp filter against setuid bits) and with QEMU's own ``-sandbox`` (:data:`SANDBOX`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +26,8 @@ QMP_SOCKET = "qmp.sock"
 START_TIMEOUT = 20.0
 QUIT_TIMEOUT = 5.0
 HOTPLUG_PORT = "hotplug"  # ids of the free PCIe root ports: hotplug0, hotplug1, ...
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+JAIL = Path(__file__).with_name("jail.py")
 
 
 def binary() -> str | None:
@@ -55,6 +63,7 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
         "-m", str(vm.memory_mib),
         "-smp", str(vm.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-sandbox", SANDBOX,
         "-kernel", str(vm.kernel),
         "-initrd", str(vm.initrd),
         "-append", " ".join(("console=ttyS0",) + vm.kernel_args),
@@ -94,9 +103,10 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
     fails with QEMU's own words. ``extra`` goes at the end of the command line (templates:
     memory backend, -incoming)."""
     argv = command(vm, accel, cpu) + list(extra)
+    jailed = [sys.executable, "-S", "-I", str(JAIL), str(os.getpid()), "--", *argv]  # execs QEMU: same pid
     with open(vm.console_log, "ab") as log:
         proc = subprocess.Popen(
-            argv, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[nic.fd for nic in vm.nics]
+            jailed, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[nic.fd for nic in vm.nics]
         )
     qmp = vm.state_dir / QMP_SOCKET
     deadline = time.monotonic() + START_TIMEOUT

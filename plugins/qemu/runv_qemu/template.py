@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ RAM_ID = "runv-ram"
 LOAD_TIMEOUT = 60.0
 SAVE_TIMEOUT = 120.0
 COMPRESSOR = "lz4"
+MIGRATION_FD = "runv-migration"  # the getfd name of the stream's descriptor: QEMU runs no commands (spawn=deny)
 
 
 def _memory_args(vm: VMSpec, path: Path, share: bool) -> list[str]:
@@ -132,16 +134,33 @@ def save(vm: QemuVM, directory: Path) -> dict:
     memory = directory / MEMORY
     state = directory / STATE
     started = time.monotonic()
-    sink = f"{COMPRESSOR} -q -c > {state}" if compress else f"cat > {state}"
-    vm.qmp(("stop", None), _ignore_shared(not compress), ("migrate", {"uri": f"exec:{sink}"}))
-    deadline = time.monotonic() + SAVE_TIMEOUT
-    while True:
-        status = vm.qmp(("query-migrate", None))[0].get("status")
-        if status == "completed":
-            break
-        if status in ("failed", "cancelled") or time.monotonic() > deadline:
-            raise RunvError(f"saving the template failed (migration {status}): {last_words(Path(vm.data['console_log']))}")
-        time.sleep(0.02)
+    out = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    compressor = None
+    try:
+        if compress:  # QEMU writes the stream to a pipe; lz4 (the host's child, not QEMU's) packs it
+            compressor = subprocess.Popen([COMPRESSOR, "-q", "-c"], stdin=subprocess.PIPE, stdout=out)
+            fd = compressor.stdin.fileno()
+        else:
+            fd = out
+        vm.qmp(("getfd", {"fdname": MIGRATION_FD}), ("stop", None), _ignore_shared(not compress),
+               ("migrate", {"uri": f"fd:{MIGRATION_FD}"}), fd=fd)
+        if compressor is not None:
+            compressor.stdin.close()  # QEMU holds its own copy until the stream ends
+        deadline = time.monotonic() + SAVE_TIMEOUT
+        while True:
+            status = vm.qmp(("query-migrate", None))[0].get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise RunvError(f"saving the template failed (migration {status}): {last_words(Path(vm.data['console_log']))}")
+            time.sleep(0.02)
+        if compressor is not None and compressor.wait(SAVE_TIMEOUT) != 0:
+            raise RunvError(f"saving the template failed: {COMPRESSOR} exited {compressor.returncode}")
+    finally:
+        os.close(out)
+        if compressor is not None and compressor.poll() is None:
+            compressor.kill()
+            compressor.wait()
     seconds = time.monotonic() - started
     os.chmod(state, 0o600)
     files = {STATE: state.stat().st_size}
@@ -158,10 +177,16 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     extra = ["-incoming", "defer"]
     if not compress:
         extra = _memory_args(vm, directory / MEMORY, share=False) + extra
-    source = f"{compress} -q -d -c {state}" if compress else f"cat {state}"
     clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra, cls=TemplatedQemuVM)
+    stream = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
+    decompressor = None
     try:
-        clone.qmp(_ignore_shared(not compress), ("migrate-incoming", {"uri": f"exec:{source}"}))
+        fd = stream
+        if compress:  # lz4 unpacks on the host; QEMU reads a pipe (it runs no commands: spawn=deny)
+            decompressor = subprocess.Popen([compress, "-q", "-d", "-c"], stdin=stream, stdout=subprocess.PIPE)
+            fd = decompressor.stdout.fileno()
+        clone.qmp(("getfd", {"fdname": MIGRATION_FD}), _ignore_shared(not compress),
+                  ("migrate-incoming", {"uri": f"fd:{MIGRATION_FD}"}), fd=fd)
         deadline = time.monotonic() + LOAD_TIMEOUT
         while True:
             if not clone.alive():
@@ -179,4 +204,13 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     except BaseException:
         clone.stop(force=True)
         raise
+    finally:
+        os.close(stream)
+        if decompressor is not None:
+            decompressor.stdout.close()
+            try:
+                decompressor.wait(5)
+            except subprocess.TimeoutExpired:
+                decompressor.kill()
+                decompressor.wait()
     return clone
