@@ -5,7 +5,7 @@ import os
 import select
 import signal
 
-from runv.agent import identity, mounts, network, processes, stats, terminal
+from runv.agent import confine, identity, network, processes, stats, terminal
 from runv.agent.channel import Port, Stream
 from runv.agent.debug import log
 from runv.agent.errors import AgentError
@@ -35,7 +35,7 @@ def op_poweroff(agent, message: dict) -> None:
 OPERATIONS = {
     "ping": identity.op_ping,
     "clone": identity.op_clone,
-    "prepare": mounts.op_prepare,
+    "prepare": confine.op_prepare,
     "exec": processes.op_exec,
     "signal": processes.op_signal,
     "winsize": terminal.op_winsize,
@@ -61,6 +61,9 @@ class Agent:
             channel = Port(channel) if is_port else Stream(channel)
         self.channel = channel
         self.rootfs = rootfs
+        # containers are confined (namespaces, pivot_root...) by the agent of a VM, PID 1 there;
+        # not by an agent on the host (tests, --socket), which runs processes as it always did
+        self.confine = rootfs != "/" and os.getpid() == 1
         self.reader = FrameReader()
         self.outbuf = bytearray()
         self.processes = ProcessTable(rootfs, self.send)

@@ -18,6 +18,7 @@ MOUNT_FLAGS = {  # <sys/mount.h>: options that are flags, not filesystem data
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
              "stderr": "/proc/self/fd/2", "core": "/proc/kcore"}
+NAMESPACED = ("proc", "mqueue", "cgroup", "cgroup2")  # mounted in the container's own namespaces
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -69,10 +70,13 @@ def op_prepare(agent, message: dict) -> None:
         plan_mount({**root, "in_rootfs": True}, agent.rootfs)
     else:
         mount(resolve_source(root["source"]), agent.rootfs, root["fstype"], options)
+    confine = getattr(agent, "confine", False)
     for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
         path = os.path.join(agent.rootfs, target)
+        if confine and fstype == "proc":
+            continue  # the container's own, mounted in its PID namespace (runv.agent.confine)
         if os.path.isdir(path):
-            mount(fstype, path, fstype, "")
+            mount(fstype, path, fstype, "nosuid,nodev,noexec,ro" if confine and fstype == "sysfs" else "")
     dev = os.path.join(agent.rootfs, "dev")
     if os.path.isdir(dev) and message.get("guest_devices"):  # the VM's own devices, all of them
         mount("devtmpfs", dev, "devtmpfs", "")
@@ -80,12 +84,16 @@ def op_prepare(agent, message: dict) -> None:
         mount("devpts", os.path.join(dev, "pts"), "devpts", "newinstance,ptmxmode=0666,mode=620,gid=5")
     elif os.path.isdir(dev):
         populate_dev(dev)
+    deferred = []  # mounts that belong to the container's namespaces: made by its process
     for entry in plan:  # the spec's mounts (volumes, tmpfs, mqueue...), in order
-        if entry.get("in_rootfs"):
+        if confine and entry.get("in_rootfs") and entry["fstype"] in NAMESPACED:
+            deferred.append(entry)
+        elif entry.get("in_rootfs"):
             plan_mount(entry, rootfs_path(agent.rootfs, entry["target"], entry))
     if message.get("hostname"):
         with open("/proc/sys/kernel/hostname", "w") as f:
             f.write(message["hostname"])
+    agent.deferred_mounts = deferred  # runv.agent.confine.op_prepare hands them to the container
 
 
 def disk_by_serial(serial: str, timeout: float = DISK_TIMEOUT) -> str:

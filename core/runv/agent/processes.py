@@ -5,6 +5,7 @@ import os
 import signal
 import termios
 
+from runv.agent.confine import apply_process
 from runv.agent.errors import AgentError
 from runv.agent.terminal import open_pty, set_winsize
 
@@ -25,9 +26,11 @@ class Process:
         self.exited_at = None
 
 
-def spawn(rootfs: str, name: str, message: dict) -> Process:
+def spawn(rootfs: str, name: str, message: dict, container=None) -> Process:
     """Forks the process into the rootfs with its stdio on pipes or a pty; a failure in
-    the child before exec comes back through a close-on-exec pipe as AgentError."""
+    the child before exec comes back through a close-on-exec pipe as AgentError. With
+    ``container`` (a runv.agent.confine.Container: the agent in a VM) the process gets
+    the container's namespaces, a new set for ``init``, the init's for any other."""
     streams = message.get("streams", {})
     tty = bool(message.get("tty"))
     if tty:
@@ -45,13 +48,23 @@ def spawn(rootfs: str, name: str, message: dict) -> Process:
         close_in_parent = [in_r, out_w, err_w]
     parent["stdin_channel"] = streams.get("stdin", 0)
     err_pipe_r, err_pipe_w = os.pipe2(os.O_CLOEXEC)
+    init = bool(message.get("init"))
+    if container is not None:
+        try:
+            container.before_fork(init)
+        except BaseException:
+            for fd in (err_pipe_r, err_pipe_w, *close_in_parent, *parent["outputs"], parent["stdin_fd"]):
+                os.close(fd)
+            raise
     pid = os.fork()
     if pid == 0:
         try:
-            child(rootfs, message, child_fds, tty, err_pipe_w)
+            child(rootfs, message, child_fds, tty, err_pipe_w, container)
         except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
             os.write(err_pipe_w, describe(exc, message["args"][0]).encode())
         os._exit(127)
+    if container is not None:
+        container.after_fork(init, None)
     os.close(err_pipe_w)
     for fd in close_in_parent:
         os.close(fd)
@@ -62,19 +75,31 @@ def spawn(rootfs: str, name: str, message: dict) -> Process:
         for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
             os.close(fd)
         raise AgentError(failure.decode())
+    if container is not None and init:
+        container.after_fork(init, pid)  # it has exec'd: its namespaces are the container's
     for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
         os.set_blocking(fd, False)
     return Process(name, pid, parent, master if tty else None)
 
 
-def child(rootfs: str, message: dict, fds: tuple, tty: bool, keep: int) -> None:
+def child(rootfs: str, message: dict, fds: tuple, tty: bool, keep: int, container=None) -> None:
     """Runs in the forked child: becomes the container process or raises. The steps run
     in this order, each relying on the ones before; ``keep`` is the error pipe's fd."""
     reset_signals()
     take_stdio(fds, tty)
-    close_inherited_fds(keep)
-    enter_rootfs(rootfs, message.get("cwd") or "/")
-    set_user(message.get("user") or {})
+    if container is None:
+        close_inherited_fds(keep)
+        enter_rootfs(rootfs, message.get("cwd") or "/")
+        set_user(message.get("user") or {})
+    else:
+        try:
+            container.enter(bool(message.get("init")))
+            close_inherited_fds(keep)
+            apply_process(message)
+        except OSError as exc:
+            if exc.filename is None and not isinstance(exc, FileNotFoundError):
+                raise AgentError(f"container set-up: {exc.strerror or exc}") from None
+            raise
     env = dict(item.split("=", 1) for item in message.get("env", []) if "=" in item)
     os.execvpe(message["args"][0], message["args"], env)
 
@@ -122,6 +147,8 @@ def set_user(user: dict) -> None:
 
 def describe(exc: BaseException, program: str) -> str:
     """What went wrong starting ``program``, phrased as runc does."""
+    if isinstance(exc, AgentError):
+        return str(exc)
     if isinstance(exc, FileNotFoundError) and exc.filename in (None, program):
         return f'exec: "{program}": executable file not found in $PATH'
     if isinstance(exc, OSError):

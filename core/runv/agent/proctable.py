@@ -20,11 +20,12 @@ class ProcessTable:
         self.send = send
         self.by_name = {}  # name -> Process
         self.by_fd = {}  # output fd -> Process
+        self.container = None  # runv.agent.confine.Container once prepare confines the rootfs (in a VM)
 
     def start(self, name: str, message: dict) -> Process:
         if name in self.by_name:
             raise AgentError(f"process {name!r} already exists")
-        proc = spawn(self.rootfs, name, message)
+        proc = spawn(self.rootfs, name, message, self.container)
         self.by_name[name] = proc
         for fd in proc.outputs:
             self.by_fd[fd] = proc

@@ -34,7 +34,7 @@ def command(
 
     spec_process = make_process(
         ctx.obj, container_id, process_file=process, args=args or [], env=env or [], cwd=cwd, user=user,
-        additional_gids=additional_gids or [], tty=tty,
+        additional_gids=additional_gids or [], tty=tty, caps=cap or [], no_new_privs=no_new_privs,
     )
     code = exec_process(ctx.obj, container_id, spec_process, detach=detach, pid_file=pid_file, console_socket=console_socket)
     raise typer.Exit(code)

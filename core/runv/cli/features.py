@@ -1,4 +1,4 @@
-"""Print what this runtime supports, as runc's `features` JSON."""
+"""Print what this runtime supports, as runc's `features` JSON: what the guest agent really applies."""
 
 import typer
 
@@ -8,6 +8,7 @@ NAME = "features"
 def command(ctx: typer.Context) -> None:
     import json
 
+    from runv.agent.tables import CAPABILITIES
     from runv.oci.config import HOOK_KINDS
     from runv.oci.state import OCI_VERSION
 
@@ -17,13 +18,17 @@ def command(ctx: typer.Context) -> None:
                 "ociVersionMin": "1.0.0",
                 "ociVersionMax": OCI_VERSION,
                 "hooks": [kind for kind in HOOK_KINDS if kind != "startContainer"],
-                "mountOptions": ["ro", "rw", "bind", "rbind"],
-                # The VM is the isolation boundary: namespaces, capabilities, cgroups,
-                # seccomp and LSMs of the spec are not applied inside the guest.
+                "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+                                 "sync", "async", "dirsync", "noatime", "atime", "nodiratime", "diratime",
+                                 "relatime", "norelatime", "strictatime"],
+                # Applied inside the guest (docs/confinement.md): every container gets its own mount,
+                # PID, UTS, IPC and cgroup namespaces; the network is the VM's (a "network" entry is
+                # the host namespace whose interfaces the VM takes over). No user namespaces yet,
+                # no seccomp yet; no LSM exists in the guest (apparmorProfile, selinuxLabel are accepted).
                 "linux": {
-                    "namespaces": [],
-                    "capabilities": [],
-                    "cgroup": {"v1": False, "v2": False, "systemd": False, "systemdUser": False},
+                    "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+                    "capabilities": list(CAPABILITIES),
+                    "cgroup": {"v1": False, "v2": True, "systemd": False, "systemdUser": False},
                     "seccomp": {"enabled": False},
                     "apparmor": {"enabled": False},
                     "selinux": {"enabled": False},

@@ -49,6 +49,7 @@ AGENT_FILES = (
     "runv/agent/__init__.py",
     "runv/agent/__main__.py",
     "runv/agent/channel.py",
+    "runv/agent/confine.py",
     "runv/agent/debug.py",
     "runv/agent/errors.py",
     "runv/agent/identity.py",
@@ -59,6 +60,7 @@ AGENT_FILES = (
     "runv/agent/proctable.py",
     "runv/agent/protocol.py",
     "runv/agent/stats.py",
+    "runv/agent/tables.py",
     "runv/agent/terminal.py",
 )
 GUEST_AGENT_ROOT = "/usr/lib/runv-agent"

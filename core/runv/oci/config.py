@@ -1,8 +1,9 @@
 """The parts of an OCI ``config.json`` runv honours, validated once with errors naming the field.
 
 ``linux`` and ``mounts`` are kept as given (the network namespace path is read from
-``linux`` by networking); namespaces, capabilities, seccomp and devices are ignored,
-as in runV: the VM is the isolation boundary.
+``linux`` by networking). The confinement fields (capabilities, rlimits, masked and
+read-only paths, sysctl, devices, resources...) are checked by runv.oci.security and
+sent to the guest agent, which applies them as runc does on a host (docs/confinement.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import attrs
 
 from runv.api.errors import RunvError
+from runv.oci.security import parse_linux, parse_process_security
 
 HOOK_KINDS = ("createRuntime", "createContainer", "startContainer", "prestart", "poststart", "poststop")
 
@@ -41,6 +43,8 @@ class Process:
     terminal: bool = False
     user: User = User()
     console_size: ConsoleSize | None = None
+    # capabilities, rlimits, noNewPrivileges, oomScoreAdj, umask: as runv.oci.security parses them
+    security: dict = attrs.field(factory=dict, eq=False)
 
     def to_json(self) -> dict:
         """The OCI form again (``parse_process`` reads it back)."""
@@ -53,12 +57,17 @@ class Process:
         }
         if self.console_size:
             data["consoleSize"] = {"height": self.console_size.height, "width": self.console_size.width}
+        security = dict(self.security)
+        if "umask" in security:
+            data["user"]["umask"] = security.pop("umask")
+        data.update(security)
         return data
 
     def agent_request(self) -> dict:
         """The fields of the agent's ``exec`` request that describe this process."""
         oci = self.to_json()
         request = {key: oci[key] for key in ("args", "env", "cwd", "user")}
+        request.update(self.security)
         request["tty"] = self.terminal
         if self.console_size:
             request["rows"], request["cols"] = self.console_size.height, self.console_size.width
@@ -89,6 +98,8 @@ class Spec:
     hooks: dict[str, tuple[Hook, ...]] = attrs.field(factory=dict)
     linux: dict[str, Any] = attrs.field(factory=dict)
     mounts: tuple[dict, ...] = ()
+    # what the agent's prepare applies from ``linux`` (runv.oci.security.parse_linux)
+    confinement: dict = attrs.field(factory=dict, eq=False)
 
 
 class _Fields:
@@ -154,6 +165,7 @@ def parse_process(data: Any, source: str, where: str = "process") -> Process:
         terminal=f.get("terminal", bool, False),
         user=user,
         console_size=console,
+        security=parse_process_security(data, source, where),
     )
 
 
@@ -185,6 +197,7 @@ def parse_spec(data: Any, source: str) -> Spec:
         hooks=hooks,
         linux=f.get("linux", dict, {}),
         mounts=tuple(f.get("mounts", list, [])),
+        confinement=parse_linux(f.get("linux", dict, {}), source),
     )
 
 

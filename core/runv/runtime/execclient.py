@@ -157,12 +157,18 @@ def make_process(
     user: str | None,
     additional_gids: list[int],
     tty: bool,
+    caps: list[str] = (),
+    no_new_privs: bool = False,
 ) -> Process:
     """The process to exec: ``--process`` as given, or ARGS with the container's
-    environment (``-e`` overriding by name), working directory and user."""
+    environment (``-e`` overriding by name), working directory, user and the rest of its
+    process spec (capabilities, rlimits, noNewPrivileges...); ``--cap`` adds a capability
+    as runc's does (bounding, effective, permitted; ambient when the spec has inheritable
+    ones), ``--no-new-privs`` sets noNewPrivileges."""
     import attrs
 
     from runv.oci.config import User, load_bundle, parse_process, read_json
+    from runv.oci.security import parse_capabilities
 
     if process_file is not None:
         return parse_process(read_json(process_file, "process file"), str(process_file))
@@ -184,4 +190,14 @@ def make_process(
         identity = attrs.evolve(identity, additional_gids=tuple(additional_gids))
     if cwd is not None and not cwd.startswith("/"):
         raise RunvError(f"invalid --cwd {cwd!r}: it must be an absolute path")
-    return Process(args=tuple(args), env=tuple(merged.values()), cwd=cwd or base.cwd, terminal=tty, user=identity)
+    security = dict(base.security)
+    if caps:
+        parse_capabilities({"bounding": list(caps)}, "exec", "--cap")
+        sets = {key: list(value) for key, value in (security.get("capabilities") or {}).items()}
+        for key in ("bounding", "effective", "permitted") + (("ambient",) if sets.get("inheritable") else ()):
+            sets[key] = sets.get(key, []) + [c.upper() for c in caps if c.upper() not in sets.get(key, [])]
+        security["capabilities"] = sets
+    if no_new_privs:
+        security["noNewPrivileges"] = True
+    return Process(args=tuple(args), env=tuple(merged.values()), cwd=cwd or base.cwd, terminal=tty, user=identity,
+                   security=security)

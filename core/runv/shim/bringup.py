@@ -101,13 +101,15 @@ def guest_mount(entry: GuestMount, vm: VMSpec, caps: Capabilities) -> dict:
 
 
 def prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities) -> dict:
-    """The agent's ``prepare``: the rootfs, the mount plan around it, hostname and /dev."""
+    """The agent's ``prepare``: the rootfs, the mount plan around it, hostname and /dev,
+    and what the container's namespaces get from ``linux`` (runv.oci.security.parse_linux)."""
     root = guest_mount(attachment.rootfs, vm, caps)
     return {
         "rootfs": {key: root[key] for key in ("source", "fstype", "options", "readonly")},
         "mounts": [guest_mount(m, vm, caps) for m in attachment.mounts],
         "hostname": container.spec.hostname,
         "guest_devices": container.annotations.get(GUEST_DEVICES) == "true",
+        "confinement": container.spec.confinement,
     }
 
 

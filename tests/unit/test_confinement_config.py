@@ -1,0 +1,121 @@
+"""The confinement fields of config.json, checked on the host (runv.oci.security), and
+how they reach the agent's requests."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from runv.api.errors import RunvError
+from runv.oci.config import parse_process, parse_spec
+from runv.oci.default_spec import default_spec
+
+
+def spec_with(process=None, linux=None) -> dict:
+    spec = default_spec()
+    spec["process"].update(process or {})
+    spec["linux"].update(linux or {})
+    return spec
+
+
+def test_the_process_fields_reach_the_agents_exec_request():
+    spec = parse_spec(spec_with({"oomScoreAdj": 100, "user": {"uid": 1, "gid": 2, "umask": 0o27}}), "config.json")
+    request = spec.process.agent_request()
+    assert request["capabilities"]["bounding"] == ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    assert request["capabilities"]["inheritable"] == []
+    assert request["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+    assert request["noNewPrivileges"] is True and request["oomScoreAdj"] == 100 and request["umask"] == 0o27
+
+
+def test_to_json_round_trips_the_process_spec():  # exec --process and the shim's relay use this form
+    process = parse_spec(spec_with({"user": {"uid": 0, "gid": 0, "umask": 18}}), "c").process
+    again = parse_process(process.to_json(), "relay")
+    assert again.security == process.security and again.to_json()["user"]["umask"] == 18
+
+
+def test_no_capabilities_field_means_nothing_is_dropped():
+    data = spec_with()
+    del data["process"]["capabilities"]
+    assert "capabilities" not in parse_spec(data, "c").process.agent_request()
+
+
+@pytest.mark.parametrize(
+    ("process", "message"),
+    [
+        ({"capabilities": {"bounding": ["CAP_NOPE"]}}, 'config.json: process.capabilities.bounding: unknown capability "CAP_NOPE"'),
+        ({"capabilities": {"effective": "CAP_KILL"}}, "config.json: process.capabilities.effective: must be a list of strings"),
+        ({"rlimits": [{"type": "RLIMIT_BOGUS", "hard": 1, "soft": 1}]}, "config.json: process.rlimits[0].type: wrong rlimit value: RLIMIT_BOGUS"),
+        ({"rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1, "soft": 2}]},
+         "config.json: process.rlimits[0]: soft limit of RLIMIT_NOFILE (2) is above its hard limit (1)"),
+        ({"rlimits": [{"type": "RLIMIT_CORE", "hard": "x", "soft": 1}]},
+         "config.json: process.rlimits[0]: hard and soft of RLIMIT_CORE must be non-negative integers"),
+        ({"oomScoreAdj": 5000}, "config.json: process.oomScoreAdj: must be an integer from -1000 to 1000, not 5000"),
+        ({"noNewPrivileges": "yes"}, "config.json: process.noNewPrivileges: must be true or false, not 'yes'"),
+        ({"user": {"uid": 0, "gid": 0, "umask": 4096}}, "config.json: process.user.umask: must be an integer from 0 to 511 (0777), not 4096"),
+    ],
+)
+def test_bad_process_fields_fail_in_one_line_naming_them(process, message):
+    with pytest.raises(RunvError) as error:
+        parse_spec(spec_with(process), "config.json")
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("linux", "message"),
+    [
+        ({"sysctl": {"kernel.panic": "1"}}, "config.json: linux.sysctl: sysctl 'kernel.panic' is not allowed in the container's namespaces"),
+        ({"sysctl": {"../x": "1"}}, "config.json: linux.sysctl: invalid sysctl name '../x'"),
+        ({"maskedPaths": ["proc/kcore"]}, "config.json: linux.maskedPaths: must be a list of absolute paths"),
+        ({"rootfsPropagation": "weird"}, "config.json: linux.rootfsPropagation: unknown propagation 'weird'"),
+        ({"devices": [{"path": "/dev/x", "type": "q", "major": 1, "minor": 1}]}, "config.json: linux.devices[0].type: must be one of c, b, u, p, not 'q'"),
+        ({"devices": [{"path": "/etc/x", "type": "c", "major": 1, "minor": 1}]}, "config.json: linux.devices[0].path: must be a path under /dev, not '/etc/x'"),
+        ({"resources": {"memory": {"limit": 0}}}, "config.json: linux.resources.memory.limit: must be a positive number of bytes or -1, not 0"),
+    ],
+)
+def test_bad_linux_fields_fail_in_one_line_naming_them(linux, message):
+    with pytest.raises(RunvError) as error:
+        parse_spec(spec_with(linux=linux), "config.json")
+    assert str(error.value) == message
+
+
+def test_the_linux_fields_reach_the_agents_prepare_request():
+    linux = {"sysctl": {"kernel.shmmax": "4096", "net.ipv4.ip_forward": "1"},
+             "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o600}],
+             "resources": {"memory": {"limit": 64 << 20}, "pids": {"limit": 32}}}
+    confinement = parse_spec(spec_with(linux=linux), "c").confinement
+    assert confinement["maskedPaths"][:3] == ["/proc/acpi", "/proc/asound", "/proc/kcore"]
+    assert "/proc/sys" in confinement["readonlyPaths"] and confinement["rootfsPropagation"] == "rprivate"
+    assert confinement["sysctl"] == linux["sysctl"]
+    assert confinement["devices"] == [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o600,
+                                       "uid": 0, "gid": 0}]
+    assert confinement["resources"] == {"memory.max": str(64 << 20), "pids.max": "32"}
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
+def test_runv_spec_is_runcs_default(tmp_path):
+    subprocess.run(["runc", "spec"], cwd=tmp_path, check=True)
+    runc = json.loads((tmp_path / "config.json").read_text())
+    # by design: runv's name as the hostname, and the OCI version runv implements (runc: 1.0.2-dev)
+    runc["hostname"], runc["ociVersion"] = "runv", "1.0.2"
+    assert default_spec() == runc
+
+
+def test_the_agent_confines_only_in_a_vm():
+    import socket
+
+    from runv.agent.loop import Agent
+
+    a, b = socket.socketpair()
+    try:
+        assert Agent(a.fileno(), rootfs="/").confine is False  # the unit tests' and --socket mode's agent
+    finally:
+        a.close()
+        b.close()
+
+
+def test_capability_masks_split_into_capsets_two_words():
+    from runv.agent.confine import cap_mask
+
+    assert cap_mask(["CAP_CHOWN", "CAP_KILL"]) == 0b100001
+    assert cap_mask(["CAP_CHECKPOINT_RESTORE"]) == 1 << 40
