@@ -1,0 +1,164 @@
+"""Confinement inside the guest, read from inside the container: namespaces and
+pivot_root (the agent invisible), capabilities, rlimits, noNewPrivileges, oomScoreAdj,
+umask, masked and read-only paths, devices, sysctl, cgroup limits; exec'd processes the
+same; an escape suite from a default-spec container; runc's answers for the same bundle."""
+
+import json
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from runv.oci.default_spec import default_spec
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+
+REPORT = r"""
+grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Groups)' /proc/self/status
+echo "limit $(grep 'Max open files' /proc/self/limits | tr -s ' ')"
+echo "oom $(cat /proc/self/oom_score_adj)"
+echo "umask $(umask)"
+echo "id $(id)"
+"""
+
+
+def default_config(script, **process):
+    spec = default_spec(terminal=False)
+    spec["process"].update({"args": ["sh", "-c", script], "env": ["PATH=/bin:/sbin:/usr/bin"]}, **process)
+    spec["hostname"] = "runv-test"
+    return spec
+
+
+def bundle_of(make_bundle, spec, name="bundle"):
+    return make_bundle(spec["process"]["args"], name=name, **{k: v for k, v in spec.items() if k not in ("ociVersion",)})
+
+
+def run_in(runv, make_bundle, spec, name="bundle"):
+    bundle = bundle_of(make_bundle, spec, name)
+    cid = f"c{uuid.uuid4().hex[:8]}"
+    result = runv("run", "--bundle", bundle, cid)
+    return result
+
+
+def lines(text, prefix):
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_a_default_spec_container_gets_runcs_process_spec(runv, make_bundle):
+    spec = default_config(REPORT + "echo pid1 $(tr '\\0' ' ' < /proc/1/cmdline); echo self $$; cat /proc/self/mountinfo",
+                          oomScoreAdj=123, user={"uid": 0, "gid": 0, "umask": 0o27, "additionalGids": [7, 9]})
+    result = run_in(runv, make_bundle, spec)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    caps = hex((1 << 29) | (1 << 5) | (1 << 10))[2:].rjust(16, "0")  # AUDIT_WRITE, KILL, NET_BIND_SERVICE
+    assert f"CapBnd:\t{caps}" in out and f"CapEff:\t{caps}" in out and f"CapPrm:\t{caps}" in out
+    assert "CapInh:\t0000000000000000" in out and "CapAmb:\t0000000000000000" in out  # ambient needs inheritable (as in runc)
+    assert "NoNewPrivs:\t1" in out
+    assert "limit Max open files 1024 1024 files" in out
+    assert "oom 123" in out and "umask 0027" in out
+    assert "Groups:\t7 9" in out
+    assert "pid1 sh -c" in out and "self 1" in out  # its own PID namespace: it is PID 1
+    mountinfo = [line.split() for line in out.splitlines() if line[:1].isdigit() and " - " in line]
+    by_target = {fields[4]: fields for fields in mountinfo}
+    assert by_target["/"][5].startswith("ro")  # root.readonly
+    assert "/proc/sys" in by_target and by_target["/proc/sys"][5].startswith("ro")  # readonlyPaths
+    assert by_target["/proc/kcore"][-3] in ("devtmpfs", "tmpfs") or "/proc/kcore" in by_target  # maskedPaths
+    assert by_target["/sys"][5].startswith("ro")
+    assert "/dev/mqueue" in by_target and by_target["/sys/fs/cgroup"][-3] == "cgroup2"
+    assert not any("/rootfs" in fields[4] or fields[4].startswith("/usr/lib/runv") for fields in mountinfo)
+
+
+ESCAPES = r"""
+try() { name=$1; shift; if "$@" >/dev/null 2>&1; then echo "ESCAPED $name"; else echo "held $name"; fi; }
+try proc1-root ls /proc/1/root/usr/lib/runv-agent
+try agent-in-ps sh -c 'ps -o comm | grep -q python'
+try vport sh -c 'ls /dev/vport* /dev/vd* /dev/sd* /dev/mem'
+try devtmpfs mount -t devtmpfs devtmpfs /dev/shm
+try proc-sys sh -c 'echo 1 > /proc/sys/vm/drop_caches'
+try sysfs sh -c 'echo x > /sys/kernel/uevent_helper'
+try kcore sh -c 'test -s /proc/kcore || head -c1 /proc/kcore | grep -q .'
+try insmod insmod /dev/null
+try mknod mknod /dev/shm/sda b 8 0
+try chroot chroot / true
+try hostname hostname other
+try remount-root mount -o remount,rw /
+echo done
+"""
+
+
+def test_escapes_from_a_default_spec_container_fail(runv, make_bundle):
+    result = run_in(runv, make_bundle, default_config(ESCAPES))
+    assert result.returncode == 0, result.stderr
+    assert "done" in result.stdout
+    assert "ESCAPED" not in result.stdout, result.stdout
+    assert len(lines(result.stdout, "held ")) == 12
+
+
+def test_exec_joins_the_namespaces_and_gets_its_own_process_spec(runv, make_bundle, tmp_path):
+    spec = default_config("echo started; exec sleep 300")
+    bundle = bundle_of(make_bundle, spec)
+    out = open(tmp_path / "out", "w")
+    assert runv("create", "--bundle", bundle, "cx", stdout=out).returncode == 0
+    assert runv("start", "cx").returncode == 0
+    plain = runv("exec", "cx", "sh", "-c", REPORT + "echo pid1 $(tr '\\0' ' ' < /proc/1/cmdline); ls /dev/vport* || true")
+    assert plain.returncode == 0, plain.stderr
+    assert "pid1 sleep 300" in plain.stdout and "vport" not in plain.stdout
+    assert "NoNewPrivs:\t1" in plain.stdout and "limit Max open files 1024 1024 files" in plain.stdout
+    assert "CapEff:\t0000000020000420" in plain.stdout
+    more = runv("exec", "--cap", "CAP_SYS_ADMIN", "--user", "1000:1000", "--additional-gids", "5", "--cwd", "/dev",
+                "-e", "X=y", "cx", "sh", "-c", REPORT + "pwd; echo X=$X")
+    assert more.returncode == 0, more.stderr
+    assert "CapBnd:\t0000000020200420" in more.stdout  # --cap adds CAP_SYS_ADMIN (21) to bounding...
+    assert "CapEff:\t0000000000000000" in more.stdout  # ...and a non-root user loses it at execve (no ambient), as in runc
+    assert "id uid=1000 gid=1000 groups=5" in more.stdout and "/dev\nX=y" in more.stdout
+    process = tmp_path / "process.json"
+    process.write_text(json.dumps({"args": ["sh", "-c", REPORT], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0},
+                                   "noNewPrivileges": False, "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+                                                                               "permitted": ["CAP_KILL"]}}))
+    own = runv("exec", "--process", process, "cx")
+    assert own.returncode == 0, own.stderr
+    assert "CapEff:\t0000000000000020" in own.stdout and "NoNewPrivs:\t0" in own.stdout
+    assert "limit Max open files" in own.stdout and "1024 1024" not in own.stdout  # --process: its own (no) rlimits
+    runv("kill", "cx", "KILL")
+
+
+def test_linux_devices_sysctl_and_cgroup_limits(runv, make_bundle):
+    script = ("stat -c '%F %t %T %a' /dev/fuse; cat /proc/sys/kernel/shmmax; "
+              "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max; cat /proc/self/cgroup")
+    spec = default_config(script)
+    spec["linux"].update({"devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o600}],
+                          "sysctl": {"kernel.shmmax": "8192"},
+                          "resources": {"memory": {"limit": 64 << 20}, "pids": {"limit": 40}}})
+    result = run_in(runv, make_bundle, spec)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:5] == ["character special file a e5 600", "8192", str(64 << 20), "40", "0::/"]
+
+
+@pytest.mark.parametrize(
+    ("process", "message"),
+    [({"capabilities": {"bounding": ["CAP_BOGUS"]}}, 'process.capabilities.bounding: unknown capability "CAP_BOGUS"'),
+     ({"rlimits": [{"type": "RLIMIT_WHAT", "soft": 1, "hard": 1}]}, "process.rlimits[0].type: wrong rlimit value: RLIMIT_WHAT")],
+)
+def test_bad_input_fails_create_in_one_line_and_leaves_nothing(runv, make_bundle, root, process, message):
+    spec = default_config("true", **process)
+    bundle = bundle_of(make_bundle, spec)
+    result = runv("create", "--bundle", bundle, "bad")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (root / "bad").exists()
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
+def test_runc_and_runv_give_the_same_bundle_the_same_process(runv, make_bundle, tmp_path):
+    spec = default_config(REPORT, user={"uid": 1000, "gid": 1000, "umask": 0o22, "additionalGids": [10]},
+                          rlimits=[{"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 512},
+                                   {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}], oomScoreAdj=50)
+    spec["process"]["capabilities"]["inheritable"] = ["CAP_KILL"]  # so that an ambient capability can be raised
+    bundle = bundle_of(make_bundle, spec)
+    runc = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle", str(bundle), "diff-runc"],
+                          capture_output=True, text=True, timeout=60)
+    assert runc.returncode == 0, runc.stderr
+    ours = runv("run", "--bundle", bundle, "diff-runv")
+    assert ours.returncode == 0, ours.stderr
+    # by design, none of these differ; what does (the kernel, the network, the agent's mounts) is not printed
+    assert ours.stdout.splitlines() == runc.stdout.splitlines()
