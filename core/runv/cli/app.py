@@ -24,6 +24,18 @@ app = typer.Typer(
 )
 
 
+def print_version(value: bool) -> None:
+    """``runv --version`` in runc's form (Podman and containerd read its first line)."""
+    if value:
+        import platform
+
+        import runv
+        from runv.oci.state import OCI_VERSION
+
+        print(f"runv version {runv.__version__}\ncommit: {runv.__version__}\nspec: {OCI_VERSION}\npython: {platform.python_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -39,6 +51,8 @@ def main_options(
         help="Start VMs from a saved VM template: auto (one that matches, if any), off, or a name (see `runv template`).")] = "auto",
     systemd_cgroup: Annotated[bool, typer.Option("--systemd-cgroup", hidden=True)] = False,
     rootless: Annotated[Optional[str], typer.Option("--rootless", hidden=True)] = None,
+    version: Annotated[bool, typer.Option("--version", "-v", is_eager=True, callback=print_version,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """runc's global options (plus runv's guest and plugin choices); cgroup options are accepted and ignored."""
     if log_format not in ("text", "json"):
