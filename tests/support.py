@@ -40,7 +40,7 @@ def run_captured(argv: list[str], *, check: bool = False, timeout: float = 180, 
         result = subprocess.run(argv, timeout=timeout, **kwargs)
         out.seek(0)
         err.seek(0)
-        result.stdout, result.stderr = out.read().decode(), err.read().decode()
+        result.stdout, result.stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if check and result.returncode != 0:
         raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
     return result

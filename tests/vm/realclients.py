@@ -14,23 +14,17 @@ import signal
 import struct
 import subprocess
 import tarfile
-import tempfile
 import termios
 import time
 from pathlib import Path
 
-from support import RUNV
+from support import RUNV, run_captured
 
 
 def run(argv, *, env=None, timeout=180, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
     """Runs a client command; output goes through files, not pipes (a container may keep
     a pipe open for its life, and the client's children with it)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        result = subprocess.run(list(map(str, argv)), env=env, stdin=stdin, stdout=out, stderr=err, timeout=timeout)
-        out.seek(0)
-        err.seek(0)
-        result.stdout, result.stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    return result
+    return run_captured(list(map(str, argv)), env=env, stdin=stdin, timeout=timeout)
 
 
 class PtySession:

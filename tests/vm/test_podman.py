@@ -141,6 +141,11 @@ def gone(podman: Podman, name: str) -> bool:
     return podman("container", "exists", name).returncode == 1
 
 
+def test_info_reads_runvs_version_without_errors(podman):
+    result = podman("info", "--format", "{{.Host.OCIRuntime.Version}}", check=True)
+    assert result.stdout.startswith("runv version ") and result.stderr == ""
+
+
 def test_run_rm_echo(podman):
     before = runv_ids(podman.runv_root)
     result = podman("run", "--rm", IMAGE, "echo", "hi")
