@@ -119,3 +119,37 @@ def test_capability_masks_split_into_capsets_two_words():
 
     assert cap_mask(["CAP_CHOWN", "CAP_KILL"]) == 0b100001
     assert cap_mask(["CAP_CHECKPOINT_RESTORE"]) == 1 << 40
+
+
+SECCOMP = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+           "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+
+
+def test_a_seccomp_profile_reaches_prepare():
+    assert parse_spec(spec_with(linux={"seccomp": SECCOMP}), "c").confinement["seccomp"] == SECCOMP
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"defaultAction": "SCMP_ACT_MAYBE"}, "config.json: linux.seccomp.defaultAction: unknown action 'SCMP_ACT_MAYBE'"),
+        ({"architectures": ["SCMP_ARCH_ARM"]}, "config.json: linux.seccomp.architectures: unsupported architecture 'SCMP_ARCH_ARM' (this guest is x86_64)"),
+        ({"syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOPE"}]}, "config.json: linux.seccomp.syscalls[0].action: unknown action 'SCMP_ACT_NOPE'"),
+        ({"syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "op": "LIKE"}]}]},
+         "config.json: linux.seccomp.syscalls[0].args: bad argument comparison {'index': 0, 'op': 'LIKE'}"),
+    ],
+)
+def test_bad_seccomp_fields_fail_in_one_line(change, message):
+    with pytest.raises(RunvError) as error:
+        parse_spec(spec_with(linux={"seccomp": {**SECCOMP, **change}}), "config.json")
+    assert str(error.value) == message
+
+
+def test_a_syscall_libseccomp_does_not_know_fails_on_the_host():
+    from runv.oci.security import _host_libseccomp
+
+    if _host_libseccomp() is None:
+        pytest.skip("no libseccomp on this host")
+    profile = {**SECCOMP, "syscalls": [{"names": ["mkdir", "no_such_call"], "action": "SCMP_ACT_ERRNO"}]}
+    with pytest.raises(RunvError, match="linux.seccomp.syscalls\\[0\\].names: unknown syscall 'no_such_call'"):
+        parse_spec(spec_with(linux={"seccomp": profile}), "config.json")

@@ -162,3 +162,17 @@ def test_runc_and_runv_give_the_same_bundle_the_same_process(runv, make_bundle, 
     assert ours.returncode == 0, ours.stderr
     # by design, none of these differ; what does (the kernel, the network, the agent's mounts) is not printed
     assert ours.stdout.splitlines() == runc.stdout.splitlines()
+
+
+def test_seccomp_is_installed_last_and_applies_to_exec(runv, make_bundle, tmp_path):
+    spec = default_config("grep Seccomp: /proc/self/status; mkdir /dev/shm/x 2>&1; echo started; exec sleep 300")
+    spec["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+                                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+    bundle = bundle_of(make_bundle, spec)
+    out = open(tmp_path / "out", "w")
+    assert runv("run", "-d", "--bundle", bundle, "sc", stdout=out).returncode == 0
+    exec_ = runv("exec", "sc", "sh", "-c", "grep Seccomp: /proc/self/status; mkdir /dev/shm/y")
+    assert "Seccomp:\t2" in exec_.stdout and "Permission denied" in exec_.stderr
+    text = (tmp_path / "out").read_text()
+    assert "Seccomp:\t2" in text and "Permission denied" in text and "started" in text
+    runv("kill", "sc", "KILL")

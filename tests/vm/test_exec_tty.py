@@ -178,8 +178,10 @@ def test_events_stats(runv, running):
 
 def test_features_say_what_is_not_supported(runv):
     features = json.loads(runv("features", check=True).stdout)
-    assert features["linux"]["namespaces"] == [] and features["linux"]["seccomp"]["enabled"] is False
-    assert "prestart" in features["hooks"]
+    # the guest applies namespaces and seccomp (docs/confinement.md); no user namespaces, no LSM
+    assert "user" not in features["linux"]["namespaces"] and "pid" in features["linux"]["namespaces"]
+    assert features["linux"]["seccomp"]["enabled"] is True and features["linux"]["apparmor"]["enabled"] is False
+    assert "prestart" in features["hooks"] and "startContainer" not in features["hooks"]
 
 
 def test_exec_tty_with_console_socket_and_resize(runv, running, tmp_path):

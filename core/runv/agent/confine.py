@@ -24,6 +24,7 @@ import os
 import stat
 
 from runv.agent import mounts
+from runv.agent import seccomp as seccomp_filter
 from runv.agent.errors import AgentError
 from runv.agent.mounts import mount, plan_mount, rootfs_path
 from runv.agent.tables import CAP_NUMBERS, NAMESPACES, RLIMIT_NUMBERS
@@ -80,6 +81,8 @@ class Container:
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.ns_fds = {}  # the init's namespaces, opened once it runs
         self.cgroup = make_cgroup(config.get("resources") or {})
+        if config.get("seccomp"):
+            seccomp_filter.library()  # loaded here: a child after pivot_root sees only the container's files
 
     # ------------------------------------------------- the agent's side of the fork
 
@@ -252,8 +255,13 @@ def cap_mask(names: list) -> int:
     return mask
 
 
-def apply_process(message: dict) -> None:
-    """oomScoreAdj, rlimits, umask, bounding set, user, capabilities, cwd, noNewPrivileges."""
+def apply_process(message: dict, seccomp=None) -> None:
+    """oomScoreAdj, rlimits, umask, bounding set, user, capabilities, cwd, noNewPrivileges,
+    seccomp (``linux.seccomp``): last, or, without noNewPrivileges, before the capabilities
+    go (loading a filter then needs CAP_SYS_ADMIN), as runc does."""
+    nnp = bool(message.get("noNewPrivileges"))
+    if seccomp and not nnp:
+        seccomp_filter.load(seccomp)
     if message.get("oomScoreAdj") is not None:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(message["oomScoreAdj"]))
@@ -289,5 +297,7 @@ def apply_process(message: dict) -> None:
         for name in caps.get("ambient", []):  # as runc: one not also inheritable and permitted is not raised
             _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NUMBERS[name], 0, 0)
     os.chdir(message.get("cwd") or "/")
-    if message.get("noNewPrivileges"):
+    if nnp:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "noNewPrivileges")
+        if seccomp:
+            seccomp_filter.load(seccomp)

@@ -95,7 +95,7 @@ def child(rootfs: str, message: dict, fds: tuple, tty: bool, keep: int, containe
         try:
             container.enter(bool(message.get("init")))
             close_inherited_fds(keep)
-            apply_process(message)
+            apply_process(message, container.config.get("seccomp"))
         except OSError as exc:
             if exc.filename is None and not isinstance(exc, FileNotFoundError):
                 raise AgentError(f"container set-up: {exc.strerror or exc}") from None

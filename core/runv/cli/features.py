@@ -8,6 +8,7 @@ NAME = "features"
 def command(ctx: typer.Context) -> None:
     import json
 
+    from runv.agent.seccomp import ACTIONS, ARCHES, OPERATORS
     from runv.agent.tables import CAPABILITIES
     from runv.oci.config import HOOK_KINDS
     from runv.oci.state import OCI_VERSION
@@ -23,13 +24,15 @@ def command(ctx: typer.Context) -> None:
                                  "relatime", "norelatime", "strictatime"],
                 # Applied inside the guest (docs/confinement.md): every container gets its own mount,
                 # PID, UTS, IPC and cgroup namespaces; the network is the VM's (a "network" entry is
-                # the host namespace whose interfaces the VM takes over). No user namespaces yet,
-                # no seccomp yet; no LSM exists in the guest (apparmorProfile, selinuxLabel are accepted).
+                # the host namespace whose interfaces the VM takes over). No user namespaces yet;
+                # seccomp through the guest's libseccomp; no LSM exists in the guest (apparmorProfile,
+                # selinuxLabel are accepted, not applied).
                 "linux": {
                     "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
                     "capabilities": list(CAPABILITIES),
                     "cgroup": {"v1": False, "v2": True, "systemd": False, "systemdUser": False},
-                    "seccomp": {"enabled": False},
+                    "seccomp": {"enabled": True, "actions": sorted(ACTIONS), "operators": sorted(OPERATORS),
+                                "archs": sorted(ARCHES)},
                     "apparmor": {"enabled": False},
                     "selinux": {"enabled": False},
                 },

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runv.agent.seccomp import ACTIONS, ARCHES, OPERATORS
 from runv.agent.tables import CAP_NUMBERS, CAP_SETS, RLIMIT_NUMBERS
 from runv.api.errors import RunvError
 
@@ -151,6 +152,61 @@ def parse_resources(data: Any, source: str) -> dict:
     return applied
 
 
+LIBSECCOMP_ARCHES = ("x86_64", "x86", "x32", "arm", "aarch64", "mips", "mips64", "mips64n32", "mipsel", "mipsel64",
+                     "mipsel64n32", "ppc", "ppc64", "ppc64le", "s390", "s390x", "parisc", "parisc64", "riscv64")
+
+
+def _host_libseccomp():
+    """A function telling whether libseccomp knows a syscall name on any architecture (a
+    profile names other architectures' calls: runc skips those), or None without libseccomp
+    on the host (the guest image carries the host's Debian build)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2")
+    except OSError:
+        return None
+    lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+    lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    arches = [a for a in map(lib.seccomp_arch_resolve_name, (n.encode() for n in LIBSECCOMP_ARCHES)) if a]
+    return lambda name: any(lib.seccomp_syscall_resolve_name_arch(a, name.encode()) >= 0 for a in arches)
+
+
+def parse_seccomp(data: Any, source: str) -> dict | None:
+    """``linux.seccomp`` checked: actions, architectures, operators, and syscall names
+    (against libseccomp's table where the host has libseccomp, as the guest does)."""
+    if data is None:
+        return None
+    where = "linux.seccomp"
+    if not isinstance(data, dict):
+        _fail(source, where, "must be an object")
+    if data.get("defaultAction") not in ACTIONS:
+        _fail(source, f"{where}.defaultAction", f"unknown action {data.get('defaultAction')!r}")
+    for arch in data.get("architectures") or []:
+        if arch not in ARCHES:
+            _fail(source, f"{where}.architectures", f"unsupported architecture {arch!r} (this guest is x86_64)")
+    if data.get("listenerPath"):
+        _fail(source, f"{where}.listenerPath", "SCMP_ACT_NOTIFY is not supported in the guest")
+    known = _host_libseccomp()
+    for index, rule in enumerate(data.get("syscalls") or []):
+        name = f"{where}.syscalls[{index}]"
+        if not isinstance(rule, dict):
+            _fail(source, name, "must be an object")
+        if rule.get("action") not in ACTIONS:
+            _fail(source, f"{name}.action", f"unknown action {rule.get('action')!r}")
+        names = rule.get("names") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            _fail(source, f"{name}.names", "must be a list of strings")
+        for syscall in names:
+            if known is not None and not known(syscall):
+                _fail(source, f"{name}.names", f"unknown syscall {syscall!r}")
+        for arg in rule.get("args") or []:
+            if not isinstance(arg, dict) or arg.get("op") not in OPERATORS or not _int(arg.get("index")):
+                _fail(source, f"{name}.args", f"bad argument comparison {arg!r}")
+    return data
+
+
 def parse_linux(linux: dict, source: str) -> dict:
     """The ``linux`` fields the agent's ``prepare`` applies, in their OCI names."""
     sysctl = linux.get("sysctl") or {}
@@ -174,4 +230,5 @@ def parse_linux(linux: dict, source: str) -> dict:
         "rootfsPropagation": propagation,
         "devices": parse_devices(linux.get("devices"), source),
         "resources": parse_resources(linux.get("resources"), source),
+        "seccomp": parse_seccomp(linux.get("seccomp"), source),
     }
