@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Sequence
@@ -28,11 +29,18 @@ def run_tool(argv: Sequence[str], what: str, hint: str = "", *, install: str = "
     return result.stdout
 
 
+TAIL_BYTES = 64 << 10  # of a console log read for its last words: the guest writes it, it may be huge
+
+
 def last_words(log: Path, lines: int = 5) -> str:
     """The last non-empty lines of a VM's console log (its guest console and the VMM's
-    stderr), joined into one line for error messages."""
+    stderr), joined into one line for error messages: only its tail is read, and what the
+    guest wrote is escaped (no control characters reach a terminal or a log line)."""
     try:
-        text = log.read_text(errors="replace")
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
+            text = f.read(TAIL_BYTES).decode(errors="replace")
     except OSError:
         text = ""
-    return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:]) or "no output"
+    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line[:500]) for line in kept) or "no output"

@@ -11,6 +11,7 @@ from runv.api.errors import RunvError
 from runv.api.sockets import connect_unix
 
 SOCKET = "shim.sock"
+CONSOLE_LOG = "console.log"  # in the state directory: the guest console and the VMM's stderr
 NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGPIPE}
 
 

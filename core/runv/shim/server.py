@@ -15,6 +15,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -49,6 +50,9 @@ BENIGN = {signal.SIGCONT, signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG}  # do 
 REPLY_GRACE = 10.0  # seconds an exiting shim waits to answer requests in flight
 CLOSED_CODE = 255  # the exit code when the VM closes the agent channel without an exit
 KILLED_CODE = 128 + signal.SIGKILL  # the exit code of a container the host killed
+CONSOLE_CAP = 8 << 20  # bytes of console.log (the guest writes it) before it is cut to its tail
+CONSOLE_KEEP = 1 << 20  # bytes of its tail kept in console.log.1 when it is cut
+CONSOLE_CHECK = 1.0  # seconds between looks at its size
 
 
 class Shim:
@@ -138,6 +142,7 @@ class Shim:
         server.bind(control.SOCKET)  # relative: the shim runs in the container's state directory
         server.listen(16)
         threading.Thread(target=self.accept_loop, args=(server,), name="control", daemon=True).start()
+        threading.Thread(target=cap_console, args=(Path(control.CONSOLE_LOG),), name="console-cap", daemon=True).start()
         for signum in signal.valid_signals() - NOT_FORWARDED:
             signal.signal(signum, lambda n, _frame: self.events.put(("signal", n)))
         signal.signal(signal.SIGWINCH, lambda *_: self.events.put(("winch", None)))
@@ -312,6 +317,25 @@ class Shim:
         if self.agent:
             self.agent.close()
         teardown(self.container, self.hooks, self.vm, self.attachment, force=force)
+
+
+def cap_console(path: Path, cap: int = CONSOLE_CAP, keep: int = CONSOLE_KEEP, every: float = CONSOLE_CHECK) -> None:
+    """Keeps the console log (appended to by the VMM, written by the guest) bounded: once
+    it passes ``cap`` bytes its last ``keep`` go to ``console.log.1`` and it is emptied (the
+    VMM appends with O_APPEND, so it carries on at the new end)."""
+    while True:
+        time.sleep(every)
+        try:
+            with open(path, "r+b") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size <= cap:
+                    continue
+                f.seek(size - keep)
+                tail = f.read(keep)
+                path.with_name(path.name + ".1").write_bytes(tail)
+                f.truncate(0)
+        except OSError:
+            continue
 
 
 def run(shim: Shim, report: Callable[[str], None]) -> int:
