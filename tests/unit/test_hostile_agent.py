@@ -188,3 +188,18 @@ def test_a_flood_to_a_stuck_stdout_neither_grows_the_shim_nor_blocks_control(hos
         os.close(read_end)
         if write_end is not None:
             os.close(write_end)
+
+
+def test_kill_stops_the_vm_even_when_the_shim_cannot_answer(hostile, make_bundle):
+    """A frozen shim (here: SIGSTOP) cannot take KILL: `runv kill` stops the VM and the shim itself."""
+    import signal
+
+    shim = started(hostile, "obedient", make_bundle)
+    vm_pid = record(hostile)["vm"]["pid"]
+    os.kill(shim, signal.SIGSTOP)
+    begin = time.monotonic()
+    result = hostile("obedient", "kill", "box", "KILL")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - begin < 15
+    wait_for(lambda: not Path(f"/proc/{shim}").exists() and not Path(f"/proc/{vm_pid}").exists(), 5,
+             "the shim and its VM to be gone")

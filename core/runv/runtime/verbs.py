@@ -20,6 +20,7 @@ from runv.shim import control
 from runv.state import Record, Store
 
 SHIM_EXIT_WAIT = 15.0  # seconds delete waits for a stopping shim before killing it
+KILL_WAIT = 10.0  # seconds `kill KILL` waits for the shim before stopping the VM itself
 
 
 def parse_signal(text: str) -> int:
@@ -60,11 +61,6 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     spec, rootfs = load_bundle(bundle)
     if Path(os.path.realpath(rootfs)) == Path("/"):  # the share would export the host's root
         raise RunvError(f"{bundle}/config.json: root.path {spec.root.path!r} resolves to the host's /: refused")
-    if spec.hooks.get("startContainer"):
-        raise RunvError(
-            f"{bundle}/config.json: hooks.startContainer is not supported: it runs inside the container, "
-            "which is a VM here; use createContainer or prestart (run on the host)"
-        )
     process = spec.process  # missing program: refused here, as runc's create does, before a VM boots
     check_program(str(rootfs), process.args, process.env, process.cwd, [str(m.get("destination", "")) for m in spec.mounts])
     if spec.process.terminal:
@@ -118,7 +114,29 @@ def kill(settings: Settings, container_id: str, signum: int, all_processes: bool
         raise RunvError(f"container {container_id} is paused: resume it first (only KILL is delivered to a paused container)")
     elif status not in ("created", "running"):
         raise RunvError("container not running")
-    control.call(store.dir(container_id), "signal", signal=signum, all=all_processes)
+    if signum != signal.SIGKILL:
+        control.call(store.dir(container_id), "signal", signal=signum, all=all_processes)
+        return
+    try:  # KILL is the host's: the shim stops the VM without asking the guest
+        control.call(store.dir(container_id), "signal", timeout=KILL_WAIT, signal=signum, all=all_processes)
+    except (RunvError, OSError) as exc:  # a shim that cannot answer: stop its VM and the shim from here
+        logger.warning("container %s: the shim did not take KILL (%s); killing its VM and shim", container_id, exc)
+        _kill_from_record(store.read(container_id))
+
+
+def _kill_from_record(record: Record) -> None:
+    from runv import loader
+
+    if record.vm:
+        try:
+            loader.load_hypervisor(record.hypervisor).reattach(record.vm).stop(force=True)
+        except RunvError as exc:
+            from runv.api.hypervisor import VM
+
+            logger.warning("container %s: %s; killing its VMM", record.id, exc)
+            VM.from_record(record.vm).stop(force=True)
+    if record.shim_alive():
+        os.kill(record.shim_pid, signal.SIGKILL)
 
 
 def delete(settings: Settings, container_id: str, force: bool) -> None:
