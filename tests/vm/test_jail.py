@@ -65,14 +65,19 @@ def test_kill_stops_the_vm_from_the_host_with_137(runv, make_bundle, root):
     assert vm_processes_in(root) == []
 
 
-def test_a_guest_root_cannot_make_device_nodes_or_setuid_files_in_the_share(runv, make_bundle):
-    script = ("touch /suid; chmod 4755 /suid; echo chmod=$?; mknod /node c 1 3; echo mknod=$?; "
-              "touch /owned; chown 1234:1234 /owned; echo chown=$?")
-    bundle = make_bundle(["sh", "-c", script])
+@pytest.mark.parametrize("where", ["", "/vol"])
+def test_a_guest_root_cannot_make_device_nodes_or_setuid_files_in_a_share(runv, make_bundle, tmp_path, where):
+    """In the rootfs share and in a volume: mknod, chmod u+s/g+s refused; chown still lands."""
+    script = (f"touch {where}/suid; chmod 4755 {where}/suid; echo chmod=$?; chmod 2755 {where}/suid; echo sgid=$?; "
+              f"mknod {where}/node c 1 3; echo mknod=$?; touch {where}/owned; chown 1234:1234 {where}/owned; echo chown=$?")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    bundle = make_bundle(["sh", "-c", script],
+                         mounts=[{"destination": "/vol", "type": "bind", "source": str(volume), "options": ["bind"]}])
     result = runv("run", "--bundle", bundle, "j3")
-    rootfs = bundle / "rootfs"
-    assert not (rootfs / "node").exists(), result.stdout
-    assert not os.stat(rootfs / "suid").st_mode & 0o6000, result.stdout
-    assert "chmod=0" not in result.stdout and "mknod=0" not in result.stdout
-    owned = os.stat(rootfs / "owned")
+    host = volume if where else bundle / "rootfs"
+    assert not (host / "node").exists(), result.stdout
+    assert not os.stat(host / "suid").st_mode & 0o6000, result.stdout
+    assert "chmod=0" not in result.stdout and "sgid=0" not in result.stdout and "mknod=0" not in result.stdout
+    owned = os.stat(host / "owned")
     assert (owned.st_uid, owned.st_gid) == (1234, 1234)  # ownership still lands on the host (podman diff sees it)
