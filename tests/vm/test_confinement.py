@@ -176,3 +176,17 @@ def test_seccomp_is_installed_last_and_applies_to_exec(runv, make_bundle, tmp_pa
     text = (tmp_path / "out").read_text()
     assert "Seccomp:\t2" in text and "Permission denied" in text and "started" in text
     runv("kill", "sc", "KILL")
+
+
+def test_start_container_hooks_run_inside_the_container_before_the_process(runv, make_bundle):
+    spec = default_config("cat /dev/shm/hook; echo process")
+    hook = ("read state; { echo hook ppid=$PPID; test -e /usr/lib/runv-agent && echo agent-visible;"
+            " case \"$state\" in *'\"status\": \"created\"'*) echo state-ok;; esac; } > /dev/shm/hook")
+    spec["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", hook]}]}
+    result = run_in(runv, make_bundle, spec)
+    assert result.returncode == 0, result.stderr
+    # its parent is the container's PID 1 (the process about to exec), its root the container's
+    assert result.stdout.splitlines() == ["hook ppid=1", "state-ok", "process"], result.stdout
+    spec["hooks"] = {"startContainer": [{"path": "/bin/false"}]}
+    failed = run_in(runv, make_bundle, spec, name="failing")
+    assert failed.returncode != 0 and "hooks.startContainer[0] /bin/false: exit status 1" in failed.stderr, failed.stderr

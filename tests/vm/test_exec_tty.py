@@ -181,7 +181,7 @@ def test_features_say_what_is_not_supported(runv):
     # the guest applies namespaces and seccomp (docs/confinement.md); no user namespaces, no LSM
     assert "user" not in features["linux"]["namespaces"] and "pid" in features["linux"]["namespaces"]
     assert features["linux"]["seccomp"]["enabled"] is True and features["linux"]["apparmor"]["enabled"] is False
-    assert "prestart" in features["hooks"] and "startContainer" not in features["hooks"]
+    assert "prestart" in features["hooks"] and "startContainer" in features["hooks"]
 
 
 def test_exec_tty_with_console_socket_and_resize(runv, running, tmp_path):

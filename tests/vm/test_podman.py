@@ -209,7 +209,14 @@ def test_default_network_gives_the_container_its_ip(podman, box):
 
 
 def test_kill_delivers_the_signal(podman):
-    cid = podman("run", "-d", "--name", "killed", IMAGE, "sleep", "1000", check=True).stdout.strip()
+    # The container's process is PID 1 of its PID namespace (as under runc): it gets only the
+    # signals it handles, so it handles TERM; it exits as TERM's default would have it (143).
+    script = "trap 'exit 143' TERM; echo ready; sleep 1000 & wait"
+    cid = podman("run", "-d", "--name", "killed", IMAGE, "sh", "-c", script, check=True).stdout.strip()
+    deadline = time.monotonic() + 60
+    while "ready" not in podman("logs", "killed").stdout:
+        assert time.monotonic() < deadline, "the container never said ready"
+        time.sleep(0.2)
     podman("kill", "--signal", "TERM", "killed", check=True)
     podman("wait", "killed", check=True, timeout=60)
     assert podman.inspect("killed", "{{.State.ExitCode}}") == "143"  # sleep died of TERM

@@ -20,8 +20,10 @@ directory, ``noNewPrivileges``; the caller execs last.
 
 import ctypes
 import errno
+import json
 import os
 import stat
+import time
 
 from runv.agent import mounts
 from runv.agent import seccomp as seccomp_filter
@@ -301,3 +303,39 @@ def apply_process(message: dict, seccomp=None) -> None:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "noNewPrivileges")
         if seccomp:
             seccomp_filter.load(seccomp)
+
+
+def run_start_hooks(hooks: list, state: dict) -> None:
+    """``startContainer`` hooks, in the container (after pivot_root and the process spec,
+    before the user's program, as runc runs them): each gets the state on stdin and must
+    exit 0 within its ``timeout``; a failure stops the start with one line."""
+    for index, hook in enumerate(hooks):
+        where = f"hooks.startContainer[{index}] {hook['path']}"
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(reader, 0)
+                env = dict(item.split("=", 1) for item in hook.get("env") or [] if "=" in item)
+                os.execve(hook["path"], hook.get("args") or [hook["path"]], env)
+            finally:
+                os._exit(127)
+        os.close(reader)
+        try:
+            os.write(writer, json.dumps({**state, "pid": os.getpid()}).encode())
+        except OSError:
+            pass  # a hook that does not read its state
+        os.close(writer)
+        deadline = time.monotonic() + (hook.get("timeout") or 3600)
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise AgentError(f"{where}: timed out after {hook.get('timeout')} s")
+            time.sleep(0.01)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise AgentError(f"{where}: exit status {code}" if code > 0 else f"{where}: killed by signal {-code}")

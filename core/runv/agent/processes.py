@@ -5,7 +5,7 @@ import os
 import signal
 import termios
 
-from runv.agent.confine import apply_process
+from runv.agent.confine import apply_process, run_start_hooks
 from runv.agent.errors import AgentError
 from runv.agent.terminal import open_pty, set_winsize
 
@@ -96,6 +96,8 @@ def child(rootfs: str, message: dict, fds: tuple, tty: bool, keep: int, containe
             container.enter(bool(message.get("init")))
             close_inherited_fds(keep)
             apply_process(message, container.config.get("seccomp"))
+            if message.get("init") and message.get("startContainer"):
+                run_start_hooks(message["startContainer"], message.get("state") or {})
         except OSError as exc:
             if exc.filename is None and not isinstance(exc, FileNotFoundError):
                 raise AgentError(f"container set-up: {exc.strerror or exc}") from None

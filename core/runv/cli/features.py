@@ -18,7 +18,7 @@ def command(ctx: typer.Context) -> None:
             {
                 "ociVersionMin": "1.0.0",
                 "ociVersionMax": OCI_VERSION,
-                "hooks": [kind for kind in HOOK_KINDS if kind != "startContainer"],
+                "hooks": list(HOOK_KINDS),  # startContainer in the guest, the others on the host
                 "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
                                  "sync", "async", "dirsync", "noatime", "atime", "nodiratime", "diratime",
                                  "relatime", "norelatime", "strictatime"],

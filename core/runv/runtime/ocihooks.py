@@ -4,7 +4,7 @@ For a VM runtime every hook runs on the host: ``createRuntime``, ``createContain
 and ``prestart`` once the VM is up and the rootfs mounted in the guest (a failure fails
 ``create`` and tears the VM down), ``poststart`` after the process started (a failure is
 logged), ``poststop`` when the container is deleted (a failure is logged).
-``startContainer`` would have to run inside the container: it is refused at create.
+``startContainer`` hooks run inside the container, in the guest (runv.agent.confine).
 """
 
 from __future__ import annotations

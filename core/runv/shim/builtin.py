@@ -6,6 +6,13 @@ from runv.api import hookimpl
 @hookimpl(trylast=True)
 def exec(container, process, agent, name, streams):
     """Starts the process through the guest agent; returns its guest PID."""
-    # the container's process creates its namespaces; every other one joins them
+    # the container's process creates its namespaces (and runs the startContainer hooks in
+    # them); every other one joins them
     request = {**process.agent_request(), "init": name == "init"}
+    hooks = container.spec.hooks.get("startContainer") if container.spec else ()
+    if name == "init" and hooks:
+        request["startContainer"] = [{"path": h.path, "args": list(h.args), "env": list(h.env), "timeout": h.timeout}
+                                     for h in hooks]
+        request["state"] = {"ociVersion": container.spec.oci_version, "id": container.id, "status": "created",
+                            "bundle": str(container.bundle), "annotations": container.annotations}
     return agent.call("exec", proc=name, streams=streams, **request)["pid"]
