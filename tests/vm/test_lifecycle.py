@@ -62,10 +62,11 @@ def test_create_start_kill_delete(runv, make_bundle, root, tmp_path):
 def test_signal_to_shim_pid_reaches_container_and_kill_gives_137(runv, make_bundle, tmp_path):
     # The container's process is PID 1 of its own PID namespace, as under runc: a signal it has
     # no handler for is not delivered to it (SIGKILL from outside always is), so it traps TERM.
-    bundle = make_bundle(["sh", "-c", "trap 'exit 143' TERM; sleep 1000 & wait"])
+    bundle = make_bundle(["sh", "-c", "trap 'exit 143' TERM; touch /ready; sleep 1000 & wait"])
     pid_file = tmp_path / "pid"
     runv("create", "--bundle", bundle, "--pid-file", pid_file, "c3", check=True)
     runv("start", "c3", check=True)
+    wait_for(lambda: (bundle / "rootfs" / "ready").exists())  # the trap is set (the rootfs is the bundle's)
     os.kill(int(pid_file.read_text()), signal.SIGTERM)
     wait_for(lambda: state(runv, "c3")["status"] == "stopped")
     runv("delete", "c3", check=True)
