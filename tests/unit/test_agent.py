@@ -193,9 +193,10 @@ def test_virtio_serial_port_is_found_by_name(tmp_path):
 
 
 def test_command_line_options():
-    assert parse_args([]) == {"socket": None, "rootfs": None, "debug": False}
-    assert parse_args(["--socket", "/s", "--rootfs=/r", "--debug"]) == {"socket": "/s", "rootfs": "/r", "debug": True}
-    for bad in (["--socket", "/s"], ["--rootfs", "/r"], ["--socket"], ["--frobnicate"], ["extra"]):
+    assert parse_args([]) == {"socket": None, "rootfs": None, "private": None, "debug": False}
+    assert parse_args(["--socket", "/s", "--rootfs=/r", "--debug"]) == {"socket": "/s", "rootfs": "/r", "private": None, "debug": True}
+    assert parse_args(["--socket", "/s", "--rootfs", "/r", "--private", "/p"])["private"] == "/p"
+    for bad in (["--socket", "/s"], ["--rootfs", "/r"], ["--socket"], ["--frobnicate"], ["extra"], ["--private", "/p"]):
         with pytest.raises(SystemExit, match="runv-agent"):
             parse_args(bad)
 

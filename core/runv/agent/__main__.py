@@ -25,13 +25,14 @@ from runv.agent.debug import log
 from runv.agent.loop import Agent
 
 # Arguments are parsed by hand: argparse would add its imports (re, gettext...) to every guest boot.
-USAGE = "usage: python -m runv.agent [--socket PATH --rootfs DIR [--debug]]"
-OPTIONS_WITH_VALUE = ("--socket", "--rootfs")
+USAGE = "usage: python -m runv.agent [--socket PATH --rootfs DIR [--private DIR] [--debug]]"
+OPTIONS_WITH_VALUE = ("--socket", "--rootfs", "--private")
 
 
 def parse_args(argv: list) -> dict:
-    """``{"socket": PATH | None, "rootfs": DIR | None, "debug": bool}``; SystemExit on misuse."""
-    options = {"socket": None, "rootfs": None, "debug": False}
+    """``{"socket": PATH | None, "rootfs": DIR | None, "private": DIR | None, "debug": bool}``;
+    SystemExit on misuse."""
+    options = {"socket": None, "rootfs": None, "private": None, "debug": False}
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -47,14 +48,20 @@ def parse_args(argv: list) -> dict:
             raise SystemExit(f"runv-agent: bad argument {arg!r}\n{USAGE}")
     if (options["socket"] is None) != (options["rootfs"] is None):
         raise SystemExit(f"runv-agent: --socket and --rootfs go together\n{USAGE}")
+    if options["private"] is not None and options["socket"] is None:
+        raise SystemExit(f"runv-agent: --private goes with --socket\n{USAGE}")
     return options
 
 
-def serve_socket(path: str, rootfs: str) -> None:
-    """The host mode: the agent on a unix socket at ``path`` until poweroff, SIGTERM or SIGINT."""
+def serve_socket(path: str, rootfs: str, private: str | None = None) -> None:
+    """The host mode: the agent on a unix socket at ``path`` until poweroff, SIGTERM or SIGINT.
+    ``private``: where the guest's staging area (/run/runv: shares mounted before the rootfs)
+    goes on the host, so a fake VM's staging never lands in the host's own /run/runv."""
     if not os.path.isdir(rootfs):
         raise SystemExit(f"runv-agent: --rootfs {rootfs}: not a directory")
     agent = Agent(listen_unix(path), rootfs=rootfs)
+    if private is not None:
+        agent.private = os.path.abspath(private)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(0))
     log(f"serving {path} with rootfs {rootfs}")
@@ -84,7 +91,7 @@ def main(argv: list | None = None) -> int:
         serve_vm()
     else:
         debug.ENABLED = options["debug"]
-        serve_socket(options["socket"], options["rootfs"])
+        serve_socket(options["socket"], options["rootfs"], options["private"])
     return 0
 
 

@@ -9,6 +9,7 @@ from runv.agent import confine, identity, network, processes, stats, terminal
 from runv.agent.channel import Port, Stream
 from runv.agent.debug import log
 from runv.agent.errors import AgentError
+from runv.agent.mounts import PRIVATE
 from runv.agent.proctable import ProcessTable
 from runv.agent.protocol import CTRL, FrameReader, ProtocolError, encode_ctrl
 
@@ -61,6 +62,7 @@ class Agent:
             channel = Port(channel) if is_port else Stream(channel)
         self.channel = channel
         self.rootfs = rootfs
+        self.private = PRIVATE  # the guest's staging area on this machine (--private moves it)
         # containers are confined (namespaces, pivot_root...) by the agent of a VM, PID 1 there;
         # not by an agent on the host (tests, --socket), which runs processes as it always did
         self.confine = rootfs != "/" and os.getpid() == 1

@@ -8,6 +8,7 @@ import time
 from runv.agent.errors import AgentError
 
 SERIAL_PREFIX = "serial:"  # a mount source naming a virtio-blk disk by its serial
+PRIVATE = "/run/runv"  # the guest's staging area (shares mounted before the rootfs); Agent.private on this machine
 DISK_TIMEOUT = 10.0  # seconds a hot-plugged disk may take to show up in /sys/block
 MOUNT_FLAGS = {  # <sys/mount.h>: options that are flags, not filesystem data
     "ro": 1, "rw": 0, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "remount": 32, "mand": 64,
@@ -53,10 +54,21 @@ def populate_dev(path: str) -> None:
     mount("shm", os.path.join(path, "shm"), "tmpfs", "nosuid,nodev,noexec,mode=1777,size=65536k")
 
 
+def staged(agent, path: str) -> str:
+    """A guest path in the staging area as this agent has it: itself in a VM, under
+    ``--private`` for an agent on the host (the fake VMM)."""
+    if path == PRIVATE or path.startswith(PRIVATE + "/"):
+        return agent.private + path[len(PRIVATE):]
+    return path
+
+
 def op_prepare(agent, message: dict) -> None:
     """Mounts the container rootfs (and /proc, /sys, /dev in it) and sets the hostname."""
     root = message["rootfs"]
-    plan = message.get("mounts", [])
+    plan = []
+    for entry in message.get("mounts", []):
+        entry = {**entry, "source": staged(agent, entry["source"]) if entry["fstype"] == "bind" else entry["source"]}
+        plan.append(entry if entry.get("in_rootfs") else {**entry, "target": staged(agent, entry["target"])})
     for entry in plan:  # what the rootfs is assembled from: shares, disks (by serial)
         if not entry.get("in_rootfs"):
             plan_mount(entry, entry["target"])

@@ -47,6 +47,7 @@ CAPABILITIES = Capabilities(
     pause=True,
 )
 SOCKET_MAX = 100  # bytes of a unix socket path the agent can bind as it is (sun_path is 108)
+PRIVATE = "fake-run"  # under the state directory: the guest's staging area (/run/runv in a VM)
 NAMESPACE_WAIT = 5.0  # seconds for unshare(1) to enter the new namespaces
 STOP_GRACE = 5.0  # seconds the agent gets to kill its processes after SIGTERM
 
@@ -129,7 +130,8 @@ def boot(vm: VMSpec) -> FakeVM:
     if len(os.fsencode(socket)) >= SOCKET_MAX:  # deep --root: the agent binds it relative to its cwd
         socket = os.path.relpath(socket, vm.state_dir)
     argv = [shutil.which("unshare") or "unshare", "--mount", "--uts", "--ipc", "--propagation", "private", "--",
-            sys.executable, "-S", "-B", "-m", "runv.agent", "--socket", socket, "--rootfs", str(rootfs)]
+            sys.executable, "-S", "-B", "-m", "runv.agent", "--socket", socket, "--rootfs", str(rootfs),
+            "--private", str(vm.state_dir / PRIVATE)]
     if vm.debug:
         argv.append("--debug")
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": _package_parent()}
