@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import attrs
-
 from runv.api.errors import RunvError
 from runv.api.hypervisor import Capabilities
 from runv.api.vm import SERIAL, SHARE, GuestMount, StorageAttachment, VMSpec, to_json
@@ -140,7 +138,3 @@ def connect_agent(vm_spec: VMSpec, vm: VM, caps: Capabilities, on_data: Callable
     logger.debug("agent ready after %.2f s: %s", time.monotonic() - started, agent.ready_info)
     return agent
 
-
-def without_nics(vm: VMSpec) -> tuple[VMSpec, tuple]:
-    """``vm`` without its NICs, and the NICs (a template restore hot-plugs them after)."""
-    return attrs.evolve(vm, nics=()), vm.nics
