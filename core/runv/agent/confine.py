@@ -27,6 +27,7 @@ import time
 
 from runv.agent import mounts
 from runv.agent import seccomp as seccomp_filter
+from runv.agent.cgroups import join_cgroup, make_cgroup
 from runv.agent.errors import AgentError
 from runv.agent.mounts import mount, plan_mount, rootfs_path
 from runv.agent.tables import CAP_NUMBERS, NAMESPACES, RLIMIT_NUMBERS
@@ -38,7 +39,6 @@ MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155  # x86_64
 PR_SET_KEEPCAPS, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 8, 24, 38, 47, 2
 CAP_VERSION_3 = 0x20080522
-CGROUP_ROOT = "/sys/fs/cgroup"
 JOINED = ("ipc", "uts", "cgroup", "mnt")  # setns order for exec: the mount namespace last (it moves our root)
 
 
@@ -157,38 +157,6 @@ def op_prepare(agent, message: dict) -> None:
     if agent.confine:
         config = message.get("confinement") or {}
         agent.processes.container = Container(agent.rootfs, config, agent.deferred_mounts)
-
-
-def make_cgroup(resources: dict):
-    """A cgroup v2 of the container's own under the guest's, with its limits; None without cgroup2."""
-    if not os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers"):
-        os.makedirs(CGROUP_ROOT, exist_ok=True)
-        try:
-            mount("cgroup2", CGROUP_ROOT, "cgroup2", "nosuid,nodev,noexec")
-        except AgentError:
-            if resources:
-                raise
-            return None
-    try:
-        with open(f"{CGROUP_ROOT}/cgroup.subtree_control", "w") as f:
-            f.write("+memory +pids")
-    except OSError:
-        pass
-    path = f"{CGROUP_ROOT}/container"
-    os.makedirs(path, exist_ok=True)
-    for name, value in resources.items():
-        try:
-            with open(f"{path}/{name}", "w") as f:
-                f.write(value)
-        except OSError as exc:
-            raise AgentError(f"linux.resources: cannot set {name} to {value}: {exc.strerror}") from None
-    return path
-
-
-def join_cgroup(path) -> None:
-    if path:
-        with open(f"{path}/cgroup.procs", "w") as f:
-            f.write("0")
 
 
 def make_devices(devices: list) -> None:

@@ -50,6 +50,7 @@ AGENT_FILES = (
     "runv/__init__.py",
     "runv/agent/__init__.py",
     "runv/agent/__main__.py",
+    "runv/agent/cgroups.py",
     "runv/agent/channel.py",
     "runv/agent/confine.py",
     "runv/agent/debug.py",

@@ -14,18 +14,11 @@ from typing import Any
 
 from runv.agent.seccomp import ACTIONS, ARCHES, OPERATORS
 from runv.agent.tables import CAP_NUMBERS, CAP_SETS, RLIMIT_NUMBERS
-from runv.api.errors import RunvError
+from runv.oci.fields import field_error, is_int
+from runv.oci.resources import parse_resources
 
 PROPAGATIONS = ("private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable")
 DEVICE_TYPES = ("c", "b", "u", "p")
-
-
-def _fail(source: str, where: str, what: str):
-    raise RunvError(f"{source}: {where}: {what}")
-
-
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_capabilities(data: Any, source: str, where: str) -> dict | None:
@@ -33,15 +26,15 @@ def parse_capabilities(data: Any, source: str, where: str) -> dict | None:
     if data is None:
         return None
     if not isinstance(data, dict):
-        _fail(source, where, "must be an object")
+        field_error(source, where, "must be an object")
     sets = {}
     for key in CAP_SETS:
         names = data.get(key) or []
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            _fail(source, f"{where}.{key}", "must be a list of strings")
+            field_error(source, f"{where}.{key}", "must be a list of strings")
         for name in names:
             if name.upper() not in CAP_NUMBERS:
-                _fail(source, f"{where}.{key}", f"unknown capability {name!r}".replace("'", '"'))
+                field_error(source, f"{where}.{key}", f"unknown capability {name!r}".replace("'", '"'))
         sets[key] = [n.upper() for n in names]
     return sets
 
@@ -50,23 +43,23 @@ def parse_rlimits(data: Any, source: str, where: str) -> list:
     if data is None:
         return []
     if not isinstance(data, list):
-        _fail(source, where, "must be a list")
+        field_error(source, where, "must be a list")
     seen, limits = set(), []
     for index, entry in enumerate(data):
         name = f"{where}[{index}]"
         if not isinstance(entry, dict):
-            _fail(source, name, "must be an object")
+            field_error(source, name, "must be an object")
         kind = entry.get("type")
         if kind not in RLIMIT_NUMBERS:
-            _fail(source, f"{name}.type", f"wrong rlimit value: {kind}")
+            field_error(source, f"{name}.type", f"wrong rlimit value: {kind}")
         if kind in seen:
-            _fail(source, f"{name}.type", f"duplicate rlimit {kind}")
+            field_error(source, f"{name}.type", f"duplicate rlimit {kind}")
         seen.add(kind)
         hard, soft = entry.get("hard"), entry.get("soft")
-        if not (_int(hard) and _int(soft)) or hard < 0 or soft < 0:
-            _fail(source, name, f"hard and soft of {kind} must be non-negative integers")
+        if not (is_int(hard) and is_int(soft)) or hard < 0 or soft < 0:
+            field_error(source, name, f"hard and soft of {kind} must be non-negative integers")
         if soft > hard:
-            _fail(source, name, f"soft limit of {kind} ({soft}) is above its hard limit ({hard})")
+            field_error(source, name, f"soft limit of {kind} ({soft}) is above its hard limit ({hard})")
         limits.append({"type": kind, "hard": hard, "soft": soft})
     return limits
 
@@ -80,29 +73,29 @@ def parse_process_security(data: dict, source: str, where: str) -> dict:
     fields["rlimits"] = parse_rlimits(data.get("rlimits"), source, f"{where}.rlimits")
     nnp = data.get("noNewPrivileges", False)
     if not isinstance(nnp, bool):
-        _fail(source, f"{where}.noNewPrivileges", f"must be true or false, not {nnp!r}")
+        field_error(source, f"{where}.noNewPrivileges", f"must be true or false, not {nnp!r}")
     fields["noNewPrivileges"] = nnp
     oom = data.get("oomScoreAdj")
     if oom is not None:
-        if not _int(oom) or not -1000 <= oom <= 1000:
-            _fail(source, f"{where}.oomScoreAdj", f"must be an integer from -1000 to 1000, not {oom!r}")
+        if not is_int(oom) or not -1000 <= oom <= 1000:
+            field_error(source, f"{where}.oomScoreAdj", f"must be an integer from -1000 to 1000, not {oom!r}")
         fields["oomScoreAdj"] = oom
     user = data.get("user") or {}
     umask = user.get("umask") if isinstance(user, dict) else None
     if umask is not None:
-        if not _int(umask) or not 0 <= umask <= 0o777:
-            _fail(source, f"{where}.user.umask", f"must be an integer from 0 to 511 (0777), not {umask!r}")
+        if not is_int(umask) or not 0 <= umask <= 0o777:
+            field_error(source, f"{where}.user.umask", f"must be an integer from 0 to 511 (0777), not {umask!r}")
         fields["umask"] = umask
     for key in ("apparmorProfile", "selinuxLabel"):  # accepted; no LSM in the guest (runv features says so)
         if data.get(key) is not None and not isinstance(data[key], str):
-            _fail(source, f"{where}.{key}", "must be a string")
+            field_error(source, f"{where}.{key}", "must be a string")
     return fields
 
 
 def _paths(linux: dict, key: str, source: str) -> list:
     values = linux.get(key) or []
     if not isinstance(values, list) or not all(isinstance(p, str) and p.startswith("/") for p in values):
-        _fail(source, f"linux.{key}", "must be a list of absolute paths")
+        field_error(source, f"linux.{key}", "must be a list of absolute paths")
     return values
 
 
@@ -111,45 +104,23 @@ def parse_devices(data: Any, source: str) -> list:
     for index, entry in enumerate(data or []):
         name = f"linux.devices[{index}]"
         if not isinstance(entry, dict):
-            _fail(source, name, "must be an object")
+            field_error(source, name, "must be an object")
         path, kind = entry.get("path"), entry.get("type")
         if not isinstance(path, str) or not path.startswith("/dev/"):
-            _fail(source, f"{name}.path", f"must be a path under /dev, not {path!r}")
+            field_error(source, f"{name}.path", f"must be a path under /dev, not {path!r}")
         if kind not in DEVICE_TYPES:
-            _fail(source, f"{name}.type", f"must be one of c, b, u, p, not {kind!r}")
+            field_error(source, f"{name}.type", f"must be one of c, b, u, p, not {kind!r}")
         numbers = {k: entry.get(k, 0 if kind == "p" else None) for k in ("major", "minor")}
-        if not all(_int(v) and v >= 0 for v in numbers.values()):
-            _fail(source, name, f"major and minor of {path} must be non-negative integers")
+        if not all(is_int(v) and v >= 0 for v in numbers.values()):
+            field_error(source, name, f"major and minor of {path} must be non-negative integers")
         mode = entry.get("fileMode", 0o666)
-        if not _int(mode) or not 0 <= mode <= 0o7777:
-            _fail(source, f"{name}.fileMode", f"must be a permission mode, not {mode!r}")
+        if not is_int(mode) or not 0 <= mode <= 0o7777:
+            field_error(source, f"{name}.fileMode", f"must be a permission mode, not {mode!r}")
         owner = {k: entry.get(k, 0) for k in ("uid", "gid")}
-        if not all(_int(v) and v >= 0 for v in owner.values()):
-            _fail(source, name, f"uid and gid of {path} must be non-negative integers")
+        if not all(is_int(v) and v >= 0 for v in owner.values()):
+            field_error(source, name, f"uid and gid of {path} must be non-negative integers")
         devices.append({"path": path, "type": kind, **numbers, "fileMode": mode, **owner})
     return devices
-
-
-def parse_resources(data: Any, source: str) -> dict:
-    """What the guest's cgroup v2 applies: memory.max and pids.max (the rest is accepted)."""
-    if not data:
-        return {}
-    if not isinstance(data, dict):
-        _fail(source, "linux.resources", "must be an object")
-    applied = {}
-    memory = data.get("memory") or {}
-    limit = memory.get("limit") if isinstance(memory, dict) else None
-    if limit is not None:
-        if not _int(limit) or limit == 0 or limit < -1:
-            _fail(source, "linux.resources.memory.limit", f"must be a positive number of bytes or -1, not {limit!r}")
-        applied["memory.max"] = "max" if limit == -1 else str(limit)
-    pids = data.get("pids") or {}
-    limit = pids.get("limit") if isinstance(pids, dict) else None
-    if limit is not None:
-        if not _int(limit):
-            _fail(source, "linux.resources.pids.limit", f"must be an integer, not {limit!r}")
-        applied["pids.max"] = "max" if limit <= 0 else str(limit)
-    return applied
 
 
 LIBSECCOMP_ARCHES = ("x86_64", "x86", "x32", "arm", "aarch64", "mips", "mips64", "mips64n32", "mipsel", "mipsel64",
@@ -180,30 +151,30 @@ def parse_seccomp(data: Any, source: str) -> dict | None:
         return None
     where = "linux.seccomp"
     if not isinstance(data, dict):
-        _fail(source, where, "must be an object")
+        field_error(source, where, "must be an object")
     if data.get("defaultAction") not in ACTIONS:
-        _fail(source, f"{where}.defaultAction", f"unknown action {data.get('defaultAction')!r}")
+        field_error(source, f"{where}.defaultAction", f"unknown action {data.get('defaultAction')!r}")
     for arch in data.get("architectures") or []:
         if arch not in ARCHES:
-            _fail(source, f"{where}.architectures", f"unsupported architecture {arch!r} (this guest is x86_64)")
+            field_error(source, f"{where}.architectures", f"unsupported architecture {arch!r} (this guest is x86_64)")
     if data.get("listenerPath"):
-        _fail(source, f"{where}.listenerPath", "SCMP_ACT_NOTIFY is not supported in the guest")
+        field_error(source, f"{where}.listenerPath", "SCMP_ACT_NOTIFY is not supported in the guest")
     known = _host_libseccomp()
     for index, rule in enumerate(data.get("syscalls") or []):
         name = f"{where}.syscalls[{index}]"
         if not isinstance(rule, dict):
-            _fail(source, name, "must be an object")
+            field_error(source, name, "must be an object")
         if rule.get("action") not in ACTIONS:
-            _fail(source, f"{name}.action", f"unknown action {rule.get('action')!r}")
+            field_error(source, f"{name}.action", f"unknown action {rule.get('action')!r}")
         names = rule.get("names") or []
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            _fail(source, f"{name}.names", "must be a list of strings")
+            field_error(source, f"{name}.names", "must be a list of strings")
         for syscall in names:
             if known is not None and not known(syscall):
-                _fail(source, f"{name}.names", f"unknown syscall {syscall!r}")
+                field_error(source, f"{name}.names", f"unknown syscall {syscall!r}")
         for arg in rule.get("args") or []:
-            if not isinstance(arg, dict) or arg.get("op") not in OPERATORS or not _int(arg.get("index")):
-                _fail(source, f"{name}.args", f"bad argument comparison {arg!r}")
+            if not isinstance(arg, dict) or arg.get("op") not in OPERATORS or not is_int(arg.get("index")):
+                field_error(source, f"{name}.args", f"bad argument comparison {arg!r}")
     return data
 
 
@@ -211,18 +182,18 @@ def parse_linux(linux: dict, source: str) -> dict:
     """The ``linux`` fields the agent's ``prepare`` applies, in their OCI names."""
     sysctl = linux.get("sysctl") or {}
     if not isinstance(sysctl, dict) or not all(isinstance(v, str) for v in sysctl.values()):
-        _fail(source, "linux.sysctl", "must map sysctl names to strings")
+        field_error(source, "linux.sysctl", "must map sysctl names to strings")
     for key in sysctl:
         if not key or "/" in key or ".." in key or key.startswith("."):
-            _fail(source, "linux.sysctl", f"invalid sysctl name {key!r}")
+            field_error(source, "linux.sysctl", f"invalid sysctl name {key!r}")
         if key.startswith("net."):
             continue  # the VM's network is the container's: allowed as runc allows it with a netns
         if not (key.startswith(("kernel.msg", "kernel.sem", "kernel.shm", "fs.mqueue.")) or key == "kernel.domainname"
                 or key == "kernel.hostname"):
-            _fail(source, "linux.sysctl", f"sysctl {key!r} is not allowed in the container's namespaces")
+            field_error(source, "linux.sysctl", f"sysctl {key!r} is not allowed in the container's namespaces")
     propagation = linux.get("rootfsPropagation") or "rprivate"
     if propagation not in PROPAGATIONS:
-        _fail(source, "linux.rootfsPropagation", f"unknown propagation {propagation!r}")
+        field_error(source, "linux.rootfsPropagation", f"unknown propagation {propagation!r}")
     return {
         "maskedPaths": _paths(linux, "maskedPaths", source),
         "readonlyPaths": _paths(linux, "readonlyPaths", source),
