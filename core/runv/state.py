@@ -17,11 +17,12 @@ from typing import Any, Iterator
 import attrs
 
 from runv.api.errors import RunvError
-from runv.api.process import is_running
+from runv.api.process import is_running, process_start_time
 from runv.oci.state import State
 
 RECORD = "state.json"
 LOCK = "lock"
+CLAIM = ".claim-"  # a directory being claimed: ``.claim-PID-START-ID`` (ids never start with a dot)
 # runc's character set (libcontainer's ``^[\w+-\.]+$``: letters, digits, ``_ + , - .``), in
 # ASCII, matched in full (``$`` alone would let ``abc\n`` through), and not starting with a
 # symbol (so never ``.`` or ``..``, nor an option-looking ``-x``).
@@ -43,6 +44,10 @@ def validate_id(container_id: str) -> str:
     return container_id
 
 
+class NoSuchContainer(RunvError):
+    """The container's directory or record is not there (never was, or was deleted)."""
+
+
 @attrs.frozen
 class Record:
     """What runv keeps about one container between commands."""
@@ -56,6 +61,8 @@ class Record:
     annotations: dict[str, str] = attrs.field(factory=dict)
     shim_pid: int = 0
     shim_start: int = 0
+    creator_pid: int = 0  # the `runv create` that made the record, while it runs
+    creator_start: int = 0
     exit_code: int | None = None
     hypervisor: str = ""
     storage: str = ""
@@ -66,8 +73,11 @@ class Record:
         return is_running(self.shim_pid, self.shim_start)
 
     def live_status(self) -> str:
-        """The recorded status, corrected to ``stopped`` when the shim is gone."""
+        """The recorded status, corrected to ``stopped`` when the shim is gone (and, while
+        ``creating``, its ``runv create`` too: a create killed before its shim ran)."""
         if self.status in ("created", "running", "paused") and not self.shim_alive():
+            return "stopped"
+        if self.status == "creating" and not self.shim_alive() and not is_running(self.creator_pid, self.creator_start):
             return "stopped"
         return self.status
 
@@ -93,22 +103,41 @@ class Store:
     def dir(self, container_id: str) -> Path:
         return self.root / validate_id(container_id)
 
-    def claim(self, container_id: str) -> Path:
-        """Creates the container's directory; fails if the id is taken."""
+    def claim(self, record: Record) -> Path:
+        """Creates the container's directory holding its first record, atomically (a
+        directory renamed into place), so no directory is ever seen without its record;
+        fails if the id is taken. A claim whose creator died half-way is swept here."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
-        path = self.dir(container_id)
+        path = self.dir(record.id)
+        self.sweep(record.id)
+        me = os.getpid()
+        staging = self.root / f"{CLAIM}{me}-{process_start_time(me)}-{record.id}"
+        staging.mkdir(mode=0o700)
+        (staging / RECORD).write_text(json.dumps(attrs.asdict(record)))
         try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            raise RunvError(f"container with id {container_id} already exists") from None
+            os.rename(staging, path)
+        except OSError:  # EEXIST/ENOTEMPTY: the id is taken
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RunvError(f"container with id {record.id} already exists") from None
         return path
+
+    def sweep(self, container_id: str) -> None:
+        """Removes the claims of ``container_id`` left by a create that died while claiming."""
+        if not self.root.is_dir():
+            return
+        for entry in self.root.iterdir():
+            pid, _, rest = entry.name.removeprefix(CLAIM).partition("-")
+            start, _, cid = rest.partition("-")
+            if entry.name.startswith(CLAIM) and cid == container_id and pid.isdigit() and start.isdigit() \
+                    and not is_running(int(pid), int(start)):
+                shutil.rmtree(entry, ignore_errors=True)
 
     def read(self, container_id: str) -> Record:
         path = self.dir(container_id) / RECORD
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise RunvError(f"container {container_id} does not exist") from None
+            raise NoSuchContainer(f"container {container_id} does not exist") from None
         except ValueError:
             raise RunvError(f"state of container {container_id} ({path}) is damaged; run `runv delete --force {container_id}`") from None
         return Record(**data)
@@ -121,14 +150,22 @@ class Store:
 
     @contextmanager
     def locked(self, container_id: str) -> Iterator[None]:
-        """Serialises read-modify-write of one container's record between processes."""
-        path = self.dir(container_id)
+        """Serialises changes to one container between processes. Raises NoSuchContainer
+        when the directory is gone, also when it went while this process waited (the lock
+        file is then no longer the one at its path)."""
+        path = self.dir(container_id) / LOCK
         try:
-            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
-            raise RunvError(f"container {container_id} does not exist") from None
+            raise NoSuchContainer(f"container {container_id} does not exist") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(fd).st_ino:
+                raise NoSuchContainer(f"container {container_id} does not exist")
             yield
         finally:
             os.close(fd)
@@ -142,7 +179,15 @@ class Store:
     def ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / RECORD).exists())
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / RECORD).exists())
 
     def remove(self, container_id: str) -> None:
-        shutil.rmtree(self.dir(container_id), ignore_errors=True)
+        """Removes the container's directory; refuses while anything is mounted under it
+        (removing through a mount would delete the mounted files: a volume's, a rootfs')."""
+        path = self.dir(container_id)
+        prefix = str(path.resolve()) + "/"
+        with open("/proc/self/mountinfo") as f:
+            mounted = [line.split()[4] for line in f if (line.split()[4] + "/").startswith(prefix)]
+        if mounted:
+            raise RunvError(f"container {container_id}: {mounted[-1]} is still mounted; not removing {path}")
+        shutil.rmtree(path, ignore_errors=True)

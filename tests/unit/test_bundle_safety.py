@@ -9,6 +9,7 @@ import os
 import pytest
 
 from runv.api.errors import RunvError
+from runv.api.process import process_start_time
 from runv.templates.store import check_name
 
 
@@ -75,7 +76,8 @@ def test_delete_refuses_a_container_still_being_created(fake, root):
     state = root / "box"
     state.mkdir(parents=True)
     record = {"id": "box", "bundle": "/nonexistent", "rootfs": "/nonexistent/rootfs", "created": "now", "status": "creating",
-              "shim_pid": os.getpid(), "shim_start": 0}
+              "shim_pid": os.getpid(), "shim_start": 0,  # no shim yet; its create (this process) runs:
+              "creator_pid": os.getpid(), "creator_start": process_start_time(os.getpid())}
     (state / "state.json").write_text(json.dumps(record))
     one_line_error(fake("delete", "box"), "being created")
     assert fake("delete", "--force", "box").returncode == 0

@@ -12,8 +12,9 @@ OK = "ok"
 
 def spawn_session(child: Callable[[Callable[[str], None]], int]) -> tuple[int, str]:
     """Forks; the child leads a new session and runs ``child(report)``, which must call
-    ``report(OK)`` or ``report(error message)`` once, and returns the child's exit code.
-    Returns the child's PID and what it reported ("" if it died first)."""
+    ``report(OK)`` or ``report(error message)`` once (False when the caller is gone: it was
+    killed meanwhile), and returns the child's exit code. Returns the child's PID and what
+    it reported ("" if it died first)."""
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -22,9 +23,14 @@ def spawn_session(child: Callable[[Callable[[str], None]], int]) -> tuple[int, s
             os.close(ready_r)
             os.setsid()
 
-            def report(message: str) -> None:
-                os.write(ready_w, message.encode())
-                os.close(ready_w)
+            def report(message: str) -> bool:
+                try:
+                    os.write(ready_w, message.encode())
+                    return True
+                except BrokenPipeError:
+                    return False
+                finally:
+                    os.close(ready_w)
 
             code = child(report)
         finally:

@@ -12,12 +12,14 @@ from pathlib import Path
 import attrs
 
 from runv.api.errors import RunvError
+from runv.api.process import process_start_time
 from runv.log import logger
 from runv.log import setup as setup_logging
+from runv.runtime.proctree import kill_tree
 from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 from runv.settings import Settings
 from runv.shim import control
-from runv.state import Record, Store
+from runv.state import NoSuchContainer, Record, Store
 
 SHIM_EXIT_WAIT = 15.0  # seconds delete waits for a stopping shim before killing it
 KILL_WAIT = 10.0  # seconds `kill KILL` waits for the shim before stopping the VM itself
@@ -71,9 +73,10 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     if (store.dir(container_id) / "state.json").exists():
         raise RunvError(f"container with id {container_id} already exists")
     selection = plugins.load(settings.hypervisor, settings.storage, logger.debug)
-    state_dir = store.claim(container_id)
     created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    store.write(Record(id=container_id, bundle=str(bundle), rootfs=str(rootfs), created=created, annotations=spec.annotations))
+    me = os.getpid()
+    state_dir = store.claim(Record(id=container_id, bundle=str(bundle), rootfs=str(rootfs), created=created,
+                                   annotations=spec.annotations, creator_pid=me, creator_start=process_start_time(me)))
     container = Container(id=container_id, bundle=bundle, rootfs=rootfs, spec=spec, state_dir=state_dir)
     shim = Shim(settings, store, container, selection, console_socket)
 
@@ -84,9 +87,10 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
 
     pid, answer = spawn_session(child)
     if answer != OK:  # the shim tore down what it built, unless it died first: converge anyway
-        record = store.read(container_id)
-        _teardown(record, _container(record, state_dir))
-        store.remove(container_id)
+        try:
+            _destroy(store, container_id)
+        except NoSuchContainer:  # a `delete --force` took it meanwhile
+            answer = answer or f"container {container_id} was deleted while it was being created"
         raise RunvError(answer.removeprefix("error: ") or f"the shim of container {container_id} died during create")
     write_pid_file(pid_file, pid)
     if warning := warning_of(state_dir):  # the shim fell back to a cold boot
@@ -135,59 +139,72 @@ def _kill_from_record(record: Record) -> None:
 
             logger.warning("container %s: %s; killing its VMM", record.id, exc)
             VM.from_record(record.vm).stop(force=True)
-    if record.shim_alive():
-        os.kill(record.shim_pid, signal.SIGKILL)
+    kill_tree(record.shim_pid, record.shim_start)
 
 
 def delete(settings: Settings, container_id: str, force: bool) -> None:
-    """Removes a stopped (or, with ``force``, any) container; converges after any crash."""
-    from runv.shim import volumes
-
+    """Removes a stopped (or, with ``force``, any) container; converges after any crash,
+    and under a concurrent create or delete (see :func:`_destroy`)."""
     store = Store(settings.root)
-    state_dir = store.dir(container_id)
-    if not state_dir.is_dir():
+    try:
+        record, container = _destroy(store, container_id, check=None if force else _check_stopped)
+    except NoSuchContainer:
         if force:  # as runc: callers (Podman after a failed create) delete --force blindly
             return
-        raise RunvError(f"container {container_id} does not exist")
-    try:
-        record = store.read(container_id)
-    except RunvError:
-        if not force:
-            raise
-        record = None
-    if record is not None:
-        status = record.live_status()
-        if status in ("running", "paused") and not force:
-            raise RunvError(f"cannot delete container {container_id} that is not stopped: {status}")
-        if status == "creating" and not force:  # its create is still running: it cleans up on failure
-            raise RunvError(f"cannot delete container {container_id} that is being created (use --force)")
-        _stop_shim(record)
-        with store.locked(container_id):  # the shim is dead: what it recorded last is what there is
-            try:
-                record = store.read(container_id)
-            except RunvError:
-                pass
-            container = _container(record, state_dir)
-            _teardown(record, container)
-    else:
-        volumes.release(state_dir)
-    store.remove(container_id)
+        raise
     if record is not None:
         from runv.runtime.ocihooks import run_hooks
 
         run_hooks(container.spec, "poststop", attrs.evolve(record.oci_state(), status="stopped"), fatal=False)
 
 
+def _check_stopped(record: Record) -> None:
+    """What ``delete`` without ``--force`` refuses: a live container, or one being created."""
+    status = record.live_status()
+    if status in ("running", "paused"):
+        raise RunvError(f"cannot delete container {record.id} that is not stopped: {status}")
+    if status == "creating":  # its create is still running: it cleans up on failure
+        raise RunvError(f"cannot delete container {record.id} that is being created (use --force)")
+
+
+def _destroy(store: Store, container_id: str, check=None):
+    """The one removal (``delete``, and ``create`` after its shim failed), all under the
+    container's lock: ``check(record)`` may refuse; the shim is stopped with everything it
+    started (a VMM it had not recorded yet included); what the record names is torn down;
+    the directory goes. A shim not yet recorded cannot record itself meanwhile (it needs
+    the lock) and finds the container gone. Returns the record and container torn down
+    (Nones for a damaged record); raises NoSuchContainer when there is none."""
+    from runv.shim import volumes
+
+    store.sweep(container_id)
+    state_dir = store.dir(container_id)
+    with store.locked(container_id):
+        try:
+            record = store.read(container_id)
+        except RunvError:  # missing or damaged: refused without --force, else the directory still goes
+            if check is not None:
+                raise
+            record = None
+        if check is not None:
+            check(record)
+        container = None
+        if record is None:
+            volumes.release(state_dir)
+        else:
+            _stop_shim(record)
+            container = _container(record, state_dir)
+            _teardown(record, container)
+        store.remove(container_id)
+    return record, container
+
+
 def _stop_shim(record: Record) -> None:
-    """Waits briefly for a shim that is already tearing down, else kills it."""
+    """Waits briefly for a shim that is already tearing down, else kills it with all it started."""
     if record.status == "stopped":
         deadline = time.monotonic() + SHIM_EXIT_WAIT
         while record.shim_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-    if record.shim_alive():
-        os.kill(record.shim_pid, signal.SIGKILL)
-        while record.shim_alive():
-            time.sleep(0.01)
+    kill_tree(record.shim_pid, record.shim_start)
 
 
 def _container(record: Record, state_dir: Path):

@@ -29,12 +29,14 @@ from runv.api.vm import StorageAttachment, to_json
 from runv.log import logger
 from runv.oci.config import ConsoleSize
 from runv.runtime.ocihooks import run_hooks
+from runv.runtime.proctree import child_status
 from runv.runtime.spawn import OK
 from runv.shim import bringup, control, volumes
 from runv.shim.agentclient import AgentClient, AgentError
 from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.shim.execrelay import SIGNAL_TIMEOUT, Outbox
 from runv.shim.teardown import teardown
+from runv.state import NoSuchContainer
 from runv.stdio import start_pump, write_all
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ KILLED_CODE = 128 + signal.SIGKILL  # the exit code of a container the host kill
 CONSOLE_CAP = 8 << 20  # bytes of console.log (the guest writes it) before it is cut to its tail
 CONSOLE_KEEP = 1 << 20  # bytes of its tail kept in console.log.1 when it is cut
 CONSOLE_CHECK = 1.0  # seconds between looks at its size
+VMM_EXIT_WAIT = 2.0  # seconds a closed agent channel waits for the VMM's exit status
 
 
 class Shim:
@@ -147,7 +150,9 @@ class Shim:
             signal.signal(signum, lambda n, _frame: self.events.put(("signal", n)))
         signal.signal(signal.SIGWINCH, lambda *_: self.events.put(("winch", None)))
         self.store.update(self.container.id, status="created")
-        report(OK)
+        if not report(OK):  # its `runv create` was killed: nobody knows this container's pid
+            logger.warning("container %s: its create died before returning; stopping it", self.container.id)
+            return KILLED_CODE
         while True:
             try:
                 kind, value = self.events.get(timeout=1.0)
@@ -162,15 +167,25 @@ class Shim:
             elif kind == "exit" and value.get("proc") == INIT:
                 code = exit_code(value)
             elif kind == "closed":
-                reason = value.get("reason") or "the VM closed the agent channel"
-                logger.error("container %s: %s", self.container.id, reason)
-                code = CLOSED_CODE
+                code = self.closed_code(value.get("reason") or "the VM closed the agent channel")
             else:
                 code = None
             if code is not None:
                 with self.answering:  # a fast exit must not cut off the reply to `start`
                     self.answering.wait_for(lambda: self.unanswered == 0, timeout=REPLY_GRACE)
                 return code
+
+    def closed_code(self, reason: str) -> int:
+        """The exit code when the agent channel closed without the container's exit:
+        128+N when the VMM was killed by signal N (``kill -9`` of QEMU reads as 137, as
+        a container killed by SIGKILL does), else CLOSED_CODE."""
+        status = None if self.vm is None else child_status(self.vm.pid, VMM_EXIT_WAIT)
+        if status is not None and os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            logger.error("container %s: its VMM was killed by signal %d", self.container.id, signum)
+            return 128 + signum
+        logger.error("container %s: %s", self.container.id, reason)
+        return CLOSED_CODE
 
     def accept_loop(self, server: socket.socket) -> None:
         while True:
@@ -338,11 +353,17 @@ def cap_console(path: Path, cap: int = CONSOLE_CAP, keep: int = CONSOLE_KEEP, ev
             continue
 
 
-def run(shim: Shim, report: Callable[[str], None]) -> int:
-    """The shim process's whole life; returns its exit code."""
+def run(shim: Shim, report: Callable[[str], bool]) -> int:
+    """The shim process's whole life; returns its exit code. Its first act is to record
+    itself under the container's lock, so a concurrent ``delete --force`` either finds it
+    (and kills it with all it starts) or removed the container first (nothing is built)."""
     cid = shim.container.id
     me = os.getpid()
-    shim.store.update(cid, shim_pid=me, shim_start=process_start_time(me))
+    try:
+        shim.store.update(cid, shim_pid=me, shim_start=process_start_time(me))
+    except NoSuchContainer:
+        report(f"container {cid} was deleted while it was being created")
+        return 1
     try:
         shim.boot()
     except Exception as exc:  # noqa: BLE001 - every failure must reach `create` as one line
