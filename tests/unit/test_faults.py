@@ -1,0 +1,212 @@
+"""Every crash and race in a container's life converges to nothing left, on the fake VMM
+(tests/vm/test_faults.py does the same with QEMU): the VMM or the shim killed -9, the
+``runv create`` CLI killed -9 at each observable moment, ``delete --force`` racing a create
+at those moments, two ``delete --force`` at once. Each test ends with no process, mount or
+state directory left (the ``fake`` fixture's own check, plus :func:`nothing_left`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from support import RUNV
+
+from runv.state import Store
+from runv.testing import fake_distribution, leftovers_in, vm_processes_in, with_path
+
+SLOW = '''
+"""The fake VMM, holding its boot for a while once the agent runs (the window in which a
+shim has a VMM it has not recorded yet)."""
+import time
+
+from runv.api import hookimpl
+from runv.testing import fakevmm
+from runv.testing.fakevmm import hypervisor_info, probe  # noqa: F401 - the plugin's hooks
+
+
+@hookimpl
+def boot(vm):
+    booted = fakevmm.boot(vm)
+    time.sleep(3)
+    return booted
+'''
+BOUND = 20.0  # seconds any create or delete here may take
+MARK = "hooked"  # the prestart hook touches it in the bundle, then holds create for 3 s
+MOMENTS = ["no-dir", "dir", "booting", "hooks"]
+
+
+@pytest.fixture
+def slow(fake, tmp_path):
+    """``fake`` with the hypervisor ``slow`` installed too (pass ``--hypervisor slow``)."""
+    site = fake_distribution(tmp_path / "slow", "runv-slowvmm", {"runv.hypervisors": {"slow": "slowvmm"}},
+                             {"slowvmm.py": SLOW})
+    fake.env = with_path(fake.env, site)
+    return fake
+
+
+@pytest.fixture
+def background(root, guest_files):
+    """``background(fake, *args)``: ``fake(*args)`` started, not waited for (its stderr a pipe)."""
+    kernel, initrd = guest_files
+
+    def start(fake, *args):
+        argv = [RUNV, "--root", str(root), "--kernel", str(kernel), "--initrd", str(initrd), "--hypervisor", "fake",
+                *map(str, args)]
+        return subprocess.Popen(argv, env=fake.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    return start
+
+
+def record(root, cid):
+    try:
+        return json.loads((root / cid / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def reached(moment, root, cid, bundle):
+    """Whether ``create`` of ``cid`` is at ``moment`` now (see MOMENTS)."""
+    if moment == "no-dir":
+        return not (root / cid).exists()
+    if moment == "dir":
+        return (root / cid).exists()
+    if moment == "booting":  # a VMM runs that the record does not name yet
+        return bool(vm_processes_in(root / cid)) and (record(root, cid) or {}).get("vm") is None
+    return (bundle / MARK).exists()  # the agent answered; the hooks run; create has not returned
+
+
+def wait_moment(moment, root, cid, bundle, process):
+    deadline = time.monotonic() + BOUND
+    while not reached(moment, root, cid, bundle):
+        assert process.poll() is None, f"create ended before {moment}: {process.stderr.read()}"
+        assert time.monotonic() < deadline, f"create never reached {moment}"
+        time.sleep(0.002)
+
+
+def held_bundle(make_bundle):
+    """A bundle whose prestart hook marks the moment "agent ready, create not returned"."""
+    bundle = make_bundle(["sleep", "1000"])
+    config = json.loads((bundle / "config.json").read_text())
+    config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", f"touch {bundle / MARK}; sleep 3"]}]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def vms_without_state(root):
+    """VM processes whose container has no record: what must never exist."""
+    return [pid for pid in vm_processes_in(root)
+            if not os.path.exists(os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)") + "/state.json")]
+
+
+def nothing_left(fake, root, tmp_path):
+    assert leftovers_in(tmp_path) == []
+    assert not root.exists() or os.listdir(root) == []
+    assert json.loads(fake("list", "--format", "json", check=True).stdout or "[]") == []
+
+
+def timed(process, bound=BOUND):
+    begin = time.monotonic()
+    process.wait(timeout=bound)
+    return time.monotonic() - begin
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_create_killed_at_each_moment_is_deleted_with_nothing_left(slow, background, make_bundle, root, tmp_path, moment):
+    bundle = held_bundle(make_bundle)
+    create = background(slow, "--hypervisor", "slow", "create", "--bundle", bundle, "box")
+    wait_moment(moment, root, "box", bundle, create)
+    create.kill()
+    create.wait()
+    state = slow("state", "box")
+    if state.returncode == 0:  # a create that died leaves a container that `state` shows
+        assert json.loads(state.stdout)["status"] in ("creating", "created", "stopped")
+    else:
+        assert state.stderr == "runv: container box does not exist\n"
+    assert slow("list", check=True).returncode == 0
+    assert slow("delete", "--force", "box").returncode == 0
+    nothing_left(slow, root, tmp_path)
+
+
+def test_a_create_killed_while_booting_stops_its_container_by_itself(slow, background, make_bundle, root, tmp_path):
+    """Nobody got the container's pid: the shim, finding its create gone, stops the
+    container (137) and `delete` without --force removes it."""
+    bundle = make_bundle(["sleep", "1000"])
+    create = background(slow, "--hypervisor", "slow", "create", "--bundle", bundle, "box")
+    wait_moment("booting", root, "box", bundle, create)
+    create.kill()
+    create.wait()
+    assert json.loads(slow("state", "box", check=True).stdout)["status"] == "creating"
+    deadline = time.monotonic() + BOUND
+    while json.loads(slow("state", "box", check=True).stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert Store(root).read("box").exit_code == 137
+    assert slow("delete", "box").returncode == 0
+    nothing_left(slow, root, tmp_path)
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_delete_force_racing_create_converges(slow, background, make_bundle, root, tmp_path, moment):
+    bundle = held_bundle(make_bundle)
+    create = background(slow, "--hypervisor", "slow", "create", "--bundle", bundle, "box")
+    wait_moment(moment, root, "box", bundle, create)
+    delete = background(slow, "delete", "--force", "box")
+    assert timed(delete) < BOUND and delete.returncode == 0, delete.stderr.read()
+    assert vms_without_state(root) == []
+    timed(create)
+    if create.returncode != 0:  # the delete won: one line saying so
+        assert create.stderr.read() == "runv: container box was deleted while it was being created\n"
+    assert vms_without_state(root) == []
+    assert slow("delete", "--force", "box").returncode == 0
+    nothing_left(slow, root, tmp_path)
+
+
+def test_delete_of_a_creating_container_is_refused_in_one_line(fake, background, make_bundle, root, tmp_path):
+    bundle = held_bundle(make_bundle)
+    create = background(fake, "create", "--bundle", bundle, "box")
+    wait_moment("hooks", root, "box", bundle, create)
+    refused = fake("delete", "box")
+    assert (refused.returncode, refused.stderr) == (1, "runv: cannot delete container box that is being created (use --force)\n")
+    assert timed(create) < BOUND and create.returncode == 0, create.stderr.read()
+    assert fake("delete", "--force", "box").returncode == 0
+    nothing_left(fake, root, tmp_path)
+
+
+def test_two_delete_force_at_once_both_succeed(fake, background, make_bundle, root, tmp_path):
+    assert fake("create", "--bundle", make_bundle(["sleep", "1000"]), "box").returncode == 0
+    assert fake("start", "box").returncode == 0
+    deletes = [background(fake, "delete", "--force", "box") for _ in range(2)]
+    for delete in deletes:
+        assert timed(delete) < BOUND and delete.returncode == 0, delete.stderr.read()
+    nothing_left(fake, root, tmp_path)
+
+
+def test_the_vmm_killed_leaves_a_stopped_container_with_137(fake, make_bundle, root, tmp_path):
+    assert fake("create", "--bundle", make_bundle(["sleep", "1000"]), "box").returncode == 0
+    assert fake("start", "box").returncode == 0
+    os.kill(Store(root).read("box").vm["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + BOUND
+    while json.loads(fake("state", "box", check=True).stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert Store(root).read("box").exit_code == 137
+    assert fake("delete", "box").returncode == 0
+    nothing_left(fake, root, tmp_path)
+
+
+def test_the_shim_killed_leaves_a_stopped_container_delete_removes(fake, make_bundle, root, tmp_path):
+    """The fake VMM has no parent-death signal: its VM outlives the shim until `delete`."""
+    assert fake("create", "--bundle", make_bundle(["sleep", "1000"]), "box").returncode == 0
+    assert fake("start", "box").returncode == 0
+    os.kill(Store(root).read("box").shim_pid, signal.SIGKILL)
+    deadline = time.monotonic() + BOUND
+    while json.loads(fake("state", "box", check=True).stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert fake("delete", "box").returncode == 0
+    nothing_left(fake, root, tmp_path)
