@@ -16,7 +16,8 @@ import pytest
 from support import RUNV
 
 from runv.state import Store
-from runv.testing import fake_distribution, leftovers_in, vm_processes_in, with_path
+from runv.testing import fake_distribution, leftovers_in, with_path
+from runv.testing.faults import MOMENTS, hold_in_hooks, unrecorded_vms, wait_for_moment
 
 SLOW = '''
 """The fake VMM, holding its boot for a while once the agent runs (the window in which a
@@ -35,8 +36,6 @@ def boot(vm):
     return booted
 '''
 BOUND = 20.0  # seconds any create or delete here may take
-MARK = "hooked"  # the prestart hook touches it in the bundle, then holds create for 3 s
-MOMENTS = ["no-dir", "dir", "booting", "hooks"]
 
 
 @pytest.fixture
@@ -62,47 +61,6 @@ def background(root, guest_files):
     return start
 
 
-def record(root, cid):
-    try:
-        return json.loads((root / cid / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def reached(moment, root, cid, bundle):
-    """Whether ``create`` of ``cid`` is at ``moment`` now (see MOMENTS)."""
-    if moment == "no-dir":
-        return not (root / cid).exists()
-    if moment == "dir":
-        return (root / cid).exists()
-    if moment == "booting":  # a VMM runs that the record does not name yet
-        return bool(vm_processes_in(root / cid)) and (record(root, cid) or {}).get("vm") is None
-    return (bundle / MARK).exists()  # the agent answered; the hooks run; create has not returned
-
-
-def wait_moment(moment, root, cid, bundle, process):
-    deadline = time.monotonic() + BOUND
-    while not reached(moment, root, cid, bundle):
-        assert process.poll() is None, f"create ended before {moment}: {process.stderr.read()}"
-        assert time.monotonic() < deadline, f"create never reached {moment}"
-        time.sleep(0.002)
-
-
-def held_bundle(make_bundle):
-    """A bundle whose prestart hook marks the moment "agent ready, create not returned"."""
-    bundle = make_bundle(["sleep", "1000"])
-    config = json.loads((bundle / "config.json").read_text())
-    config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", f"touch {bundle / MARK}; sleep 3"]}]}
-    (bundle / "config.json").write_text(json.dumps(config))
-    return bundle
-
-
-def vms_without_state(root):
-    """VM processes whose container has no record: what must never exist."""
-    return [pid for pid in vm_processes_in(root)
-            if not os.path.exists(os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)") + "/state.json")]
-
-
 def nothing_left(fake, root, tmp_path):
     assert leftovers_in(tmp_path) == []
     assert not root.exists() or os.listdir(root) == []
@@ -117,9 +75,9 @@ def timed(process, bound=BOUND):
 
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_create_killed_at_each_moment_is_deleted_with_nothing_left(slow, background, make_bundle, root, tmp_path, moment):
-    bundle = held_bundle(make_bundle)
+    bundle = hold_in_hooks(make_bundle(["sleep", "1000"]))
     create = background(slow, "--hypervisor", "slow", "create", "--bundle", bundle, "box")
-    wait_moment(moment, root, "box", bundle, create)
+    wait_for_moment(moment, root / "box", bundle, create, BOUND)
     create.kill()
     create.wait()
     state = slow("state", "box")
@@ -137,7 +95,7 @@ def test_a_create_killed_while_booting_stops_its_container_by_itself(slow, backg
     container (137) and `delete` without --force removes it."""
     bundle = make_bundle(["sleep", "1000"])
     create = background(slow, "--hypervisor", "slow", "create", "--bundle", bundle, "box")
-    wait_moment("booting", root, "box", bundle, create)
+    wait_for_moment("unrecorded", root / "box", bundle, create, BOUND)
     create.kill()
     create.wait()
     assert json.loads(slow("state", "box", check=True).stdout)["status"] == "creating"
@@ -152,24 +110,24 @@ def test_a_create_killed_while_booting_stops_its_container_by_itself(slow, backg
 
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_delete_force_racing_create_converges(slow, background, make_bundle, root, tmp_path, moment):
-    bundle = held_bundle(make_bundle)
+    bundle = hold_in_hooks(make_bundle(["sleep", "1000"]))
     create = background(slow, "--hypervisor", "slow", "create", "--bundle", bundle, "box")
-    wait_moment(moment, root, "box", bundle, create)
+    wait_for_moment(moment, root / "box", bundle, create, BOUND)
     delete = background(slow, "delete", "--force", "box")
     assert timed(delete) < BOUND and delete.returncode == 0, delete.stderr.read()
-    assert vms_without_state(root) == []
+    assert unrecorded_vms(root) == []
     timed(create)
     if create.returncode != 0:  # the delete won: one line saying so
         assert create.stderr.read() == "runv: container box was deleted while it was being created\n"
-    assert vms_without_state(root) == []
+    assert unrecorded_vms(root) == []
     assert slow("delete", "--force", "box").returncode == 0
     nothing_left(slow, root, tmp_path)
 
 
 def test_delete_of_a_creating_container_is_refused_in_one_line(fake, background, make_bundle, root, tmp_path):
-    bundle = held_bundle(make_bundle)
+    bundle = hold_in_hooks(make_bundle(["sleep", "1000"]))
     create = background(fake, "create", "--bundle", bundle, "box")
-    wait_moment("hooks", root, "box", bundle, create)
+    wait_for_moment("hooks", root / "box", bundle, create, BOUND)
     refused = fake("delete", "box")
     assert (refused.returncode, refused.stderr) == (1, "runv: cannot delete container box that is being created (use --force)\n")
     assert timed(create) < BOUND and create.returncode == 0, create.stderr.read()

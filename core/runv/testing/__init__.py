@@ -17,6 +17,8 @@
 - :func:`vm_processes_in` — VM processes (QEMU's, or the fake VMM's agents) whose state
   directory is under a directory, to check that a test left no VM behind;
   :func:`leftovers_in` — those, any other process and any mount there.
+- :mod:`runv.testing.faults` — the moments of a ``runv create`` as seen from outside,
+  to kill or race it at each (and :func:`~runv.testing.faults.unrecorded_vms`).
 
 Nothing here imports pytest; the helpers work from any test runner.
 """
