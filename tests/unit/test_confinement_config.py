@@ -70,7 +70,7 @@ def test_bad_process_fields_fail_in_one_line_naming_them(process, message):
         ({"rootfsPropagation": "weird"}, "config.json: linux.rootfsPropagation: unknown propagation 'weird'"),
         ({"devices": [{"path": "/dev/x", "type": "q", "major": 1, "minor": 1}]}, "config.json: linux.devices[0].type: must be one of c, b, u, p, not 'q'"),
         ({"devices": [{"path": "/etc/x", "type": "c", "major": 1, "minor": 1}]}, "config.json: linux.devices[0].path: must be a path under /dev, not '/etc/x'"),
-        ({"resources": {"memory": {"limit": 0}}}, "config.json: linux.resources.memory.limit: must be a positive number of bytes or -1, not 0"),
+        ({"resources": {"memory": {"limit": -2}}}, "config.json: linux.resources.memory.limit: must be a number of bytes or -1, not -2"),
     ],
 )
 def test_bad_linux_fields_fail_in_one_line_naming_them(linux, message):

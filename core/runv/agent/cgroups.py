@@ -1,16 +1,65 @@
-"""The container's cgroup v2 inside the guest: made at ``prepare`` with its limits, joined
-by the container's processes (stdlib only)."""
+"""Each container's own cgroup v2 inside the guest, ``/sys/fs/cgroup/runv/<container id>``:
+made at ``prepare`` with the files the host translated from ``linux.resources``
+(runv.oci.resources), joined by every process of the container (stdlib only).
 
+As runc's fs2 CreateCgroupPath, every controller the guest kernel has is enabled down
+the tree (the root and ``runv/``), so that several containers of one VM each get their
+own limits. A file the guest kernel lacks or a value it refuses fails ``prepare`` with one
+line naming the file and the value; the half-made cgroup is removed.
+"""
+
+import errno
 import os
 
 from runv.agent.errors import AgentError
 from runv.agent.mounts import mount
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+PARENT = "runv"
+# runc leaves these unwritten when the kernel has no swap accounting and the value asks for nothing
+SKIPPED_IF_ABSENT = {"memory.swap.max": ("max", "0")}
 
 
-def make_cgroup(resources: dict):
-    """A cgroup v2 of the container's own under the guest's, with its limits; None without cgroup2."""
+def _write(path: str, value: str) -> None:
+    """One write per line (io.max, rdma.max take a device a write), without O_CREAT."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        for line in value.split("\n"):
+            os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _enable_controllers(path: str, controllers: list) -> None:
+    """All at once, else one by one (one the kernel refuses here fails where it is used)."""
+    try:
+        _write(f"{path}/cgroup.subtree_control", " ".join(f"+{c}" for c in controllers))
+    except OSError:
+        for controller in controllers:
+            try:
+                _write(f"{path}/cgroup.subtree_control", f"+{controller}")
+            except OSError:
+                pass
+
+
+def _apply(path: str, resources: dict) -> None:
+    for name, value in resources.items():
+        try:
+            _write(f"{path}/{name}", value)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and value in SKIPPED_IF_ABSENT.get(name, ()):
+                continue
+            shown = value.replace("\n", "; ")
+            if exc.errno == errno.ENOENT:
+                controller = name.split(".")[0]
+                reason = f"the guest kernel has no {name} (is the {controller} controller in {CGROUP_ROOT}/cgroup.controllers?)"
+            else:
+                reason = exc.strerror
+            raise AgentError(f"linux.resources: cannot set {name} to {shown}: {reason}") from None
+
+
+def make_cgroup(resources: dict, container_id: str = "container"):
+    """The container's cgroup with its limits (its path), or None without cgroup2 and limits."""
     if not os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers"):
         os.makedirs(CGROUP_ROOT, exist_ok=True)
         try:
@@ -19,19 +68,24 @@ def make_cgroup(resources: dict):
             if resources:
                 raise
             return None
+    if not container_id or "/" in container_id or container_id in (".", ".."):
+        raise AgentError(f"invalid container id {container_id!r} for a cgroup name")
+    with open(f"{CGROUP_ROOT}/cgroup.controllers") as f:
+        controllers = f.read().split()
+    parent = f"{CGROUP_ROOT}/{PARENT}"
+    os.makedirs(parent, exist_ok=True)
+    _enable_controllers(CGROUP_ROOT, controllers)
+    _enable_controllers(parent, controllers)
+    path = f"{parent}/{container_id}"
     try:
-        with open(f"{CGROUP_ROOT}/cgroup.subtree_control", "w") as f:
-            f.write("+memory +pids")
-    except OSError:
-        pass
-    path = f"{CGROUP_ROOT}/container"
-    os.makedirs(path, exist_ok=True)
-    for name, value in resources.items():
-        try:
-            with open(f"{path}/{name}", "w") as f:
-                f.write(value)
-        except OSError as exc:
-            raise AgentError(f"linux.resources: cannot set {name} to {value}: {exc.strerror}") from None
+        os.mkdir(path)
+    except FileExistsError:
+        raise AgentError(f"the guest already has a cgroup for container {container_id}") from None
+    try:
+        _apply(path, resources)
+    except AgentError:
+        os.rmdir(path)
+        raise
     return path
 
 

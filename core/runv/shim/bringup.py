@@ -107,7 +107,7 @@ def prepare_request(container: Container, attachment: StorageAttachment, vm: VMS
         "mounts": [guest_mount(m, vm, caps) for m in attachment.mounts],
         "hostname": container.spec.hostname,
         "guest_devices": container.annotations.get(GUEST_DEVICES) == "true",
-        "confinement": container.spec.confinement,
+        "confinement": {**container.spec.confinement, "id": container.id},  # the id names its guest cgroup
     }
 
 
