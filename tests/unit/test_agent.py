@@ -186,10 +186,15 @@ def test_virtio_serial_port_is_found_by_name(tmp_path):
     for port, name in (("vport0p1", "org.qemu.guest_agent.0"), ("vport0p2", "org.runv.agent")):
         (tmp_path / port).mkdir()
         (tmp_path / port / "name").write_text(name + "\n")
-    assert find_port(str(tmp_path)) == "/dev/vport0p2"
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    with pytest.raises(SystemExit, match="no virtio-serial port named org.runv.agent"):
+        find_port(str(tmp_path), timeout=0.1, dev=str(dev))  # named, but its /dev node is not there yet
+    (dev / "vport0p2").touch()
+    assert find_port(str(tmp_path), dev=str(dev)) == f"{dev}/vport0p2"
     (tmp_path / "vport0p2" / "name").write_text("other\n")
     with pytest.raises(SystemExit, match="no virtio-serial port named org.runv.agent"):
-        find_port(str(tmp_path), timeout=0.1)
+        find_port(str(tmp_path), timeout=0.1, dev=str(dev))
 
 
 def test_command_line_options():

@@ -69,6 +69,61 @@ def test_a_default_spec_container_gets_runcs_process_spec(runv, make_bundle):
     assert not any("/rootfs" in fields[4] or fields[4].startswith("/usr/lib/runv") for fields in mountinfo)
 
 
+def mountinfo(text):
+    """``(mount point, per-mount options, optional fields, fstype, super options)`` per line."""
+    entries = []
+    for line in text.splitlines():
+        if line[:1].isdigit() and " - " in line:
+            mine, theirs = line.split(" - ", 1)
+            fields, (fstype, _, options) = mine.split(), theirs.split(" ", 2)
+            entries.append((fields[4], fields[5].split(","), fields[6:], fstype, options.split(",")))
+    return entries
+
+
+def test_the_specs_mounts_are_made_in_spec_order_with_their_flags(runv, make_bundle, tmp_path):
+    volume, shared, single = tmp_path / "vol", tmp_path / "shared", tmp_path / "single.txt"
+    volume.mkdir()
+    shared.mkdir()
+    (volume / "seen").write_text("volume\n")
+    single.write_text("file\n")
+    spec = default_config("cat /proc/self/mountinfo; cat /mnt/vol/seen /etc/single.txt; touch /mnt/vol/x 2>&1 || true")
+    dev, pts, shm, mqueue, sysfs, cgroup = (next(m for m in spec["mounts"] if m["destination"] == d)
+                                           for d in ("/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"))
+    spec["mounts"] = [  # an unusual order: runc mounts them as listed, so must runv
+        dev,
+        {"destination": "/run/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "size=1m", "mode=700"]},
+        {"destination": "/mnt/vol", "type": "bind", "source": str(volume), "options": ["rbind", "ro", "nosuid"]},
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        mqueue, sysfs,
+        {"destination": "/etc/single.txt", "type": "none", "source": str(single), "options": ["bind", "ro"]},
+        cgroup,
+        {"destination": "/mnt/shared", "type": "bind", "source": str(shared), "options": ["rbind", "rshared"]},
+        pts, shm,
+    ]
+    bundle = bundle_of(make_bundle, spec)
+    for point in ("run/scratch", "mnt/vol", "mnt/shared"):  # the read-only root's share is read-only: no mkdir
+        (bundle / "rootfs" / point).mkdir(parents=True)
+    (bundle / "rootfs/etc/single.txt").touch()
+    result = runv("run", "--bundle", bundle, "order")
+    assert result.returncode == 0, result.stderr
+    mounts = mountinfo(result.stdout)
+    order = ["/", *(m["destination"] for m in spec["mounts"])]
+    assert [m[0] for m in mounts[:len(order)]] == order  # the root, then the spec's, in spec order
+    at = {m[0]: m for m in mounts}
+    assert at["/"][1][0] == "ro"  # root.readonly, applied after the mounts
+    assert at["/run/scratch"][3] == "tmpfs" and {"nosuid", "nodev", "noexec"} <= set(at["/run/scratch"][1])
+    assert {"size=1024k", "mode=700"} <= set(at["/run/scratch"][4])
+    assert {"ro", "nosuid"} <= set(at["/mnt/vol"][1]) and {"ro"} <= set(at["/etc/single.txt"][1])
+    assert any(field.startswith("shared:") for field in at["/mnt/shared"][2])  # rshared
+    assert not any(field.startswith("shared:") for field in at["/mnt/vol"][2])  # the rest private
+    assert at["/proc"][3] == "proc" and at["/dev/mqueue"][3] == "mqueue" and at["/sys"][3] == "sysfs"
+    assert at["/sys/fs/cgroup"][3] == "cgroup2" and at["/sys/fs/cgroup"][1][0] == "ro"
+    assert at["/dev/pts"][3] == "devpts" and "ptmxmode=666" in at["/dev/pts"][4]
+    assert at["/dev"][3] == "tmpfs" and "strictatime" not in at["/dev"][1] and "relatime" not in at["/dev"][1]
+    assert "volume\nfile\n" in result.stdout and "Read-only file system" in result.stdout
+    assert not (volume / "x").exists()
+
+
 ESCAPES = r"""
 try() { name=$1; shift; if "$@" >/dev/null 2>&1; then echo "ESCAPED $name"; else echo "held $name"; fi; }
 try proc1-root ls /proc/1/root/usr/lib/runv-agent

@@ -20,6 +20,8 @@ import stat
 import termios
 import time
 
+from runv.agent.sysfs import wait_for_device
+
 PORT_NAME = "org.runv.agent"
 VIRTIO_PORTS = "/sys/class/virtio-ports"
 PORT_WAIT = 5.0  # seconds the virtio-serial port may take to show up at boot
@@ -125,21 +127,12 @@ def serial_channel(args: list) -> str | None:
     return None if value is None or value.startswith(VSOCK_PREFIX) else value
 
 
-def find_port(base: str = VIRTIO_PORTS, timeout: float = PORT_WAIT) -> str:
+def find_port(base: str = VIRTIO_PORTS, timeout: float = PORT_WAIT, dev: str = "/dev") -> str:
     """The /dev node of the virtio-serial port the host named ``org.runv.agent``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if os.path.isdir(base):
-            for port in sorted(os.listdir(base)):
-                try:
-                    with open(f"{base}/{port}/name") as f:
-                        if f.read().strip() == PORT_NAME:
-                            return f"/dev/{port}"
-                except OSError:
-                    continue
-        if time.monotonic() > deadline:
-            raise SystemExit(f"runv-agent: no virtio-serial port named {PORT_NAME}")
-        time.sleep(0.05)
+    path = wait_for_device(base, "name", PORT_NAME, timeout, dev)
+    if path is None:
+        raise SystemExit(f"runv-agent: no virtio-serial port named {PORT_NAME}")
+    return path
 
 
 def make_raw(fd: int) -> None:

@@ -1,45 +1,41 @@
-"""The container's confinement inside the guest, in runc's order (libcontainer's
-rootfs_linux.go, standard_init_linux.go, setns_init_linux.go).
+"""The container's confinement inside the guest, in runc's order (libcontainer's nsexec.c,
+init_linux.go, standard_init_linux.go, setns_init_linux.go).
 
 The container's process (``init``):
- 1. joins its cgroup (v2, made by ``prepare``), then ``unshare``s mount, UTS, IPC and
-    cgroup namespaces; its PID namespace was made by the agent around the fork, so it
-    is PID 1 of its own;
- 2. makes every mount private (or ``rootfsPropagation``), mounts what belongs to its new
-    namespaces (``proc`` of its PID namespace, ``mqueue``, ``cgroup``), binds the rootfs
-    on itself, moves the rootfs over the initramfs' ``/`` and ``pivot_root``s into the
-    bind (DESIGN.md 3b: pivot_root from the initramfs is EINVAL; from a chroot in a mount
-    with a parent it works), and detaches the old root: the agent's files, ``/dev/vport*``
-    and the guest's devtmpfs are not reachable, even with ``..`` after a chroot;
- 3. ``linux.devices``, ``linux.sysctl``, ``maskedPaths``, ``readonlyPaths``, propagation;
-then, as every exec'd process (which ``setns``es into the init's namespaces and cgroup
-instead of 1-3): ``oomScoreAdj``, ``rlimits``, ``umask``, the bounding set, the user
-(keeping capabilities across setuid), the other four capability sets, the working
-directory, ``noNewPrivileges``; the caller execs last.
+ 1. joins its cgroup (v2, made by ``prepare``); with a user namespace (``linux.namespaces``
+    has ``user``) it ``unshare``s it, the agent (its parent) writes ``uid_map``/``gid_map``
+    (a socket handshake, as runc's parent writes the maps), it becomes root there and forks
+    again so that the new PID namespace is owned by the user namespace; without one the
+    agent made the PID namespace around the fork. It is PID 1 of its own;
+ 2. ``unshare``s mount, UTS, IPC and cgroup namespaces (owned by its user namespace) and
+    makes every mount private;
+ 3. its filesystem: the spec's mounts in spec order, devices, pivot_root, sysctl, paths
+    (runv.agent.rootfs);
+then, as every exec'd process (which ``setns``es into the init's namespaces, the user
+namespace first, instead of 1-3): ``oomScoreAdj``, ``rlimits``, ``umask``, the bounding
+set, the user (keeping capabilities across setuid), the other four capability sets, the
+working directory, ``noNewPrivileges``; the caller execs last.
 """
 
 import ctypes
-import errno
 import json
 import os
-import stat
+import socket
 import time
 
-from runv.agent import mounts
+from runv.agent import mounts, rootfs
 from runv.agent import seccomp as seccomp_filter
 from runv.agent.cgroups import join_cgroup, make_cgroup
 from runv.agent.errors import AgentError
-from runv.agent.mounts import mount, plan_mount, rootfs_path
+from runv.agent.mounts import MS_REC, PROPAGATION, raw_mount
 from runv.agent.tables import CAP_NUMBERS, NAMESPACES, RLIMIT_NUMBERS
 
 _libc = ctypes.CDLL(None, use_errno=True)
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC = 1, 2, 4, 8, 32, 4096, 8192, 16384
-PROPAGATION = {"private": 1 << 18, "slave": 1 << 19, "shared": 1 << 20, "unbindable": 1 << 17}
-MNT_DETACH = 2
-SYS_PIVOT_ROOT = 155  # x86_64
 PR_SET_KEEPCAPS, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 8, 24, 38, 47, 2
 CAP_VERSION_3 = 0x20080522
 JOINED = ("ipc", "uts", "cgroup", "mnt")  # setns order for exec: the mount namespace last (it moves our root)
+OWN = NAMESPACES["mnt"] | NAMESPACES["uts"] | NAMESPACES["ipc"] | NAMESPACES["cgroup"]
+MAPS = (("uid_map", "uidMappings"), ("gid_map", "gidMappings"))
 
 
 class _Rlimit(ctypes.Structure):
@@ -60,11 +56,6 @@ def _check(result: int, what: str) -> None:
         raise OSError(error, f"{what}: {os.strerror(error)}")
 
 
-def raw_mount(source, target: str, fstype, flags: int, what: str) -> None:
-    enc = (lambda v: v.encode() if isinstance(v, str) else v)
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), None), what)
-
-
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
@@ -73,15 +64,23 @@ def setns(fd: int, kind: str) -> None:
     _check(_libc.setns(fd, NAMESPACES[kind]), f"setns {kind}")
 
 
+def map_lines(mappings: list) -> str:
+    return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in mappings)
+
+
 class Container:
     """One container's confinement: what ``prepare`` gave, its cgroup, its init's namespaces."""
 
-    def __init__(self, rootfs: str, config: dict, deferred: list) -> None:
+    def __init__(self, rootfs: str, config: dict, binds: list, prepare: dict) -> None:
         self.rootfs = rootfs
         self.config = config
-        self.deferred = deferred  # mounts of the container's own namespaces: proc, mqueue, cgroup
+        self.binds = binds  # the staged sources of the spec's bind mounts (runv.agent.mounts.stage_binds)
+        self.readonly = bool(prepare["rootfs"].get("readonly"))
+        self.guest_devices = bool(prepare.get("guest_devices"))
+        self.userns = config.get("userns")  # {"uidMappings", "gidMappings"} or None
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.ns_fds = {}  # the init's namespaces, opened once it runs
+        self.sync = None  # the init's end and ours of the user-namespace handshake
         self.cgroup = make_cgroup(config.get("resources") or {})
         if config.get("seccomp"):
             seccomp_filter.library()  # loaded here: a child after pivot_root sees only the container's files
@@ -89,11 +88,15 @@ class Container:
     # ------------------------------------------------- the agent's side of the fork
 
     def before_fork(self, init: bool) -> None:
-        """The next child's PID namespace: a new one for the init, the init's for an exec."""
+        """The next child's PID namespace: a new one for the init (made by the init itself
+        with a user namespace), the init's for an exec."""
         if init:
             if self.ns_fds:
                 raise AgentError("the container's process already runs")
-            unshare(NAMESPACES["pid"])
+            if self.userns:
+                self.sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            else:
+                unshare(NAMESPACES["pid"])
         else:
             if not self.ns_fds:
                 raise AgentError("the container's process is not running")
@@ -103,108 +106,92 @@ class Container:
         """Back to the agent's own PID namespace for its next children; the init's namespaces noted."""
         setns(self.own_pid_ns, "pid")
         if init and pid:
-            for kind in (*JOINED, "pid"):
+            for kind in (*JOINED, "pid", *(("user",) if self.userns else ())):
                 self.ns_fds[kind] = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def handshake(self, init: bool, pid: int) -> int:
+        """With a user namespace, the parent's half: the maps written for the child ``pid``
+        once it has unshared it, then the pid of the init it forks (our child once ``pid``
+        exits). Without one (or for an exec) ``pid`` is the process."""
+        if not (init and self.userns):
+            return pid
+        child_end, ours = self.sync
+        self.sync = None
+        child_end.close()
+        try:
+            if ours.recv(16) != b"userns":
+                return pid  # it failed before: its error is on the error pipe
+            try:
+                self.write_maps(pid)
+            except AgentError:
+                ours.close()  # the child sees no "go" and exits
+                os.waitpid(pid, 0)
+                raise
+            ours.send(b"go")
+            answer = ours.recv(16)
+        finally:
+            ours.close()
+        if not answer.isdigit():
+            return pid  # it failed after the maps: its error is on the error pipe
+        os.waitpid(pid, 0)
+        return int(answer)
+
+    def write_maps(self, pid: int) -> None:
+        for name, key in MAPS:
+            try:
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(map_lines(self.userns[key]))
+            except OSError as exc:
+                raise AgentError(f"linux.{key}: the guest kernel refuses "
+                                 f"{json.dumps(self.userns[key])}: {exc.strerror}") from None
 
     # ---------------------------------------------------------- the child's steps
 
-    def enter(self, init: bool) -> None:
-        """Steps 1-3 (init) or joining them (exec); the caller then calls ``apply_process``."""
+    def join(self, init: bool) -> None:
+        """Step 1: the cgroup, and for an init with a user namespace, that namespace (this
+        child then returns as its own child, the init; its stdio and session come after)."""
         join_cgroup(self.cgroup)
+        if init and self.userns:
+            self.enter_userns()
+
+    def enter(self, init: bool) -> None:
+        """Steps 2-3 (init) or joining the init's namespaces (exec), after :meth:`join`;
+        the caller then calls ``apply_process``."""
         if not init:
-            for kind in JOINED:
+            for kind in (("user",) if self.userns else ()) + JOINED:
                 setns(self.ns_fds[kind], kind)
             return
-        unshare(NAMESPACES["mnt"] | NAMESPACES["uts"] | NAMESPACES["ipc"] | NAMESPACES["cgroup"])
+        unshare(OWN)
         raw_mount(None, "/", None, MS_REC | PROPAGATION["private"], "making / private")
-        self.pivot()
-        mount("proc", "/proc", "proc", "nosuid,nodev,noexec")
-        for entry in self.deferred:
-            entry = dict(entry, fstype="cgroup2" if entry["fstype"] == "cgroup" else entry["fstype"])
-            plan_mount(entry, rootfs_path("/", entry["target"], entry))
-        make_devices(self.config.get("devices") or [])
-        write_sysctls(self.config.get("sysctl") or {})
-        for path in self.config.get("maskedPaths") or []:
-            mask_path(path)
-        for path in self.config.get("readonlyPaths") or []:
-            readonly_path(path)
-        propagation = self.config.get("rootfsPropagation") or "rprivate"
-        if propagation != "rprivate":
-            kind = propagation.lstrip("r") if propagation.startswith("r") else propagation
-            rec = MS_REC if propagation.startswith("r") else 0
-            raw_mount(None, "/", None, rec | PROPAGATION[kind], f"rootfsPropagation {propagation}")
+        rootfs.build(self.rootfs, self.config, self.binds, bool(self.userns), self.guest_devices)
+        rootfs.finish(self.config, self.readonly)
 
-    def pivot(self) -> None:
-        """The rootfs over ``/`` of the (copied) initramfs, then pivot_root into its bind."""
-        lower = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY)
-        raw_mount(self.rootfs, self.rootfs, None, MS_BIND | MS_REC, f"binding {self.rootfs}")
-        upper = os.open(self.rootfs, os.O_RDONLY | os.O_DIRECTORY)
-        raw_mount(f"/proc/self/fd/{lower}", "/", None, MS_MOVE, f"moving {self.rootfs} to /")
-        os.fchdir(lower)
-        os.chroot(".")
-        os.fchdir(upper)
-        _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
-        _check(_libc.umount2(b".", MNT_DETACH), "detaching the old root")
-        os.chdir("/")
-        os.close(lower)
-        os.close(upper)
+    def enter_userns(self) -> None:
+        """The child's half of the handshake; returns in the init (PID 1 of a PID namespace
+        owned by the new user namespace, root there), its parent exits."""
+        child_end, ours = self.sync
+        ours.close()
+        unshare(NAMESPACES["user"])
+        child_end.send(b"userns")
+        if child_end.recv(16) != b"go":
+            os._exit(1)  # the agent refused the maps and says why
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        unshare(NAMESPACES["pid"])
+        pid = os.fork()
+        if pid:
+            child_end.send(str(pid).encode())
+            os._exit(0)
+        child_end.close()
 
 
 def op_prepare(agent, message: dict) -> None:
-    """``prepare``: the rootfs and its mounts (runv.agent.mounts), then, in a VM, the
-    container whose processes get namespaces, a pivot_root and the rest of the spec."""
-    mounts.op_prepare(agent, message)
+    """``prepare``: the rootfs (runv.agent.mounts), then, in a VM, the container whose
+    processes get namespaces, its mounts in spec order, a pivot_root and the rest of the spec."""
+    binds = mounts.op_prepare(agent, message)
     if agent.confine:
         config = message.get("confinement") or {}
-        agent.processes.container = Container(agent.rootfs, config, agent.deferred_mounts)
-
-
-def make_devices(devices: list) -> None:
-    kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
-    for dev in devices:
-        path = dev["path"]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if os.path.lexists(path):
-            os.unlink(path)
-        try:
-            os.mknod(path, kinds[dev["type"]] | 0o600, os.makedev(dev.get("major", 0), dev.get("minor", 0)))
-            os.chmod(path, dev.get("fileMode", 0o666))
-            os.chown(path, dev.get("uid", 0), dev.get("gid", 0))
-        except OSError as exc:
-            raise AgentError(f"linux.devices: cannot create {path}: {exc.strerror}") from None
-
-
-def write_sysctls(sysctls: dict) -> None:
-    for key, value in sysctls.items():
-        path = "/proc/sys/" + key.replace(".", "/")
-        try:
-            with open(path, "w") as f:
-                f.write(value)
-        except OSError as exc:
-            reason = "the guest kernel has no such sysctl" if exc.errno == errno.ENOENT else exc.strerror
-            raise AgentError(f"linux.sysctl: {key}={value}: {reason}") from None
-
-
-def mask_path(path: str) -> None:
-    """runc's maskPath: /dev/null over a file, an empty read-only tmpfs over a directory."""
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            mount("tmpfs", path, "tmpfs", "ro,size=0k")
-        else:
-            raw_mount("/dev/null", path, None, MS_BIND, f"masking {path}")
-    except (OSError, AgentError) as exc:
-        if not os.path.lexists(path) or getattr(exc, "errno", None) in (errno.ENOENT, errno.ENOTDIR):
-            return
-        raise AgentError(f"linux.maskedPaths: {path}: {exc}") from None
-
-
-def readonly_path(path: str) -> None:
-    """runc's readonlyPath: a bind of the path on itself, remounted read-only (keeping its flags)."""
-    if not os.path.lexists(path):
-        return
-    raw_mount(path, path, None, MS_BIND | MS_REC, f"binding {path}")
-    flags = os.statvfs(path).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    raw_mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, f"remounting {path} read-only")
+        agent.processes.container = Container(agent.rootfs, config, binds, message)
 
 
 # ------------------------------------------------------------------ the process spec

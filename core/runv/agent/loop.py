@@ -183,5 +183,6 @@ class Agent:
         except AgentError as exc:
             reply = {"id": request_id, "error": str(exc)}
         except OSError as exc:
-            reply = {"id": request_id, "error": f"{op}: {exc.strerror or exc}"}
+            where = f" {exc.filename}" if exc.filename else ""
+            reply = {"id": request_id, "error": f"{op}: {exc.strerror or exc}{where}"}
         self.send(encode_ctrl(reply))

@@ -3,12 +3,13 @@
 import ctypes
 import os
 import stat
-import time
 
 from runv.agent.errors import AgentError
+from runv.agent.sysfs import wait_for_device
 
 SERIAL_PREFIX = "serial:"  # a mount source naming a virtio-blk disk by its serial
 PRIVATE = "/run/runv"  # the guest's staging area (shares mounted before the rootfs); Agent.private on this machine
+BINDS = PRIVATE + "/binds"  # in a VM: the shares the container's binds come from, one directory per bind
 DISK_TIMEOUT = 10.0  # seconds a hot-plugged disk may take to show up in /sys/block
 MOUNT_FLAGS = {  # <sys/mount.h>: options that are flags, not filesystem data
     "ro": 1, "rw": 0, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "remount": 32, "mand": 64,
@@ -16,42 +17,90 @@ MOUNT_FLAGS = {  # <sys/mount.h>: options that are flags, not filesystem data
     "relatime": 1 << 21, "strictatime": 1 << 24, "suid": 0, "dev": 0, "exec": 0, "async": 0,
     "atime": 0, "diratime": 0, "norelatime": 0, "defaults": 0,
 }
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC = 1, 2, 4, 8, 32, 4096, 8192, 16384
+PROPAGATION = {"private": 1 << 18, "slave": 1 << 19, "shared": 1 << 20, "unbindable": 1 << 17}
+PROPAGATION_OPTIONS = {**{name: flag for name, flag in PROPAGATION.items()},
+                       **{"r" + name: flag | MS_REC for name, flag in PROPAGATION.items()}}
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
              "stderr": "/proc/self/fd/2", "core": "/proc/kcore"}
-NAMESPACED = ("proc", "mqueue", "cgroup", "cgroup2")  # mounted in the container's own namespaces
+DEV_OPTIONS = "nosuid,mode=755,size=65536k"  # runv's /dev, /dev/pts and /dev/shm where the spec has none
+DEVPTS_OPTIONS = "newinstance,ptmxmode=0666,mode=620,gid=5"
+SHM_OPTIONS = "nosuid,nodev,noexec,mode=1777,size=65536k"
+GUEST_FSTYPES = ("tmpfs", "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "devtmpfs", "bind")
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def parse_options(options) -> tuple:
+    """``(flags, data, propagation)`` of ``mount -o`` style options (a string or a list):
+    flags and propagation are split from the filesystem's data; words that are neither
+    (runtime words such as ``tmpcopyup``) are dropped, as runv.shim.volumes drops them."""
+    words = options.split(",") if isinstance(options, str) else list(options)
+    flags, data, propagation = 0, [], []
+    for option in filter(None, words):
+        if option in MOUNT_FLAGS:
+            flags |= MOUNT_FLAGS[option]
+        elif option in PROPAGATION_OPTIONS:
+            propagation.append(PROPAGATION_OPTIONS[option])
+        elif "=" in option or option == "newinstance":
+            data.append(option)
+    return flags, ",".join(data), propagation
+
+
+def raw_mount(source, target: str, fstype, flags: int, what: str, data: str | None = None) -> None:
+    """mount(2); OSError (with its errno) naming ``what`` on failure."""
+    enc = (lambda v: v.encode() if isinstance(v, str) else v)
+    if _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data or None)) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
 
 
 def mount(source: str, target: str, fstype: str, options: str) -> None:
     """mount(2) with ``mount -o`` style options (flags are split from filesystem data);
     a syscall, not a busybox process: under TCG each fork and exec costs tens of ms."""
-    flags, data = 0, []
-    for option in filter(None, options.split(",")):
-        if option in MOUNT_FLAGS:
-            flags |= MOUNT_FLAGS[option]
-        else:
-            data.append(option)
-    joined = ",".join(data).encode() or None
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags), joined) != 0:
-        error = ctypes.get_errno()
-        raise AgentError(f"mount {source} on {target} ({fstype}): {os.strerror(error)}")
+    flags, data, _ = parse_options(options)
+    try:
+        raw_mount(source, target, fstype, flags, "mount", data)
+    except OSError as exc:
+        raise AgentError(f"mount {source} on {target} ({fstype}): {os.strerror(exc.errno)}") from None
+
+
+def make_dev_nodes(path: str, bind: bool = False) -> None:
+    """The standard nodes and symlinks of a container's /dev at ``path`` (runc's default
+    devices and setupDevSymlinks); with ``bind`` (a user namespace, where mknod is refused)
+    each node is a bind of the guest's own, as runc binds the host's."""
+    for name, (major, minor) in DEVICES.items():
+        make_node(os.path.join(path, name), stat.S_IFCHR, (major, minor), 0o666, f"/dev/{name}" if bind else None)
+    for name, target in DEV_LINKS.items():
+        link = os.path.join(path, name)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(target, link)
+
+
+def make_node(path: str, kind: int, numbers: tuple, mode: int, bind_from: str | None, owner=(0, 0)) -> None:
+    """One device node at ``path``: mknod'ed, or a bind of the guest's node ``bind_from``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.lexists(path):
+        os.unlink(path)
+    if bind_from:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        raw_mount(bind_from, path, None, MS_BIND, f"binding {path}")
+        return
+    os.mknod(path, kind | 0o600, os.makedev(*numbers))
+    os.chmod(path, mode)
+    os.chown(path, *owner)
 
 
 def populate_dev(path: str) -> None:
-    """The container's /dev, as runc makes it: a tmpfs with the standard nodes, its own
-    devpts and shm, and none of the guest's devices (the agent's port, the disks)."""
-    mount("tmpfs", path, "tmpfs", "nosuid,mode=755,size=65536k")
-    for name, (major, minor) in DEVICES.items():
-        os.mknod(os.path.join(path, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-        os.chmod(os.path.join(path, name), 0o666)
-    for name, target in DEV_LINKS.items():
-        os.symlink(target, os.path.join(path, name))
-    for sub in ("pts", "shm", "mqueue"):
+    """The container's /dev for an agent that does not confine (the host mode): a tmpfs with
+    the standard nodes, its own devpts and shm, none of the guest's devices."""
+    mount("tmpfs", path, "tmpfs", DEV_OPTIONS)
+    make_dev_nodes(path)
+    for sub in ("pts", "shm"):
         os.mkdir(os.path.join(path, sub))
-    os.chmod(os.path.join(path, "shm"), 0o1777)
-    mount("devpts", os.path.join(path, "pts"), "devpts", "newinstance,ptmxmode=0666,mode=620,gid=5")
-    mount("shm", os.path.join(path, "shm"), "tmpfs", "nosuid,nodev,noexec,mode=1777,size=65536k")
+    mount("devpts", os.path.join(path, "pts"), "devpts", DEVPTS_OPTIONS)
+    mount("shm", os.path.join(path, "shm"), "tmpfs", SHM_OPTIONS)
 
 
 def staged(agent, path: str) -> str:
@@ -62,8 +111,12 @@ def staged(agent, path: str) -> str:
     return path
 
 
-def op_prepare(agent, message: dict) -> None:
-    """Mounts the container rootfs (and /proc, /sys, /dev in it) and sets the hostname."""
+def op_prepare(agent, message: dict) -> list | None:
+    """Mounts what the rootfs is assembled from (shares, disks) and the rootfs. In a VM
+    (``agent.confine``) the container's process makes every mount of the spec itself
+    (runv.agent.rootfs): here only the shares its binds come from are mounted, under
+    /run/runv/binds, and returned as ``[{"target", "source"}]``. The agent on the host
+    mounts /proc, /sys, a /dev and the spec's mounts in the rootfs (None is returned)."""
     root = message["rootfs"]
     plan = []
     for entry in message.get("mounts", []):
@@ -74,7 +127,8 @@ def op_prepare(agent, message: dict) -> None:
             plan_mount(entry, entry["target"])
     os.makedirs(agent.rootfs, exist_ok=True)
     options = root.get("options", "")
-    if root.get("readonly"):
+    confine = getattr(agent, "confine", False)
+    if root.get("readonly") and not confine:  # confined: remounted read-only after its mounts, as runc does
         options = ",".join(filter(None, [options, "ro"]))
     if root["fstype"] == "overlay":
         make_overlay_dirs(options)
@@ -82,47 +136,49 @@ def op_prepare(agent, message: dict) -> None:
         plan_mount({**root, "in_rootfs": True}, agent.rootfs)
     else:
         mount(resolve_source(root["source"]), agent.rootfs, root["fstype"], options)
-    confine = getattr(agent, "confine", False)
+    if message.get("hostname"):
+        with open("/proc/sys/kernel/hostname", "w") as f:
+            f.write(message["hostname"])
+    if confine:
+        return stage_binds(agent, [entry for entry in plan if entry.get("in_rootfs")])
     for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
         path = os.path.join(agent.rootfs, target)
-        if confine and fstype == "proc":
-            continue  # the container's own, mounted in its PID namespace (runv.agent.confine)
         if os.path.isdir(path):
-            mount(fstype, path, fstype, "nosuid,nodev,noexec,ro" if confine and fstype == "sysfs" else "")
+            mount(fstype, path, fstype, "")
     dev = os.path.join(agent.rootfs, "dev")
     if os.path.isdir(dev) and message.get("guest_devices"):  # the VM's own devices, all of them
         mount("devtmpfs", dev, "devtmpfs", "")
         os.makedirs(os.path.join(dev, "pts"), exist_ok=True)
-        mount("devpts", os.path.join(dev, "pts"), "devpts", "newinstance,ptmxmode=0666,mode=620,gid=5")
+        mount("devpts", os.path.join(dev, "pts"), "devpts", DEVPTS_OPTIONS)
     elif os.path.isdir(dev):
         populate_dev(dev)
-    deferred = []  # mounts that belong to the container's namespaces: made by its process
     for entry in plan:  # the spec's mounts (volumes, tmpfs, mqueue...), in order
-        if confine and entry.get("in_rootfs") and entry["fstype"] in NAMESPACED:
-            deferred.append(entry)
-        elif entry.get("in_rootfs"):
+        if entry.get("in_rootfs"):
             plan_mount(entry, rootfs_path(agent.rootfs, entry["target"], entry))
-    if message.get("hostname"):
-        with open("/proc/sys/kernel/hostname", "w") as f:
-            f.write(message["hostname"])
-    agent.deferred_mounts = deferred  # runv.agent.confine.op_prepare hands them to the container
+    return None
+
+
+def stage_binds(agent, entries: list) -> list:
+    """The sources of the container's bind mounts, in order: a share (9p, virtio-fs, which
+    only the agent's namespace can mount) is mounted under /run/runv/binds; a guest path
+    (a staged volume file, /dev/null) is its own source. Other types are the init's."""
+    binds = []
+    for entry in entries:
+        if entry["fstype"] == "bind":
+            binds.append({"target": entry["target"], "source": entry["source"]})
+        elif entry["fstype"] not in GUEST_FSTYPES:
+            where = staged(agent, f"{BINDS}/{len(binds)}")
+            plan_mount({**entry, "in_rootfs": False}, where)
+            binds.append({"target": entry["target"], "source": where})
+    return binds
 
 
 def disk_by_serial(serial: str, timeout: float = DISK_TIMEOUT) -> str:
     """The /dev node of the virtio-blk disk whose serial is ``serial``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for name in sorted(os.listdir("/sys/block")):
-            try:
-                with open(f"/sys/block/{name}/serial") as f:
-                    if f.read().strip() == serial:
-                        if os.path.exists(f"/dev/{name}"):
-                            return f"/dev/{name}"
-            except OSError:
-                continue
-        if time.monotonic() > deadline:
-            raise AgentError(f"no disk with serial {serial!r} in the guest")
-        time.sleep(0.05)
+    path = wait_for_device("/sys/block", "serial", serial, timeout)
+    if path is None:
+        raise AgentError(f"no disk with serial {serial!r} in the guest")
+    return path
 
 
 def resolve_source(source: str) -> str:

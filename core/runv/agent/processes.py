@@ -63,11 +63,17 @@ def spawn(rootfs: str, name: str, message: dict, container=None) -> Process:
         except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
             os.write(err_pipe_w, describe(exc, message["args"][0]).encode())
         os._exit(127)
-    if container is not None:
-        container.after_fork(init, None)
     os.close(err_pipe_w)
     for fd in close_in_parent:
         os.close(fd)
+    if container is not None:
+        container.after_fork(init, None)
+        try:
+            pid = container.handshake(init, pid)  # with a user namespace: the init its child forked
+        except BaseException:
+            for fd in {err_pipe_r, *parent["outputs"], parent["stdin_fd"]}:
+                os.close(fd)
+            raise
     failure = os.read(err_pipe_r, 4096)
     os.close(err_pipe_r)
     if failure:
@@ -86,13 +92,15 @@ def child(rootfs: str, message: dict, fds: tuple, tty: bool, keep: int, containe
     """Runs in the forked child: becomes the container process or raises. The steps run
     in this order, each relying on the ones before; ``keep`` is the error pipe's fd."""
     reset_signals()
-    take_stdio(fds, tty)
     if container is None:
+        take_stdio(fds, tty)
         close_inherited_fds(keep)
         enter_rootfs(rootfs, message.get("cwd") or "/")
         set_user(message.get("user") or {})
     else:
         try:
+            container.join(bool(message.get("init")))  # first: the init of a user namespace is its child
+            take_stdio(fds, tty)
             container.enter(bool(message.get("init")))
             close_inherited_fds(keep)
             apply_process(message, container.config.get("seccomp"))

@@ -62,8 +62,10 @@ AGENT_FILES = (
     "runv/agent/processes.py",
     "runv/agent/proctable.py",
     "runv/agent/protocol.py",
+    "runv/agent/rootfs.py",
     "runv/agent/seccomp.py",
     "runv/agent/stats.py",
+    "runv/agent/sysfs.py",
     "runv/agent/tables.py",
     "runv/agent/terminal.py",
 )

@@ -98,7 +98,7 @@ class Spec:
     hooks: dict[str, tuple[Hook, ...]] = attrs.field(factory=dict)
     linux: dict[str, Any] = attrs.field(factory=dict)
     mounts: tuple[dict, ...] = ()
-    # what the agent's prepare applies from ``linux`` (runv.oci.security.parse_linux)
+    # what the agent's prepare applies from ``linux`` (runv.oci.security.parse_linux) and the mounts
     confinement: dict = attrs.field(factory=dict, eq=False)
 
 
@@ -197,7 +197,10 @@ def parse_spec(data: Any, source: str) -> Spec:
         hooks=hooks,
         linux=f.get("linux", dict, {}),
         mounts=tuple(f.get("mounts", list, [])),
-        confinement=parse_linux(f.get("linux", dict, {}), source),
+        # the spec's mounts travel as they are (runv.shim.volumes checks them before a VM boots):
+        # the container's process mounts them in spec order (runv.agent.rootfs)
+        confinement={**parse_linux(f.get("linux", dict, {}), source),
+                     "mounts": [dict(m) for m in f.get("mounts", list, []) if isinstance(m, dict)]},
     )
 
 
