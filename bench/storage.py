@@ -64,7 +64,7 @@ def main() -> None:
         with tarfile.open(base / "bench.tar", "w") as tar:
             tar.add(base / "tree", arcname="tree")
         config_file = work / "config.toml"
-        config_file.write_text(f'[storage]\ncache_dir = "{work / "cache"}"\n')
+        config_file.write_text(f'[storage]\ncache_dir = "{work / "cache"}"\ncontainers_dir = "{work / "containers"}"\n')
         env = {**os.environ, "RUNV_CONFIG": str(config_file)}
         results: dict[str, dict[str, list[float]]] = {}
         for run in range(args.runs):

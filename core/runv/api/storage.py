@@ -1,61 +1,141 @@
 """Storage settings shared by storage plugins: the ``[storage]`` table of runv's config file, overridden per container
-by annotations.
+by annotations, and the per-container directory that holds a container's big files.
 
 ``/etc/runv/config.toml`` (or ``$RUNV_CONFIG``)::
 
     [storage]
     mode = "share"                 # share | overlay | block  (the overlay plugin's default)
-    cache_dir = "/var/cache/runv/storage"   # ext4 base images, devicemapper pool files
+    cache_dir = "/var/cache/runv/storage"        # ext4 base images, shared by containers
+    containers_dir = "/var/lib/runv/containers"  # per-container disk files (upper.img, rootfs.qcow2)
     upper_size = "4G"              # overlay mode: the sparse upper-layer disk per container
     base_size = "2G"               # block mode: minimum size of a base image (sparse)
+    max_upper_size = "64G"         # the largest upper_size / base_size a container may ask for
+    max_base_size = "64G"
 
-Annotations (``io.runv.storage.*``) win over the file:
+Annotations (``io.runv.storage.*``) win over the file, for the mode and the sizes only:
 ``io.runv.storage.mode=overlay|block|share``, ``io.runv.storage.overlay=true`` (same as
-``mode=overlay``), ``io.runv.storage.upper-size``, ``io.runv.storage.base-size``.
+``mode=overlay``), ``io.runv.storage.upper-size``, ``io.runv.storage.base-size``. Annotations
+often come from the image (Podman, Docker), so a size above its maximum, a malformed size
+or any other ``io.runv.storage.*`` key is refused in one line.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import shutil
 from pathlib import Path
 
-from runv.api.config import section
+from runv.api.config import config_path, section
 from runv.api.errors import RunvError
 
 MODES = ("share", "overlay", "block")
 ANNOTATION = "io.runv.storage."
-DEFAULTS = {"mode": "share", "cache_dir": "/var/cache/runv/storage", "upper_size": "4G", "base_size": "2G"}
+DEFAULTS = {"mode": "share", "cache_dir": "/var/cache/runv/storage", "containers_dir": "/var/lib/runv/containers",
+            "upper_size": "4G", "base_size": "2G", "max_upper_size": "64G", "max_base_size": "64G"}
+ANNOTATED = ("mode", "overlay", "upper_size", "base_size")  # what a container's annotations may set
+MAXIMUM = {"upper_size": "max_upper_size", "base_size": "max_base_size"}
+MIN_UPPER = 16 << 20  # ext4 with a journal needs a few MiB; less is a mistake, refused in words
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"([0-9]+)\s*([KMGT]?)(?:I?B)?")
 
 
 def parse_size(text: str | int, where: str) -> int:
-    """``512M``, ``4G``, ``1073741824`` as bytes."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    value = str(text).strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in _UNITS and not value[-1:].isdigit() else ""
-    number = value[: len(value) - len(unit)]
-    if not number.isdigit() or int(number) <= 0:
+    """``512M``, ``4G``, ``4GiB``, ``1073741824`` as bytes (ASCII digits, positive)."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise RunvError(f"{where}: invalid size {text!r}: use bytes or a number with K, M, G or T")
-    return int(number) * _UNITS[unit]
+    match = _SIZE.fullmatch(str(text).strip().upper())
+    if not match or int(match[1]) <= 0:
+        raise RunvError(f"{where}: invalid size {text!r}: use bytes or a number with K, M, G or T")
+    return int(match[1]) * _UNITS[match[2]]
 
 
 def settings(annotations: dict[str, str] | None = None) -> dict:
-    """The effective storage settings for one container (file, then annotations)."""
+    """The effective storage settings for one container (file, then annotations), sizes
+    in bytes and checked against their maxima."""
     result = {**DEFAULTS, **section("storage")}
+    where = {name: f"[storage] {name} in {config_path()}" for name in result}
     for key, value in (annotations or {}).items():
         if not key.startswith(ANNOTATION):
             continue
         name = key[len(ANNOTATION) :].replace("-", "_")
+        if name not in ANNOTATED:
+            allowed = ", ".join(ANNOTATION + n.replace("_", "-") for n in ANNOTATED)
+            raise RunvError(f"annotation {key}: not a storage setting a container may choose (it may set {allowed})")
         if name == "overlay":
             if value.lower() in ("true", "1", "yes"):
-                result["mode"] = "overlay"
+                result["mode"], where["mode"] = "overlay", f"annotation {key}"
             elif value.lower() not in ("false", "0", "no"):
                 raise RunvError(f"annotation {key}: expected true or false, not {value!r}")
-        elif name in DEFAULTS and name != "cache_dir":
-            result[name] = value
+        else:
+            result[name], where[name] = value, f"annotation {key}"
     if result["mode"] not in MODES:
-        raise RunvError(f"storage mode {result['mode']!r} is not one of {', '.join(MODES)} (annotation {ANNOTATION}mode)")
-    result["cache_dir"] = Path(result["cache_dir"])
-    result["upper_size"] = parse_size(result["upper_size"], "upper_size")
-    result["base_size"] = parse_size(result["base_size"], "base_size")
+        raise RunvError(f"{where['mode']}: storage mode {result['mode']!r} is not one of {', '.join(MODES)}")
+    for name in ("cache_dir", "containers_dir"):
+        result[name] = Path(result[name])
+        if not result[name].is_absolute():
+            raise RunvError(f"{where[name]}: {str(result[name])!r} is not an absolute path")
+    for name, limit in MAXIMUM.items():
+        text, maximum = result[name], result[limit]
+        result[name] = parse_size(text, where[name])
+        result[limit] = parse_size(maximum, where[limit])
+        if result[name] > result[limit]:
+            raise RunvError(f"{where[name]}: size {text} is above the maximum {maximum} ({where[limit]})")
+    if result["upper_size"] < MIN_UPPER:
+        raise RunvError(f"{where['upper_size']}: size {text_of(result['upper_size'])} is below the minimum 16M")
     return result
+
+
+def text_of(size: int) -> str:
+    """``size`` bytes in the largest unit that divides it (``4G``, ``1536M``, ``100``)."""
+    for unit in ("T", "G", "M", "K"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
+# ---------------------------------------------------------------- the container's own directory
+
+
+def absolute_state_dir(container) -> Path:
+    """The container's state directory as an absolute path (the shim runs inside it, so a
+    relative ``--root`` resolves there to the working directory)."""
+    path = container.state_dir
+    if path.is_absolute() or path.is_dir():
+        return path.resolve()
+    return Path.cwd()
+
+
+def container_key(container) -> str:
+    """``<id>-<12 hex digits>``: unique per (``--root``, id), so two roots holding the same
+    id never share files."""
+    digest = hashlib.sha256(str(absolute_state_dir(container)).encode()).hexdigest()[:12]
+    return f"{container.id}-{digest}"
+
+
+def container_dir(container, options: dict) -> Path:
+    """A fresh, empty ``containers_dir/<key>/`` (mode 0700) for the container's big files
+    (upper layers, qcow2 overlays): on disk, not in ``--root``'s RAM. What a crashed create
+    of the same key left there is removed first."""
+    top = options["containers_dir"]
+    top.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = top / container_key(container)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    path.chmod(0o700)  # whatever the umask
+    return path
+
+
+def remove_container_dir(container, recorded: str) -> None:
+    """Removes the directory :func:`container_dir` made (as recorded in the attachment, so a
+    changed config still finds it); a path not named as a directory of this container's id
+    is refused. Converges: nothing to do when it is gone."""
+    path = Path(recorded)
+    if not (path.is_absolute() and re.fullmatch(re.escape(container.id) + "-[0-9a-f]{12}", path.name)):
+        raise RunvError(f"container {container.id}: refusing to remove {path}: not a directory runv made for it")
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise RunvError(f"cannot remove {path}: {exc.strerror}") from None

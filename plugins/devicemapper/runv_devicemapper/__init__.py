@@ -17,6 +17,11 @@ Config (``[storage]`` in /etc/runv/config.toml)::
     dm_data_device = "/dev/sdX"                # optional: real block devices instead
     dm_metadata_device = "/dev/sdY"
 
+These come from the config file only (no annotation sets them); a container's annotations
+choose at most ``io.runv.storage.base-size``, capped by ``max_base_size``
+(:func:`runv.api.storage.settings`). A snapshot is a device in the pool, so a container has
+no files of its own on the host.
+
 Select it with ``runv --storage devicemapper``. Needs a kernel with device-mapper and the
 thin-pool target, ``dmsetup`` (package dmsetup) and ``losetup`` (util-linux); ``runv
 check`` says which is missing.

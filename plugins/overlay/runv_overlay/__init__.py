@@ -6,22 +6,25 @@ hypervisor's shared filesystem); writes land in the bundle, as with runc.
 ``overlay`` (``io.runv.storage.overlay=true`` or ``io.runv.storage.mode=overlay``, or
 ``mode = "overlay"`` under ``[storage]`` in runv's config file): the bundle stays pristine.
 The rootfs is shared read-only as the lower layer; the upper layer is a sparse ext4
-file in the container's state directory (``upper.img``), attached as virtio-blk with serial
-``upper``; the guest assembles the overlay. Many containers can share one bundle. The upper
-file is removed when the container's VM is gone (``detach_storage``) and with its state.
+file (``upper.img``, ``upper_size``) in the container's own directory on disk
+(``[storage] containers_dir/<id>-<hash>/``: :func:`runv.api.storage.container_dir`), attached
+as virtio-blk with serial ``upper``; the guest assembles the overlay. Many containers can
+share one bundle. The directory is removed when the container's VM is gone (``detach_storage``).
 
 ``block`` (``io.runv.storage.mode=block``): the rootfs becomes an ext4 image once, cached
 by content under ``[storage] cache_dir``; each container gets a qcow2 overlay backed by it in
-its state directory (``rootfs.qcow2``), attached as virtio-blk with serial ``rootfs``. File
+its own directory (``rootfs.qcow2``), attached as virtio-blk with serial ``rootfs``. File
 access is local ext4 in the guest (several times faster than 9p for file-heavy work).
 
 ``root.readonly`` makes every mode read-only (no upper, no overlay file: the share or the
-base image itself, read-only). See docs/storage.md for the measurements behind the choices.
+base image itself, read-only). Sizes are checked against ``max_upper_size`` /
+``max_base_size`` (:func:`runv.api.storage.settings`). See docs/storage.md for the
+measurements behind the choices.
 """
 
-from pathlib import Path
+import shutil
 
-from runv.api import Disk, GuestMount, RunvError, Share, StorageAttachment, hookimpl
+from runv.api import Disk, GuestMount, Share, StorageAttachment, hookimpl
 
 TAG = "rootfs"
 LOWER = "/run/runv/lower"
@@ -42,14 +45,6 @@ def probe():
     if missing and mode != "share":
         return f"storage mode {mode!r} (runv config) needs {missing}"
     return None
-
-
-def _state_dir(container) -> Path:
-    """The container's state directory as an absolute path (the shim runs inside it)."""
-    path = container.state_dir
-    if path.is_absolute():
-        return path
-    return path.resolve() if path.is_dir() else Path.cwd()
 
 
 @hookimpl
@@ -73,7 +68,8 @@ def attach_storage(container):
 def _overlay(container, options) -> StorageAttachment:
     from runv.api.images import empty_ext4
 
-    upper = empty_ext4(_state_dir(container) / "upper.img", options["upper_size"], "runv-upper")
+    directory, upper = _in_own_directory(container, options,
+                                         lambda d: empty_ext4(d / "upper.img", options["upper_size"], "runv-upper"))
     layers = f"lowerdir={LOWER},upperdir={UPPER}/upper,workdir={UPPER}/work"
     return StorageAttachment(
         rootfs=GuestMount(source="overlay", fstype="overlay", options=layers),
@@ -83,7 +79,7 @@ def _overlay(container, options) -> StorageAttachment:
             GuestMount.of_share(TAG, readonly=True, target=LOWER),
             GuestMount.of_disk(UPPER_SERIAL, "ext4", target=UPPER),
         ),
-        data={"mode": "overlay", "files": [str(upper)]},
+        data={"mode": "overlay", "dir": str(directory)},
     )
 
 
@@ -91,27 +87,37 @@ def _block(container, options, readonly: bool) -> StorageAttachment:
     from runv.api.images import base_image, overlay_qcow2
 
     base = base_image(container.rootfs, options["cache_dir"], options["base_size"])
+    data = {"mode": "block", "base": str(base)}
     if readonly:
         disk = Disk(serial=ROOT_SERIAL, path=base, format="raw", readonly=True)
-        files = []
     else:
-        qcow2 = overlay_qcow2(base, _state_dir(container) / "rootfs.qcow2")
+        directory, qcow2 = _in_own_directory(container, options, lambda d: overlay_qcow2(base, d / "rootfs.qcow2"))
         disk = Disk(serial=ROOT_SERIAL, path=qcow2, format="qcow2")
-        files = [str(qcow2)]
+        data["dir"] = str(directory)
     return StorageAttachment(
         rootfs=GuestMount.of_disk(ROOT_SERIAL, "ext4", readonly=readonly),
         disks=(disk,),
-        data={"mode": "block", "base": str(base), "files": files},
+        data=data,
     )
+
+
+def _in_own_directory(container, options, make):
+    """(directory, ``make(directory)``) in a fresh :func:`runv.api.storage.container_dir`;
+    when ``make`` fails the directory goes too (a failed create leaves nothing)."""
+    from runv.api.storage import container_dir
+
+    directory = container_dir(container, options)
+    try:
+        return directory, make(directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 @hookimpl
 def detach_storage(container, attachment):
-    """Removes the container's own files (upper layer, qcow2 overlay); never the base."""
-    for name in attachment.data.get("files", []):
-        path = Path(name)
-        if path.name in ("upper.img", "rootfs.qcow2"):  # only what attach_storage made
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                raise RunvError(f"cannot remove {path}: {exc.strerror}") from None
+    """Removes the container's own directory (upper layer, qcow2 overlay); never the base."""
+    from runv.api.storage import remove_container_dir
+
+    if "dir" in attachment.data:
+        remove_container_dir(container, attachment.data["dir"])
