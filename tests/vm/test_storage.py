@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -29,12 +30,19 @@ def tree_hash(root: Path) -> str:
 
 @pytest.fixture
 def storage_env(tmp_path, monkeypatch):
-    """A private runv config whose [storage] cache lives under the test's tmp dir."""
+    """A private runv config whose [storage] cache and containers directories live under
+    the test's tmp dir (the cache is returned; the containers directory is ``own_dirs``)."""
     cache = tmp_path / "cache"
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[storage]\ncache_dir = "{cache}"\n')
+    cfg.write_text(f'[storage]\ncache_dir = "{cache}"\ncontainers_dir = "{tmp_path / "containers"}"\n')
     monkeypatch.setenv("RUNV_CONFIG", str(cfg))
     return cache
+
+
+def own_dirs(tmp_path) -> list[Path]:
+    """The containers' own directories (upper layers, qcow2 overlays) that exist now."""
+    top = tmp_path / "containers"
+    return sorted(top.iterdir()) if top.is_dir() else []
 
 
 # ---------------------------------------------------------------- no VM
@@ -189,7 +197,7 @@ def run_parallel(root, jobs):
 
 @pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
-def test_overlay_two_containers_one_base_see_only_their_own_writes(runv, make_bundle, root, storage_env):
+def test_overlay_two_containers_one_base_see_only_their_own_writes(runv, make_bundle, root, storage_env, tmp_path):
     script = ("echo $ID > /same; echo $ID >> /etc/passwd; sleep 2; cat /same; tail -1 /etc/passwd; "
               "mount | grep ' / '")
     bundle = bundle_with(make_bundle, ["sh", "-c", script], annotations={"io.runv.storage.overlay": "true"})
@@ -209,25 +217,47 @@ def test_overlay_two_containers_one_base_see_only_their_own_writes(runv, make_bu
         assert "overlay on / type overlay" in lines[-1]
     assert tree_hash(bundle / "rootfs") == before  # the base is unchanged
     assert not (bundle / "rootfs/same").exists()
-    assert not root.exists() or not os.listdir(root)  # run deleted them: upper layers gone
+    assert not root.exists() or not os.listdir(root)  # run deleted them ...
+    assert own_dirs(tmp_path) == []  # ... and their upper layers
 
 
 @pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
-def test_overlay_upper_lives_in_state_until_delete(runv, make_bundle, root, storage_env):
-    bundle = bundle_with(make_bundle, ["sh", "-c", "echo data > /f; sync"], annotations={"io.runv.storage.mode": "overlay"})
+def test_overlay_upper_lives_on_disk_in_its_own_directory_until_delete(runv, make_bundle, root, storage_env, tmp_path):
+    script = "echo data > /f; head -c 16777216 /dev/urandom > /big; sync; sleep 1000"
+    bundle = bundle_with(make_bundle, ["sh", "-c", script],
+                         annotations={"io.runv.storage.mode": "overlay", "io.runv.storage.upper-size": "256M"})
     runv("create", "--bundle", bundle, "u1", check=True)
-    upper = root / "u1" / "upper.img"
-    assert upper.is_file()
-    assert os.stat(upper).st_blocks * 512 < 64 << 20  # sparse
+    (directory,) = own_dirs(tmp_path)
+    upper = directory / "upper.img"
+    assert directory.name.startswith("u1-") and stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert upper.stat().st_size == 256 << 20 and upper.stat().st_blocks * 512 < 16 << 20  # sparse, the size asked
+    assert [p.name for p in (root / "u1").rglob("*.img")] == []  # nothing big in --root (RAM)
     runv("start", "u1", check=True)
-    deadline = time.monotonic() + 60
-    while json.loads(runv("state", "u1", check=True).stdout)["status"] != "stopped":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    runv("delete", "u1", check=True)
-    assert not (root / "u1").exists() and not upper.exists()
-    assert not (bundle / "rootfs/f").exists()
+    deadline = time.monotonic() + 120
+    while upper.stat().st_blocks * 512 < 16 << 20:  # the guest's 16 MiB land in the file on disk
+        assert time.monotonic() < deadline, "the container's writes never reached upper.img"
+        time.sleep(0.5)
+    time.sleep(2)  # its sync
+    # read back on a copy, its journal replayed by e2fsck: the container's file is in the upper layer
+    copy = tmp_path / "copy.img"
+    subprocess.run(["cp", "--sparse=always", str(upper), str(copy)], check=True)
+    assert subprocess.run(["e2fsck", "-fy", str(copy)], capture_output=True).returncode in (0, 1)
+    written = subprocess.run(["debugfs", "-R", "cat /upper/f", str(copy)], capture_output=True, text=True, check=True)
+    assert written.stdout == "data\n", written.stderr
+    runv("delete", "--force", "u1", check=True)
+    assert not (root / "u1").exists() and own_dirs(tmp_path) == []
+    assert not (bundle / "rootfs/f").exists() and not (bundle / "rootfs/big").exists()
+
+
+@pytest.mark.usefixtures("guest_image")
+def test_an_upper_size_above_the_maximum_fails_create_and_leaves_nothing(runv, make_bundle, root, storage_env, tmp_path):
+    bundle = bundle_with(make_bundle, ["true"], annotations={"io.runv.storage.overlay": "true",
+                                                             "io.runv.storage.upper-size": "100T"})
+    result = runv("create", "--bundle", bundle, "big")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "annotation io.runv.storage.upper-size: size 100T is above the maximum 64G" in result.stderr
+    assert not (root / "big").exists() and own_dirs(tmp_path) == [] and not vm_processes_in(root)
 
 
 OVERLAY_OPS = r"""
@@ -262,7 +292,7 @@ def test_overlay_read_write_rename_delete_whiteouts(runv, make_bundle, storage_e
 
 @pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
-def test_block_mode_qcow2_over_cached_base(runv, make_bundle, root, storage_env):
+def test_block_mode_qcow2_over_cached_base(runv, make_bundle, root, storage_env, tmp_path):
     script = "cat /sys/block/vda/serial; echo; echo hi > /new; rm /bin/ls; mount | grep ' / '; test -e /new && echo ok"
     bundle = bundle_with(make_bundle, ["sh", "-c", script], annotations={"io.runv.storage.mode": "block"})
     before = tree_hash(bundle / "rootfs")
@@ -280,6 +310,7 @@ def test_block_mode_qcow2_over_cached_base(runv, make_bundle, root, storage_env)
     assert hashlib.sha256(base.read_bytes()).hexdigest() == base_sum
     assert tree_hash(bundle / "rootfs") == before
     assert not root.exists() or not os.listdir(root)
+    assert own_dirs(tmp_path) == []  # the qcow2 overlays went with the containers
 
 
 @pytest.mark.vm
@@ -288,12 +319,13 @@ def test_block_mode_delete_force_after_crash_converges(runv, make_bundle, root, 
     bundle = bundle_with(make_bundle, ["sleep", "1000"], annotations={"io.runv.storage.mode": "block"})
     pid_file = tmp_path / "pid"
     runv("run", "-d", "--bundle", bundle, "--pid-file", pid_file, "crash", check=True)
-    qcow2 = root / "crash" / "rootfs.qcow2"
+    (directory,) = own_dirs(tmp_path)
+    qcow2 = directory / "rootfs.qcow2"
     assert qcow2.is_file()
     os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the shim dies; its VM and qcow2 stay behind
     time.sleep(0.5)
     runv("delete", "--force", "crash", check=True)
-    assert not qcow2.exists() and not (root / "crash").exists()
+    assert own_dirs(tmp_path) == [] and not (root / "crash").exists()
     assert not vm_processes_in(root)
     (base,) = storage_env.glob("base-*.ext4")
     assert base.stat().st_mode & 0o777 == 0o444
