@@ -11,6 +11,7 @@ The scenario prints what it observed as JSON; the assertions are here.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -203,7 +204,7 @@ def test_attach_refuses_clearly_without_device_mapper(tmp_path):
 @pytest.mark.usefixtures("guest_image")
 def test_thin_pool_snapshots_in_a_helper_vm(runv, helper_rootfs, tmp_path, monkeypatch):
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[storage]\ncache_dir = "{tmp_path / "cache"}"\n')
+    cfg.write_text(f'[storage]\ncache_dir = "{tmp_path / "cache"}"\ncontainers_dir = "{tmp_path / "containers"}"\n')
     monkeypatch.setenv("RUNV_CONFIG", str(cfg))
     bundle = tmp_path / "helper"
     bundle.mkdir()
@@ -237,3 +238,4 @@ def test_thin_pool_snapshots_in_a_helper_vm(runv, helper_rootfs, tmp_path, monke
     assert out["full_write_failed"] is True
     assert "thin pool tiny is full" in out["create_on_full_pool"]
     assert out["dm_left"] in ("", "No devices found") and out["loops_left"] == ""
+    assert os.listdir(tmp_path / "containers") == []  # the helper's qcow2 went with it
