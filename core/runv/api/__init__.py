@@ -16,6 +16,8 @@ it keeps working while the core's insides move. Names load on first use: importi
   (unix sockets at any path length), :func:`run_tool` (a host tool with a one-line error),
   :func:`last_words` (a console log's tail as one line), :func:`kvm_verdict` (can KVM boot
   a guest here?).
+- Modules for VMM plugins: :mod:`runv.api.jail` (the jail a VMM starts in: ``jail.command``,
+  ``jail.vm_binds``, ``jail.Bind``) and :mod:`runv.api.cgroups` (the VMM's own cgroup).
 """
 
 from importlib import import_module
@@ -32,7 +34,8 @@ _WHERE = {
     "run_tool": "tools", "last_words": "tools",
     "kvm_verdict": "kvm",
 }
-__all__ = ["hookimpl", *_WHERE]
+_MODULES = ("jail", "cgroups")
+__all__ = ["hookimpl", *_WHERE, *_MODULES]
 
 
 def __getattr__(name: str):
@@ -40,6 +43,8 @@ def __getattr__(name: str):
         import pluggy
 
         value = pluggy.HookimplMarker("runv")
+    elif name in _MODULES:
+        value = import_module(f"runv.api.{name}")
     elif name in _WHERE:
         module = import_module(f"runv.api.{_WHERE[name]}")
         value = getattr(module, "cached_verdict" if name == "kvm_verdict" else name)

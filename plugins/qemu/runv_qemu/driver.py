@@ -4,22 +4,24 @@ QEMU runs as a child of the shim, in the container's state directory (so its soc
 paths stay short), with its stderr and the guest console appended to ``console.log``.
 It is controlled through QMP with ``qemu.qmp``.
 
-It is jailed (docs/security.md): started through :mod:`runv_qemu.jail` (parent-death
-signal, its own mount namespace, no_new_privs, a minimal capability bounding set, a
+It is jailed (docs/security.md): started through :mod:`runv.api.jail` (parent-death
+signal, its own cgroup with limits sized from the VM, its own mount namespace with ``/`` a
+tmpfs holding only what it needs, no_new_privs, a minimal capability bounding set, a
 seccomp filter against setuid bits) and with QEMU's own ``-sandbox`` (:data:`SANDBOX`).
+Its two sockets (QMP, the agent's) are made by the host and passed as listening
+descriptors: the jail has no writable directory to make them in.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
+import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from runv.api import VM, Nic, RunvError, VMSpec, process_start_time, socket_name, stop_process
+from runv.api import VM, Nic, RunvError, VMSpec, cgroups, connect_unix, jail, process_start_time, socket_name, stop_process
 
 BINARY = "qemu-system-x86_64"
 QMP_SOCKET = "qmp.sock"
@@ -27,7 +29,7 @@ START_TIMEOUT = 20.0
 QUIT_TIMEOUT = 5.0
 HOTPLUG_PORT = "hotplug"  # ids of the free PCIe root ports: hotplug0, hotplug1, ...
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-JAIL = Path(__file__).with_name("jail.py")
+JAIL_DIR = "jail"  # in the state directory: the (empty) mount point of the jail's tmpfs
 
 
 def binary() -> str | None:
@@ -54,8 +56,10 @@ def local(path: Path, state_dir: Path) -> str:
         return str(path)
 
 
-def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
-    """The QEMU command line for ``vm``."""
+def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, int] | None = None) -> list[str]:
+    """The QEMU command line for ``vm``; ``fds``: the listening QMP and agent sockets it
+    inherits (None: placeholders, for a template's shape)."""
+    qmp_fd, agent_fd = fds or ("QMP", "AGENT")
     args = [
         binary() or BINARY,
         "-name", f"runv-{vm.name}",
@@ -69,9 +73,10 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
         "-append", " ".join(("console=ttyS0",) + vm.kernel_args),
         "-chardev", f"file,id=console,path={opt(local(vm.console_log, vm.state_dir))},append=on",
         "-serial", "chardev:console",
-        "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
+        "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
         "-device", "virtio-serial-pci,id=vser0",
-        "-chardev", f"socket,id=agent,path={opt(local(vm.agent_socket, vm.state_dir))},server=on,wait=off",
+        "-chardev", f"socket,id=agent,fd={agent_fd},server=on,wait=off",
         "-device", "virtserialport,bus=vser0.0,chardev=agent,name=org.runv.agent",
     ]
     if cpu:
@@ -98,28 +103,77 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None) -> list[str]:
     return args
 
 
-def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: list[str] = (), cls: type[QemuVM] | None = None) -> QemuVM:
-    """Starts QEMU and returns once its QMP socket is up (as a ``cls``, default QemuVM);
-    fails with QEMU's own words. ``extra`` goes at the end of the command line (templates:
-    memory backend, -incoming)."""
-    argv = command(vm, accel, cpu) + list(extra)
-    jailed = [sys.executable, "-S", "-I", str(JAIL), str(os.getpid()), "--", *argv]  # execs QEMU: same pid
-    with open(vm.console_log, "ab") as log:
-        proc = subprocess.Popen(
-            jailed, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[nic.fd for nic in vm.nics]
-        )
+def listen(path: Path) -> socket.socket:
+    """A listening unix socket at ``path`` (any length), made by the host for the VMM."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with socket_name(path) as name:
+            sock.bind(name)
+        sock.listen(8)
+    except OSError as exc:
+        sock.close()
+        raise RunvError(f"cannot make the VM's socket {path}: {exc.strerror}") from None
+    return sock
+
+
+def greeted(path: Path, timeout: float) -> bool:
+    """Whether QMP at ``path`` says hello within ``timeout`` (QEMU is up and serving)."""
+    try:
+        with connect_unix(path) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(64).startswith(b'{"QMP"')
+    except OSError:
+        return False
+
+
+def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: list[str] = (), cls: type[QemuVM] | None = None,
+          binds: list[jail.Bind] = ()) -> QemuVM:
+    """Starts QEMU jailed and returns once QMP answers (as a ``cls``, default QemuVM);
+    fails with QEMU's own words, leaving no cgroup behind. ``extra`` goes at the end of the
+    command line (templates: memory backend, -incoming), ``binds`` are what it needs in the
+    jail beyond the VM's own files."""
+    program = binary() or BINARY
+    cgroup = cgroups.for_vm(vm.state_dir)
+    cgroup.create(*cgroups.limits(vm.memory_mib, vm.vcpus))
+    root = vm.state_dir / JAIL_DIR
     qmp = vm.state_dir / QMP_SOCKET
-    deadline = time.monotonic() + START_TIMEOUT
-    while not qmp.exists():
-        if proc.poll() is not None:
-            raise RunvError(f"{BINARY} failed to start (exit {proc.returncode}): {vm.last_words()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RunvError(f"{BINARY} did not start within {START_TIMEOUT:.0f} s: {vm.last_words()}")
-        time.sleep(0.01)
+    try:
+        root.mkdir(exist_ok=True)
+        sockets = [listen(qmp), listen(vm.agent_socket)]
+        try:
+            argv = command(vm, accel, cpu, fds=tuple(s.fileno() for s in sockets)) + list(extra)
+            jailed = jail.command(argv, root=root, cwd=vm.state_dir, binds=jail.vm_binds(vm, program) + list(binds),
+                                  cgroups=cgroup.procs(), kvm=accel == "kvm", fd_dir=bool(vm.shares))
+            with open(vm.console_log, "ab") as log:
+                proc = subprocess.Popen(jailed, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        pass_fds=[nic.fd for nic in vm.nics] + [s.fileno() for s in sockets])
+        finally:
+            for sock in sockets:
+                sock.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not greeted(qmp, 1.0):
+            if proc.poll() is not None:
+                raise RunvError(f"{BINARY} failed to start (exit {proc.returncode}): {vm.last_words()}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RunvError(f"{BINARY} did not start within {START_TIMEOUT:.0f} s: {vm.last_words()}")
+            time.sleep(0.01)
+    except BaseException:
+        cgroup.remove()
+        _remove_jail_dir(root)
+        raise
     return (cls or QemuVM)(plugin, proc.pid, process_start_time(proc.pid),
-                  {"qmp": str(qmp), "argv": argv, "hotplug_slots": vm.hotplug_slots, "console_log": str(vm.console_log)})
+                  {"qmp": str(qmp), "argv": argv, "hotplug_slots": vm.hotplug_slots, "console_log": str(vm.console_log),
+                   "cgroup": cgroup.name, "jail": str(root)})
+
+
+def _remove_jail_dir(root: Path) -> None:
+    try:
+        root.rmdir()
+    except OSError:
+        pass  # gone already
 
 
 async def _execute(path: str, commands: list[tuple[str, dict | None]], fd: int | None = None) -> list:
@@ -158,8 +212,12 @@ class QemuVM(VM):
         return {**run_state, "kvm": kvm}
 
     def stop(self, force: bool = False) -> None:
-        """Asks QEMU to quit (or kills it) and waits for it to be gone."""
+        """Asks QEMU to quit (or kills it), waits for it to be gone, and removes its cgroup
+        (killing anything left in it) and the jail's mount point."""
         stop_process(self.pid, self.start_time, ask=lambda: self.qmp("quit"), grace=QUIT_TIMEOUT, force=force)
+        if "cgroup" in self.data:
+            cgroups.Cgroup(self.data["cgroup"]).remove()
+            _remove_jail_dir(Path(self.data["jail"]))
 
     def pause(self) -> None:
         self.qmp("stop")

@@ -29,6 +29,7 @@ from pathlib import Path
 import attrs
 
 from runv.api import Disk, RunvError, Share, TemplateSupport, VMSpec, last_words
+from runv.api.jail import Bind
 from runv_qemu import driver
 from runv_qemu.driver import QemuVM
 
@@ -113,14 +114,15 @@ class QemuTemplates(TemplateSupport):
         is its memory), or in anonymous memory when ``compress`` (the RAM goes into the stream)."""
         if compress and shutil.which(COMPRESSOR) is None:
             raise RunvError(f"--compress needs {COMPRESSOR}: apt-get install lz4")
-        extra = []
+        extra, binds = [], []
         if not compress:
             memory = directory / MEMORY
             fd = os.open(memory, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             os.ftruncate(fd, vm.memory_mib << 20)
             os.close(fd)
-            extra = _memory_args(vm, memory, share=True)
-        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), extra=extra, cls=TemplatedQemuVM)
+            extra, binds = _memory_args(vm, memory, share=True), [Bind(str(memory.absolute()), "file", writable=True)]
+        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), extra=extra, cls=TemplatedQemuVM,
+                              binds=binds)
         booted.data["compress"] = compress
         return booted
 
@@ -174,10 +176,13 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     it; returns once the guest runs again. Raises RunvError (QEMU's words) when it cannot."""
     compress = record.get("compress")
     state = directory / STATE
-    extra = ["-incoming", "defer"]
+    extra, binds = ["-incoming", "defer"], []
     if not compress:
+        # writable in the jail too: QEMU 7.2 opens a memory-backend-file O_RDWR even for a
+        # private mapping (its readonly=on would make the guest's RAM read-only)
         extra = _memory_args(vm, directory / MEMORY, share=False) + extra
-    clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra, cls=TemplatedQemuVM)
+        binds = [Bind(str((directory / MEMORY).absolute()), "file", writable=True)]
+    clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra, cls=TemplatedQemuVM, binds=binds)
     stream = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
     decompressor = None
     try:
