@@ -47,6 +47,7 @@ class Recorder:
 def recorder(monkeypatch):
     recorder = Recorder()
     monkeypatch.setattr(module.volumes, "release", lambda state_dir: recorder.step("volumes"))
+    monkeypatch.setattr(module, "empty_cgroup", lambda state_dir: recorder.step("cgroup"))
     return recorder
 
 
@@ -55,7 +56,7 @@ def box(tmp_path):
     return container(tmp_path)
 
 
-ORDER = [("stop", {"force": False}), "release_net", "detach_storage", "volumes"]
+ORDER = [("stop", {"force": False}), "cgroup", "release_net", "detach_storage", "volumes"]
 
 
 def test_steps_run_in_order(recorder, box):
@@ -68,7 +69,7 @@ def test_force_reaches_the_vm(recorder, box):
     assert recorder.calls[0] == ("stop", {"force": True})
 
 
-@pytest.mark.parametrize("failing", ["stop", "release_net", "detach_storage", "volumes"])
+@pytest.mark.parametrize("failing", ["stop", "cgroup", "release_net", "detach_storage", "volumes"])
 def test_every_step_runs_when_one_fails_and_its_error_is_raised(recorder, box, failing):
     recorder.fail = {failing}
     with pytest.raises(RunvError, match=f"^{failing} failed$"):
@@ -85,7 +86,7 @@ def test_the_first_failure_is_raised_when_several_fail(recorder, box):
 
 def test_a_crash_before_boot_has_no_vm_and_no_attachment(recorder, box):
     teardown(box, recorder, None, None)
-    assert recorder.calls == ["release_net", "volumes"]
+    assert recorder.calls == ["cgroup", "release_net", "volumes"]
 
 
 def test_unexpected_exceptions_do_not_stop_the_others(recorder, box, monkeypatch):
@@ -95,7 +96,7 @@ def test_unexpected_exceptions_do_not_stop_the_others(recorder, box, monkeypatch
     monkeypatch.setattr(recorder, "release_net", boom)
     with pytest.raises(KeyError):
         teardown(box, recorder, recorder.vm(), ATTACHMENT)
-    assert recorder.calls == [("stop", {"force": False}), "detach_storage", "volumes"]
+    assert recorder.calls == [("stop", {"force": False}), "cgroup", "detach_storage", "volumes"]
 
 
 def test_it_converges_on_what_is_already_gone(box):

@@ -1,8 +1,13 @@
 """Taking a container's VM down: the one teardown the shim runs when its container exits
-(or its create fails) and ``delete`` runs again on whatever a crash left behind."""
+(or its create fails) and ``delete`` runs again on whatever a crash left behind.
+
+Besides what the record names, it empties the VM's own cgroup (found from the state
+directory alone, :mod:`runv.api.cgroups`): whatever is left in it dies, whatever the
+record says."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runv.log import logger
@@ -17,12 +22,13 @@ if TYPE_CHECKING:
 
 def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: StorageAttachment | None,
              force: bool = False) -> None:
-    """Stops the VM, releases the network, detaches the storage and unmounts the volumes'
-    host staging, in that order. Every step runs even when an earlier one failed (a VMM
+    """Stops the VM, kills what is left in its cgroup and removes it, releases the network,
+    detaches the storage and unmounts the volumes' host staging, in that order. Every step runs even when an earlier one failed (a VMM
     that cannot be stopped must not keep a tap or a mount alive); the first failure is
     raised once all have run. Each step converges when there is nothing left to undo."""
     steps = [
         ("stop the VM", (lambda: vm.stop(force=force)) if vm is not None else None),
+        ("empty the VM's cgroup", lambda: empty_cgroup(container.state_dir)),
         ("release the network", lambda: hooks.release_net(container=container)),
         ("detach the storage", (lambda: hooks.detach_storage(container=container, attachment=attachment))
          if attachment is not None else None),
@@ -39,3 +45,10 @@ def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: Stor
             first = first or exc
     if first is not None:
         raise first
+
+
+def empty_cgroup(state_dir: Path) -> None:
+    """Kills every process in the VM's cgroup and removes it; converges when there is none."""
+    from runv.api import cgroups
+
+    cgroups.for_vm(state_dir).remove()
