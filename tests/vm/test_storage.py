@@ -60,9 +60,9 @@ def test_volume_plan_shares_dirs_and_files_alone(tmp_path):
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["mode=755"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "size=65536k", "tmpcopyup"]},
     ], staging)
-    # a file is shared from a directory of its own, never with its neighbours
-    assert [(s.tag, s.path, s.readonly) for s in shares] == [("vol0", tmp_path / "d", True), ("vol1", staging / "vol1", False)]
-    assert host_binds == ((tmp_path / "f", staging / "vol1/f"),)
+    # each is shared from its staging place (bound there by descriptor); a file from a directory of its own
+    assert [(s.tag, s.path, s.readonly) for s in shares] == [("vol0", staging / "vol0", True), ("vol1", staging / "vol1", False)]
+    assert host_binds == ((tmp_path / "d", staging / "vol0"), (tmp_path / "f", staging / "vol1/f"))
     by_target = {m.target: m for m in mounts}
     assert by_target["/data"] == GuestMount.of_share("vol0", options="", readonly=True, target="/data", in_rootfs=True)
     # the core serves the share as the hypervisor's capabilities say (9p for QEMU, virtio-fs, ...)

@@ -1,11 +1,13 @@
 """The spec's ``mounts`` (volumes) as shares for the VM and entries of the agent's mount plan.
 
-* ``bind`` mounts (type ``bind``, or options holding ``bind``/``rbind``): a directory is shared
-  with the guest (over the hypervisor's shared filesystem) and mounted at its destination in the container. A file is bind-mounted on the
-  host into a directory of its own under the container's state (``volumes/volN/``), that
-  directory is shared and mounted under ``/run/runv/volumes/`` in the guest (outside the
-  container's root), and the file bind-mounted from there: the guest never sees the file's
-  neighbours. ``ro`` makes both the share (QEMU refuses writes) and the guest mount read-only.
+* ``bind`` mounts (type ``bind``, or options holding ``bind``/``rbind``): a directory is
+  bind-mounted on the host (with what is mounted below it) onto ``volumes/volN`` under the
+  container's state, that directory is shared with the guest (over the hypervisor's shared
+  filesystem) and mounted at its destination in the container. A file is bind-mounted into
+  a directory of its own (``volumes/volN/NAME``), that directory is shared and mounted under
+  ``/run/runv/volumes/`` in the guest (outside the container's root), and the file
+  bind-mounted from there: the guest never sees the file's neighbours. ``ro`` makes the
+  share (QEMU refuses writes, its jail binds it read-only) and the guest mount read-only.
   Writes to a ``rw`` volume land in the host's file or directory.
 * A host device node is never shared: ``/dev/null`` and the other pseudo-devices (which
   callers bind over masked paths) are bound from the guest's own; other devices are refused.
@@ -17,9 +19,10 @@
 
 Bind sources are opened without following symlinks in any component (:func:`open_nofollow`:
 ``O_PATH|O_NOFOLLOW`` one component at a time), so a symlink an untrusted image or a
-previous container left on the way is refused, not followed; a volume file is bind-mounted
-into its staging directory through that very descriptor (``/proc/self/fd/N``), so what was
-checked is what is mounted (docs/security.md).
+previous container left on the way is refused, not followed; a volume (file or directory)
+is bind-mounted into its staging place through that very descriptor (``/proc/self/fd/N``),
+so what was checked is what is mounted, and the VMM only ever sees that mount, never the
+source path (docs/security.md).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ FLAGS = {"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync",
          "atime", "nodiratime", "diratime", "relatime", "norelatime", "strictatime", "newinstance"}
 
 
-MS_BIND = 4096
+MS_BIND, MS_REC = 4096, 16384
 
 
 def open_nofollow(path: str, what: str) -> int:
@@ -72,10 +75,12 @@ def open_nofollow(path: str, what: str) -> int:
         raise
 
 
-def bind_fd(fd: int, target: Path) -> None:
-    """Bind-mounts what ``fd`` (an ``O_PATH`` descriptor) names onto ``target``."""
+def bind_fd(fd: int, target: Path, recursive: bool = False) -> None:
+    """Bind-mounts what ``fd`` (an ``O_PATH`` descriptor) names onto ``target`` (with the
+    mounts below it when ``recursive``)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.mount(f"/proc/self/fd/{fd}".encode(), os.fsencode(target), None, MS_BIND, None) != 0:
+    flags = MS_BIND | (MS_REC if recursive else 0)
+    if libc.mount(f"/proc/self/fd/{fd}".encode(), os.fsencode(target), None, flags, None) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
@@ -93,16 +98,19 @@ def mount_options(options: list[str]) -> list[str]:
 def plan(
     spec_mounts, staging: Path, where: str = "config.json"
 ) -> tuple[tuple[Share, ...], tuple[GuestMount, ...], tuple[tuple[Path, Path], ...]]:
-    """Shares, mount-plan entries and host bind mounts (file -> its place under ``staging``)
+    """Shares, mount-plan entries and host bind mounts (source -> its place under ``staging``)
     for the spec's mounts; raises RunvError for the first entry runv cannot honour."""
     shares: dict[tuple[str, bool], Share] = {}
     mounts: list[GuestMount] = []
     host_binds: list[tuple[Path, Path]] = []
 
-    def share(path: Path, readonly: bool) -> str:
-        key = (str(path), readonly)
+    def share(source: Path, readonly: bool, is_dir: bool) -> str:
+        """The share staging ``source`` (a directory itself, a file in a folder of its own)."""
+        key = (str(source), readonly)
         if key not in shares:
-            shares[key] = Share(tag=f"vol{len(shares)}", path=path, readonly=readonly)
+            folder = staging / f"vol{len(shares)}"
+            shares[key] = Share(tag=folder.name, path=folder, readonly=readonly)
+            host_binds.append((source, folder if is_dir else folder / source.name))
         return shares[key].tag
 
     for index, entry in enumerate(spec_mounts or ()):
@@ -130,13 +138,11 @@ def plan(
             finally:
                 os.close(fd)
             if stat.S_ISDIR(mode):
-                tag = share(path, readonly)
+                tag = share(path, readonly, is_dir=True)
                 mounts.append(GuestMount.of_share(tag, options=",".join(flags), readonly=readonly,
                                          target=destination, in_rootfs=True))
             elif stat.S_ISREG(mode):
-                folder = staging / f"vol{len(shares)}"
-                tag = share(folder, readonly)
-                host_binds.append((path, folder / path.name))
+                tag = share(path, readonly, is_dir=False)
                 mounts.append(GuestMount.of_share(tag, readonly=readonly, target=f"{STAGING}/{tag}"))
                 mounts.append(GuestMount(source=f"{STAGING}/{tag}/{path.name}", fstype="bind", options=",".join(flags),
                                          readonly=readonly, target=destination, in_rootfs=True))
@@ -162,18 +168,23 @@ def plan(
 
 
 def stage(host_binds) -> None:
-    """Bind-mounts each volume file into its own directory (made here) for sharing: opened
-    again without following symlinks, checked to be a regular file, mounted by descriptor."""
+    """Bind-mounts each volume onto its staging place (made here) for sharing: opened again
+    without following symlinks, checked to be a directory or a regular file, mounted by
+    descriptor (a directory with what is mounted below it)."""
     for source, target in host_binds:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.touch()
-        fd = open_nofollow(str(source), "volume file")
+        fd = open_nofollow(str(source), "volume")
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RunvError(f"volume file {source} is no longer a regular file")
-            bind_fd(fd, target)
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                target.mkdir(parents=True, exist_ok=True)
+            elif stat.S_ISREG(mode):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+            else:
+                raise RunvError(f"volume {source} is no longer a directory or a regular file")
+            bind_fd(fd, target, recursive=stat.S_ISDIR(mode))
         except OSError as exc:
-            raise RunvError(f"cannot stage volume file {source}: {exc.strerror}") from None
+            raise RunvError(f"cannot stage volume {source}: {exc.strerror}") from None
         finally:
             os.close(fd)
 
