@@ -245,51 +245,117 @@ def fake_tool(path: Path, script: str) -> Path:
     return path
 
 
-def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
-    """boot, re-attach from the record, pause/resume and stop through lkvm's own commands
-    (a fake lkvm that logs its arguments): stop takes the relay down with lkvm."""
-    import runv_kvmtool
+FAKE_LKVM = """#!/usr/bin/python3 -I
+# a fake lkvm: `run` makes its agent pty (in the jail's devpts), records its pid in $HOME/.lkvm as
+# kvmtool keeps its sockets there, and echoes what arrives on the pty; the others log and act on the host
+import fcntl, os, signal, struct, sys  # 0x80045430: TIOCGPTN
+home = os.environ["HOME"] + "/.lkvm"
+args = sys.argv[1:]
+name = args[args.index("--name") + 1]
+if args[0] == "run":
+    master, slave = os.openpty()
+    number = struct.unpack("I", fcntl.ioctl(master, 0x80045430, b"0000"))[0]
+    with open(f"{home}/{name}.pid", "w") as f:
+        f.write(str(os.getpid()))
+    print("run", " ".join(args[1:]), flush=True)
+    print(f"  Info: Assigned terminal 1 to pty /dev/pts/{number}", flush=True)
+    while True:  # the guest's side of the UART: the relay holds the pty's other end
+        os.write(master, os.read(master, 4096))
+with open(f"{home}/calls", "a") as f:
+    f.write(" ".join(args) + "\\n")
+if args[0] == "stop":
+    os.kill(int(open(f"{home}/{name}.pid").read()), signal.SIGTERM)
+"""
 
-    master, slave = pty.openpty()  # the fake lkvm's "ttyS1"
-    log, pid_file = tmp_path / "lkvm.log", tmp_path / "lkvm.pid"
-    fake = fake_tool(tmp_path / "lkvm", f"""echo "$@" >> {log}
-case "$1" in
-  run) echo $$ > {pid_file}; echo "  Info: Assigned terminal 1 to pty {os.ttyname(slave)}"; exec sleep 60;;
-  stop) kill $(cat {pid_file});;
-esac
-""")
+
+def image(tmp_path: Path) -> dict:
+    (tmp_path / "kernel").write_text("k")
+    (tmp_path / "initrd").write_text("i")
+    return {"kernel": tmp_path / "kernel", "initrd": tmp_path / "initrd"}
+
+
+def mounts_of(pid: int) -> dict[str, str]:
+    """A process's mount points and their options, as it sees them."""
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return {line.split()[4]: line.split()[5] for line in f}
+
+
+def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
+    """The real boot path up to the binary, jailed: lkvm's / holds only its binds, each with
+    its mode, it runs in its own cgroup, the relay reaches the pty lkvm made in its private
+    devpts; re-attach, pause/resume and stop go through lkvm's own commands with its $HOME;
+    stop takes the relay, the cgroup and the jail's mount point down."""
+    import attrs
+
+    import runv_kvmtool
+    from runv.api import cgroups
+
+    fake = tmp_path / "bin/lkvm"
+    fake.parent.mkdir()
+    fake_tool(fake, "").write_text(FAKE_LKVM)
     monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(fake))
     state = tmp_path / "state"
     state.mkdir()
-    vm = runv_kvmtool.boot(vm=spec(state, kernel_args=runv_kvmtool.CAPABILITIES.agent.kernel_args()))
+    (tmp_path / "secret").write_text("host\n")
+    vm_spec = attrs.evolve(spec(state, kernel_args=runv_kvmtool.CAPABILITIES.agent.kernel_args(),
+                                shares=(Share("rootfs", tmp_path / "rootfs", readonly=True),)), **image(tmp_path))
+    (tmp_path / "rootfs").mkdir()
+    group = cgroups.for_vm(state)
+    vm = runv_kvmtool.boot(vm=vm_spec)
     try:
         assert isinstance(vm, runv_kvmtool.KvmtoolVM) and vm.alive()
+        # the jail exec'd lkvm (same pid) with its own command line, unchanged (here behind the fake's interpreter)
+        argv = open(f"/proc/{vm.pid}/cmdline").read().split("\0")[:-1]
+        assert argv == ["/usr/bin/python3", "-I", *runv_kvmtool.command(vm_spec, str(fake))]
+        assert "run --name runv-c1" in (state / "console.log").read_text()
+        # its / is the jail: the binds and nothing else of the host
+        top = set(os.listdir(f"/proc/{vm.pid}/root"))
+        assert top == {"bin", "lib", "lib64", "sbin", "usr", "dev", tmp_path.parts[1]}, top
+        assert not os.path.exists(f"/proc/{vm.pid}/root{tmp_path}/secret")
+        assert sorted(os.listdir(f"/proc/{vm.pid}/root{state}")) == ["console.log", "lkvm"]
+        mounts = mounts_of(vm.pid)
+        assert mounts["/"].startswith("ro,") and mounts["/usr"].startswith("ro,")
+        assert mounts[str(tmp_path / "kernel")].startswith("ro,") and mounts[str(tmp_path / "rootfs")].startswith("ro,")
+        assert mounts[str(state / "lkvm")].startswith("rw,") and mounts[str(state / "console.log")].startswith("rw,")
+        assert "/dev/pts" in mounts and (not HAS_KVM or "/dev/kvm" in mounts)
+        # its own cgroup, entered before the exec
+        assert all(str(vm.pid) in open(procs).read().split() for procs in group.procs())
+        # a later CLI call drives it with the same $HOME
         again = runv_kvmtool.hypervisor_info().vm.from_record(vm.record())
         again.pause()
         again.resume()
-        assert log.read_text().splitlines()[1:] == ["pause --name runv-c1", "resume --name runv-c1"]
-        assert "--params console=ttyS0 runv.agent=/dev/ttyS1 --console" in log.read_text().splitlines()[0]
+        assert (state / "lkvm/.lkvm/calls").read_text().splitlines() == ["pause --name runv-c1", "resume --name runv-c1"]
+        # the relay serves the pty lkvm made in its private devpts
         deadline = time.monotonic() + 10
         while not (state / "agent.sock").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert (state / "agent.sock").exists()  # the relay serves the agent's pty
+        from runv.api import connect_unix
+
+        with connect_unix(state / "agent.sock") as sock:
+            sock.settimeout(5)
+            sock.sendall(b"through the jail")
+            assert sock.recv(64) == b"through the jail"
         again.stop()
-        assert log.read_text().splitlines()[-1] == "stop --name runv-c1"
+        assert (state / "lkvm/.lkvm/calls").read_text().splitlines()[-1] == "stop --name runv-c1"
         assert not vm.alive() and not runv_kvmtool.KvmtoolVM("kvmtool", vm.data["relay"], vm.data["relay_start_time"]).alive()
+        assert all(not d.exists() for d in group.dirs()) and not (state / "jail").exists()
     finally:
         vm.stop(force=True)
-        os.close(master)
-        os.close(slave)
 
 
 def test_kvmtool_boot_fails_with_lkvms_own_words(tmp_path, monkeypatch):
-    import runv_kvmtool
+    import attrs
 
-    fake = fake_tool(tmp_path / "lkvm", "echo '  Error: /dev/kvm: KVM_CREATE_VM failed' >&2; exit 1\n")
+    import runv_kvmtool
+    from runv.api import cgroups
+
+    (tmp_path / "bin").mkdir()
+    fake = fake_tool(tmp_path / "bin/lkvm", "echo '  Error: /dev/kvm: KVM_CREATE_VM failed' >&2; exit 1\n")
     monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(fake))
     with pytest.raises(RunvError) as err:
-        runv_kvmtool.boot(vm=spec(tmp_path))
+        runv_kvmtool.boot(vm=attrs.evolve(spec(tmp_path), **image(tmp_path)))
     assert str(err.value) == "lkvm failed to start (exit 1): Error: /dev/kvm: KVM_CREATE_VM failed"
+    assert all(not d.exists() for d in cgroups.for_vm(tmp_path).dirs()) and not (tmp_path / "jail").exists()
 
 
 @pytest.mark.skipif(shutil.which("lkvm") is None, reason="lkvm is not installed (kvmtool has no Debian package)")

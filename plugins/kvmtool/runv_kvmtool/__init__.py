@@ -14,6 +14,12 @@ process (:mod:`runv_kvmtool.relay`) serves the pty at ``vm.agent_socket``. Disks
 serial in kvmtool: the guest finds them by order (``/dev/vda``, ``/dev/vdb``...). NICs
 cannot be given as open taps, so a container with network interfaces is refused. kvmtool
 needs hardware KVM like the ``qemu`` plugin, so the probe also runs runv's KVM test.
+
+lkvm is jailed as QEMU is (:mod:`runv.api.jail`, docs/security.md): its own cgroup, ``/`` a
+tmpfs with only its binary, libraries, the VM's files and ``$HOME`` (``lkvm/`` in the state
+directory, where kvmtool keeps its control socket; the control commands get the same
+``$HOME``), /dev/kvm and a private devpts for its ptys; the relay opens the agent's pty
+through ``/proc/PID/root``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from runv.api import (
     NINEP_VIRTIO,
@@ -33,7 +40,9 @@ from runv.api import (
     HypervisorInfo,
     RunvError,
     VMSpec,
+    cgroups,
     hookimpl,
+    jail,
     kvm_verdict,
     process_start_time,
     run_tool,
@@ -55,6 +64,8 @@ CAPABILITIES = Capabilities(
 )
 PTY_LINE = re.compile(r"Assigned terminal (\d+) to pty (\S+)")
 START_TIMEOUT = 10.0
+HOME = "lkvm"  # in the state directory: kvmtool's $HOME (its control sockets are in $HOME/.lkvm)
+JAIL_DIR = "jail"  # in the state directory: the mount point of the jail's tmpfs
 
 
 def lkvm() -> str | None:
@@ -95,15 +106,31 @@ def control(action: str, name: str, binary: str | None = None) -> list[str]:
     return [binary or BINARY, action, "--name", name]
 
 
+def environment(home: str) -> dict[str, str]:
+    """lkvm's environment: ``$HOME`` says where its control sockets are."""
+    return {**os.environ, "HOME": home}
+
+
+def jailed(vm: VMSpec, binary: str, cgroup: cgroups.Cgroup) -> list[str]:
+    """``lkvm run`` for ``vm`` in its jail (:mod:`runv.api.jail`)."""
+    home = os.path.abspath(vm.state_dir / HOME)
+    return jail.command(command(vm, binary), root=vm.state_dir / JAIL_DIR, cwd=vm.state_dir,
+                        binds=jail.vm_binds(vm, binary, writable=(home,)), cgroups=cgroup.procs(), kvm=True, devpts=True)
+
+
 class KvmtoolVM(VM):
     """An ``lkvm run`` process and the relay serving its agent pty."""
 
     def lkvm(self, action: str) -> None:
-        run_tool(control(action, self.data["name"], self.data["lkvm"]), f"lkvm {action} {self.data['name']}", timeout=10)
+        run_tool(control(action, self.data["name"], self.data["lkvm"]), f"lkvm {action} {self.data['name']}", timeout=10,
+                 env=environment(self.data["home"]))
 
     def stop(self, force: bool = False) -> None:
+        """Stops lkvm (``lkvm stop``, or SIGKILL) and the relay; removes lkvm's cgroup and jail mount point."""
         stop_process(self.pid, self.start_time, ask=lambda: self.lkvm("stop"), force=force)
         stop_process(self.data.get("relay"), self.data.get("relay_start_time"), force=True)
+        cgroups.Cgroup(self.data["cgroup"]).remove()
+        _remove_dir(Path(self.data["jail"]))
 
     def pause(self) -> None:
         self.lkvm("pause")
@@ -131,15 +158,29 @@ def boot(vm):
     binary = lkvm()
     if binary is None:
         raise RunvError(probe())
+    home = vm.state_dir / HOME
+    (home / ".lkvm").mkdir(parents=True, exist_ok=True)
+    (vm.state_dir / JAIL_DIR).mkdir(exist_ok=True)
+    cgroup = cgroups.for_vm(vm.state_dir)
+    cgroup.create(*cgroups.limits(vm.memory_mib, vm.vcpus))
+    try:
+        return _start(vm, binary, cgroup, home)
+    except BaseException:
+        cgroup.remove()
+        _remove_dir(vm.state_dir / JAIL_DIR)
+        raise
+
+
+def _start(vm: VMSpec, binary: str, cgroup: cgroups.Cgroup, home: Path) -> KvmtoolVM:
     with open(vm.console_log, "ab") as log:
-        proc = subprocess.Popen(command(vm, binary), cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+        proc = subprocess.Popen(jailed(vm, binary, cgroup), cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True, env=environment(str(home.absolute())))
     deadline = time.monotonic() + START_TIMEOUT
     pty = None
     while pty is None:
         match = PTY_LINE.search(vm.console_log.read_text(errors="replace"))
         if match and int(match.group(1)) == AGENT_TTY:
-            pty = match.group(2)
+            pty = f"/proc/{proc.pid}/root{match.group(2)}"  # in lkvm's private devpts
         elif proc.poll() is not None:
             raise RunvError(f"lkvm failed to start (exit {proc.returncode}): {vm.last_words()}")
         elif time.monotonic() > deadline:
@@ -153,4 +194,11 @@ def boot(vm):
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     return KvmtoolVM("kvmtool", proc.pid, process_start_time(proc.pid), {
         "name": vm_name(vm), "lkvm": binary, "relay": relay.pid, "relay_start_time": process_start_time(relay.pid),
-        "pty": pty})
+        "pty": pty, "home": str(home.absolute()), "cgroup": cgroup.name, "jail": str((vm.state_dir / JAIL_DIR).absolute())})
+
+
+def _remove_dir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass  # gone already
