@@ -48,17 +48,27 @@ def slow(fake, tmp_path):
 
 
 @pytest.fixture
-def background(root, guest_files):
-    """``background(fake, *args)``: ``fake(*args)`` started, not waited for (its stderr a pipe)."""
+def background(root, guest_files, tmp_path):
+    """``background(fake, *args)``: ``fake(*args)`` started, not waited for; its stderr goes
+    to a file, read by :func:`stderr` (a shim keeps its create's stderr open: a pipe would
+    never end)."""
     kernel, initrd = guest_files
+    count = iter(range(1000))
 
     def start(fake, *args):
         argv = [RUNV, "--root", str(root), "--kernel", str(kernel), "--initrd", str(initrd), "--hypervisor", "fake",
                 *map(str, args)]
-        return subprocess.Popen(argv, env=fake.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        with open(tmp_path / f"stderr.{next(count)}", "w+") as err:
+            process = subprocess.Popen(argv, env=fake.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        process.stderr_path = err.name
+        return process
 
     return start
+
+
+def stderr(process):
+    with open(process.stderr_path) as err:
+        return err.read()
 
 
 def nothing_left(fake, root, tmp_path):
@@ -114,11 +124,11 @@ def test_delete_force_racing_create_converges(slow, background, make_bundle, roo
     create = background(slow, "--hypervisor", "slow", "create", "--bundle", bundle, "box")
     wait_for_moment(moment, root / "box", bundle, create, BOUND)
     delete = background(slow, "delete", "--force", "box")
-    assert timed(delete) < BOUND and delete.returncode == 0, delete.stderr.read()
+    assert timed(delete) < BOUND and delete.returncode == 0, stderr(delete)
     assert unrecorded_vms(root) == []
     timed(create)
     if create.returncode != 0:  # the delete won: one line saying so
-        assert create.stderr.read() == "runv: container box was deleted while it was being created\n"
+        assert stderr(create) == "runv: container box was deleted while it was being created\n"
     assert unrecorded_vms(root) == []
     assert slow("delete", "--force", "box").returncode == 0
     nothing_left(slow, root, tmp_path)
@@ -130,7 +140,7 @@ def test_delete_of_a_creating_container_is_refused_in_one_line(fake, background,
     wait_for_moment("hooks", root / "box", bundle, create, BOUND)
     refused = fake("delete", "box")
     assert (refused.returncode, refused.stderr) == (1, "runv: cannot delete container box that is being created (use --force)\n")
-    assert timed(create) < BOUND and create.returncode == 0, create.stderr.read()
+    assert timed(create) < BOUND and create.returncode == 0, stderr(create)
     assert fake("delete", "--force", "box").returncode == 0
     nothing_left(fake, root, tmp_path)
 
@@ -140,7 +150,7 @@ def test_two_delete_force_at_once_both_succeed(fake, background, make_bundle, ro
     assert fake("start", "box").returncode == 0
     deletes = [background(fake, "delete", "--force", "box") for _ in range(2)]
     for delete in deletes:
-        assert timed(delete) < BOUND and delete.returncode == 0, delete.stderr.read()
+        assert timed(delete) < BOUND and delete.returncode == 0, stderr(delete)
     nothing_left(fake, root, tmp_path)
 
 
