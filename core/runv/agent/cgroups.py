@@ -58,7 +58,7 @@ def _apply(path: str, resources: dict) -> None:
             raise AgentError(f"linux.resources: cannot set {name} to {shown}: {reason}") from None
 
 
-def make_cgroup(resources: dict, container_id: str = "container"):
+def make_cgroup(resources: dict, container_id: str):
     """The container's cgroup with its limits (its path), or None without cgroup2 and limits."""
     if not os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers"):
         os.makedirs(CGROUP_ROOT, exist_ok=True)

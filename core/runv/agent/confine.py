@@ -81,7 +81,7 @@ class Container:
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.ns_fds = {}  # the init's namespaces, opened once it runs
         self.sync = None  # the init's end and ours of the user-namespace handshake
-        self.cgroup = make_cgroup(config.get("resources") or {})
+        self.cgroup = make_cgroup(config.get("resources") or {}, config.get("id", ""))
         if config.get("seccomp"):
             seccomp_filter.library()  # loaded here: a child after pivot_root sees only the container's files
 
