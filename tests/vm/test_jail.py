@@ -1,14 +1,19 @@
 """QEMU's jail, seen from outside (docs/security.md): seccomp, no_new_privs, the capability
-bounding set, its own mount namespace, death with its shim; and from inside, what the
+bounding set, its own mount namespace with a root of its own, its own cgroup, death with
+its shim, QEMU's sandbox killing it when it tries to spawn; and from inside, what the
 shared rootfs refuses a guest root (device nodes, setuid bits)."""
 
 import json
 import os
 import signal
+import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from runv.api import cgroups
 from runv.testing import vm_processes_in
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -49,6 +54,144 @@ def test_qemu_is_jailed_and_dies_with_its_shim(runv, make_bundle, root):
         assert time.monotonic() - begin < 2.0
     finally:
         assert runv("delete", "--force", "j1").returncode == 0
+    assert vm_processes_in(root) == []
+
+
+def mounts_of(pid):
+    """The process's mount points and their per-mount options, as it sees them."""
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return {line.split()[4]: line.split()[5].split(",") for line in f}
+
+
+def qemu_option(pid, name):
+    argv = open(f"/proc/{pid}/cmdline").read().split("\0")
+    return argv[argv.index(name) + 1]
+
+
+def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
+    """/ is a read-only tmpfs of its own: /usr, the kernel and initrd read-only, its console
+    log and a rw volume writable, a ro volume read-only, no /etc, /home, /run, no other
+    container's state directory and nothing of its own but what it opens."""
+    from support import INITRD, KERNEL
+
+    assert runv("create", "--bundle", make_bundle(["true"], name="other-bundle"), "other").returncode == 0
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    bundle = make_bundle(["sleep", "1000"], mounts=[
+        {"destination": "/ro", "type": "bind", "source": str(ro), "options": ["bind", "ro"]},
+        {"destination": "/rw", "type": "bind", "source": str(rw), "options": ["bind"]}])
+    assert runv("create", "--bundle", bundle, "j0").returncode == 0
+    try:
+        [qemu] = vm_processes_in(root / "j0")
+        top = set(os.listdir(f"/proc/{qemu}/root"))
+        wanted = {"bin", "lib", "lib64", "sbin", "usr", "dev", "proc", Path(KERNEL).parts[1], root.parts[1]}
+        assert top <= wanted | {tmp_path.parts[1]}, top
+        assert not top & {"etc", "home", "root", "sys", "tmp" if root.parts[1] != "tmp" else "run"}, top
+        assert sorted(os.listdir(f"/proc/{qemu}/root/dev")) == ["full", "null", "random", "urandom", "zero"]
+        assert os.listdir(f"/proc/{qemu}/root/proc") == ["self"]  # only its own descriptors (9p needs them)
+        assert not os.path.exists(f"/proc/{qemu}/root{root}/other")  # another container's state: not there
+        mine = set(os.listdir(f"/proc/{qemu}/root{root}/j0"))
+        assert "console.log" in mine and not mine & {"state.json", "qmp.sock", "agent.sock", "jail"}, mine
+        mounts = mounts_of(qemu)
+        for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/self/fd"):
+            assert "ro" in mounts[point] and "nosuid" in mounts[point], (point, mounts[point])
+        assert "rw" in mounts[f"{root}/j0/console.log"]
+        staged = {point: options for point, options in mounts.items() if point.startswith(f"{root}/j0/volumes/")}
+        assert sorted("ro" in options for options in staged.values()) == [False, True], staged
+        assert all("nodev" in options for point, options in mounts.items() if not point.startswith("/dev/"))
+        outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/self/fd", str(root), str(tmp_path)))
+                   and p not in ("/", str(KERNEL), str(INITRD)) and not p.startswith(os.environ.get("RUNV_TEMPLATE_DIR", "//"))]
+        assert outside == [], outside
+    finally:
+        assert runv("delete", "--force", "j0").returncode == 0
+        assert runv("delete", "--force", "other").returncode == 0
+    assert vm_processes_in(root) == []
+
+
+def test_qemu_has_its_own_cgroup_with_limits_and_a_template_start_is_jailed(runv, make_bundle, root):
+    """The cgroup is named from the state directory, QEMU entered it before it ran, its
+    limits come from the VM; the container started from the test template (jailed too:
+    the template's memory file is bound in); delete removes the cgroup."""
+    assert runv("create", "--bundle", make_bundle(["sleep", "1000"]), "j1").returncode == 0
+    group = cgroups.for_vm(root / "j1")
+    try:
+        [qemu] = vm_processes_in(root / "j1")
+        lines = open(f"/proc/{qemu}/cgroup").read().splitlines()
+        if group.v2:
+            assert f"0::/runv/{group.name}" in lines
+        else:
+            assert {f"memory:/runv/{group.name}", f"pids:/runv/{group.name}"} <= {line.split(":", 1)[1] for line in lines}
+        memory, pids = cgroups.limits(int(qemu_option(qemu, "-m")), int(qemu_option(qemu, "-smp")))
+        limit_file = "memory.max" if group.v2 else "memory.limit_in_bytes"
+        assert int((group.dirs()[0] / limit_file).read_text()) == memory
+        assert int((group.dirs()[-1] / "pids.max").read_text()) == pids
+        assert qemu in group.members()
+        note = root / "j1/template.json"  # no template when the guest image changed meanwhile
+        used = note.exists() and json.loads(note.read_text()).get("template")
+        if used:  # restored jailed: the template's memory is bound in (tests/vm/test_templates.py restores them all)
+            assert any(p.startswith(os.environ["RUNV_TEMPLATE_DIR"]) and p.endswith(f"/{used}/memory") for p in mounts_of(qemu))
+        assert runv("start", "j1").returncode == 0
+        assert json.loads(runv("state", "j1", check=True).stdout)["status"] == "running"
+    finally:
+        assert runv("delete", "--force", "j1").returncode == 0
+    assert all(not d.exists() for d in group.dirs())
+    assert vm_processes_in(root) == []
+
+
+def test_delete_force_kills_what_is_left_in_the_vms_cgroup(runv, make_bundle, root):
+    """A process nobody recorded (a host sleep moved into the VM's cgroup) dies with the
+    container's delete --force, and the cgroup is removed."""
+    assert runv("create", "--bundle", make_bundle(["sleep", "1000"]), "j4").returncode == 0
+    group = cgroups.for_vm(root / "j4")
+    stray = subprocess.Popen(["sleep", "1000"])
+    try:
+        for procs in group.procs():
+            Path(procs).write_text(str(stray.pid))
+        assert stray.pid in group.members()
+        assert str(stray.pid) not in (root / "j4/state.json").read_text()
+        assert runv("delete", "--force", "j4").returncode == 0
+        assert stray.wait(5) == -signal.SIGKILL
+        assert all(not d.exists() for d in group.dirs())
+    finally:
+        stray.kill()
+        stray.wait()
+    assert vm_processes_in(root) == []
+
+
+def qmp(path, *commands):
+    """Raw QMP: the greeting, capabilities, then ``commands``; the replies (None once QEMU hangs up)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        sock.settimeout(10)
+        reader = sock.makefile("rb")
+        reader.readline()
+        replies = []
+        for command in ({"execute": "qmp_capabilities"}, *commands):
+            sock.sendall(json.dumps(command).encode())
+            replies.append(json.loads(reader.readline() or "null"))
+        return replies[1:]
+
+
+def test_qemus_sandbox_kills_it_when_it_tries_to_spawn(runv, make_bundle, root):
+    """QMP ``netdev_add`` of a bridge makes QEMU fork its helper: its -sandbox (spawn=deny)
+    kills it with SIGSYS (the kernel's audit line names clone, syscall 56); nothing is run.
+    (``migrate`` to ``exec:`` would fork too, but QEMU refuses to migrate a guest with a 9p
+    share mounted before it gets there.)"""
+    marker = root.parent / "spawned"
+    assert runv("create", "--bundle", make_bundle(["sleep", "1000"]), "j5").returncode == 0
+    try:
+        [qemu] = vm_processes_in(root / "j5")
+        helper = {"type": "bridge", "id": "b0", "br": "runvbr0", "helper": f"/usr/bin/touch {marker}"}
+        assert qmp(root / "j5/qmp.sock", {"execute": "netdev_add", "arguments": helper}) == [None]  # it hung up: killed
+        assert wait_for(lambda: not os.path.exists(f"/proc/{qemu}") or "Z" in status_fields(qemu)["State"], 5.0)
+        assert not marker.exists()
+        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True)
+        if dmesg.returncode == 0:  # the kernel says which call was refused
+            [line] = [line for line in dmesg.stdout.splitlines() if f" pid={qemu} " in line and "type=1326" in line]
+            assert "sig=31" in line and "syscall=56" in line, line
+    finally:
+        assert runv("delete", "--force", "j5").returncode == 0
     assert vm_processes_in(root) == []
 
 
