@@ -153,3 +153,71 @@ def test_a_syscall_libseccomp_does_not_know_fails_on_the_host():
     profile = {**SECCOMP, "syscalls": [{"names": ["mkdir", "no_such_call"], "action": "SCMP_ACT_ERRNO"}]}
     with pytest.raises(RunvError, match="linux.seccomp.syscalls\\[0\\].names: unknown syscall 'no_such_call'"):
         parse_spec(spec_with(linux={"seccomp": profile}), "config.json")
+
+
+USERNS = [{"type": "pid"}, {"type": "user"}, {"type": "mount"}]
+MAP = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
+def test_a_user_namespace_and_its_mappings_reach_the_agents_prepare_request():
+    linux = {"namespaces": USERNS, "uidMappings": MAP,
+             "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 10}, {"containerID": 10, "hostID": 5, "size": 1}]}
+    confinement = parse_spec(spec_with(linux=linux), "c").confinement
+    assert confinement["userns"] == {"uidMappings": MAP, "gidMappings": linux["gidMappings"]}
+    assert parse_spec(spec_with(), "c").confinement["userns"] is None  # the default spec has none
+
+
+def test_the_specs_mounts_reach_the_agent_in_spec_order():
+    spec = spec_with()
+    spec["mounts"].insert(0, {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "rshared"]})
+    mounts = parse_spec(spec, "c").confinement["mounts"]
+    assert [m["destination"] for m in mounts] == ["/data", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys",
+                                                  "/sys/fs/cgroup"]
+    assert mounts[0]["options"] == ["rbind", "rshared"]
+
+
+def mapping(container, host, size):
+    return {"containerID": container, "hostID": host, "size": size}
+
+
+@pytest.mark.parametrize(
+    ("linux", "message"),
+    [
+        ({"uidMappings": MAP, "gidMappings": MAP},
+         "linux.uidMappings: user namespace mappings specified, but user namespace isn't enabled in the config"),
+        ({"gidMappings": MAP}, "linux.gidMappings: user namespace mappings specified, but user namespace isn't enabled in the config"),
+        ({"namespaces": USERNS},
+         "linux.namespaces: user namespaces enabled, but no namespace path to join nor mappings to apply specified"),
+        ({"namespaces": USERNS, "uidMappings": MAP}, "linux.gidMappings: user namespaces enabled, but no gid mappings found"),
+        ({"namespaces": USERNS, "gidMappings": MAP}, "linux.uidMappings: user namespaces enabled, but no uid mappings found"),
+        ({"namespaces": USERNS, "uidMappings": [mapping(1, 100000, 10)], "gidMappings": MAP},
+         "linux.uidMappings: user namespaces enabled, but no mapping found for uid 0"),
+        ({"namespaces": [{"type": "user", "path": "/proc/1/ns/user"}], "uidMappings": MAP, "gidMappings": MAP},
+         "linux.namespaces: joining the user namespace '/proc/1/ns/user' is not supported: the container's namespaces are in its VM"),
+        ({"namespaces": USERNS, "uidMappings": {"containerID": 0}, "gidMappings": MAP}, "linux.uidMappings: must be a list"),
+        ({"namespaces": USERNS, "uidMappings": ["0 100000 1"], "gidMappings": MAP}, "linux.uidMappings[0]: must be an object"),
+        ({"namespaces": USERNS, "uidMappings": [mapping(0, "100000", 1)], "gidMappings": MAP},
+         "linux.uidMappings[0].hostID: must be a non-negative integer, not '100000'"),
+        ({"namespaces": USERNS, "uidMappings": MAP, "gidMappings": [mapping(0, -1, 1)]},
+         "linux.gidMappings[0].hostID: must be a non-negative integer, not -1"),
+        ({"namespaces": USERNS, "uidMappings": [mapping(0, True, 1)], "gidMappings": MAP},
+         "linux.uidMappings[0].hostID: must be a non-negative integer, not True"),
+        ({"namespaces": USERNS, "uidMappings": [mapping(0, 100000, 0)], "gidMappings": MAP},
+         "linux.uidMappings[0].size: must be at least 1"),
+        ({"namespaces": USERNS, "uidMappings": [mapping(0, (1 << 32) - 10, 10)], "gidMappings": MAP},
+         "linux.uidMappings[0]: hostID 4294967286 + size 10 goes past the last ID (4294967294)"),
+        ({"namespaces": USERNS, "uidMappings": [mapping(0, 100000, 100), mapping(50, 300000, 10)], "gidMappings": MAP},
+         "linux.uidMappings[1]: containerID range 50-59 overlaps linux.uidMappings[0]"),
+        ({"namespaces": USERNS, "uidMappings": MAP, "gidMappings": [mapping(0, 100000, 100), mapping(1000, 100099, 1)]},
+         "linux.gidMappings[1]: hostID range 100099-100099 overlaps linux.gidMappings[0]"),
+    ],
+)
+def test_bad_user_namespaces_fail_in_one_line_in_runcs_words(linux, message):
+    with pytest.raises(RunvError) as error:
+        parse_spec(spec_with(linux=linux), "config.json")
+    assert str(error.value) == f"config.json: {message}"
+
+
+def test_adjacent_ranges_do_not_overlap():
+    linux = {"namespaces": USERNS, "uidMappings": [mapping(0, 1000, 10), mapping(10, 1010, 10)], "gidMappings": MAP}
+    assert len(parse_spec(spec_with(linux=linux), "c").confinement["userns"]["uidMappings"]) == 2

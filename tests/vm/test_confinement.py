@@ -6,11 +6,14 @@ same; an escape suite from a default-spec container; runc's answers for the same
 import json
 import shutil
 import subprocess
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
 from runv.oci.default_spec import default_spec
+from runv.testing import vm_processes_in
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -245,3 +248,93 @@ def test_start_container_hooks_run_inside_the_container_before_the_process(runv,
     spec["hooks"] = {"startContainer": [{"path": "/bin/false"}]}
     failed = run_in(runv, make_bundle, spec, name="failing")
     assert failed.returncode != 0 and "hooks.startContainer[0] /bin/false: exit status 1" in failed.stderr, failed.stderr
+
+
+USER_NS = {"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+           "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}
+IDS = "cat /proc/self/uid_map /proc/self/gid_map; id; stat -c 'owner %u %g' /bin; grep -E '^(Cap|Groups)' /proc/self/status\n"
+
+
+def userns_config(script, **process):
+    spec = default_config(script, **process)
+    spec["linux"]["namespaces"].append({"type": "user"})
+    spec["linux"].update(json.loads(json.dumps(USER_NS)))
+    return spec
+
+
+def test_a_user_namespace_maps_the_containers_ids_and_exec_joins_it(runv, make_bundle, tmp_path):
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    volume.chmod(0o777)
+    spec = userns_config(IDS + "echo ns $(readlink /proc/self/ns/user); touch /vol/made; mkdir /vol/dir; echo started; "
+                         "exec sleep 300")
+    spec["mounts"].append({"destination": "/vol", "type": "bind", "source": str(volume), "options": ["rbind"]})
+    bundle = bundle_of(make_bundle, spec)
+    (bundle / "rootfs/vol").mkdir()
+    out = tmp_path / "out"
+    with open(out, "w") as f:
+        assert runv("run", "-d", "--bundle", bundle, "userns", stdout=f).returncode == 0
+    try:
+        joined = runv("exec", "userns", "sh", "-c", IDS + "echo ns $(readlink /proc/self/ns/user)")
+        assert joined.returncode == 0, joined.stderr
+        text = out.read_text()
+        for report in (text, joined.stdout):
+            assert report.splitlines()[:2] == ["         0     100000      65536", "         0     200000      65536"], report
+            assert report.splitlines()[2].startswith("uid=0(root) gid=0"), report
+            assert "owner 65534 65534" in report  # the image's root (host uid 0) is not mapped: nobody, as under runc
+        init_ns = next(line for line in text.splitlines() if line.startswith("ns "))
+        assert init_ns.startswith("ns user:[") and init_ns in joined.stdout.splitlines()  # the same user namespace
+        made, folder = (volume / "made").stat(), (volume / "dir").stat()
+        assert (made.st_uid, made.st_gid) == (100000, 200000) and (folder.st_uid, folder.st_gid) == (100000, 200000)
+    finally:
+        runv("kill", "userns", "KILL")
+
+
+@pytest.mark.parametrize(
+    ("linux", "message"),
+    [({"uidMappings": USER_NS["uidMappings"], "gidMappings": USER_NS["gidMappings"]},
+      "linux.uidMappings: user namespace mappings specified, but user namespace isn't enabled in the config"),
+     ({"namespaces": [{"type": "user"}], "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 10},
+                                                        {"containerID": 5, "hostID": 5000, "size": 1}],
+       "gidMappings": USER_NS["gidMappings"]}, "linux.uidMappings[1]: containerID range 5-5 overlaps linux.uidMappings[0]"),
+     ({"namespaces": [{"type": "user"}]},
+      "linux.namespaces: user namespaces enabled, but no namespace path to join nor mappings to apply specified")],
+)
+def test_bad_user_namespaces_fail_create_in_one_line_and_leave_nothing(runv, make_bundle, root, linux, message):
+    spec = default_config("true")
+    spec["linux"].update(linux)
+    bundle = bundle_of(make_bundle, spec)
+    result = runv("create", "--bundle", bundle, "badns")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (root / "badns").exists() and not vm_processes_in(root)
+
+
+def test_mappings_the_guest_kernel_refuses_fail_in_one_line_naming_the_field(runv, make_bundle, root):
+    spec = userns_config("true")
+    # 341 ranges: valid one by one, more than the kernel takes (UID_GID_MAP_MAX_EXTENTS is 340)
+    spec["linux"]["uidMappings"] = [{"containerID": i, "hostID": 100000 + i, "size": 1} for i in range(341)]
+    bundle = bundle_of(make_bundle, spec)
+    result = runv("run", "--bundle", bundle, "refused")
+    assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
+    assert ('linux.uidMappings: the guest kernel refuses these 341 ranges [{"containerID": 0, "hostID": 100000, "size": 1}, '
+            '{"containerID": 1, "hostID": 100001, "size": 1}, ...]: Invalid argument') in result.stderr, result.stderr
+    runv("delete", "--force", "refused")
+    assert not (root / "refused").exists() and not vm_processes_in(root)
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
+def test_runc_and_runv_give_a_user_namespace_the_same_ids(runv, make_bundle, tmp_path):
+    spec = userns_config(IDS, user={"uid": 1000, "gid": 1000, "additionalGids": [10]})
+    bundle = bundle_of(make_bundle, spec)
+    # runc's init runs as the mapped root on the host: the bundle must be reachable for it (tmp_path is 0700)
+    with tempfile.TemporaryDirectory(prefix="runv-userns-") as open_dir:
+        Path(open_dir).chmod(0o755)
+        runc_bundle = Path(open_dir) / "bundle"
+        shutil.copytree(bundle, runc_bundle, symlinks=True)
+        runc = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle", str(runc_bundle), "ns-runc"],
+                              capture_output=True, text=True, timeout=60)
+    assert runc.returncode == 0, runc.stderr
+    ours = runv("run", "--bundle", bundle, "ns-runv")
+    assert ours.returncode == 0, ours.stderr
+    assert "uid=1000 gid=1000 groups=10" in ours.stdout
+    assert ours.stdout.splitlines() == runc.stdout.splitlines()

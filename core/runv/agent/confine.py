@@ -27,7 +27,7 @@ from runv.agent import mounts, rootfs
 from runv.agent import seccomp as seccomp_filter
 from runv.agent.cgroups import join_cgroup, make_cgroup
 from runv.agent.errors import AgentError
-from runv.agent.mounts import MS_REC, PROPAGATION, raw_mount
+from runv.agent.mounts import MS_REC, PROPAGATION, check, raw_mount
 from runv.agent.tables import CAP_NUMBERS, NAMESPACES, RLIMIT_NUMBERS
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -50,18 +50,13 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"{what}: {os.strerror(error)}")
-
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
+    check(_libc.unshare(flags), "unshare")
 
 
 def setns(fd: int, kind: str) -> None:
-    _check(_libc.setns(fd, NAMESPACES[kind]), f"setns {kind}")
+    check(_libc.setns(fd, NAMESPACES[kind]), f"setns {kind}")
 
 
 def map_lines(mappings: list) -> str:
@@ -142,8 +137,10 @@ class Container:
                 with open(f"/proc/{pid}/{name}", "w") as f:
                     f.write(map_lines(self.userns[key]))
             except OSError as exc:
-                raise AgentError(f"linux.{key}: the guest kernel refuses "
-                                 f"{json.dumps(self.userns[key])}: {exc.strerror}") from None
+                ranges = self.userns[key]
+                shown = ", ".join(json.dumps(m) for m in ranges[:2]) + (", ..." if len(ranges) > 2 else "")
+                raise AgentError(f"linux.{key}: the guest kernel refuses these {len(ranges)} ranges "
+                                 f"[{shown}]: {exc.strerror}") from None
 
     # ---------------------------------------------------------- the child's steps
 
@@ -163,7 +160,7 @@ class Container:
             return
         unshare(OWN)
         raw_mount(None, "/", None, MS_REC | PROPAGATION["private"], "making / private")
-        rootfs.build(self.rootfs, self.config, self.binds, bool(self.userns), self.guest_devices)
+        rootfs.build(self.rootfs, self.config, self.binds, bool(self.userns), self.guest_devices, self.cgroup)
         rootfs.finish(self.config, self.readonly)
 
     def enter_userns(self) -> None:
@@ -238,24 +235,24 @@ def apply_process(message: dict, seccomp=None) -> None:
         bounding = cap_mask(caps.get("bounding", []))
         for number in range(top + 1):
             if not bounding & (1 << number):
-                _check(_libc.prctl(PR_CAPBSET_DROP, number, 0, 0, 0), "dropping the bounding set")
-        _check(_libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keeping capabilities")
+                check(_libc.prctl(PR_CAPBSET_DROP, number, 0, 0, 0), "dropping the bounding set")
+        check(_libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keeping capabilities")
     os.setgroups(user.get("additionalGids", []))
     os.setgid(user.get("gid", 0))
     os.setuid(user.get("uid", 0))
     if caps is not None:
-        _check(_libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "keeping capabilities")
+        check(_libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "keeping capabilities")
         sets = {key: cap_mask(caps.get(key, [])) for key in ("effective", "permitted", "inheritable")}
         data = (_CapData * 2)()
         for i in (0, 1):
             data[i].effective, data[i].permitted, data[i].inheritable = (
                 (sets[k] >> (32 * i)) & 0xFFFFFFFF for k in ("effective", "permitted", "inheritable"))
-        _check(_libc.capset(ctypes.byref(_CapHeader(CAP_VERSION_3, 0)), data), "capset")
+        check(_libc.capset(ctypes.byref(_CapHeader(CAP_VERSION_3, 0)), data), "capset")
         for name in caps.get("ambient", []):  # as runc: one not also inheritable and permitted is not raised
             _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NUMBERS[name], 0, 0)
     os.chdir(message.get("cwd") or "/")
     if nnp:
-        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "noNewPrivileges")
+        check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "noNewPrivileges")
         if seccomp:
             seccomp_filter.load(seccomp)
 

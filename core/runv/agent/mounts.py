@@ -47,12 +47,17 @@ def parse_options(options) -> tuple:
     return flags, ",".join(data), propagation
 
 
+def check(result: int, what: str) -> None:
+    """A libc call's result: OSError (with its errno) naming ``what`` unless it is 0."""
+    if result != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+
+
 def raw_mount(source, target: str, fstype, flags: int, what: str, data: str | None = None) -> None:
     """mount(2); OSError (with its errno) naming ``what`` on failure."""
     enc = (lambda v: v.encode() if isinstance(v, str) else v)
-    if _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data or None)) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"{what}: {os.strerror(error)}")
+    check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data or None)), what)
 
 
 def mount(source: str, target: str, fstype: str, options: str) -> None:

@@ -32,6 +32,7 @@ from runv.agent.mounts import (
     MS_REC,
     MS_REMOUNT,
     SHM_OPTIONS,
+    check,
     make_dev_nodes,
     make_node,
     mount,
@@ -47,6 +48,11 @@ DEFAULT_MOUNTS = (  # runv's, where the spec has none at that destination: mount
     {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": DEVPTS_OPTIONS.split(",")},
     {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": SHM_OPTIONS.split(",")},
 )
+# In a user namespace sysfs is refused (EPERM) without a network namespace of its own (the
+# container's network is the VM's) and cgroup2 (EBUSY: its superblock belongs to the guest's
+# user namespace): the guest's /sys and the container's cgroup are bound instead, as runc does
+# (its rootless /sys, mountCgroupV2's fallback)
+FALLBACK_ERRORS = (errno.EPERM, errno.EBUSY)
 DEVICE_KINDS = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
 ST_NOATIME, ST_NODIRATIME, ST_RELATIME = 1024, 2048, 4096  # statvfs f_flag bits
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
@@ -54,11 +60,6 @@ MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155  # x86_64
 _libc = ctypes.CDLL(None, use_errno=True)
 
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"{what}: {os.strerror(error)}")
 
 
 def is_bind(entry: dict) -> bool:
@@ -107,8 +108,9 @@ def bind(source: str, target: str, flags: int, recursive: bool, what: str) -> No
         raw_mount(None, target, None, MS_BIND | MS_REMOUNT | extra | locked_flags(target), what)
 
 
-def mount_entry(rootfs: str, entry: dict, guest_devices: bool) -> None:
-    """One entry of :func:`mount_plan` at its destination inside ``rootfs`` (before pivot_root)."""
+def mount_entry(rootfs: str, entry: dict, guest_devices: bool, fallbacks: dict) -> None:
+    """One entry of :func:`mount_plan` at its destination inside ``rootfs`` (before pivot_root);
+    ``fallbacks``: what a type the kernel refuses here is bound from instead."""
     what = f"{entry['where']} ({entry['type']})"
     target = rootfs_path(rootfs, entry["destination"], {"fstype": entry["type"], "source": entry["source"]})
     flags, data, propagation = parse_options(entry["options"])
@@ -120,10 +122,10 @@ def mount_entry(rootfs: str, entry: dict, guest_devices: bool) -> None:
         else:
             try:
                 raw_mount(entry["source"], target, entry["type"], flags, what, data)
-            except OSError as exc:  # sysfs in a user namespace without a network namespace of its own:
-                if entry["type"] != "sysfs" or exc.errno != errno.EPERM:  # the guest's, bound (runc's rootless /sys)
+            except OSError as exc:  # in a user namespace: see FALLBACK_ERRORS
+                if entry["type"] not in fallbacks or exc.errno not in FALLBACK_ERRORS:
                     raise
-                bind("/sys", target, flags, True, what)
+                bind(fallbacks[entry["type"]], target, flags, True, what)
         for flag in propagation:
             raw_mount(None, target, None, flag, f"{what}: propagation")
     except OSError as exc:
@@ -140,8 +142,9 @@ def make_devices(rootfs: str, devices: list, bind: bool) -> None:
             raise AgentError(f"linux.devices: cannot create {dev['path']}: {os.strerror(exc.errno)}") from None
 
 
-def build(rootfs: str, config: dict, binds: list, userns: bool, guest_devices: bool) -> None:
-    """Steps 1-3 (the caller runs in the container's new namespaces, its mounts private)."""
+def build(rootfs: str, config: dict, binds: list, userns: bool, guest_devices: bool, cgroup: str | None) -> None:
+    """Steps 1-3 (the caller runs in the container's new namespaces, its mounts private);
+    ``cgroup``: the container's cgroup directory in the guest."""
     lower = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
     try:
         raw_mount(rootfs, rootfs, None, MS_BIND | MS_REC, f"binding {rootfs}")
@@ -151,7 +154,7 @@ def build(rootfs: str, config: dict, binds: list, userns: bool, guest_devices: b
     finally:
         os.close(lower)
     for entry in mount_plan(config.get("mounts") or [], binds):
-        mount_entry(rootfs, entry, guest_devices)
+        mount_entry(rootfs, entry, guest_devices, {"sysfs": "/sys", "cgroup2": cgroup or "/sys/fs/cgroup"})
     dev = os.path.join(rootfs, "dev")
     if not guest_devices:
         make_dev_nodes(dev, bind=userns)
@@ -161,8 +164,8 @@ def build(rootfs: str, config: dict, binds: list, userns: bool, guest_devices: b
     os.fchdir(outer)
     os.chroot(".")
     os.fchdir(inner)
-    _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
-    _check(_libc.umount2(b".", MNT_DETACH), "detaching the old root")
+    check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    check(_libc.umount2(b".", MNT_DETACH), "detaching the old root")
     os.chdir("/")
     os.close(outer)
     os.close(inner)

@@ -24,11 +24,11 @@ def command(ctx: typer.Context) -> None:
                                  "relatime", "norelatime", "strictatime"],
                 # Applied inside the guest (docs/confinement.md): every container gets its own mount,
                 # PID, UTS, IPC and cgroup namespaces; the network is the VM's (a "network" entry is
-                # the host namespace whose interfaces the VM takes over). No user namespaces yet;
-                # seccomp through the guest's libseccomp; no LSM exists in the guest (apparmorProfile,
+                # the host namespace whose interfaces the VM takes over); a user namespace with the
+                # spec's mappings where "user" is listed; seccomp through the guest's libseccomp; no LSM exists in the guest (apparmorProfile,
                 # selinuxLabel are accepted, not applied).
                 "linux": {
-                    "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+                    "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
                     "capabilities": list(CAPABILITIES),
                     "cgroup": {"v1": False, "v2": True, "systemd": False, "systemdUser": False},
                     "seccomp": {"enabled": True, "actions": sorted(ACTIONS), "operators": sorted(OPERATORS),

@@ -2,7 +2,8 @@
 
 ``process``: the five capability sets, ``rlimits``, ``noNewPrivileges``, ``oomScoreAdj``,
 ``user.umask``; ``linux``: ``maskedPaths``, ``readonlyPaths``, ``sysctl``,
-``rootfsPropagation``, ``devices``, ``resources`` (memory, pids). Each bad value fails with
+``rootfsPropagation``, ``devices``, ``resources`` (memory, pids), the user namespace and its
+mappings (runv.oci.userns). Each bad value fails with
 one line naming the field and the value, in runc's words where runc has them
 (``unknown capability "CAP_X"``, ``wrong rlimit value: RLIMIT_X``). The guest agent
 applies what passes (core/runv/agent/confine.py, docs/confinement.md).
@@ -16,6 +17,7 @@ from runv.agent.seccomp import ACTIONS, ARCHES, OPERATORS
 from runv.agent.tables import CAP_NUMBERS, CAP_SETS, RLIMIT_NUMBERS
 from runv.oci.fields import field_error, is_int
 from runv.oci.resources import parse_resources
+from runv.oci.userns import parse_userns
 
 PROPAGATIONS = ("private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable")
 DEVICE_TYPES = ("c", "b", "u", "p")
@@ -202,4 +204,5 @@ def parse_linux(linux: dict, source: str) -> dict:
         "devices": parse_devices(linux.get("devices"), source),
         "resources": parse_resources(linux.get("resources"), source),
         "seccomp": parse_seccomp(linux.get("seccomp"), source),
+        "userns": parse_userns(linux, source),
     }
