@@ -108,6 +108,9 @@ def test_qemu_plugin_reports_qemus_own_words_when_kvm_refuses(tmp_path, monkeypa
     assert "Host doesn't support requested features" in message and "\n" not in message
     assert message.startswith("qemu-system-x86_64 ")
     assert vm_processes_in(tmp_path) == []
+    from runv.api import cgroups
+
+    assert all(not d.exists() for d in cgroups.for_vm(tmp_path).dirs())  # its cgroup went with it
 
 
 def test_tcg_reuses_the_qemu_plugins_hooks():

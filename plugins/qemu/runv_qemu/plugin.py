@@ -41,6 +41,7 @@ class KvmHypervisor(QemuHypervisor):
                 return booted
             except RunvError as exc:
                 if not booted.alive():
+                    booted.stop(force=True)  # gone already: this removes its cgroup and jail mount point
                     raise RunvError(f"{driver.BINARY} with KVM exited at start: {vm.last_words()}") from None
                 if time.monotonic() > deadline:
                     booted.stop(force=True)
