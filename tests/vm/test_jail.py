@@ -139,9 +139,11 @@ def test_qemu_has_its_own_cgroup_with_limits_and_a_template_start_is_jailed(runv
     assert vm_processes_in(root) == []
 
 
-def test_delete_force_kills_what_is_left_in_the_vms_cgroup(runv, make_bundle, root):
+@pytest.mark.parametrize("record", ["kept", "damaged"])
+def test_delete_force_kills_what_is_left_in_the_vms_cgroup(runv, make_bundle, root, record):
     """A process nobody recorded (a host sleep moved into the VM's cgroup) dies with the
-    container's delete --force, and the cgroup is removed."""
+    container's delete --force, and the cgroup is removed; also when state.json is
+    unreadable (the shim killed first: QEMU goes with it)."""
     assert runv("create", "--bundle", make_bundle(["sleep", "1000"]), "j4").returncode == 0
     group = cgroups.for_vm(root / "j4")
     stray = subprocess.Popen(["sleep", "1000"])
@@ -150,6 +152,11 @@ def test_delete_force_kills_what_is_left_in_the_vms_cgroup(runv, make_bundle, ro
             Path(procs).write_text(str(stray.pid))
         assert stray.pid in group.members()
         assert str(stray.pid) not in (root / "j4/state.json").read_text()
+        if record == "damaged":
+            [qemu] = vm_processes_in(root / "j4")
+            os.kill(json.loads((root / "j4/state.json").read_text())["shim_pid"], signal.SIGKILL)
+            assert wait_for(lambda: not os.path.exists(f"/proc/{qemu}") or "Z" in status_fields(qemu)["State"], 2.0)
+            (root / "j4/state.json").write_text("{not json")
         assert runv("delete", "--force", "j4").returncode == 0
         assert stray.wait(5) == -signal.SIGKILL
         assert all(not d.exists() for d in group.dirs())

@@ -189,6 +189,9 @@ def _destroy(store: Store, container_id: str, check=None):
             check(record)
         container = None
         if record is None:
+            from runv.shim.teardown import empty_cgroup
+
+            empty_cgroup(state_dir)  # the VM's cgroup is found from the directory alone
             volumes.release(state_dir)
         else:
             _stop_shim(record)
