@@ -321,3 +321,31 @@ def test_vsock_channel_serves_a_host_connection():
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_the_inits_mount_plan_is_the_specs_order_after_runvs_defaults():
+    from runv.agent.errors import AgentError as GuestError
+    from runv.agent.rootfs import mount_plan
+
+    spec = [{"destination": "/data/", "type": "none", "source": "/srv", "options": ["rbind", "ro"]},
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]},
+            {"destination": "/data", "type": "bind", "source": "/srv2"}]
+    binds = [{"target": "/data", "source": "/run/runv/binds/0"}, {"target": "/data", "source": "/run/runv/binds/1"}]
+    plan = mount_plan(spec, binds)
+    assert [(m["destination"], m["type"], m["source"]) for m in plan] == [
+        ("/sys", "sysfs", "sysfs"), ("/dev", "tmpfs", "tmpfs"), ("/dev/pts", "devpts", "devpts"), ("/dev/shm", "tmpfs", "shm"),
+        ("/data", "bind", "/run/runv/binds/0"), ("/proc", "proc", "proc"), ("/sys/fs/cgroup", "cgroup2", "cgroup"),
+        ("/data", "bind", "/run/runv/binds/1")]  # each bind takes the next staged source at its destination
+    assert plan[4]["where"] == "mounts[0] /data" and plan[0]["where"] == "runv's /sys"
+    with pytest.raises(GuestError, match=r"mounts\[3\]: no staged source for the bind mount at /data"):
+        mount_plan(spec, binds[:1])
+
+
+def test_mount_options_split_into_flags_data_and_propagation():
+    from runv.agent.mounts import parse_options
+
+    flags, data, propagation = parse_options(["nosuid", "ro", "size=1m", "mode=700", "rshared", "tmpcopyup", "newinstance"])
+    assert flags == 1 | 2 and data == "size=1m,mode=700,newinstance"
+    assert propagation == [(1 << 20) | 16384]  # MS_SHARED | MS_REC; tmpcopyup (a runtime word) is dropped
+    assert parse_options("bind,nodev") == (4096 | 4, "", [])

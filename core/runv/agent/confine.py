@@ -4,11 +4,12 @@ init_linux.go, standard_init_linux.go, setns_init_linux.go).
 The container's process (``init``):
  1. joins its cgroup (v2, made by ``prepare``); with a user namespace (``linux.namespaces``
     has ``user``) it ``unshare``s it, the agent (its parent) writes ``uid_map``/``gid_map``
-    (a socket handshake, as runc's parent writes the maps), it becomes root there and forks
-    again so that the new PID namespace is owned by the user namespace; without one the
-    agent made the PID namespace around the fork. It is PID 1 of its own;
- 2. ``unshare``s mount, UTS, IPC and cgroup namespaces (owned by its user namespace) and
-    makes every mount private;
+    (a socket handshake, as runc's parent writes the maps), it becomes root there (uid 0),
+    ``unshare``s PID, mount, UTS and IPC namespaces (owned by the user namespace) and forks
+    the init, which takes gid 0 and no groups (runc's nsexec stages); without one the agent
+    made the PID namespace around the fork. It is PID 1 of its own;
+ 2. ``unshare``s the rest of mount, UTS, IPC and cgroup namespaces and makes every mount
+    private;
  3. its filesystem: the spec's mounts in spec order, devices, pivot_root, sysctl, paths
     (runv.agent.rootfs);
 then, as every exec'd process (which ``setns``es into the init's namespaces, the user
@@ -66,8 +67,8 @@ def map_lines(mappings: list) -> str:
 class Container:
     """One container's confinement: what ``prepare`` gave, its cgroup, its init's namespaces."""
 
-    def __init__(self, rootfs: str, config: dict, binds: list, prepare: dict) -> None:
-        self.rootfs = rootfs
+    def __init__(self, root: str, config: dict, binds: list, prepare: dict) -> None:
+        self.rootfs = root  # the path (``rootfs`` is runv.agent.rootfs here)
         self.config = config
         self.binds = binds  # the staged sources of the spec's bind mounts (runv.agent.mounts.stage_binds)
         self.readonly = bool(prepare["rootfs"].get("readonly"))
@@ -77,6 +78,8 @@ class Container:
         self.ns_fds = {}  # the init's namespaces, opened once it runs
         self.sync = None  # the init's end and ours of the user-namespace handshake
         self.cgroup = make_cgroup(config.get("resources") or {}, config.get("id", ""))
+        sysctls = config.get("sysctl") or {}
+        rootfs.write_sysctls({key: value for key, value in sysctls.items() if rootfs.is_vm_wide(key)})
         if config.get("seccomp"):
             seccomp_filter.library()  # loaded here: a child after pivot_root sees only the container's files
 
@@ -158,7 +161,7 @@ class Container:
             for kind in (("user",) if self.userns else ()) + JOINED:
                 setns(self.ns_fds[kind], kind)
             return
-        unshare(OWN)
+        unshare(NAMESPACES["cgroup"] if self.userns else OWN)  # with a user namespace the others came before the fork
         raw_mount(None, "/", None, MS_REC | PROPAGATION["private"], "making / private")
         rootfs.build(self.rootfs, self.config, self.binds, bool(self.userns), self.guest_devices, self.cgroup)
         rootfs.finish(self.config, self.readonly)
@@ -172,14 +175,15 @@ class Container:
         child_end.send(b"userns")
         if child_end.recv(16) != b"go":
             os._exit(1)  # the agent refused the maps and says why
-        os.setresgid(0, 0, 0)
-        os.setresuid(0, 0, 0)
-        unshare(NAMESPACES["pid"])
+        os.setresuid(0, 0, 0)  # runc's nsexec: root in the namespace (the gid only in the init), then
+        unshare(NAMESPACES["pid"] | OWN & ~NAMESPACES["cgroup"])  # the namespaces; cgroup's in the init
         pid = os.fork()
         if pid:
             child_end.send(str(pid).encode())
             os._exit(0)
         child_end.close()
+        os.setgid(0)
+        os.setgroups([])
 
 
 def op_prepare(agent, message: dict) -> None:

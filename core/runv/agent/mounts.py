@@ -10,6 +10,7 @@ from runv.agent.sysfs import wait_for_device
 SERIAL_PREFIX = "serial:"  # a mount source naming a virtio-blk disk by its serial
 PRIVATE = "/run/runv"  # the guest's staging area (shares mounted before the rootfs); Agent.private on this machine
 BINDS = PRIVATE + "/binds"  # in a VM: the shares the container's binds come from, one directory per bind
+SYSFS = PRIVATE + "/sysfs"  # in a VM: a sysfs with nothing mounted below it, for a user namespace's /sys
 DISK_TIMEOUT = 10.0  # seconds a hot-plugged disk may take to show up in /sys/block
 MOUNT_FLAGS = {  # <sys/mount.h>: options that are flags, not filesystem data
     "ro": 1, "rw": 0, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "remount": 32, "mand": 64,
@@ -21,7 +22,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC 
 PROPAGATION = {"private": 1 << 18, "slave": 1 << 19, "shared": 1 << 20, "unbindable": 1 << 17}
 PROPAGATION_OPTIONS = {**{name: flag for name, flag in PROPAGATION.items()},
                        **{"r" + name: flag | MS_REC for name, flag in PROPAGATION.items()}}
-DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+DEVICES = {"null": (1, 3), "random": (1, 8), "full": (1, 7), "tty": (5, 0), "zero": (1, 5), "urandom": (1, 9)}  # runc's order
 DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
              "stderr": "/proc/self/fd/2", "core": "/proc/kcore"}
 DEV_OPTIONS = "nosuid,mode=755,size=65536k"  # runv's /dev, /dev/pts and /dev/shm where the spec has none
@@ -145,6 +146,8 @@ def op_prepare(agent, message: dict) -> list | None:
         with open("/proc/sys/kernel/hostname", "w") as f:
             f.write(message["hostname"])
     if confine:
+        os.makedirs(SYSFS, exist_ok=True)
+        mount("sysfs", SYSFS, "sysfs", "nosuid,nodev,noexec")
         return stage_binds(agent, [entry for entry in plan if entry.get("in_rootfs")])
     for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
         path = os.path.join(agent.rootfs, target)

@@ -32,6 +32,7 @@ from runv.agent.mounts import (
     MS_REC,
     MS_REMOUNT,
     SHM_OPTIONS,
+    SYSFS,
     check,
     make_dev_nodes,
     make_node,
@@ -50,8 +51,8 @@ DEFAULT_MOUNTS = (  # runv's, where the spec has none at that destination: mount
 )
 # In a user namespace sysfs is refused (EPERM) without a network namespace of its own (the
 # container's network is the VM's) and cgroup2 (EBUSY: its superblock belongs to the guest's
-# user namespace): the guest's /sys and the container's cgroup are bound instead, as runc does
-# (its rootless /sys, mountCgroupV2's fallback)
+# user namespace): a sysfs the agent mounted at prepare (with nothing below it) and the
+# container's cgroup are bound instead, as runc binds (its rootless /sys, mountCgroupV2's fallback)
 FALLBACK_ERRORS = (errno.EPERM, errno.EBUSY)
 DEVICE_KINDS = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
 ST_NOATIME, ST_NODIRATIME, ST_RELATIME = 1024, 2048, 4096  # statvfs f_flag bits
@@ -154,7 +155,7 @@ def build(rootfs: str, config: dict, binds: list, userns: bool, guest_devices: b
     finally:
         os.close(lower)
     for entry in mount_plan(config.get("mounts") or [], binds):
-        mount_entry(rootfs, entry, guest_devices, {"sysfs": "/sys", "cgroup2": cgroup or "/sys/fs/cgroup"})
+        mount_entry(rootfs, entry, guest_devices, {"sysfs": SYSFS, "cgroup2": cgroup or "/sys/fs/cgroup"})
     dev = os.path.join(rootfs, "dev")
     if not guest_devices:
         make_dev_nodes(dev, bind=userns)
@@ -173,7 +174,7 @@ def build(rootfs: str, config: dict, binds: list, userns: bool, guest_devices: b
 
 def finish(config: dict, readonly: bool) -> None:
     """Step 4, after pivot_root."""
-    write_sysctls(config.get("sysctl") or {})
+    write_sysctls({key: value for key, value in (config.get("sysctl") or {}).items() if not is_vm_wide(key)})
     for path in config.get("readonlyPaths") or []:
         readonly_path(path)
     for path in config.get("maskedPaths") or []:
@@ -184,6 +185,12 @@ def finish(config: dict, readonly: bool) -> None:
     if propagation != "rprivate":
         _, _, flags = parse_options([propagation])
         raw_mount(None, "/", None, flags[0], f"rootfsPropagation {propagation}")
+
+
+def is_vm_wide(key: str) -> bool:
+    """``net.*``: the VM's network namespace is the container's; the agent writes those at
+    ``prepare`` (a container root in a user namespace may not: that namespace is not its)."""
+    return key.startswith("net.")
 
 
 def write_sysctls(sysctls: dict) -> None:
