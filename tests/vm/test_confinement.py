@@ -290,6 +290,13 @@ def test_a_user_namespace_maps_the_containers_ids_and_exec_joins_it(runv, make_b
         runv("kill", "userns", "KILL")
 
 
+def test_escapes_from_a_user_namespace_container_fail(runv, make_bundle):
+    result = run_in(runv, make_bundle, userns_config(ESCAPES))  # root of its namespace: the same escapes held
+    assert result.returncode == 0, result.stderr
+    assert "done" in result.stdout and "ESCAPED" not in result.stdout, result.stdout
+    assert len(lines(result.stdout, "held ")) == 12
+
+
 @pytest.mark.parametrize(
     ("linux", "message"),
     [({"uidMappings": USER_NS["uidMappings"], "gidMappings": USER_NS["gidMappings"]},
