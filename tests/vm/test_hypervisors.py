@@ -79,7 +79,7 @@ def test_qemu_plugin_starts_qemu_with_kvm(tmp_path, monkeypatch):
         status = vm.status()
         assert status["status"] == "running" and status["running"]
         assert status["kvm"] == {"enabled": True, "present": True}
-        assert "accel=kvm" in " ".join(vm.data["argv"])
+        assert "-accel kvm" in " ".join(vm.data["argv"])
         # a later CLI call drives the same VM from its state record
         again = plugin.hypervisor_info().vm.from_record(vm.record())
         again.pause()

@@ -15,6 +15,7 @@ import pytest
 
 from runv.api import cgroups
 from runv.testing import vm_processes_in
+from runv_qemu import driver
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -122,7 +123,9 @@ def test_qemu_has_its_own_cgroup_with_limits_and_a_template_start_is_jailed(runv
             assert f"0::/runv/{group.name}" in lines
         else:
             assert {f"memory:/runv/{group.name}", f"pids:/runv/{group.name}"} <= {line.split(":", 1)[1] for line in lines}
-        memory, pids = cgroups.limits(int(qemu_option(qemu, "-m")), int(qemu_option(qemu, "-smp")))
+        accel = qemu_option(qemu, "-accel").split(",")[0]
+        assert qemu_option(qemu, "-accel") == driver.accel_option(accel)  # TCG's code cache is bounded: the cgroup counts it
+        memory, pids = cgroups.limits(int(qemu_option(qemu, "-m")), int(qemu_option(qemu, "-smp")), driver.code_cache_mib(accel))
         limit_file = "memory.max" if group.v2 else "memory.limit_in_bytes"
         assert int((group.dirs()[0] / limit_file).read_text()) == memory
         assert int((group.dirs()[-1] / "pids.max").read_text()) == pids

@@ -19,19 +19,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
 from runv.api.errors import RunvError
+from runv.api.process import kill_until_gone
 
 BASE = Path("/sys/fs/cgroup")
 PARENT = "runv"
 CONTROLLERS = ("memory", "pids")
-# What a VMM needs beyond the guest's RAM: its code and libraries, device state, and TCG's
-# translated code (QEMU 7.2 maps up to 1 GiB for it, touched as the guest runs new code).
-# Measured here: a 256 MiB guest's cgroup peaked at 240 MiB through boot, `ls -R /` and a
-# 50 MB write, far under guest + 256 MiB.
+# What a VMM needs beyond the guest's RAM: its code and libraries and device state. TCG's
+# translated code comes on top (``code_cache_mib``: QEMU maps up to 1 GiB for it unless its
+# command line bounds it, and touches it as the guest runs new code). Measured here: a 256
+# MiB guest's cgroup peaked at 240 MiB through boot, `ls -R /` and a 50 MB write; the
+# devicemapper helper VM (Python and LVM tools in the guest) reached 520 MiB anonymous with
+# QEMU's default code cache, and was killed at guest + 256 MiB.
 OVERHEAD_MIB = 256
 # Tasks a VMM may have: QEMU's thread pool grows to 64 workers (9p, block I/O), plus one
 # thread per vCPU and a handful of its own; a VMM may not fork (spawn=deny), so no more.
@@ -47,9 +49,10 @@ def name(state_dir: Path | str) -> str:
     return f"{readable}-{digest}"
 
 
-def limits(memory_mib: int, vcpus: int) -> tuple[int, int]:
-    """The memory limit (bytes) and pids limit of a VMM running a guest of this size."""
-    return (memory_mib + OVERHEAD_MIB) << 20, PIDS_BASE + 2 * vcpus
+def limits(memory_mib: int, vcpus: int, code_cache_mib: int = 0) -> tuple[int, int]:
+    """The memory limit (bytes) and pids limit of a VMM running a guest of this size (with a
+    translated-code cache of ``code_cache_mib`` under an emulator such as TCG)."""
+    return (memory_mib + OVERHEAD_MIB + code_cache_mib) << 20, PIDS_BASE + 2 * vcpus
 
 
 def _write(path: Path, value: str) -> None:
@@ -144,20 +147,9 @@ class Cgroup:
     def kill(self, timeout: float = GONE_TIMEOUT) -> None:
         """SIGKILLs every process in the cgroup until none is left (``cgroup.kill`` where
         v2 has it); raises RunvError naming those that survive ``timeout``."""
-        deadline = time.monotonic() + timeout
         kill_file = self.dirs()[0] / "cgroup.kill"
-        while members := self.members():
-            if self.v2 and kill_file.exists():
-                _write(kill_file, "1")
-            else:
-                for pid in members:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            if time.monotonic() > deadline:
-                raise RunvError(f"processes {sorted(members)} in cgroup {self.name} survived SIGKILL for {timeout:.0f} s")
-            time.sleep(0.02)
+        kill = (lambda _: _write(kill_file, "1")) if self.v2 and kill_file.exists() else None
+        kill_until_gone(self.members, f"cgroup {self.name}", timeout, kill)
 
     def remove(self, timeout: float = GONE_TIMEOUT) -> None:
         """Kills what is left in the cgroup and removes it (and the shared ``runv`` parent

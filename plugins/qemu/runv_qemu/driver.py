@@ -29,6 +29,7 @@ START_TIMEOUT = 20.0
 QUIT_TIMEOUT = 5.0
 HOTPLUG_PORT = "hotplug"  # ids of the free PCIe root ports: hotplug0, hotplug1, ...
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+TCG_CODE_CACHE_MIB = 256  # -accel tcg,tb-size: ample for a kernel and the agent, and inside the cgroup
 JAIL_DIR = "jail"  # in the state directory: the (empty) mount point of the jail's tmpfs
 
 
@@ -56,6 +57,16 @@ def local(path: Path, state_dir: Path) -> str:
         return str(path)
 
 
+def code_cache_mib(accel: str) -> int:
+    """The translated-code cache QEMU may fill (counted in its cgroup): TCG's, bounded, or none."""
+    return TCG_CODE_CACHE_MIB if accel == "tcg" else 0
+
+
+def accel_option(accel: str) -> str:
+    """``-accel``'s value: TCG with its code cache bounded (QEMU's default is 1 GiB)."""
+    return f"tcg,tb-size={TCG_CODE_CACHE_MIB}" if accel == "tcg" else accel
+
+
 def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, int] | None = None) -> list[str]:
     """The QEMU command line for ``vm``; ``fds``: the listening QMP and agent sockets it
     inherits (None: placeholders, for a template's shape)."""
@@ -63,7 +74,7 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, int]
     args = [
         binary() or BINARY,
         "-name", f"runv-{vm.name}",
-        "-machine", f"q35,accel={accel}",
+        "-machine", "q35", "-accel", accel_option(accel),
         "-m", str(vm.memory_mib),
         "-smp", str(vm.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -135,7 +146,7 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
     jail beyond the VM's own files."""
     program = binary() or BINARY
     cgroup = cgroups.for_vm(vm.state_dir)
-    cgroup.create(*cgroups.limits(vm.memory_mib, vm.vcpus))
+    cgroup.create(*cgroups.limits(vm.memory_mib, vm.vcpus, code_cache_mib(accel)))
     root = vm.state_dir / JAIL_DIR
     qmp = vm.state_dir / QMP_SOCKET
     try:
