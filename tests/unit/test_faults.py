@@ -17,7 +17,7 @@ from support import RUNV
 
 from runv.state import Store
 from runv.testing import fake_distribution, leftovers_in, with_path
-from runv.testing.faults import MOMENTS, hold_in_hooks, unrecorded_vms, wait_for_moment
+from runv.testing.faults import MOMENTS, hold_in_hooks, unrecorded_vms, wait_for_moment, wait_status
 
 SLOW = '''
 """The fake VMM, holding its boot for a while once the agent runs (the window in which a
@@ -109,10 +109,7 @@ def test_a_create_killed_while_booting_stops_its_container_by_itself(slow, backg
     create.kill()
     create.wait()
     assert json.loads(slow("state", "box", check=True).stdout)["status"] == "creating"
-    deadline = time.monotonic() + BOUND
-    while json.loads(slow("state", "box", check=True).stdout)["status"] != "stopped":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_status(slow, "box", "stopped", BOUND)
     assert Store(root).read("box").exit_code == 137
     assert slow("delete", "box").returncode == 0
     nothing_left(slow, root, tmp_path)
@@ -158,10 +155,7 @@ def test_the_vmm_killed_leaves_a_stopped_container_with_137(fake, make_bundle, r
     assert fake("create", "--bundle", make_bundle(["sleep", "1000"]), "box").returncode == 0
     assert fake("start", "box").returncode == 0
     os.kill(Store(root).read("box").vm["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + BOUND
-    while json.loads(fake("state", "box", check=True).stdout)["status"] != "stopped":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_status(fake, "box", "stopped", BOUND)
     assert Store(root).read("box").exit_code == 137
     assert fake("delete", "box").returncode == 0
     nothing_left(fake, root, tmp_path)
@@ -172,9 +166,6 @@ def test_the_shim_killed_leaves_a_stopped_container_delete_removes(fake, make_bu
     assert fake("create", "--bundle", make_bundle(["sleep", "1000"]), "box").returncode == 0
     assert fake("start", "box").returncode == 0
     os.kill(Store(root).read("box").shim_pid, signal.SIGKILL)
-    deadline = time.monotonic() + BOUND
-    while json.loads(fake("state", "box", check=True).stdout)["status"] != "stopped":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_status(fake, "box", "stopped", BOUND)
     assert fake("delete", "box").returncode == 0
     nothing_left(fake, root, tmp_path)

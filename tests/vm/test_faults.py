@@ -15,7 +15,7 @@ import pytest
 from support import RUNV
 
 from runv.testing import leftovers_in, vm_processes_in
-from runv.testing.faults import MOMENTS, hold_in_hooks, record, unrecorded_vms, wait_for_moment
+from runv.testing.faults import MOMENTS, hold_in_hooks, record, unrecorded_vms, wait_for_moment, wait_status
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -37,13 +37,6 @@ def background(root, tmp_path):
         return process
 
     return start
-
-
-def wait_status(runv, cid, wanted, timeout=BOUND):
-    deadline = time.monotonic() + timeout
-    while (status := json.loads(runv("state", cid, check=True).stdout)["status"]) != wanted:
-        assert time.monotonic() < deadline, f"{cid} is {status}, not {wanted}"
-        time.sleep(0.1)
 
 
 def finished(process, timeout=BOUND):
@@ -74,7 +67,7 @@ def test_the_vmm_killed_leaves_a_stopped_container_with_137(runv, make_bundle, r
     started(runv, make_bundle)
     [qemu] = vm_processes_in(root / "box")
     os.kill(qemu, signal.SIGKILL)
-    wait_status(runv, "box", "stopped")
+    wait_status(runv, "box", "stopped", BOUND)
     deadline = time.monotonic() + BOUND
     while record(root / "box").get("exit_code") is None:  # the shim writes it as it stops
         assert time.monotonic() < deadline
@@ -122,7 +115,7 @@ def test_a_create_killed_while_booting_stops_its_container_by_itself(runv, backg
     wait_for_moment("booting", root / "box", bundle, create, BOUND)
     create.kill()
     create.wait()
-    wait_status(runv, "box", "stopped")
+    wait_status(runv, "box", "stopped", BOUND)
     assert vm_processes_in(root / "box") == []
     assert record(root / "box")["exit_code"] == 137
     assert runv("delete", "box").returncode == 0

@@ -41,6 +41,7 @@ from runv.agent.mounts import (
     raw_mount,
     rootfs_path,
 )
+from runv.agent.tables import is_bind
 
 DEFAULT_MOUNTS = (  # runv's, where the spec has none at that destination: mounted first
     {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "nodev", "noexec"]},
@@ -61,11 +62,6 @@ MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155  # x86_64
 _libc = ctypes.CDLL(None, use_errno=True)
 
-
-
-def is_bind(entry: dict) -> bool:
-    options = entry.get("options") or []
-    return entry.get("type") == "bind" or "bind" in options or "rbind" in options
 
 
 def mount_plan(spec_mounts: list, binds: list) -> list:

@@ -1,4 +1,5 @@
-"""Names the host validates and the guest applies: capabilities, rlimits and namespace flags (Linux's numbers)."""
+"""Names the host validates and the guest applies: capabilities, rlimits and namespace flags (Linux's numbers),
+and what makes a spec mount a bind (both sides must agree)."""
 
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
@@ -24,3 +25,9 @@ NAMESPACES = {"mnt": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000, "cgroup":
               "user": 0x10000000}
 SPEC_NAMESPACES = {"mount": "mnt", "uts": "uts", "ipc": "ipc", "cgroup": "cgroup", "pid": "pid", "user": "user",
                    "network": "net", "time": "time"}
+
+
+def is_bind(entry: dict) -> bool:
+    """Whether a spec mount is a bind mount (runc: type "bind", or a bind/rbind option)."""
+    options = entry.get("options") or []
+    return entry.get("type") == "bind" or "bind" in options or "rbind" in options

@@ -29,7 +29,7 @@ _WHERE = {
     "VM": "hypervisor", "TemplateSupport": "hypervisor", "NINEP_VIRTIO": "hypervisor", "VIRTIOFS": "hypervisor",
     "Container": "container",
     "RunvError": "errors", "Unsupported": "errors",
-    "process_start_time": "process", "is_running": "process", "wait_gone": "process", "stop_process": "process",
+    "process_start_time": "process", "is_running": "process", "wait_gone": "process", "stop_process": "process", "kill_until_gone": "process",
     "socket_name": "sockets", "connect_unix": "sockets",
     "run_tool": "tools", "last_words": "tools",
     "kvm_verdict": "kvm",

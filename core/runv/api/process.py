@@ -63,3 +63,24 @@ def stop_process(pid: int | None, start_time: int | None, *, ask: Callable[[], N
     except ProcessLookupError:
         return
     wait_gone(pid, start_time, grace)
+
+
+def kill_until_gone(members: Callable[[], list[int]], what: str, timeout: float,
+                    kill: Callable[[list[int]], None] | None = None) -> None:
+    """SIGKILLs every process ``members()`` lists (or hands them to ``kill``) until it lists
+    none; RunvError naming ``what`` when some survive ``timeout`` seconds."""
+    from runv.api.errors import RunvError
+
+    deadline = time.monotonic() + timeout
+    while pids := members():
+        if kill is not None:
+            kill(pids)
+        else:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if time.monotonic() > deadline:
+            raise RunvError(f"{what}: processes {sorted(pids)} survived SIGKILL for {timeout:.0f} s")
+        time.sleep(POLL)

@@ -34,6 +34,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+from runv.agent.tables import is_bind
 from runv.api.errors import RunvError
 from runv.api.vm import GuestMount, Share
 
@@ -82,11 +83,6 @@ def bind_fd(fd: int, target: Path, recursive: bool = False) -> None:
     flags = MS_BIND | (MS_REC if recursive else 0)
     if libc.mount(f"/proc/self/fd/{fd}".encode(), os.fsencode(target), None, flags, None) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-
-
-def is_bind(entry: dict) -> bool:
-    options = entry.get("options") or []
-    return entry.get("type") == "bind" or "bind" in options or "rbind" in options
 
 
 def mount_options(options: list[str]) -> list[str]:

@@ -34,7 +34,20 @@ import sys
 import time
 from pathlib import Path
 
-from runv.api import VM, AgentChannel, Capabilities, HypervisorInfo, RunvError, SharedFs, VMSpec, hookimpl, last_words, process_start_time, stop_process
+from runv.api import (
+    VM,
+    AgentChannel,
+    Capabilities,
+    HypervisorInfo,
+    RunvError,
+    SharedFs,
+    VMSpec,
+    hookimpl,
+    kill_until_gone,
+    last_words,
+    process_start_time,
+    stop_process,
+)
 from runv.api.hypervisor import UNIX
 
 NAME = "fake"
@@ -88,16 +101,7 @@ class FakeVM(VM):
         self.signal_all(signal.SIGCONT)  # a paused agent cannot act on SIGTERM
         stop_process(self.pid, self.start_time, ask=lambda: os.kill(self.pid, signal.SIGTERM),
                      grace=STOP_GRACE, force=force)
-        deadline = time.monotonic() + STOP_GRACE
-        while members := self.members():
-            for pid in members:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                raise RunvError(f"fake VM {self.data.get('name')}: processes {members} survive SIGKILL")
-            time.sleep(0.02)
+        kill_until_gone(self.members, f"fake VM {self.data.get('name')}", STOP_GRACE)
 
     def pause(self) -> None:
         self.signal_all(signal.SIGSTOP)

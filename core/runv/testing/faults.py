@@ -83,3 +83,11 @@ def unrecorded_vms(root: Path) -> list[int]:
         if record(Path(cwd)) is None:
             orphans.append(pid)
     return orphans
+
+
+def wait_status(run, cid: str, wanted: str, timeout: float = 60.0) -> None:
+    """Polls ``run("state", cid)`` (a test's runv caller) until the container is ``wanted``."""
+    deadline = time.monotonic() + timeout
+    while (status := json.loads(run("state", cid, check=True).stdout)["status"]) != wanted:
+        assert time.monotonic() < deadline, f"{cid} is {status}, not {wanted}"
+        time.sleep(0.1)
