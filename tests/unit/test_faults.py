@@ -1,5 +1,5 @@
 """Every crash and race in a container's life converges to nothing left, on the fake VMM
-(tests/vm/test_faults.py does the same with QEMU): the VMM or the shim killed -9, the
+(tests/vm/test_vm_faults.py does the same with QEMU): the VMM or the shim killed -9, the
 ``runv create`` CLI killed -9 at each observable moment, ``delete --force`` racing a create
 at those moments, two ``delete --force`` at once. Each test ends with no process, mount or
 state directory left (the ``fake`` fixture's own check, plus :func:`nothing_left`)."""

@@ -1,5 +1,5 @@
 """Observing a ``runv create`` from outside, to kill it or race it at a chosen moment
-(the fault tests: tests/unit/test_faults.py, tests/vm/test_faults.py). Nothing here reaches
+(the fault tests: tests/unit/test_faults.py, tests/vm/test_vm_faults.py). Nothing here reaches
 into runv: each moment is what any caller can see (a directory, a process, a file a
 bundle's own prestart hook writes).
 
