@@ -178,8 +178,8 @@ def test_events_stats(runv, running):
 
 def test_features_say_what_is_not_supported(runv):
     features = json.loads(runv("features", check=True).stdout)
-    # the guest applies namespaces and seccomp (docs/confinement.md); no user namespaces, no LSM
-    assert "user" not in features["linux"]["namespaces"] and "pid" in features["linux"]["namespaces"]
+    # the guest applies namespaces, user namespaces included, and seccomp (docs/confinement.md); no LSM
+    assert {"user", "pid", "mount", "cgroup"} <= set(features["linux"]["namespaces"])
     assert features["linux"]["seccomp"]["enabled"] is True and features["linux"]["apparmor"]["enabled"] is False
     assert "prestart" in features["hooks"] and "startContainer" in features["hooks"]
 

@@ -3,11 +3,12 @@
 import fcntl
 import os
 import signal
+import socket
 import termios
 
 from runv.agent.confine import apply_process, run_start_hooks
 from runv.agent.errors import AgentError
-from runv.agent.terminal import open_pty, set_winsize
+from runv.agent.terminal import open_pty, receive_master, send_master, set_winsize
 
 
 class Process:
@@ -33,64 +34,88 @@ def spawn(rootfs: str, name: str, message: dict, container=None) -> Process:
     the container's namespaces, a new set for ``init``, the init's for any other."""
     streams = message.get("streams", {})
     tty = bool(message.get("tty"))
-    if tty:
-        master, slave = open_pty(rootfs)
+    pty = ours = None  # in a VM the process opens its pty itself and sends the master over ``ours``
+    if tty and container is not None:
+        ours, pty = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        child_fds, close_in_parent = None, []
+        parent = {"outputs": {}, "stdin_fd": None}
+    elif tty:
+        master, slave = open_pty(os.path.join(rootfs, "dev/pts/ptmx") if rootfs != "/" else "")
         set_winsize(master, message.get("rows", 0), message.get("cols", 0))
-        child_fds = (slave, slave, slave)
+        child_fds, close_in_parent = (slave, slave, slave), [slave]
         parent = {"outputs": {master: streams.get("stdout", 0)}, "stdin_fd": master}
-        close_in_parent = [slave]
     else:
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        child_fds = (in_r, out_w, err_w)
+        child_fds, close_in_parent = (in_r, out_w, err_w), [in_r, out_w, err_w]
         parent = {"outputs": {out_r: streams.get("stdout", 0), err_r: streams.get("stderr", 0)}, "stdin_fd": in_w}
-        close_in_parent = [in_r, out_w, err_w]
     parent["stdin_channel"] = streams.get("stdin", 0)
+
+    def release() -> None:  # the parent's ends, on a failure
+        for fd in set(parent["outputs"]) | ({parent["stdin_fd"]} - {None}):
+            os.close(fd)
+        if ours is not None:
+            ours.close()
+
     err_pipe_r, err_pipe_w = os.pipe2(os.O_CLOEXEC)
     init = bool(message.get("init"))
     if container is not None:
         try:
             container.before_fork(init)
         except BaseException:
-            for fd in (err_pipe_r, err_pipe_w, *close_in_parent, *parent["outputs"], parent["stdin_fd"]):
+            for fd in (err_pipe_r, err_pipe_w, *close_in_parent):
                 os.close(fd)
+            if pty is not None:
+                pty.close()
+            release()
             raise
     pid = os.fork()
     if pid == 0:
         try:
-            child(rootfs, message, child_fds, tty, err_pipe_w, container)
+            child(rootfs, message, child_fds, tty, err_pipe_w, container, pty)
         except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
             os.write(err_pipe_w, describe(exc, message["args"][0]).encode())
         os._exit(127)
     os.close(err_pipe_w)
     for fd in close_in_parent:
         os.close(fd)
+    if pty is not None:
+        pty.close()
     if container is not None:
         container.after_fork(init, None)
         try:
             pid = container.handshake(init, pid)  # with a user namespace: the init its child forked
         except BaseException:
-            for fd in {err_pipe_r, *parent["outputs"], parent["stdin_fd"]}:
-                os.close(fd)
+            os.close(err_pipe_r)
+            release()
             raise
+    if ours is not None:
+        master = receive_master(ours)  # None: it failed first, and says why on the error pipe
+        ours = None
+        if master is not None:
+            parent["outputs"], parent["stdin_fd"] = {master: streams.get("stdout", 0)}, master
     failure = os.read(err_pipe_r, 4096)
     os.close(err_pipe_r)
     if failure:
         os.waitpid(pid, 0)
-        for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
-            os.close(fd)
+        release()
         raise AgentError(failure.decode())
+    if parent["stdin_fd"] is None:
+        os.waitpid(pid, 0)
+        raise AgentError("container set-up: the process sent no terminal")
     if container is not None and init:
         container.after_fork(init, pid)  # it has exec'd: its namespaces are the container's
     for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
         os.set_blocking(fd, False)
-    return Process(name, pid, parent, master if tty else None)
+    return Process(name, pid, parent, parent["stdin_fd"] if tty else None)
 
 
-def child(rootfs: str, message: dict, fds: tuple, tty: bool, keep: int, container=None) -> None:
+def child(rootfs: str, message: dict, fds: tuple | None, tty: bool, keep: int, container=None, pty=None) -> None:
     """Runs in the forked child: becomes the container process or raises. The steps run
-    in this order, each relying on the ones before; ``keep`` is the error pipe's fd."""
+    in this order, each relying on the ones before; ``keep`` is the error pipe's fd. In a
+    VM a terminal is opened once the container's mounts are made, and its master sent back
+    over ``pty`` (``fds`` is then None)."""
     reset_signals()
     if container is None:
         take_stdio(fds, tty)
@@ -100,8 +125,12 @@ def child(rootfs: str, message: dict, fds: tuple, tty: bool, keep: int, containe
     else:
         try:
             container.join(bool(message.get("init")))  # first: the init of a user namespace is its child
-            take_stdio(fds, tty)
+            if pty is None:
+                take_stdio(fds, tty)
             container.enter(bool(message.get("init")))
+            if pty is not None:
+                slave = send_master(pty, message.get("rows", 0), message.get("cols", 0))
+                take_stdio((slave, slave, slave), tty)
             close_inherited_fds(keep)
             apply_process(message, container.config.get("seccomp"))
             if message.get("init") and message.get("startContainer"):
