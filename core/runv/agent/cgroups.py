@@ -21,8 +21,8 @@ SKIPPED_IF_ABSENT = {"memory.swap.max": ("max", "0")}
 
 
 def _write(path: str, value: str) -> None:
-    """One write per line (io.max, rdma.max take a device a write), without O_CREAT."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    """One write per line (io.max, rdma.max take a device a write), never creating a file."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # O_TRUNC as runc (a no-op on cgroupfs)
     try:
         for line in value.split("\n"):
             os.write(fd, line.encode())
@@ -93,3 +93,42 @@ def join_cgroup(path) -> None:
     if path:
         with open(f"{path}/cgroup.procs", "w") as f:
             f.write("0")
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def update_cgroup(path, resources: dict) -> None:
+    """``runv update``: writes the new values over the running container's; on a refusal the
+    files already written get their old values back, so the old limits hold (as runc keeps
+    its old config when a write fails)."""
+    if not path:
+        raise AgentError("the container has no cgroup in the guest (the guest kernel has no cgroup2)")
+    written = []
+    try:
+        for name, value in resources.items():
+            try:
+                old = _read(f"{path}/{name}")
+            except OSError:
+                old = None
+            _apply(path, {name: value})
+            if old is not None:
+                written.append((name, old))
+    except AgentError:
+        for name, old in reversed(written):
+            try:
+                _write(f"{path}/{name}", old)
+            except OSError:
+                pass
+        raise
+
+
+def op_update(agent, message: dict) -> None:
+    """``update`` {``resources``: cgroup v2 file → value}: new limits for the running container."""
+    container = agent.processes.container
+    resources = message.get("resources")
+    if not isinstance(resources, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in resources.items()):
+        raise AgentError("update: resources must map cgroup file names to strings")
+    update_cgroup(container.cgroup if container is not None else None, resources)

@@ -5,7 +5,7 @@ import os
 import select
 import signal
 
-from runv.agent import confine, identity, network, processes, stats, terminal
+from runv.agent import cgroups, confine, identity, network, processes, stats, terminal
 from runv.agent.channel import Port, Stream
 from runv.agent.debug import log
 from runv.agent.errors import AgentError
@@ -42,6 +42,7 @@ OPERATIONS = {
     "winsize": terminal.op_winsize,
     "ps": stats.op_ps,
     "stats": stats.op_stats,
+    "update": cgroups.op_update,
     "network": network.op_network,
     "poweroff": op_poweroff,
 }

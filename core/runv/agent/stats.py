@@ -19,9 +19,41 @@ def op_ps(agent, message: dict) -> dict:
         processes.append({"pid": int(entry), "cmd": " ".join(a.decode(errors="replace") for a in cmdline if a)})
     return {"processes": sorted(processes, key=lambda p: p["pid"])}
 
+def _keyed(path: str) -> dict:
+    """A cgroup file of ``key value`` lines (cpu.stat, memory.stat, memory.events)."""
+    with open(path) as f:
+        return {key: int(value) for key, value in (line.split() for line in f if line.strip())}
+
+
+def _cgroup_figures(path: str, figures: dict) -> None:
+    """The container's own cgroup's figures over the guest's (runc reads these on cgroup v2)."""
+    try:
+        cpu = _keyed(f"{path}/cpu.stat")
+        figures["cpu"].update(total=cpu["usage_usec"] * 1000, user=cpu["user_usec"] * 1000, kernel=cpu["system_usec"] * 1000)
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        with open(f"{path}/memory.current") as f:
+            figures["memory"]["usage"] = int(f.read())
+        with open(f"{path}/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            figures["memory"]["limit"] = min(int(limit), figures["memory"]["limit"])
+        figures["memory"]["cache"] = _keyed(f"{path}/memory.stat").get("file", 0)
+        figures["oom_kills"] = _keyed(f"{path}/memory.events").get("oom_kill", 0)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(f"{path}/pids.current") as f:
+            figures["pids"] = int(f.read())
+    except (OSError, ValueError):
+        pass
+
+
 def op_stats(agent, message: dict) -> dict:
-    """CPU, memory and process figures of the whole guest (the VM is the container),
-    plus the kernel's OOM-kill count, in runc's units (nanoseconds, bytes)."""
+    """CPU, memory and process figures in runc's units (nanoseconds, bytes): the container's
+    cgroup's where the guest has one (several containers may share a VM), else the whole
+    guest's; the limit is never above the guest's RAM; per-CPU times are the guest's."""
     tick_ns = 10**9 // os.sysconf("SC_CLK_TCK")
     cpus = {}
     with open("/proc/stat") as f:
@@ -41,7 +73,7 @@ def op_stats(agent, message: dict) -> dict:
         for line in f:
             if line.startswith("oom_kill "):
                 oom_kills = int(line.split()[1])
-    return {
+    figures = {
         "cpu": {
             "total": total["user"] + total["kernel"],
             "user": total["user"],
@@ -52,3 +84,7 @@ def op_stats(agent, message: dict) -> dict:
         "pids": len(op_ps(agent, message)["processes"]),
         "oom_kills": oom_kills,
     }
+    container = agent.processes.container
+    if container is not None and container.cgroup:
+        _cgroup_figures(container.cgroup, figures)
+    return figures

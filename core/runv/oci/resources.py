@@ -16,6 +16,7 @@ import math
 import re
 from typing import Any
 
+from runv.api.errors import RunvError
 from runv.oci.fields import field_error, is_int
 
 WHERE = "linux.resources"
@@ -234,3 +235,69 @@ def parse_resources(data: Any, source: str) -> dict:
     _rdma(data, source, files)
     _unified(data, source, files)
     return files
+
+
+# ------------------------------------------------------------------ runv update
+
+RAM = re.compile(r"(\d+(?:\.\d+)?) ?([kmgtp])?i?b?", re.IGNORECASE)
+# runc update's flags: flag -> (section, field, kind); sizes take 512m as runc's do
+UPDATE_FLAGS = {
+    "blkio-weight": ("blockIO", "weight", "uint"),
+    "cpu-period": ("cpu", "period", "uint"),
+    "cpu-quota": ("cpu", "quota", "int"),
+    "cpu-share": ("cpu", "shares", "uint"),
+    "cpu-rt-period": ("cpu", "realtimePeriod", "uint"),
+    "cpu-rt-runtime": ("cpu", "realtimeRuntime", "int"),
+    "cpuset-cpus": ("cpu", "cpus", "text"),
+    "cpuset-mems": ("cpu", "mems", "text"),
+    "memory": ("memory", "limit", "size"),
+    "memory-reservation": ("memory", "reservation", "size"),
+    "memory-swap": ("memory", "swap", "size"),
+    "pids-limit": ("pids", "limit", "int"),
+}
+
+
+def ram_in_bytes(text: str) -> int:
+    """A size as runc's update reads one (docker's RAMInBytes): 512m, 1g, 1024; -1 unlimited."""
+    if text == "-1":
+        return -1
+    match = RAM.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"invalid size {text!r}: use bytes or a size such as 512m")
+    power = " kmgtp".index((match.group(2) or " ").lower())
+    return int(float(match.group(1)) * 1024**power)
+
+
+def from_update_flags(values: dict[str, str]) -> dict:
+    """``linux.resources`` fields from runc update's flags (``{flag: text}``, unset ones absent)."""
+    update: dict[str, dict] = {}
+    for flag, text in values.items():
+        section, key, kind = UPDATE_FLAGS[flag]
+        if kind == "size":
+            try:
+                value = ram_in_bytes(text)
+            except ValueError as exc:
+                raise RunvError(f"invalid value for --{flag}: {exc}") from None
+        elif kind == "text":
+            value = text
+        else:
+            value = int(text) if re.fullmatch(r"-?\d+", text.strip()) else None
+            if value is None or kind == "uint" and value < 0:
+                what = "a non-negative integer" if kind == "uint" else "an integer"
+                raise RunvError(f"invalid value for --{flag}: {text!r} is not {what}")
+        update.setdefault(section, {})[key] = value
+    return update
+
+
+def merged(current: dict, update: dict) -> dict:
+    """The resources after ``update`` (runc update's ``-r`` JSON, or the flags'): a field it
+    gives replaces the current one, the rest stay; sections that are not objects are replaced."""
+    if not isinstance(update, dict):
+        raise RunvError("the resources to update must be a JSON object such as {\"memory\": {\"limit\": 536870912}}")
+    result = {key: dict(value) if isinstance(value, dict) else value for key, value in (current or {}).items()}
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key].update({k: v for k, v in value.items() if v is not None})
+        elif value is not None:
+            result[key] = value
+    return result

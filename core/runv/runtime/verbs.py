@@ -307,12 +307,12 @@ def _freeze(settings: Settings, container_id: str, before: str, after: str, refu
         store.write(attrs.evolve(record, status=after))
 
 
-def ask_shim(settings: Settings, container_id: str, op: str) -> dict:
-    """A query the shim answers from the guest (ps, stats): the container must be up."""
+def ask_shim(settings: Settings, container_id: str, op: str, **args) -> dict:
+    """A request the shim answers from the guest (ps, stats, update): the container must be up."""
     store = Store(settings.root)
     status = store.read(container_id).live_status()
     if status == "paused":
         raise RunvError(f"container {container_id} is paused: resume it first")
     if status not in ("created", "running"):
         raise RunvError("container not running")
-    return control.call(store.dir(container_id), op)
+    return control.call(store.dir(container_id), op, **args)
