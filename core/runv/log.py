@@ -8,6 +8,7 @@ import time
 from runv.settings import Settings
 
 logger = logging.getLogger("runv")
+logger.addHandler(logging.NullHandler())  # silent until setup(): a command given no --log or --debug need not call it
 
 
 class JSONFormatter(logging.Formatter):

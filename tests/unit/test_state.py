@@ -5,7 +5,6 @@ import subprocess
 import threading
 import time
 
-import attrs
 import pytest
 
 from runv.api.errors import RunvError
@@ -67,8 +66,8 @@ def test_creating_is_stopped_once_neither_its_create_nor_its_shim_runs(tmp_path)
     me = os.getpid()
     record = Record(id="c1", bundle="/b", rootfs="/b/rootfs", created="now", creator_pid=me, creator_start=process_start_time(me))
     assert record.live_status() == "creating"
-    assert attrs.evolve(record, creator_start=1).live_status() == "stopped"
-    assert attrs.evolve(record, creator_start=1, shim_pid=me, shim_start=process_start_time(me)).live_status() == "creating"
+    assert record.evolve(creator_start=1).live_status() == "stopped"
+    assert record.evolve(creator_start=1, shim_pid=me, shim_start=process_start_time(me)).live_status() == "creating"
 
 
 def test_a_lock_waiter_learns_that_the_container_went_meanwhile(tmp_path):

@@ -1,17 +1,11 @@
 """List containers under --root."""
 
-from typing import Annotated
-
-import typer
+from runv.settings import Settings
 
 NAME = "list"
 
 
-def command(
-    ctx: typer.Context,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")] = False,
-) -> None:
+def run(settings: Settings, output_format: str, quiet: bool) -> None:
     import json
 
     from runv.api.errors import RunvError
@@ -19,7 +13,7 @@ def command(
 
     if output_format not in ("table", "json"):
         raise RunvError(f"invalid format {output_format!r}: use table or json")
-    store = Store(ctx.obj.root)
+    store = Store(settings.root)
     states = []
     for cid in store.ids():
         try:
@@ -36,3 +30,19 @@ def command(
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def typer_command():
+    """The command as typer declares it (the fast path calls :func:`run` without typer)."""
+    from typing import Annotated
+
+    import typer
+
+    def command(
+        ctx: typer.Context,
+        output_format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")] = False,
+    ) -> None:
+        run(ctx.obj, output_format, quiet)
+
+    return command

@@ -1,13 +1,23 @@
 """Resume a paused container."""
 
-import typer
-
-from runv.cli.options import ContainerId
+from runv.settings import Settings
 
 NAME = "resume"
 
 
-def command(ctx: typer.Context, container_id: ContainerId) -> None:
+def run(settings: Settings, container_id: str) -> None:
     from runv.runtime.verbs import resume
 
-    resume(ctx.obj, container_id)
+    resume(settings, container_id)
+
+
+def typer_command():
+    """The command as typer declares it (the fast path calls :func:`run` without typer)."""
+    import typer
+
+    from runv.cli.options import ContainerId
+
+    def command(ctx: typer.Context, container_id: ContainerId) -> None:
+        run(ctx.obj, container_id)
+
+    return command

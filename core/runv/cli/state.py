@@ -1,15 +1,25 @@
 """Print the OCI state of a container as JSON."""
 
-import typer
-
-from runv.cli.options import ContainerId
+from runv.settings import Settings
 
 NAME = "state"
 
 
-def command(ctx: typer.Context, container_id: ContainerId) -> None:
+def run(settings: Settings, container_id: str) -> None:
     import json
 
     from runv.state import Store
 
-    print(json.dumps(Store(ctx.obj.root).read(container_id).oci_state().to_json(), indent=2))
+    print(json.dumps(Store(settings.root).read(container_id).oci_state().to_json(), indent=2))
+
+
+def typer_command():
+    """The command as typer declares it (the fast path calls :func:`run` without typer)."""
+    import typer
+
+    from runv.cli.options import ContainerId
+
+    def command(ctx: typer.Context, container_id: ContainerId) -> None:
+        run(ctx.obj, container_id)
+
+    return command

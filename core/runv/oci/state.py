@@ -1,12 +1,13 @@
 """The OCI state of a container, as ``runv state`` prints it and hooks receive it."""
 
-import attrs
+from __future__ import annotations
+
+from runv.frozen import Frozen
 
 OCI_VERSION = "1.0.2"
 
 
-@attrs.frozen
-class State:
+class State(Frozen):
     id: str
     status: str
     pid: int
@@ -14,7 +15,7 @@ class State:
     rootfs: str
     created: str
     owner: str = ""
-    annotations: dict[str, str] = attrs.field(factory=dict)
+    annotations: dict[str, str] = {}
 
     def to_json(self) -> dict:
         """The runc-shaped document: OCI fields plus runc's rootfs, created and owner."""

@@ -9,8 +9,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import attrs
-
 from runv.api.errors import RunvError
 from runv.api.process import process_start_time
 from runv.log import logger
@@ -155,7 +153,7 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
     if record is not None:
         from runv.runtime.ocihooks import run_hooks
 
-        run_hooks(container.spec, "poststop", attrs.evolve(record.oci_state(), status="stopped"), fatal=False)
+        run_hooks(container.spec, "poststop", record.oci_state().evolve(status="stopped"), fatal=False)
 
 
 def _check_stopped(record: Record) -> None:
@@ -304,7 +302,7 @@ def _freeze(settings: Settings, container_id: str, before: str, after: str, refu
             raise RunvError(refusal)
         vm = loader.load_hypervisor(record.hypervisor).reattach(record.vm)
         vm.pause() if after == "paused" else vm.resume()
-        store.write(attrs.evolve(record, status=after))
+        store.write(record.evolve(status=after))
 
 
 def ask_shim(settings: Settings, container_id: str, op: str, **args) -> dict:

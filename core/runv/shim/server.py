@@ -116,7 +116,7 @@ class Shim:
             self.open_terminal()
         state = self.store.read(cid).oci_state()
         for kind in ("createRuntime", "createContainer", "prestart"):
-            run_hooks(self.container.spec, kind, attrs.evolve(state, status="creating" if kind == "createRuntime" else "created"), fatal=True)
+            run_hooks(self.container.spec, kind, state.evolve(status="creating" if kind == "createRuntime" else "created"), fatal=True)
         self.sync_net()
 
     def persist(self, vm: VM | None) -> None:
