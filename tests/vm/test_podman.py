@@ -293,3 +293,18 @@ def test_vm_that_fails_to_boot_gives_a_useful_error_not_a_hang(podman, tmp_path)
     assert "runv: the VM of container" in result.stderr and "exited during boot: qemu" in result.stderr, result.stderr
     assert gone(podman, "noboot")
     assert runv_ids(podman.runv_root) == before
+
+
+def test_memory_and_cpus_size_the_vm(podman, tmp_path):
+    """``--memory 512m --cpus 2``: the guest has the memory and both CPUs (a VM of that size
+    boots cold: no template has it), the container's cgroup in the guest the limits, and
+    the leaf of podman's cgroupsPath (under libpod_parent) that runv made is gone with it."""
+    script = "grep MemTotal /proc/meminfo; nproc; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max"
+    cidfile = tmp_path / "cid"
+    result = podman("run", "--rm", "--cidfile", cidfile, "--memory", "512m", "--cpus", "2", IMAGE, "sh", "-c", script, timeout=240)
+    assert result.returncode == 0, result.stderr
+    _, total_kb, _, cpus, limit, quota, period = result.stdout.split()
+    assert int(total_kb) << 10 >= 512 << 20 and cpus == "2"
+    assert limit == str(512 << 20) and (quota, period) == ("200000", "100000")
+    for controller in ("memory", "pids"):  # runv made podman's cgroupsPath leaf, and removed it with the container
+        assert not Path(f"/sys/fs/cgroup/{controller}/libpod_parent/libpod-{cidfile.read_text().strip()}").exists()

@@ -4,6 +4,10 @@ booted (or restored from a template), the agent connected and the rootfs mounted
 The guest's mounts are built here from the hypervisor's capabilities: a storage plugin
 names a share by tag and a disk by serial, and this module turns them into what the
 guest mounts (9p, virtio-fs, a device path), so no plugin hard-codes a transport.
+
+The VM's size comes from the container's ``linux.resources`` (:mod:`runv.api.sizing`),
+and the shim moves into the container's ``linux.cgroupsPath`` on the host before the VMM
+starts, which then makes its own cgroup there (:mod:`runv.api.cgroups`).
 """
 
 from __future__ import annotations
@@ -49,10 +53,39 @@ def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, 
     )
 
 
+def vm_size(container: Container) -> tuple[int, int]:
+    """The memory (MiB) and vCPUs of the container's VM, from its ``linux.resources`` as
+    the guest applies them (``confinement["resources"]``) and ``[vm]`` of the config file."""
+    from runv.api import sizing
+
+    source = str(container.bundle / "config.json")
+    return sizing.vm_size(container.spec.confinement.get("resources", {}), source, sizing.settings())
+
+
+def enter_cgroups_path(container: Container) -> None:
+    """Moves this process (the shim) into the container's ``linux.cgroupsPath`` on the
+    host, made where missing; nothing when the spec has none."""
+    import os
+
+    from runv.api import cgroups
+
+    value = container.spec.linux.get("cgroupsPath") or ""
+    source = str(container.bundle / "config.json")
+    if not isinstance(value, str):
+        raise RunvError(f"{source}: linux.cgroupsPath must be a string, not {value!r}")
+    path = cgroups.parse_path(value, source)
+    if path:
+        cgroups.place(container.state_dir, path, os.getpid())
+
+
 def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container: Container,
                  attachment: StorageAttachment) -> VMSpec:
-    """The container's VM: its storage, then what the network and other plugins add."""
-    vm = base_vm(settings, caps, container.id, container.state_dir, shares=attachment.shares, disks=attachment.disks)
+    """The container's VM: its size, its storage, then what the network and other plugins
+    add; the shim is in the container's cgroupsPath first."""
+    memory_mib, vcpus = vm_size(container)
+    enter_cgroups_path(container)
+    vm = base_vm(settings, caps, container.id, container.state_dir, shares=attachment.shares, disks=attachment.disks,
+                 memory_mib=memory_mib, vcpus=vcpus)
     for extra in hooks.configure_net(container=container):
         vm = vm.with_contribution(extra)
     for extra in hooks.prepare_vm(container=container, vm=vm):

@@ -3,7 +3,8 @@
 
 Besides what the record names, it empties the VM's own cgroup (found from the state
 directory alone, :mod:`runv.api.cgroups`): whatever is left in it dies, whatever the
-record says."""
+record says; and it removes what it made of the container's cgroupsPath once the shim has
+left it."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: Stor
 
 
 def empty_cgroup(state_dir: Path) -> None:
-    """Kills every process in the VM's cgroup and removes it; converges when there is none."""
+    """Kills every process in the VM's cgroup and removes it, then the shim's and what runv
+    made of the cgroupsPath (:func:`runv.api.cgroups.release`); converges when there is none."""
     from runv.api import cgroups
 
-    cgroups.for_vm(state_dir).remove()
+    cgroups.release(state_dir)

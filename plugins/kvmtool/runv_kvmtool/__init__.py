@@ -129,7 +129,7 @@ class KvmtoolVM(VM):
         """Stops lkvm (``lkvm stop``, or SIGKILL) and the relay; removes lkvm's cgroup and jail mount point."""
         stop_process(self.pid, self.start_time, ask=lambda: self.lkvm("stop"), force=force)
         stop_process(self.data.get("relay"), self.data.get("relay_start_time"), force=True)
-        cgroups.Cgroup(self.data["cgroup"]).remove()
+        cgroups.from_record(self.data["cgroup"]).remove()
         _remove_dir(Path(self.data["jail"]))
 
     def pause(self) -> None:
@@ -194,7 +194,7 @@ def _start(vm: VMSpec, binary: str, cgroup: cgroups.Cgroup, home: Path) -> Kvmto
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     return KvmtoolVM("kvmtool", proc.pid, process_start_time(proc.pid), {
         "name": vm_name(vm), "lkvm": binary, "relay": relay.pid, "relay_start_time": process_start_time(relay.pid),
-        "pty": pty, "home": str(home.absolute()), "cgroup": cgroup.name, "jail": str((vm.state_dir / JAIL_DIR).absolute())})
+        "pty": pty, "home": str(home.absolute()), "cgroup": cgroup.record(), "jail": str((vm.state_dir / JAIL_DIR).absolute())})
 
 
 def _remove_dir(path: Path) -> None:

@@ -177,7 +177,7 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
         raise
     return (cls or QemuVM)(plugin, proc.pid, process_start_time(proc.pid),
                   {"qmp": str(qmp), "argv": argv, "hotplug_slots": vm.hotplug_slots, "console_log": str(vm.console_log),
-                   "cgroup": cgroup.name, "jail": str(root)})
+                   "cgroup": cgroup.record(), "jail": str(root)})
 
 
 def _remove_jail_dir(root: Path) -> None:
@@ -227,7 +227,7 @@ class QemuVM(VM):
         (killing anything left in it) and the jail's mount point."""
         stop_process(self.pid, self.start_time, ask=lambda: self.qmp("quit"), grace=QUIT_TIMEOUT, force=force)
         if "cgroup" in self.data:
-            cgroups.Cgroup(self.data["cgroup"]).remove()
+            cgroups.from_record(self.data["cgroup"]).remove()
             _remove_jail_dir(Path(self.data["jail"]))
 
     def pause(self) -> None:

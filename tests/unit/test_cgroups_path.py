@@ -1,0 +1,148 @@
+"""``linux.cgroupsPath`` on the host (runv.api.cgroups): parsing and systemd expansion as
+runc does them, the shim's and the VMM's leaves under it on fake v1 and v2 trees, and
+the teardown removing what runv made of it and nothing of the caller's."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runv.api import RunvError, cgroups
+
+
+def fake_v2(base: Path) -> Path:
+    base.mkdir()
+    (base / "cgroup.controllers").write_text("cpu io memory pids\n")
+    return base
+
+
+def fake_v1(base: Path) -> Path:
+    for controller in ("memory", "pids", "cpu"):
+        (base / controller).mkdir(parents=True)
+    return base
+
+
+def proc_self(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "self-cgroup"
+    path.write_text(text)
+    return str(path)
+
+
+def emptied(directory: Path) -> None:
+    """What cgroupfs does on rmdir: the control files go with the directory (here: by hand)."""
+    for child in directory.rglob("*"):
+        if child.is_file():
+            child.unlink()
+
+
+@pytest.mark.parametrize("value, path", [
+    ("", ""),
+    ("/libpod_parent/libpod-abc", "libpod_parent/libpod-abc"),
+    ("/a//b/./c/", "a/b/c"),
+    ("/", ""),
+    ("k8s/pod1", "./k8s/pod1"),  # relative: below the runtime's own cgroup (runc)
+    ("machine.slice:libpod:abc", "machine.slice/libpod-abc.scope"),
+    ("system-runv-x.slice:runv:c1", "system.slice/system-runv.slice/system-runv-x.slice/runv-c1.scope"),
+    (":runv:c1", "system.slice/runv-c1.scope"),  # no slice: runc's system.slice
+    ("-.slice:runv:c1", "runv-c1.scope"),  # the root slice
+    ("machine.slice::x.slice", "machine.slice/x.slice"),  # a slice as the unit is used as it is
+])
+def test_paths_and_systemd_forms_as_runc_reads_them(value, path):
+    assert cgroups.parse_path(value, "config.json") == path
+
+
+@pytest.mark.parametrize("value, message", [
+    ("/a/../../etc", "may not climb with '..'"),
+    ("../x", "may not climb with '..'"),
+    ("machine.slice:libpod", "a systemd cgroupsPath is slice:prefix:name"),
+    ("a:b:c:d", "a systemd cgroupsPath is slice:prefix:name"),
+    ("machine.slice:libpod:", "a systemd cgroupsPath is slice:prefix:name"),
+    ("machine:libpod:abc", "'machine' is not a systemd slice name"),
+    ("a--b.slice:p:n", "has an empty component"),
+    ("-a.slice:p:n", "has an empty component"),
+])
+def test_a_bad_cgroups_path_is_one_line_naming_the_field(value, message):
+    with pytest.raises(RunvError) as err:
+        cgroups.parse_path(value, "/b/config.json")
+    assert str(err.value).startswith(f"/b/config.json: linux.cgroupsPath {value!r}: ")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_v1_the_shim_and_the_vmm_go_under_the_path_in_memory_and_pids(tmp_path):
+    base = fake_v1(tmp_path / "cg")
+    state = tmp_path / "state/c1"
+    state.mkdir(parents=True)
+    (base / "memory/libpod_parent").mkdir()  # the caller's: kept
+    cgroups.place(state, "libpod_parent/libpod-c1", 4242, base)
+    name = cgroups.name(state)
+    for controller in ("memory", "pids"):
+        assert (base / controller / "libpod_parent/libpod-c1" / f"{name}.shim/cgroup.procs").read_text() == "4242"
+    assert not (base / "cpu/libpod_parent").exists()
+    vmm = cgroups.for_vm(state, base)
+    assert vmm.dirs() == [base / "memory/libpod_parent/libpod-c1" / name, base / "pids/libpod_parent/libpod-c1" / name]
+    vmm.create(1 << 30, 130)
+    assert (vmm.dirs()[0] / "memory.limit_in_bytes").read_text() == str(1 << 30)
+    assert cgroups.from_record(json.loads(json.dumps(vmm.record()))).dirs() == vmm.dirs()  # a VM record finds it again
+    made = json.loads((state / cgroups.RECORD).read_text())["made"]
+    assert made == [str(base / "memory/libpod_parent/libpod-c1"), str(base / "pids/libpod_parent"),
+                    str(base / "pids/libpod_parent/libpod-c1")]
+    emptied(base)
+    cgroups.release(state)
+    assert not (base / "memory/libpod_parent/libpod-c1").exists() and not (base / "pids/libpod_parent").exists()
+    assert (base / "memory/libpod_parent").is_dir()  # not runv's: it stays
+    assert not (base / "memory/runv").exists()
+    cgroups.release(state)  # converges
+
+
+def test_v2_enables_memory_and_pids_on_the_way_down(tmp_path):
+    base = fake_v2(tmp_path / "cg")
+    state = tmp_path / "c1"
+    state.mkdir()
+    cgroups.place(state, cgroups.parse_path("machine.slice:libpod:c1", "config.json"), 4242, base)
+    scope = base / "machine.slice/libpod-c1.scope"
+    for level in (base, base / "machine.slice", scope):
+        assert (level / "cgroup.subtree_control").read_text() == "+memory +pids"
+    assert (scope / f"{cgroups.name(state)}.shim/cgroup.procs").read_text() == "4242"
+    vmm = cgroups.for_vm(state, base)
+    vmm.create(512 << 20, 130)
+    assert vmm.dirs() == [scope / cgroups.name(state)] and (vmm.dirs()[0] / "memory.max").read_text() == str(512 << 20)
+    emptied(base / "machine.slice")
+    cgroups.release(state)
+    assert not (base / "machine.slice").exists() and (base / "cgroup.controllers").exists()
+
+
+def test_a_relative_path_is_below_the_runtimes_own_cgroup(tmp_path):
+    base = fake_v1(tmp_path / "cg")
+    proc = proc_self(tmp_path, "12:pids:/user.slice/u1\n11:cpu,cpuacct:/\n7:memory:/user.slice\n0::/user.slice\n")
+    assert cgroups.resolve("./k8s/pod1", base, proc) == [base / "memory/user.slice/k8s/pod1", base / "pids/user.slice/u1/k8s/pod1"]
+    v2 = fake_v2(tmp_path / "v2")
+    assert cgroups.resolve("./k8s", v2, proc_self(tmp_path, "0::/init.scope\n")) == [v2 / "init.scope/k8s"]
+
+
+def test_the_shims_own_teardown_leaves_its_leaf_to_delete(tmp_path):
+    base = fake_v1(tmp_path / "cg")
+    state = tmp_path / "c1"
+    state.mkdir()
+    cgroups.place(state, "runv-test/c1", os.getpid(), base)  # this process plays the shim
+    emptied_vmm = cgroups.for_vm(state, base)
+    emptied_vmm.create(1 << 30, 130)
+    for directory in emptied_vmm.dirs():
+        emptied(directory)
+    cgroups.release(state)
+    assert not any(d.exists() for d in emptied_vmm.dirs())  # the VMM's leaf went
+    shim = base / "memory/runv-test/c1" / f"{cgroups.name(state)}.shim"
+    assert shim.is_dir()  # the shim is still in it: `delete` removes it, once the shim is gone
+
+
+def test_a_missing_hierarchy_is_one_line(tmp_path):
+    base = tmp_path / "cg"
+    (base / "memory").mkdir(parents=True)
+    with pytest.raises(RunvError, match=f"^no cgroup v1 pids hierarchy at {base / 'pids'}"):
+        cgroups.place(tmp_path, "a/b", 1, base)
+
+
+def test_an_old_records_bare_name_is_in_runvs_parent():
+    assert cgroups.from_record("c1-abc").dirs() == [p / "c1-abc" for p in cgroups.Cgroup("c1-abc").parents()]
