@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import termios
+import warnings  # noqa: F401  os.execvpe imports it in the child, chrooted where the stdlib is not
 
 from runv.agent.confine import apply_process, run_start_hooks
 from runv.agent.errors import AgentError

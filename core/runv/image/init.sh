@@ -8,8 +8,9 @@ mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
-# One path a line, dependencies first; a module that fails is reported and skipped.
-while read -r module; do
-    insmod "$module" 2>/dev/null || echo "runv-init: cannot load ${module##*/}"
-done </etc/runv/modules
-cd /usr/lib/runv-agent && exec /usr/bin/python3.11 -S -B -m runv.agent
+# The modules the VM's devices need, by name in load order, in one busybox process (0.1 s less than an
+# insmod each under TCG); modprobe reports a module that fails and goes on. The kernel loads the
+# others (filesystems, device-mapper targets) through /sbin/modprobe when it first needs them.
+modprobe -a $(cat /etc/runv/modules)
+# What `-m runv.agent` runs, without the imports of runpy (≈0.1 s under TCG).
+cd /usr/lib/runv-agent && exec /usr/bin/python3.11 -S -B -c 'from runv.agent.__main__ import main; main()'

@@ -151,10 +151,25 @@ def module_name(path: str) -> str:
 
 def modinfo_depends(module: bytes) -> list[str]:
     """The module names in the ``depends=`` field of a .ko file's .modinfo section (the source of modules.dep)."""
-    for field in _elf_section(module, ".modinfo").split(b"\0"):
-        if field.startswith(b"depends="):
-            return [name for name in field[len(b"depends=") :].decode().split(",") if name]
-    return []
+    return [name for value in modinfo(module, "depends") for name in value.split(",") if name]
+
+
+def modinfo(module: bytes, key: str) -> list[str]:
+    """The values of every ``key=`` field in a .ko file's .modinfo section (``alias`` may have several)."""
+    prefix = key.encode() + b"="
+    fields = _elf_section(module, ".modinfo").split(b"\0")
+    return [field[len(prefix) :].decode() for field in fields if field.startswith(prefix)]
+
+
+def modules_dep(order: Sequence[str], depends: Callable[[str], list[str]]) -> str:
+    """modules.dep for the module paths ``order`` (each after its dependencies, as module_load_order gives):
+    each path with its full dependency list, loaded last to first, as busybox's modprobe wants."""
+    paths = {module_name(path): path for path in order}
+    lines = []
+    for path in order:
+        needed = module_load_order([path], order, (), lambda p: [d for d in depends(p) if module_name(d) in paths])
+        lines.append(f"{path}: {' '.join(reversed(needed[:-1]))}".rstrip() + "\n")
+    return "".join(lines)
 
 
 def _elf_section(elf: bytes, wanted: str) -> bytes:
