@@ -62,7 +62,7 @@ def guest_image(tmp_path_factory) -> None:
     """The guest kernel and initrd the VM tests boot (built once; a no-op when up to date),
     and a VM template of the default shape that every VM test's container starts from
     (``--template auto``; 6 s of boot once instead of per test). RUNV_TEST_TEMPLATES=0: cold."""
-    subprocess.run([RUNV, "guest", "build"], check=True, timeout=900)
+    subprocess.run([RUNV, "guest", "build", "--no-template"], check=True, timeout=900)  # the session makes its own
     assert KERNEL.is_file() and INITRD.is_file()
     if os.environ.get("RUNV_TEST_TEMPLATES", "1") != "0" and "RUNV_TEMPLATE_DIR" not in os.environ:
         os.environ["RUNV_TEMPLATE_DIR"] = str(tmp_path_factory.mktemp("templates"))  # the runv fixture's children inherit it

@@ -14,9 +14,10 @@ from runv.api.errors import RunvError
 from runv.api.vm import Share
 from runv.log import logger
 from runv.templates import match
-from runv.templates.store import RECORD, check_name, directory
+from runv.templates.store import RECORD, check_name, directory, read
 
 if TYPE_CHECKING:
+    from runv.api.vm import VMSpec
     from runv.settings import Settings
 
 DEFAULT_SHARES = ("rootfs",)  # the overlay plugin's share mode: the rootfs over the hypervisor's shared fs
@@ -33,8 +34,11 @@ def create(
     shares: tuple[str, ...] = DEFAULT_SHARES,
     hotplug_slots: int = DEFAULT_HOTPLUG_SLOTS,
     compress: bool = False,
-) -> dict:
-    """Boots a VM of this shape to agent-ready, saves it as a template; returns its record."""
+    unless_current: bool = False,
+) -> dict | None:
+    """Boots a VM of this shape to agent-ready, saves it as a template; returns its record.
+    ``unless_current``: when the template of that name already has this shape and is made
+    from the current kernel and initrd, with its files intact, boot nothing and return None."""
     from runv import loader
     from runv.shim.bringup import base_vm, connect_agent
 
@@ -63,6 +67,8 @@ def create(
             raise RunvError(f"hypervisor {hypervisor.name!r} cannot make a template of this shape")
         name = name or match.default_name(vm_shape)
         check_name(name)
+        if unless_current and _is_current(name, vm_shape, spec, hypervisor.name):
+            return None
         started = time.monotonic()
         vm = support.boot(spec, work, compress)
         try:
@@ -94,3 +100,15 @@ def create(
         return record
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_current(name: str, vm_shape: dict, spec: VMSpec, hypervisor: str) -> bool:
+    """Whether template ``name`` would serve a VM of ``vm_shape`` booting ``spec``'s kernel and initrd
+    (the test ``--template NAME`` applies: same shape, not stale, files intact)."""
+    try:
+        record = read(name)
+    except RunvError:
+        return False
+    current = match.source(spec.kernel, spec.initrd)
+    found, _warning = match.select(name, vm_shape, current, [record], directory(), hypervisor)
+    return found is not None
