@@ -1,6 +1,6 @@
 """Containers on disk: one directory per id under ``--root``, a JSON record, a lock.
 
-Kept free of heavy imports (attrs, typing, shutil): ``runv state``, ``list`` and ``kill`` read it.
+Kept free of heavy imports (attrs, typing, shutil, contextlib): ``runv state``, ``list`` and ``kill`` read it.
 """
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from runv.api.errors import RunvError
@@ -98,6 +96,36 @@ class Record(Frozen):
         )
 
 
+class Lock:
+    """A container's lock, held inside ``with``. Entering raises NoSuchContainer when the
+    directory is gone, also when it went while this process waited (the lock file is then
+    no longer the one at its path). A class, not a contextlib generator: ``runv state``
+    does not import contextlib."""
+
+    def __init__(self, path: Path, container_id: str) -> None:
+        self.path, self.container_id, self.fd = path, container_id, -1
+
+    def __enter__(self) -> None:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise NoSuchContainer(f"container {self.container_id} does not exist") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(self.fd).st_ino:
+                raise NoSuchContainer(f"container {self.container_id} does not exist")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self.fd)
+
+
 class Store:
     """The ``--root`` directory."""
 
@@ -152,27 +180,9 @@ class Store:
         tmp.write_text(json.dumps(record.asdict()))
         os.replace(tmp, path)
 
-    @contextmanager
-    def locked(self, container_id: str) -> Iterator[None]:
-        """Serialises changes to one container between processes. Raises NoSuchContainer
-        when the directory is gone, also when it went while this process waited (the lock
-        file is then no longer the one at its path)."""
-        path = self.dir(container_id) / LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
-            raise NoSuchContainer(f"container {container_id} does not exist") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(path).st_ino
-            except FileNotFoundError:
-                current = None
-            if current != os.fstat(fd).st_ino:
-                raise NoSuchContainer(f"container {container_id} does not exist")
-            yield
-        finally:
-            os.close(fd)
+    def locked(self, container_id: str) -> Lock:
+        """Serialises changes to one container between processes (``with store.locked(id):``)."""
+        return Lock(self.dir(container_id) / LOCK, container_id)
 
     def update(self, container_id: str, **changes: object) -> Record:
         with self.locked(container_id):

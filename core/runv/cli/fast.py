@@ -17,6 +17,7 @@ typer imported, which is the cost to avoid; a cache on disk could go stale unsee
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from runv.cli.fast_table import COMMANDS, GLOBALS
@@ -52,7 +53,6 @@ def run(module: str, settings: Settings, values: dict) -> int | None:
     """Runs what :func:`parse` found, as the typer path would after its callback (and as
     click ends it: ``Aborted!`` on an interrupt, a quiet 1 on a closed stdout); returns
     the exit status (None for 0)."""
-    import sys
     from importlib import import_module
 
     start_logging(settings)

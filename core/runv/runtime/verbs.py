@@ -6,15 +6,11 @@ import os
 import signal
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from runv.api.errors import RunvError
 from runv.api.process import process_start_time
-from runv.log import logger
-from runv.log import setup as setup_logging
 from runv.runtime.proctree import kill_tree
-from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 from runv.settings import Settings
 from runv.shim import control
 from runv.state import NoSuchContainer, Record, Store
@@ -46,11 +42,16 @@ def check_guest(settings: Settings) -> None:
 
 def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, console_socket: Path | None = None) -> int:
     """Creates the container (a shim with a booted VM) and returns the shim's PID."""
+    from datetime import UTC, datetime
+
     from runv import loader as plugins
     from runv import terminal as console
     from runv.api.container import Container
+    from runv.log import logger
+    from runv.log import setup as setup_logging
     from runv.oci.config import load_bundle
     from runv.runtime.lookpath import check_program
+    from runv.runtime.spawn import OK, spawn_session, write_pid_file
     from runv.shim.server import Shim
     from runv.shim.server import run as run_shim
     from runv.templates.store import warning_of
@@ -122,12 +123,15 @@ def kill(settings: Settings, container_id: str, signum: int, all_processes: bool
     try:  # KILL is the host's: the shim stops the VM without asking the guest
         control.call(store.dir(container_id), "signal", timeout=KILL_WAIT, signal=signum, all=all_processes)
     except (RunvError, OSError) as exc:  # a shim that cannot answer: stop its VM and the shim from here
+        from runv.log import logger
+
         logger.warning("container %s: the shim did not take KILL (%s); killing its VM and shim", container_id, exc)
         _kill_from_record(store.read(container_id))
 
 
 def _kill_from_record(record: Record) -> None:
     from runv import loader
+    from runv.log import logger
 
     if record.vm:
         try:
@@ -212,6 +216,7 @@ def _container(record: Record, state_dir: Path):
     """The container as the hooks see it, rebuilt from its record (no spec when the
     bundle is gone: teardown must still converge)."""
     from runv.api.container import Container
+    from runv.log import logger
     from runv.oci.config import load_bundle
 
     try:
@@ -227,6 +232,7 @@ def _teardown(record: Record, container) -> None:
     names: the VM, re-attached through its hypervisor, the network, the storage."""
     from runv import loader
     from runv.api.vm import attachment_from_json
+    from runv.log import logger
     from runv.shim.teardown import teardown
 
     vm = None
@@ -278,6 +284,8 @@ def _start_or_delete(settings: Settings, container_id: str) -> None:
 
 
 def _finish(settings: Settings, container_id: str, pid: int) -> int:
+    from runv.runtime.spawn import wait_exit_code
+
     code = wait_exit_code(pid)
     delete(settings, container_id, force=True)
     return code
