@@ -1,4 +1,4 @@
-"""List the processes running in the container (as the guest sees them)."""
+"""List the processes running in the container: as the guest sees them, or (json) its host PIDs."""
 
 from runv.settings import Settings
 
@@ -13,10 +13,12 @@ def run(settings: Settings, container_id: str, output_format: str) -> None:
 
     if output_format not in ("table", "json"):
         raise RunvError(f"invalid format {output_format!r}: use table or json")
-    processes = ask_shim(settings, container_id, "ps")["processes"]
-    if output_format == "json":
-        print(json.dumps([p["pid"] for p in processes]))
+    if output_format == "json":  # for clients that look the PIDs up on the host
+        from runv.runtime.verbs import host_pids
+
+        print(json.dumps(host_pids(settings, container_id)))
         return
+    processes = ask_shim(settings, container_id, "ps")["processes"]
     print("PID   CMD")
     for p in processes:
         print(f"{p['pid']:<5} {p['cmd']}")
@@ -33,7 +35,7 @@ def typer_command():
     def command(
         ctx: typer.Context,
         container_id: ContainerId,
-        output_format: Annotated[str, typer.Option("--format", "-f", help="table or json (a list of PIDs).")] = "table",
+        output_format: Annotated[str, typer.Option("--format", "-f", help="table (the guest's processes) or json (host PIDs: shim, VMM).")] = "table",
     ) -> None:
         run(ctx.obj, container_id, output_format)
 

@@ -322,3 +322,15 @@ def ask_shim(settings: Settings, container_id: str, op: str, **args) -> dict:
     if status not in ("created", "running"):
         raise RunvError("container not running")
     return control.call(store.dir(container_id), op, **args)
+
+
+def host_pids(settings: Settings, container_id: str) -> list[int]:
+    """The host processes that run the container: its shim (the state's pid) and its VMM.
+    What ``runv ps --format json`` gives, for Docker's ``top`` and containerd's task pids,
+    which look these up in the host's ``ps``: the guest's PIDs mean nothing there (Kata's
+    shim answers with its hypervisor's pid alone)."""
+    record = Store(settings.root).read(container_id)
+    if record.live_status() not in ("created", "running", "paused"):
+        raise RunvError("container not running")
+    vmm = (record.vm or {}).get("pid")
+    return [record.shim_pid] + ([vmm] if isinstance(vmm, int) and vmm > 0 else [])
