@@ -1,4 +1,4 @@
-"""Helpers for the tests that drive runv through real clients (Podman, containerd)."""
+"""Helpers for the tests that drive runv through real clients (Podman, containerd, Docker)."""
 
 from __future__ import annotations
 
@@ -92,15 +92,13 @@ def rootfs_tar(rootfs: Path, path: Path) -> Path:
     return path
 
 
-def oci_archive(rootfs: Path, path: Path, name: str) -> Path:
-    """An OCI image layout tarball (one layer: ``rootfs``) that ``ctr images import`` takes,
-    named ``name`` through the io.containerd.image.name annotation."""
+def _image_blobs(rootfs: Path) -> tuple[bytes, bytes]:
+    """The config and the gzipped layer of a one-layer image of ``rootfs``."""
     layer_raw = io.BytesIO()
     with tarfile.open(fileobj=layer_raw, mode="w") as tar:
         for entry in sorted(rootfs.iterdir()):
             tar.add(entry, arcname=entry.name)
     diff_id = "sha256:" + hashlib.sha256(layer_raw.getvalue()).hexdigest()
-    layer = gzip.compress(layer_raw.getvalue(), mtime=0)
     config = json.dumps(
         {
             "architecture": "amd64",
@@ -109,9 +107,29 @@ def oci_archive(rootfs: Path, path: Path, name: str) -> Path:
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
     ).encode()
+    return config, gzip.compress(layer_raw.getvalue(), mtime=0)
+
+
+def _tar_of(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name_in_tar, data in files.items():
+            info = tarfile.TarInfo(name_in_tar)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def oci_archive(rootfs: Path, path: Path, name: str) -> Path:
+    """An OCI image layout tarball (one layer: ``rootfs``) that ``ctr images import`` takes,
+    named ``name`` through the io.containerd.image.name annotation."""
+    config, layer = _image_blobs(rootfs)
 
     def descriptor(media_type: str, data: bytes, **extra) -> dict:
-        return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data), **extra}
+        return {"mediaType": media_type, "digest": "sha256:" + _sha256(data), "size": len(data), **extra}
 
     manifest = json.dumps(
         {
@@ -134,18 +152,38 @@ def oci_archive(rootfs: Path, path: Path, name: str) -> Path:
             ],
         }
     ).encode()
-    with tarfile.open(path, "w") as tar:
+    blobs = {"blobs/sha256/" + _sha256(blob): blob for blob in (config, manifest, layer)}
+    return _tar_of(path, {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": index, **blobs})
 
-        def add(name_in_tar: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name_in_tar)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
-        add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-        add("index.json", index)
-        for blob in (config, manifest, layer):
-            add("blobs/sha256/" + hashlib.sha256(blob).hexdigest(), blob)
-    return path
+def docker_archive(rootfs: Path, path: Path, name: str) -> Path:
+    """The same image as a ``docker save`` tarball (``manifest.json``, the config, the
+    layer), tagged ``name``: what ``docker load`` takes (Docker loads OCI layouts only
+    from version 25; Debian 12's is 20.10)."""
+    config, layer = _image_blobs(rootfs)
+    config_name, layer_name = _sha256(config) + ".json", _sha256(layer) + "/layer.tar"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [name], "Layers": [layer_name]}]).encode()
+    return _tar_of(path, {"manifest.json": manifest, config_name: config, layer_name: layer})
+
+
+def stop_daemon(proc: subprocess.Popen, containerd_socket: Path) -> None:
+    """Stops a daemon the test started (TERM, then KILL after 30 s) and the
+    containerd-shim-runc-v2 processes of the containerd at ``containerd_socket``, which
+    outlive it."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and str(containerd_socket).encode() in argv:
+            os.kill(int(entry), signal.SIGKILL)
 
 
 def qemu_of(runv_root: Path, container_id: str) -> int | None:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from realclients import PtySession, mounts_under, oci_archive, run, runv_ids
+from realclients import PtySession, mounts_under, oci_archive, run, runv_ids, stop_daemon
 from support import RUNV
 
 from runv.testing import vm_processes_in
@@ -81,24 +80,6 @@ class Containerd:
         return None
 
 
-def _stop_daemon(proc: subprocess.Popen, base: Path) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    # containerd-shim-runc-v2 processes of this containerd (found by its socket) outlive it
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and str(base).encode() + b"/containerd.sock" in argv:
-            os.kill(int(entry), signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def ctr(base_rootfs):
     base = Path(tempfile.mkdtemp(prefix="runv-ctrd-"))  # short: unix socket paths live under it
@@ -109,7 +90,7 @@ def ctr(base_rootfs):
     deadline = time.monotonic() + 30
     while client("version").returncode != 0:
         if proc.poll() is not None or time.monotonic() > deadline:
-            _stop_daemon(proc, base)
+            stop_daemon(proc, base / "containerd.sock")
             tail = (base / "containerd.log").read_text(errors="replace")[-2000:]
             shutil.rmtree(base, ignore_errors=True)
             pytest.skip(f"containerd did not start here: {tail}")
@@ -126,7 +107,7 @@ def ctr(base_rootfs):
             client("containers", "delete", name)
         left = runv_ids(client.ns_root)
         vms = vm_processes_in(client.runv_root)
-        _stop_daemon(proc, base)
+        stop_daemon(proc, base / "containerd.sock")
         log.close()
         for point in mounts_under(base):
             subprocess.run(["umount", "-l", point], capture_output=True)
