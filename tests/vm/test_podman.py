@@ -295,16 +295,24 @@ def test_vm_that_fails_to_boot_gives_a_useful_error_not_a_hang(podman, tmp_path)
     assert runv_ids(podman.runv_root) == before
 
 
-def test_memory_and_cpus_size_the_vm(podman, tmp_path):
+def test_memory_and_cpus_size_the_vm(podman):
     """``--memory 512m --cpus 2``: the guest has the memory and both CPUs (a VM of that size
     boots cold: no template has it), the container's cgroup in the guest the limits, and
-    the leaf of podman's cgroupsPath (under libpod_parent) that runv made is gone with it."""
-    script = "grep MemTotal /proc/meminfo; nproc; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max"
-    cidfile = tmp_path / "cid"
-    result = podman("run", "--rm", "--cidfile", cidfile, "--memory", "512m", "--cpus", "2", IMAGE, "sh", "-c", script, timeout=240)
-    assert result.returncode == 0, result.stderr
-    _, total_kb, _, cpus, limit, quota, period = result.stdout.split()
-    assert int(total_kb) << 10 >= 512 << 20 and cpus == "2"
-    assert limit == str(512 << 20) and (quota, period) == ("200000", "100000")
-    for controller in ("memory", "pids"):  # runv made podman's cgroupsPath leaf, and removed it with the container
-        assert not Path(f"/sys/fs/cgroup/{controller}/libpod_parent/libpod-{cidfile.read_text().strip()}").exists()
+    the VMM runs under podman's cgroupsPath (``/libpod_parent/libpod-ID``) on the host,
+    whose leaf runv made and removes with the container."""
+    cid = podman("run", "-d", "--name", "sized", "--memory", "512m", "--cpus", "2", IMAGE, "sleep", "1000",
+                 check=True, timeout=240).stdout.strip()
+    try:
+        script = "grep MemTotal /proc/meminfo; nproc; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max"
+        result = podman("exec", "sized", "sh", "-c", script)
+        assert result.returncode == 0, result.stderr
+        _, total_kb, _, cpus, limit, quota, period = result.stdout.split()
+        assert int(total_kb) << 10 >= 512 << 20 and cpus == "2"
+        assert limit == str(512 << 20) and (quota, period) == ("200000", "100000")
+        lines = Path(f"/proc/{qemu_of(podman.runv_root, cid)}/cgroup").read_text().splitlines()
+        placed = {line.split(":")[1]: line.split(":", 2)[2] for line in lines if line.split(":")[1] in ("memory", "pids")}
+        assert len(placed) == 2 and all(p.startswith(f"/libpod_parent/libpod-{cid}/") for p in placed.values()), placed
+    finally:
+        podman("rm", "--force", "sized")
+    for controller in ("memory", "pids"):
+        assert not Path(f"/sys/fs/cgroup/{controller}/libpod_parent/libpod-{cid}").exists()
