@@ -3,7 +3,8 @@
 The bare boot runs the guest's first userspace program (/sbin/runv-halt, which powers
 off at once) with the machine options runv uses, so the cold ratio is runv's own
 overhead: the agent's start, the rootfs share, the shim and the CLI. The template line
-shows what `--template auto` does to it (it needs a template: `runv template create`).
+shows what `--template auto` does to it (it needs the default template, which `runv guest
+build` makes).
 
     .venv/bin/python bench/boot.py [-n 5]
 """
