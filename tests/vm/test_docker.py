@@ -229,8 +229,8 @@ def test_memory_and_cpus_size_the_vm(docker):
 
 def test_update_memory_of_a_running_container(docker):
     """``docker update`` writes the container's cgroup in the guest; a limit no VM here can
-    hold is refused, in runv's words, and changes nothing. On the host the VMM is in the cgroupsPath docker
-    gave (under the daemon's cgroup-parent), which goes with the container."""
+    hold is refused, in runv's words, and changes nothing. On the host the VMM is in the
+    cgroupsPath docker gave (under the daemon's cgroup-parent), which goes with the container."""
     cid = docker.run_detached("resized", IMAGE, "sleep", "100000")
     host_cgroup = f"/{docker.cgroup_parent}/{cid}"
     # the VMM in a cgroup of its own below it (docs/resources.md)
