@@ -72,3 +72,17 @@ def test_a_refused_write_puts_the_old_values_back(tmp_path):
 def test_a_guest_without_a_container_cgroup_says_so():
     with pytest.raises(AgentError, match="has no cgroup in the guest"):
         update_cgroup(None, {"pids.max": "5"})
+
+
+def test_a_hypervisor_that_cannot_resize_refuses_a_bigger_vm_and_keeps_its_limits(fake, make_bundle, tmp_path):
+    """The fake VMM has no hot-plug: what fits the VM's size goes to the agent, what needs
+    more is one line naming the sizes; a stopped container is refused."""
+    with open(tmp_path / "out", "w") as out:
+        assert fake("run", "-d", "--bundle", make_bundle(["sleep", "100"]), "box", stdout=out).returncode == 0
+    result = fake("update", "--memory", "2g", "box")
+    assert result.returncode == 1
+    assert result.stderr == ("runv: container box: the new limits need a VM of 2192 MiB and 1 vCPUs, and hypervisor 'fake' "
+                             "cannot resize its VM of 256 MiB and 1 vCPUs: recreate the container with them\n")
+    result = fake("update", "--pids-limit", "10", "box")  # fits: the agent off a VM has no cgroup to write
+    assert result.returncode == 1 and "has no cgroup in the guest" in result.stderr
+    assert fake("kill", "box", "KILL").returncode == 0

@@ -1,7 +1,7 @@
 """``runv update`` on a running container in a VM, read from inside it: runc's flags and
-``-r`` JSON land in the container's cgroup in the guest; ``events --stats`` reports the new
-limit; a limit the VM cannot hold, or a value the guest refuses, fails in one line and the
-old limits stay."""
+``-r`` JSON land in the container's cgroup in the guest, the VM grows and shrinks with them
+(memory and vCPU hot-plug); ``events --stats`` reports the new limit; a limit above the
+maxima, or a value the guest refuses, fails in one line and the old limits stay."""
 
 import json
 
@@ -45,10 +45,36 @@ def test_flags_and_json_change_the_running_containers_cgroup(runv, running, tmp_
     assert limits(runv, running)[1] == "22"
 
 
+def meminfo_mib(runv, cid):
+    result = runv("exec", cid, "sh", "-c", "grep MemTotal /proc/meminfo; nproc")
+    assert result.returncode == 0, result.stderr
+    total, cpus = result.stdout.split("\n")[:2]
+    return int(total.split()[1]) >> 10, int(cpus)
+
+
+def test_the_vm_grows_and_shrinks_with_the_limits(runv, running):
+    """virtio-mem and vCPU hot-plug: the guest sees the VM resized, the cgroup gets the limit."""
+    memory, cpus = meminfo_mib(runv, running)
+    assert cpus == 1
+    result = runv("update", "--memory", "512m", "--cpu-quota", "200000", "--cpu-period", "100000", running)
+    assert result.returncode == 0, result.stderr
+    grown, cpus = meminfo_mib(runv, running)
+    # a VM of 632 MiB (docs/resources.md): 376 MiB plugged, less their page map; room for the whole limit
+    assert grown > 512 and grown - memory >= 360 and cpus == 2, (memory, grown)
+    assert limits(runv, running)[:3] == [str(512 << 20), "40", "200000 100000"]
+    assert runv("exec", running, "sh", "-c", "head -c 400m /dev/zero | tail -c 1 >/dev/null").returncode == 0  # usable
+    result = runv("update", "--memory", "64m", "--cpu-quota", "100000", running)
+    assert result.returncode == 0, result.stderr
+    shrunk, cpus = meminfo_mib(runv, running)
+    assert shrunk < grown - 256 and cpus == 1, (memory, grown, shrunk)
+    assert limits(runv, running)[0] == str(64 << 20)
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--memory", "4g"], "a memory limit of 4096 MiB does not fit its VM of 256 MiB"),
-    (["--cpu-quota", "300000"], "a CPU quota of 300000/100000 needs 3 CPUs and its VM has 1"),
-    (["--cpuset-cpus", "5"], "cannot set cpuset.cpus to 5"),
+    (["--memory", "64g"], "linux.resources.memory.limit 68719476736 needs a VM of"),
+    (["--cpu-quota", "300000"], "needs 3 vCPUs, above the maximum"),
+    (["--cpuset-cpus", "5"], "needs 6 vCPUs, above the maximum"),
+    (["--cpuset-mems", "3"], "cannot set cpuset.mems to 3"),  # the guest has one memory node
     (["--memory", "lots"], "invalid value for --memory: invalid size 'lots'"),
     (["--l3-cache-schema", "L3:0=f"], "Intel RDT"),
 ])

@@ -18,6 +18,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 PARENT = "runv"
 # runc leaves these unwritten when the kernel has no swap accounting and the value asks for nothing
 SKIPPED_IF_ABSENT = {"memory.swap.max": ("max", "0")}
+CPU_TIMEOUT = 5.0  # seconds for hot-plugged vCPUs to show up in the guest
 
 
 def _write(path: str, value: str) -> None:
@@ -126,9 +127,16 @@ def update_cgroup(path, resources: dict) -> None:
 
 
 def op_update(agent, message: dict) -> None:
-    """``update`` {``resources``: cgroup v2 file → value}: new limits for the running container."""
+    """``update`` {``resources``: cgroup v2 file → value, ``vcpus``: how many should be online}:
+    new limits for the running container, after the host resized its VM."""
     container = agent.processes.container
     resources = message.get("resources")
     if not isinstance(resources, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in resources.items()):
         raise AgentError("update: resources must map cgroup file names to strings")
+    vcpus = message.get("vcpus")
+    if vcpus is not None:  # the host hot-plugged vCPUs first: they must be online before a cpuset names them
+        from runv.agent.sysfs import online_cpus
+
+        if online_cpus(vcpus, CPU_TIMEOUT) < vcpus:
+            raise AgentError(f"update: only {online_cpus(vcpus, 0)} of {vcpus} vCPUs came online in the guest")
     update_cgroup(container.cgroup if container is not None else None, resources)

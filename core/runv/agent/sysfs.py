@@ -24,3 +24,33 @@ def wait_for_device(base: str, attribute: str, value: str, timeout: float, dev: 
         if time.monotonic() > deadline:
             return None
         time.sleep(POLL)
+
+
+CPUS = "/sys/devices/system/cpu"
+
+
+def online_cpus(count: int, timeout: float) -> int:
+    """Brings hot-plugged vCPUs online (no udev does it here) until ``count`` are, or
+    ``timeout`` seconds pass; returns how many are online."""
+    deadline = time.monotonic() + timeout
+    while True:
+        online = 0
+        for name in sorted(os.listdir(CPUS)):
+            if not (name.startswith("cpu") and name[3:].isdigit()):
+                continue
+            path = f"{CPUS}/{name}/online"
+            try:
+                with open(path) as f:
+                    up = f.read().strip() != "0"
+                if not up and online < count:
+                    with open(path, "w") as f:
+                        f.write("1")
+                    up = True
+            except FileNotFoundError:
+                up = name == "cpu0"  # the boot CPU has no online file
+            except OSError:
+                up = False
+            online += up
+        if online >= count or time.monotonic() > deadline:
+            return online
+        time.sleep(POLL)

@@ -126,21 +126,30 @@ class Cgroup:
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
-            memory, pid_dir = (self.dirs()[0], self.dirs()[0]) if self.v2 else self.dirs()
-            if self.v2:
-                _write(memory / "memory.max", str(memory_bytes))
-                if (memory / "memory.swap.max").exists():
-                    _write(memory / "memory.swap.max", "0")
-            else:
-                _write(memory / "memory.limit_in_bytes", str(memory_bytes))
-                if (memory / "memory.memsw.limit_in_bytes").exists():  # no swapping past the limit either
-                    _write(memory / "memory.memsw.limit_in_bytes", str(memory_bytes))
-            _write(pid_dir / "pids.max", str(pids))
+            self.set_limits(memory_bytes, pids)
         except (OSError, RunvError) as exc:
             self.remove()
             if isinstance(exc, RunvError):
                 raise
             raise RunvError(f"cannot make the VMM's cgroup {self.name} under {self.base}: {exc.strerror}") from None
+
+    def set_limits(self, memory_bytes: int, pids: int) -> None:
+        """The memory (and memory+swap: no swapping past it) and pids limits, at creation and
+        when the VM is resized; v1's memsw limit is never below the memory limit meanwhile."""
+        memory, pid_dir = (self.dirs()[0], self.dirs()[0]) if self.v2 else self.dirs()
+        if self.v2:
+            _write(memory / "memory.max", str(memory_bytes))
+            if (memory / "memory.swap.max").exists():
+                _write(memory / "memory.swap.max", "0")
+        else:
+            files = ["memory.limit_in_bytes"] + ["memory.memsw.limit_in_bytes"] * (memory / "memory.memsw.limit_in_bytes").exists()
+            try:
+                current = int((memory / files[0]).read_text())
+            except (OSError, ValueError):
+                current = 0
+            for file in files if memory_bytes <= current else reversed(files):  # lowering: the limit first
+                _write(memory / file, str(memory_bytes))
+        _write(pid_dir / "pids.max", str(pids))
 
     def _check(self) -> None:
         if self.v2:

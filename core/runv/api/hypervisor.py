@@ -78,6 +78,7 @@ class Capabilities:
     nics: bool = True  # NICs (tap fds) given at boot
     nic_hotplug: bool = False  # VM.attach_nic works on a running VM
     pause: bool = False  # VM.pause and VM.resume work
+    resize: bool = False  # VM.resize works: memory and vCPUs hot-plugged up to VMSpec.max_memory_mib / max_vcpus
 
     def disk_device(self, index: int) -> str:
         """The guest's device node of the ``index``-th disk, for hypervisors that name disks by order."""
@@ -126,6 +127,12 @@ class VM:
     def attach_nic(self, nic: Nic) -> None:
         """Hot-plugs ``nic`` (its tap fd is open in the caller) into the running VM."""
         raise Unsupported(f"hypervisor {self.hypervisor!r} cannot hot-plug network interfaces")
+
+    def resize(self, memory_mib: int, vcpus: int) -> None:
+        """Grows or shrinks the running VM to ``memory_mib`` and ``vcpus`` (never below its
+        boot size nor above the maxima it booted with); raises RunvError, naming what the
+        hypervisor or the guest refused, and leaves the VM as it was."""
+        raise Unsupported(f"hypervisor {self.hypervisor!r} cannot resize a running VM")
 
     def save(self, directory: Path) -> dict[str, Any]:
         """Saves the running guest (booted by :meth:`TemplateSupport.boot`) into

@@ -111,6 +111,9 @@ class VMSpec:
     console_log: Path  # where the guest's console goes (and the VMM's stderr)
     memory_mib: int = 256
     vcpus: int = 1
+    # hot-plug ceilings (VM.resize, for `runv update`); equal to the boot size (or 0): none
+    max_memory_mib: int = 0
+    max_vcpus: int = 0
     kernel_args: tuple[str, ...] = ()
     shares: tuple[Share, ...] = ()
     disks: tuple[Disk, ...] = ()

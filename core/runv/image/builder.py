@@ -93,6 +93,7 @@ GUEST_MODULES = (
     "9p",
     "dm_mod",  # dmsetup opens /dev/mapper/control, which exists only once dm_mod is loaded
     "loop",  # loop-backed thin pools (the devicemapper plugin's tests run its host side in a guest)
+    "virtio_mem",  # `runv update`'s memory hot-plug: it must be bound before the host plugs any
 )
 # Loaded only when the kernel asks for them (``request_module``: the first mount of the filesystem type,
 # the first table with the device-mapper target), so the boots that never use them do not pay the

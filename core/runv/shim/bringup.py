@@ -39,7 +39,13 @@ def kernel_args(debug: bool, caps: Capabilities) -> tuple[str, ...]:
 
 
 def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, **fields) -> VMSpec:
-    """The VMSpec every runv VM starts from; ``fields`` add devices or change sizes."""
+    """The VMSpec every runv VM starts from; ``fields`` add devices or change sizes. A
+    hypervisor that resizes VMs gets the ``[vm]`` maxima as its hot-plug ceilings."""
+    if caps.resize:
+        from runv.api import sizing
+
+        config = sizing.settings()
+        fields = {"max_memory_mib": config["max_memory_mib"], "max_vcpus": config["max_vcpus"], **fields}
     return VMSpec(
         name=name,
         state_dir=state_dir,

@@ -35,6 +35,7 @@ from runv.shim import bringup, control, volumes
 from runv.shim.agentclient import AgentClient, AgentError
 from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.shim.execrelay import SIGNAL_TIMEOUT, Outbox
+from runv.shim.limits import Limits
 from runv.shim.teardown import teardown
 from runv.state import NoSuchContainer
 from runv.stdio import start_pump, write_all
@@ -82,8 +83,7 @@ class Shim:
         self.unanswered = 0
         self.killed = False  # SIGKILL: the host stopped the VM; the guest is not asked
         self.outboxes: list = []  # the container's output streams, drained by threads of their own
-        self.resources = container.spec.linux.get("resources") or {}  # linux.resources, as `runv update` leaves them
-        self.vm_size = (0, 0)  # the booted VM's memory (MiB) and vCPUs
+        self.limits = Limits(container.id, container.spec.linux.get("resources"))  # as `runv update` leaves them
 
     # ---------------------------------------------------------------- boot
 
@@ -102,7 +102,7 @@ class Shim:
         self.store.update(cid, storage=self.storage, attachment=to_json(self.attachment))
         spec = bringup.container_vm(self.settings, self.caps, self.hooks, self.container, self.attachment)
         bringup.check_vm(spec, self.caps, self.hypervisor.name)
-        self.vm_size = (spec.memory_mib, spec.vcpus)
+        self.limits.booted(spec.memory_mib, spec.vcpus)
         logger.debug("booting %s with %s: %s", cid, self.hypervisor.name, spec)
         restored = restore(self.settings.template, spec, self.hypervisor, self.on_data, self.on_agent_event,
                            persist=self.persist, attach_nic=lambda vm, nic: bringup.attach_nic(vm, self.caps, nic))
@@ -286,28 +286,8 @@ class Shim:
         return self.agent.call("stats")
 
     def op_update(self, request: dict) -> None:
-        """``runv update``: new limits for the container's cgroup in the guest, within its VM
-        (a running VM keeps its size: a limit it cannot hold is refused, the old ones stay)."""
-        from runv.oci.resources import merged, parse_resources
-
         with self.lock:
-            resources = merged(self.resources, request.get("resources"))
-            files = parse_resources(resources, "update")
-            memory_mib, vcpus = self.vm_size
-            limit = (resources.get("memory") or {}).get("limit") or 0
-            if limit > memory_mib << 20:
-                raise RunvError(f"container {self.container.id}: a memory limit of {limit >> 20} MiB does not fit its VM of "
-                                f"{memory_mib} MiB, and runv cannot grow a running VM: recreate the container with the new limit")
-            cpu = resources.get("cpu") or {}
-            quota, period = cpu.get("quota") or 0, cpu.get("period") or 100000
-            if quota > 0 and -(-quota // period) > vcpus:
-                raise RunvError(f"container {self.container.id}: a CPU quota of {quota}/{period} needs {-(-quota // period)} "
-                                f"CPUs and its VM has {vcpus}: recreate the container with the new quota")
-            try:
-                self.agent.call("update", resources=files)
-            except AgentError as exc:
-                raise RunvError(f"container {self.container.id}: {exc}") from None
-            self.resources = resources
+            self.limits.update(request.get("resources"), self.vm, self.agent, self.caps, self.hypervisor.name)
 
     def resize(self) -> None:
         """Passes the pty's new window size to the container process (SIGWINCH in the guest)."""

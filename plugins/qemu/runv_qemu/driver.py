@@ -31,6 +31,18 @@ HOTPLUG_PORT = "hotplug"  # ids of the free PCIe root ports: hotplug0, hotplug1,
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 TCG_CODE_CACHE_MIB = 256  # -accel tcg,tb-size: ample for a kernel and the agent, and inside the cgroup
 JAIL_DIR = "jail"  # in the state directory: the (empty) mount point of the jail's tmpfs
+# Resizing (VM.resize): memory by virtio-mem (plugs and unplugs in blocks, as the guest
+# agrees; measured in docs/resources.md), vCPUs by CPU hot-plug on q35's ACPI
+HOT_MEMORY = "hotmem"
+HOT_MEMORY_PATH = f"/machine/peripheral/{HOT_MEMORY}-dev"
+HOT_CPU_PATH = "/machine/peripheral/vcpu"  # the hot-plugged vCPUs' QOM paths (ids vcpuN)
+BLOCK_MIB = 2  # virtio-mem's block: the finest the guest's driver manages
+HOTPLUG_ARGS = (
+    "memhp_default_state=online_movable",  # movable: it can be unplugged again
+    "swiotlb=noforce",  # hot-plug space above 4 GiB would make the kernel keep 64 MiB of bounce buffers virtio never uses
+)
+OVERCOMMIT = ("/proc/sys/vm/overcommit_memory",)  # read by QEMU for the hot memory's reserve=off
+RESIZE_TIMEOUT = 10.0  # seconds for the guest to take or give back memory or a vCPU
 
 
 def binary() -> str | None:
@@ -75,13 +87,13 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, int]
         binary() or BINARY,
         "-name", f"runv-{vm.name}",
         "-machine", "q35", "-accel", accel_option(accel),
-        "-m", str(vm.memory_mib),
-        "-smp", str(vm.vcpus),
+        "-m", memory_option(vm),
+        "-smp", str(vm.vcpus) + (f",maxcpus={vm.max_vcpus}" if vm.max_vcpus > vm.vcpus else ""),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-sandbox", SANDBOX,
         "-kernel", str(vm.kernel),
         "-initrd", str(vm.initrd),
-        "-append", " ".join(("console=ttyS0",) + vm.kernel_args),
+        "-append", " ".join(("console=ttyS0",) + vm.kernel_args + (HOTPLUG_ARGS if hot_memory(vm) else ())),
         "-chardev", f"file,id=console,path={opt(local(vm.console_log, vm.state_dir))},append=on",
         "-serial", "chardev:console",
         "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
@@ -111,7 +123,25 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, int]
         ]
     for index in range(vm.hotplug_slots):  # q35's root bus cannot hot-plug: free root ports can
         args += ["-device", f"pcie-root-port,id={HOTPLUG_PORT}{index},bus=pcie.0,chassis={index + 1}"]
+    if hot_memory(vm):  # reserved address space only (reserve=off): RAM is used once plugged
+        args += ["-object", f"memory-backend-ram,id={HOT_MEMORY},size={hot_memory(vm)}M,reserve=off",
+                 "-device", f"virtio-mem-pci,id={HOT_MEMORY}-dev,memdev={HOT_MEMORY},requested-size=0,block-size={BLOCK_MIB}M"]
     return args
+
+
+def size_record(vm: VMSpec, accel: str) -> dict:
+    """What :meth:`QemuVM.resize` needs to know of the VM's boot size and ceilings."""
+    return {"memory_mib": vm.memory_mib, "max_memory_mib": vm.memory_mib + hot_memory(vm), "vcpus": vm.vcpus,
+            "max_vcpus": max(vm.vcpus, vm.max_vcpus), "code_cache_mib": code_cache_mib(accel)}
+
+
+def hot_memory(vm: VMSpec) -> int:
+    """MiB of virtio-mem the VM can be grown by (0: none), in whole blocks."""
+    return max(0, vm.max_memory_mib - vm.memory_mib) // BLOCK_MIB * BLOCK_MIB
+
+
+def memory_option(vm: VMSpec) -> str:
+    return f"{vm.memory_mib}M,maxmem={vm.memory_mib + hot_memory(vm)}M" if hot_memory(vm) else str(vm.memory_mib)
 
 
 def listen(path: Path) -> socket.socket:
@@ -154,7 +184,7 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
         sockets = [listen(qmp), listen(vm.agent_socket)]
         try:
             argv = command(vm, accel, cpu, fds=tuple(s.fileno() for s in sockets)) + list(extra)
-            jailed = jail.command(argv, root=root, cwd=vm.state_dir, binds=jail.vm_binds(vm, program) + list(binds),
+            jailed = jail.command(argv, root=root, cwd=vm.state_dir, binds=jail.vm_binds(vm, program, readonly=OVERCOMMIT * bool(hot_memory(vm))) + list(binds),
                                   cgroups=cgroup.procs(), kvm=accel == "kvm", fd_dir=bool(vm.shares))
             with open(vm.console_log, "ab") as log:
                 proc = subprocess.Popen(jailed, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -177,6 +207,7 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
         raise
     return (cls or QemuVM)(plugin, proc.pid, process_start_time(proc.pid),
                   {"qmp": str(qmp), "argv": argv, "hotplug_slots": vm.hotplug_slots, "console_log": str(vm.console_log),
+                   "size": size_record(vm, accel),
                    "cgroup": cgroup.record(), "jail": str(root)})
 
 
@@ -235,6 +266,56 @@ class QemuVM(VM):
 
     def resume(self) -> None:
         self.qmp("cont")
+
+    def resize(self, memory_mib: int, vcpus: int) -> None:
+        """Plugs or unplugs virtio-mem to ``memory_mib`` and hot-plugs or unplugs vCPUs to
+        ``vcpus``, between the boot size and the ceilings the VM booted with (``data["size"]``).
+        The VMM's cgroup limits rise before the VM grows and fall once it has shrunk."""
+        size = self.data.get("size") or {}
+        base, most = size.get("memory_mib", 0), size.get("max_memory_mib", 0)
+        fewest, cpus = size.get("vcpus", 1), size.get("max_vcpus", 1)
+        if not (base <= memory_mib <= most and fewest <= vcpus <= cpus):
+            raise RunvError(f"VM pid {self.pid} can have {base} to {most} MiB and {fewest} to {cpus} vCPUs, not "
+                            f"{memory_mib} MiB and {vcpus} (the ceilings are set at boot: [vm] in runv's config file)")
+        target = -(-(memory_mib - base) // BLOCK_MIB) * BLOCK_MIB
+        plugged, slots = self.plugged_memory(), self.cpu_slots()
+        used = [slot for slot in slots if "qom-path" in slot]
+        cgroup = cgroups.from_record(self.data["cgroup"]) if "cgroup" in self.data else None
+        code_cache = size.get("code_cache_mib", 0)
+        if cgroup is not None:
+            cgroup.set_limits(*cgroups.limits(base + max(target, plugged), max(vcpus, len(used)), code_cache))
+        if target != plugged:
+            self.qmp(("qom-set", {"path": HOT_MEMORY_PATH, "property": "requested-size", "value": target << 20}))
+            self._wait(lambda: self.plugged_memory() == target,
+                       lambda: f"the guest has {base + self.plugged_memory()} MiB, not {base + target}")
+        added = sorted((s for s in used if s["qom-path"].startswith(HOT_CPU_PATH)), key=lambda s: s["props"]["core-id"])
+        for slot in sorted((s for s in slots if "qom-path" not in s), key=lambda s: s["props"]["core-id"])[: vcpus - len(used)]:
+            self.qmp(("device_add", {"driver": slot["type"], "id": f"vcpu{slot['props']['core-id']}", **slot["props"]}))
+        for slot in added[len(added) - (len(used) - vcpus):] if vcpus < len(used) else []:
+            self.qmp(("device_del", {"id": slot["qom-path"].rsplit("/", 1)[1]}))
+        self._wait(lambda: len([s for s in self.cpu_slots() if "qom-path" in s]) == vcpus,
+                   lambda: f"the guest has {len([s for s in self.cpu_slots() if 'qom-path' in s])} vCPUs, not {vcpus}")
+        if cgroup is not None:
+            cgroup.set_limits(*cgroups.limits(base + target, vcpus, code_cache))
+
+    def plugged_memory(self) -> int:
+        """MiB of virtio-mem the guest has plugged (0 without the device)."""
+        size = self.data.get("size") or {}
+        if size.get("max_memory_mib", 0) <= size.get("memory_mib", 0):
+            return 0
+        (plugged,) = self.qmp(("qom-get", {"path": HOT_MEMORY_PATH, "property": "size"}))
+        return plugged >> 20
+
+    def cpu_slots(self) -> list[dict]:
+        """QMP's vCPU slots; those in use have a ``qom-path`` (hot-plugged ones under HOT_CPU_PATH)."""
+        return self.qmp("query-hotpluggable-cpus")[0]
+
+    def _wait(self, done, failure) -> None:
+        deadline = time.monotonic() + RESIZE_TIMEOUT
+        while not done():
+            if time.monotonic() > deadline:
+                raise RunvError(f"VM pid {self.pid}: {failure()} after {RESIZE_TIMEOUT:.0f} s")
+            time.sleep(0.05)
 
     def attach_nic(self, nic: Nic) -> None:
         """Hot-plugs a virtio-net NIC on the tap ``nic.fd`` into the first free root port."""

@@ -17,6 +17,7 @@ CAPABILITIES = Capabilities(
     nics=True,  # -netdev tap,fd=N
     nic_hotplug=True,  # device_add on a free pcie-root-port (VMSpec.hotplug_slots of them)
     pause=True,  # QMP stop / cont
+    resize=True,  # virtio-mem and vCPU hot-plug (QemuVM.resize)
 )
 
 
