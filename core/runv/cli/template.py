@@ -15,8 +15,8 @@ app = typer.Typer(
 def create(
     ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help="Template name (default: from hypervisor, memory, vCPUs and a hash of the shape).")] = None,
-    memory: Annotated[int, typer.Option("--memory", "-m", help="Guest memory in MiB.")] = 256,
-    vcpus: Annotated[int, typer.Option("--vcpus", help="Guest vCPUs.")] = 1,
+    memory: Annotated[Optional[int], typer.Option("--memory", "-m", help="Guest memory in MiB (default: [vm] memory_mib, 256).")] = None,
+    vcpus: Annotated[Optional[int], typer.Option("--vcpus", help="Guest vCPUs (default: [vm] vcpus, 1).")] = None,
     share: Annotated[Optional[list[str]], typer.Option("--share", help="Tag of a shared directory the containers have (repeat; default: rootfs).")] = None,
     hotplug_slots: Annotated[int, typer.Option("--hotplug-slots", help="Free PCIe slots the containers' VMs keep (the net plugin keeps 2).")] = 2,
     compress: Annotated[bool, typer.Option("--compress", help="Save guest RAM lz4-compressed in the state file (smaller; clones do not share RAM).")] = False,

@@ -29,14 +29,15 @@ def create(
     settings: Settings,
     *,
     name: str | None = None,
-    memory_mib: int = 256,
-    vcpus: int = 1,
+    memory_mib: int | None = None,
+    vcpus: int | None = None,
     shares: tuple[str, ...] = DEFAULT_SHARES,
     hotplug_slots: int = DEFAULT_HOTPLUG_SLOTS,
     compress: bool = False,
     unless_current: bool = False,
 ) -> dict | None:
     """Boots a VM of this shape to agent-ready, saves it as a template; returns its record.
+    Memory and vCPUs default to ``[vm]``'s (the size of a container without limits).
     ``unless_current``: when the template of that name already has this shape and is made
     from the current kernel and initrd, with its files intact, boot nothing and return None."""
     from runv import loader
@@ -45,6 +46,12 @@ def create(
     for what, path in (("kernel", settings.kernel), ("initrd", settings.initrd)):
         if not path.is_file():
             raise RunvError(f"guest {what} {path} does not exist: run `runv guest build` (or pass --{what})")
+    if memory_mib is None or vcpus is None:
+        from runv.api import sizing
+
+        config = sizing.settings()
+        memory_mib = config["memory_mib"] if memory_mib is None else memory_mib
+        vcpus = config["vcpus"] if vcpus is None else vcpus
     if memory_mib < 64 or vcpus < 1:
         raise RunvError("a template needs at least 64 MiB of memory and 1 vCPU")
     hypervisor = loader.choose_hypervisor(settings.hypervisor, logger.debug)
