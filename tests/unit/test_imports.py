@@ -192,3 +192,13 @@ def test_no_core_module_is_over_400_lines():
             if (lines := len(path.read_text().splitlines())) > MAX_LINES:
                 long[str(path.relative_to(REPO))] = lines
     assert long == {}, f"split these by job (at most {MAX_LINES} lines a module)"
+
+
+def test_no_two_test_modules_share_a_name():
+    """pytest imports test modules by basename (rootdir mode): a second ``test_x.py`` in
+    another directory stops the whole run at collection, as CI found twice."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(REPO.glob("**/tests/**/test_*.py")):
+        if ".venv" not in path.parts:
+            seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

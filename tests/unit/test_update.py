@@ -1,6 +1,6 @@
 """``runv update``'s arithmetic and the guest's side of it, without a VM: runc's flags as
 ``linux.resources`` fields, the merge over the current resources, and a guest cgroup whose
-old values come back when a write is refused (tests/vm/test_update.py runs it in a VM)."""
+old values come back when a write is refused (tests/vm/test_vm_update.py runs it in a VM)."""
 
 import pytest
 
