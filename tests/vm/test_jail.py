@@ -90,18 +90,20 @@ def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
         assert top <= wanted | {tmp_path.parts[1]}, top
         assert not top & {"etc", "home", "root", "sys", "tmp" if root.parts[1] != "tmp" else "run"}, top
         assert sorted(os.listdir(f"/proc/{qemu}/root/dev")) == ["full", "null", "random", "urandom", "zero"]
-        assert os.listdir(f"/proc/{qemu}/root/proc") == ["self"]  # only its own descriptors (9p needs them)
+        # its own descriptors (9p needs them) and, read-only, the overcommit mode (its hot-plug memory's reserve=off)
+        assert sorted(os.listdir(f"/proc/{qemu}/root/proc")) == ["self", "sys"]
+        assert os.listdir(f"/proc/{qemu}/root/proc/sys/vm") == ["overcommit_memory"]
         assert not os.path.exists(f"/proc/{qemu}/root{root}/other")  # another container's state: not there
         mine = set(os.listdir(f"/proc/{qemu}/root{root}/j0"))
         assert "console.log" in mine and not mine & {"state.json", "qmp.sock", "agent.sock", "jail"}, mine
         mounts = mounts_of(qemu)
-        for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/self/fd"):
+        for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/self/fd", "/proc/sys/vm/overcommit_memory"):
             assert "ro" in mounts[point] and "nosuid" in mounts[point], (point, mounts[point])
         assert "rw" in mounts[f"{root}/j0/console.log"]
         staged = {point: options for point, options in mounts.items() if point.startswith(f"{root}/j0/volumes/")}
         assert sorted("ro" in options for options in staged.values()) == [False, True], staged
         assert all("nodev" in options for point, options in mounts.items() if not point.startswith("/dev/"))
-        outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/self/fd", str(root), str(tmp_path)))
+        outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/self/fd", "/proc/sys/vm/overcommit_memory", str(root), str(tmp_path)))
                    and p not in ("/", str(KERNEL), str(INITRD)) and not p.startswith(os.environ.get("RUNV_TEMPLATE_DIR", "//"))]
         assert outside == [], outside
     finally:
@@ -125,7 +127,8 @@ def test_qemu_has_its_own_cgroup_with_limits_and_a_template_start_is_jailed(runv
             assert {f"memory:/runv/{group.name}", f"pids:/runv/{group.name}"} <= {line.split(":", 1)[1] for line in lines}
         accel = qemu_option(qemu, "-accel").split(",")[0]
         assert qemu_option(qemu, "-accel") == driver.accel_option(accel)  # TCG's code cache is bounded: the cgroup counts it
-        memory, pids = cgroups.limits(int(qemu_option(qemu, "-m")), int(qemu_option(qemu, "-smp")), driver.code_cache_mib(accel))
+        boot_memory, vcpus = int(qemu_option(qemu, "-m").split("M")[0]), int(qemu_option(qemu, "-smp").split(",")[0])
+        memory, pids = cgroups.limits(boot_memory, vcpus, driver.code_cache_mib(accel))  # at boot: nothing hot-plugged
         limit_file = "memory.max" if group.v2 else "memory.limit_in_bytes"
         assert int((group.dirs()[0] / limit_file).read_text()) == memory
         assert int((group.dirs()[-1] / "pids.max").read_text()) == pids

@@ -316,3 +316,19 @@ def test_memory_and_cpus_size_the_vm(podman):
         podman("rm", "--force", "sized")
     for controller in ("memory", "pids"):
         assert not Path(f"/sys/fs/cgroup/{controller}/libpod_parent/libpod-{cid}").exists()
+
+
+def test_update_memory_of_a_running_container_is_seen_inside(podman):
+    """``podman update --memory``: runv update grows the VM (memory hot-plug) and writes the
+    container's cgroup in the guest; the guest sees both."""
+    podman("run", "-d", "--name", "upd", "--memory", "128m", IMAGE, "sleep", "1000", check=True, timeout=240)
+    try:
+        script = "grep MemTotal /proc/meminfo; cat /sys/fs/cgroup/memory.max"
+        before = podman("exec", "upd", "sh", "-c", script, check=True).stdout.split()
+        assert before[-1] == str(128 << 20)
+        result = podman("update", "--memory", "768m", "--memory-swap", "768m", "upd")
+        assert result.returncode == 0, result.stderr
+        after = podman("exec", "upd", "sh", "-c", script, check=True).stdout.split()
+        assert after[-1] == str(768 << 20) and int(after[1]) << 10 > 768 << 20, (before, after)
+    finally:
+        podman("rm", "--force", "upd")
