@@ -1,6 +1,7 @@
-"""The unit layer needs no QEMU and no guest image: it passes again in a child whose mount
+"""The unit layer needs no QEMU and no guest image: it passes in a child whose mount
 namespace hides every QEMU binary (/dev/null bound over each: neither found nor runnable),
-/usr/lib/qemu and /var/lib/runv (empty tmpfs over them)."""
+/usr/lib/qemu and /var/lib/runv (empty tmpfs over them). Where this test is collected, it is
+the unit layer's one run: tests/unit/conftest.py deselects the parent's copies."""
 
 from __future__ import annotations
 
