@@ -1,5 +1,7 @@
 """VM templates: `runv run` of `true` from a template against a cold boot, and the memory
-(PSS, summed over the QEMU processes) of N idle containers from a template against N cold.
+(PSS, summed over the QEMU processes) of N idle containers from a template against N cold,
+for both kinds of clones: private (the default: each loads its own RAM) and shared (they
+map the template's RAM copy-on-write).
 
 It makes its own template in a temporary directory (RUNV_TEMPLATE_DIR), so installed
 templates are neither used nor touched.
@@ -19,6 +21,8 @@ from pathlib import Path
 from common import RUNV, busybox_bundle, median, timed
 
 from runv.testing import vm_processes_in
+
+KINDS = ("private", "shared")
 
 
 def pss_kib(pid: int) -> int:
@@ -55,24 +59,26 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["RUNV_TEMPLATE_DIR"] = f"{tmp}/templates"
-        made = timed([RUNV, "template", "create", "bench"])
+        made = {clones: timed([RUNV, "template", "create", "--clones", clones, clones]) for clones in KINDS}
         root = Path(tmp) / "state"
         bundle = busybox_bundle(Path(tmp) / "true", ["true"])
-        cold, warm = [], []
-        for i in range(args.n):  # interleaved, so drift in machine load hits both alike
-            cold.append(timed([RUNV, "--root", str(root), "--template", "off", "run", "--bundle", str(bundle), f"cold-{i}"]))
-            warm.append(timed([RUNV, "--root", str(root), "--template", "bench", "run", "--bundle", str(bundle), f"warm-{i}"]))
+        starts = {kind: [] for kind in ("off", *KINDS)}
+        for i in range(args.n):  # interleaved, so drift in machine load hits all alike
+            for kind, runs in starts.items():
+                runs.append(timed([RUNV, "--root", str(root), "--template", kind, "run", "--bundle", str(bundle), f"{kind}-{i}"]))
         sleeper = busybox_bundle(Path(tmp) / "sleep", ["sleep", "1000"])
-        warm_pss, warm_start = idle_pss(root, sleeper, args.idle, "bench")
-        cold_pss, cold_start = idle_pss(root, sleeper, args.idle, "off")
+        pss = {kind: idle_pss(root, sleeper, args.idle, kind) for kind in starts}
+    cold = median(starts["off"])
     print(f"## templates: median of {args.n} starts, {args.idle} idle VMs of 256 MiB")
-    print(f"{'runv template create':<48} {made:8.3f} s")
-    print(f"{'runv run true, cold boot':<48} {median(cold):8.3f} s")
-    print(f"{'runv run true, from a template':<48} {median(warm):8.3f} s")
-    print(f"{'template / cold':<48} {median(warm) / median(cold):8.2f} x")
-    print(f"{f'PSS of {args.idle} idle VMs, cold':<48} {cold_pss:8.0f} MiB  (started in {cold_start:.0f} s)")
-    print(f"{f'PSS of {args.idle} idle VMs, from a template':<48} {warm_pss:8.0f} MiB  (started in {warm_start:.0f} s)")
-    print(f"{'template / cold (PSS)':<48} {warm_pss / cold_pss:8.2f} x")
+    print(f"{'runv run true, cold boot':<48} {cold:8.3f} s")
+    for kind in KINDS:
+        print(f"{f'runv template create --clones {kind}':<48} {made[kind]:8.3f} s")
+        print(f"{f'runv run true, from a {kind} template':<48} {median(starts[kind]):8.3f} s  "
+              f"({median(starts[kind]) / cold:.2f}x cold)")
+    print(f"{f'PSS of {args.idle} idle VMs, cold':<48} {pss['off'][0]:8.0f} MiB  (started in {pss['off'][1]:.0f} s)")
+    for kind in KINDS:
+        print(f"{f'PSS of {args.idle} idle VMs, {kind} template':<48} {pss[kind][0]:8.0f} MiB  "
+              f"({pss[kind][0] / pss['off'][0]:.2f}x cold; started in {pss[kind][1]:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ class CountingTemplates(TemplateSupport):
     def shape(self, vm):
         return {"machine": "q35", "shares": [s.tag for s in vm.shares]}
 
-    def boot(self, vm, state_dir, compress):
+    def boot(self, vm, state_dir, private):
         self.boots.append(vm)
         raise Booted
 
@@ -42,13 +42,13 @@ def setup(tmp_path, monkeypatch):
     return settings, templates
 
 
-def save_record(settings, vm) -> str:
+def save_record(settings, vm, clones="private") -> str:
     """What a successful create leaves: the template's record, made from the current guest."""
     vm_shape = match.shape(vm, "fake", CountingTemplates())
     name = match.default_name(vm_shape)
     (store.directory() / name).mkdir(parents=True)
     record = {"name": name, "created": "2026-01-01T00:00:00Z", "shape": vm_shape, "shares": ["rootfs"],
-              "source": match.source(settings.kernel, settings.initrd), "saved": {"files": {}}}
+              "source": match.source(settings.kernel, settings.initrd), "saved": {"files": {}}, "clones": clones}
     (store.directory() / name / store.RECORD).write_text(json.dumps(record))
     return name
 
@@ -62,6 +62,10 @@ def test_missing_then_current_then_stale(setup):
 
     assert make.create(settings, unless_current=True) is None  # current: nothing booted
     assert len(templates.boots) == 1
+    with pytest.raises(Booted):  # current, but private: a shared one is asked for, so it is remade
+        make.create(settings, unless_current=True, private=False)
+    assert len(templates.boots) == 2
+    templates.boots.pop()
 
     os.utime(settings.initrd, ns=(0, 0))  # a rebuilt initrd: the template is stale, so it is remade
     with pytest.raises(Booted):

@@ -140,3 +140,47 @@ def test_template_names_are_checked(runv):
     assert refused.returncode == 1 and "invalid template name" in refused.stderr
     missing = runv("template", "rm", "nope")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def guest_ram_shared_mib(pid: int) -> float:
+    """MiB of the QEMU process's guest RAM (its mappings of 256 MiB and more) that another
+    process maps too (``Shared_Clean`` + ``Shared_Dirty`` in /proc/PID/smaps)."""
+    shared, size = 0, 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == "Size":
+                size = int(value.split()[0])
+            elif key in ("Shared_Clean", "Shared_Dirty") and size >= 256 << 10:
+                shared += int(value.split()[0])
+    return shared / 1024
+
+
+def test_private_clones_share_no_guest_memory_and_shared_ones_do(runv, root, make_bundle, template_dir):
+    """The session template is private (the default): two idle clones share no page of guest
+    RAM; clones of a ``--clones shared`` template share the template's pages."""
+    from runv.testing import vm_processes_in
+
+    assert json.loads((template_dir / "test" / "template.json").read_text())["clones"] == "private"
+    made = runv("template", "create", "--clones", "shared", "dense", timeout=300)
+    assert made.returncode == 0, made.stderr
+    listed = {t["name"]: t["clones"] for t in json.loads(runv("template", "list", "--format", "json", check=True).stdout)}
+    assert listed["test"] == "private" and listed["dense"] == "shared"
+    bundle = make_bundle(["sleep", "1000"])
+    shared = {}
+    try:
+        for template in ("test", "dense"):
+            for i in range(2):
+                assert runv("--template", template, "run", "-d", "--bundle", bundle, f"{template}-{i}").returncode == 0
+            time.sleep(2)
+            pids = [pid for pid in vm_processes_in(root) if pid not in shared]
+            shared.update({pid: (template, guest_ram_shared_mib(pid)) for pid in pids})
+    finally:
+        for template in ("test", "dense"):
+            for i in range(2):
+                runv("delete", "--force", f"{template}-{i}")
+        runv("template", "rm", "dense")
+    private_mib = max(mib for template, mib in shared.values() if template == "test")
+    dense_mib = min(mib for template, mib in shared.values() if template == "dense")
+    print(f"guest RAM shared with another process, MiB per clone: private {private_mib:.1f}, shared {dense_mib:.1f}")
+    assert private_mib == 0 and dense_mib > 10, shared

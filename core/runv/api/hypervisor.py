@@ -153,9 +153,11 @@ class TemplateSupport:
         used). None when ``vm`` cannot start from a template (it has devices one cannot carry)."""
         raise NotImplementedError
 
-    def boot(self, vm: VMSpec, directory: Path, compress: bool) -> VM:
-        """Boots ``vm`` so that its :meth:`VM.save` can save it into ``directory``
-        (``compress``: smaller files, at some cost in restore time and shared memory)."""
+    def boot(self, vm: VMSpec, directory: Path, private: bool) -> VM:
+        """Boots ``vm`` so that its :meth:`VM.save` can save it into ``directory``.
+        ``private``: each clone restores into memory of its own, sharing no page with
+        another (none between tenants: docs/security.md); else clones map the template's
+        pages copy-on-write (density)."""
         raise NotImplementedError
 
     def restore(self, vm: VMSpec, directory: Path, saved: dict[str, Any]) -> VM:

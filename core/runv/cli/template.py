@@ -19,11 +19,16 @@ def create(
     vcpus: Annotated[Optional[int], typer.Option("--vcpus", help="Guest vCPUs (default: [vm] vcpus, 1).")] = None,
     share: Annotated[Optional[list[str]], typer.Option("--share", help="Tag of a shared directory the containers have (repeat; default: rootfs).")] = None,
     hotplug_slots: Annotated[int, typer.Option("--hotplug-slots", help="Free PCIe slots the containers' VMs keep (the net plugin keeps 2).")] = 2,
-    compress: Annotated[bool, typer.Option("--compress", help="Save guest RAM lz4-compressed in the state file (smaller; clones do not share RAM).")] = False,
+    clones: Annotated[str, typer.Option("--clones", help=(
+        "private: each clone loads its own RAM, no page shared between clones (tenants); "
+        "shared: clones map the template's RAM copy-on-write (density)."))] = "private",
 ) -> None:
     """Boot a VM of this shape to agent-ready and save it (replaces a template of the same name)."""
+    from runv.api.errors import RunvError
     from runv.templates import make, store
 
+    if clones not in ("private", "shared"):
+        raise RunvError(f"--clones must be private or shared, not {clones!r}")
     record = make.create(
         ctx.find_root().obj,
         name=name,
@@ -31,7 +36,7 @@ def create(
         vcpus=vcpus,
         shares=tuple(share or make.DEFAULT_SHARES),
         hotplug_slots=hotplug_slots,
-        compress=compress,
+        private=clones == "private",
     )
     size = sum(record["saved"]["files"].values())
     typer.echo(f"{record['name']}: saved in {record['seconds']:.1f} s ({size / 2**20:.0f} MiB) in {store.directory()}")
@@ -43,7 +48,7 @@ def list_(
     format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
 ) -> None:
     """Templates with their shape, and whether the current kernel and initrd still match."""
-    from runv.templates import match, store
+    from runv.templates import make, match, store
 
     settings = ctx.find_root().obj
     try:
@@ -63,7 +68,7 @@ def list_(
             "memory_mib": shape.get("memory_mib"),
             "vcpus": shape.get("vcpus"),
             "shares": record.get("shares", []),
-            "compress": record["saved"].get("compress"),
+            "clones": make.clones(record),
             "bytes": sum(record["saved"].get("files", {}).values()),
             "created": record.get("created"),
             "status": f"unusable: {problem}" if problem else "ok",
@@ -71,11 +76,11 @@ def list_(
     if format == "json":
         typer.echo(json.dumps(rows, indent=1))
         return
-    typer.echo(f"{'NAME':<32} {'HYPERVISOR':<10} {'MEMORY':>6} {'VCPUS':>5} {'SHARES':<12} {'SIZE':>8}  STATUS")
+    typer.echo(f"{'NAME':<32} {'HYPERVISOR':<10} {'MEMORY':>6} {'VCPUS':>5} {'SHARES':<12} {'CLONES':<7} {'SIZE':>8}  STATUS")
     for row in rows:
         typer.echo(
             f"{row['name']:<32} {row['hypervisor']:<10} {row['memory_mib']:>5}M {row['vcpus']:>5} "
-            f"{','.join(row['shares']):<12} {row['bytes'] / 2**20:>7.0f}M  {row['status']}"
+            f"{','.join(row['shares']):<12} {row['clones']:<7} {row['bytes'] / 2**20:>7.0f}M  {row['status']}"
         )
 
 

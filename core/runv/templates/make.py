@@ -33,11 +33,12 @@ def create(
     vcpus: int | None = None,
     shares: tuple[str, ...] = DEFAULT_SHARES,
     hotplug_slots: int = DEFAULT_HOTPLUG_SLOTS,
-    compress: bool = False,
+    private: bool = True,
     unless_current: bool = False,
 ) -> dict | None:
     """Boots a VM of this shape to agent-ready, saves it as a template; returns its record.
-    Memory and vCPUs default to ``[vm]``'s (the size of a container without limits).
+    Memory and vCPUs default to ``[vm]``'s (the size of a container without limits);
+    ``private``: clones share no memory page (see TemplateSupport.boot).
     ``unless_current``: when the template of that name already has this shape and is made
     from the current kernel and initrd, with its files intact, boot nothing and return None."""
     from runv import loader
@@ -74,10 +75,10 @@ def create(
             raise RunvError(f"hypervisor {hypervisor.name!r} cannot make a template of this shape")
         name = name or match.default_name(vm_shape)
         check_name(name)
-        if unless_current and _is_current(name, vm_shape, spec, hypervisor.name):
+        if unless_current and _is_current(name, vm_shape, spec, hypervisor.name, private):
             return None
         started = time.monotonic()
-        vm = support.boot(spec, work, compress)
+        vm = support.boot(spec, work, private)
         try:
             connect_agent(spec, vm, caps, lambda *_: None, lambda _m: None).close()
             saved = vm.save(work)
@@ -91,6 +92,7 @@ def create(
             "shape": vm_shape,
             "shares": list(shares),
             "saved": saved,
+            "clones": "private" if private else "shared",
         }
         for leftover in LEFTOVERS:
             (work / leftover).unlink(missing_ok=True)
@@ -109,13 +111,21 @@ def create(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _is_current(name: str, vm_shape: dict, spec: VMSpec, hypervisor: str) -> bool:
+def _is_current(name: str, vm_shape: dict, spec: VMSpec, hypervisor: str, private: bool) -> bool:
     """Whether template ``name`` would serve a VM of ``vm_shape`` booting ``spec``'s kernel and initrd
-    (the test ``--template NAME`` applies: same shape, not stale, files intact)."""
+    (the test ``--template NAME`` applies: same shape, not stale, files intact) with its clones' memory so."""
     try:
         record = read(name)
     except RunvError:
         return False
+    if clones(record) != ("private" if private else "shared"):
+        return False
     current = match.source(spec.kernel, spec.initrd)
     found, _warning = match.select(name, vm_shape, current, [record], directory(), hypervisor)
     return found is not None
+
+
+def clones(record: dict) -> str:
+    """How a template's clones get their memory: ``private`` or ``shared`` (older records:
+    private when their RAM was saved into the stream)."""
+    return record.get("clones") or ("private" if record.get("saved", {}).get("compress") else "shared")

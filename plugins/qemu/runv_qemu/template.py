@@ -6,8 +6,9 @@ VM runs with its RAM in ``memory`` mapped shared, so when it is stopped the file
 memory; the stream is saved with the ``x-ignore-shared`` capability, which leaves shared RAM
 out. A clone maps the same file **private** (``share=off``): it reads the template's pages
 and copies only those it writes (copy-on-write), so idle clones share most of their RAM.
-With ``compress`` the RAM goes into the stream instead, through lz4: a smaller template on
-disk, but every clone loads (and owns) all of its RAM.
+That is the ``shared`` mode (density). In the ``private`` mode (the default) the RAM goes into
+the stream instead, through lz4: every clone loads (and owns) all of its RAM, and no page is
+shared between two clones (so none between tenants); the template is smaller on disk too.
 
 The migration stream carries device state but no host paths. So a clone is started with
 the *same device set* as the template (same shares by tag, disks by serial, hot-plug
@@ -109,11 +110,12 @@ class QemuTemplates(TemplateSupport):
     def shape(self, vm: VMSpec) -> dict | None:
         return shape(vm, self.accel, self.cpu())
 
-    def boot(self, vm: VMSpec, directory: Path, compress: bool) -> QemuVM:
+    def boot(self, vm: VMSpec, directory: Path, private: bool) -> QemuVM:
         """Boots ``vm`` with its RAM in ``directory/memory`` (shared: once stopped, the file
-        is its memory), or in anonymous memory when ``compress`` (the RAM goes into the stream)."""
+        is its memory), or in anonymous memory when ``private`` (the RAM goes into the stream)."""
+        compress = private
         if compress and shutil.which(COMPRESSOR) is None:
-            raise RunvError(f"--compress needs {COMPRESSOR}: apt-get install lz4")
+            raise RunvError(f"a private template needs {COMPRESSOR}: apt-get install lz4 (or --clones shared)")
         extra, binds = [], []
         if not compress:
             memory = directory / MEMORY
@@ -188,7 +190,8 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     try:
         fd = stream
         if compress:  # lz4 unpacks on the host; QEMU reads a pipe (it runs no commands: spawn=deny)
-            decompressor = subprocess.Popen([compress, "-q", "-d", "-c"], stdin=stream, stdout=subprocess.PIPE)
+            decompressor = subprocess.Popen([compress, "-q", "-d", "-c"], stdin=stream, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE)
             fd = decompressor.stdout.fileno()
         clone.qmp(("getfd", {"fdname": MIGRATION_FD}), _ignore_shared(not compress),
                   ("migrate-incoming", {"uri": f"fd:{MIGRATION_FD}"}), fd=fd)
@@ -196,6 +199,9 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
         while True:
             if not clone.alive():
                 raise RunvError(f"{driver.BINARY} could not load the template: {vm.last_words()}")
+            if decompressor is not None and decompressor.poll():  # QEMU would wait out the timeout on a short stream
+                words = decompressor.stderr.read().decode(errors="replace").strip().splitlines()[:1]
+                raise RunvError(f"{compress} could not unpack the template ({state}): {' '.join(words) or 'failed'}")
             migration, run_state = clone.qmp(("query-migrate", None), ("query-status", None))
             if migration.get("status") == "failed":
                 raise RunvError(f"{driver.BINARY} could not load the template: {migration.get('error-desc', 'failed')}")
@@ -213,6 +219,7 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
         os.close(stream)
         if decompressor is not None:
             decompressor.stdout.close()
+            decompressor.stderr.close()
             try:
                 decompressor.wait(5)
             except subprocess.TimeoutExpired:
