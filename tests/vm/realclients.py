@@ -40,6 +40,7 @@ class PtySession:
             finally:
                 os._exit(127)
         self.pid, self.master = pid, master
+        self.rows, self.cols = rows, cols
 
     def read_until(self, needle: bytes, timeout: float = 60) -> bytes:
         deadline = time.monotonic() + timeout
@@ -77,6 +78,16 @@ class PtySession:
         os.waitpid(self.pid, 0)
         self.close()
         raise AssertionError(f"the command did not exit within {timeout} s; output {self.output!r}")
+
+    def check_shell(self, terminal: bytes, code: int, prompt_timeout: float = 60) -> None:
+        """Drives the shell the command runs: at its prompt, ``tty`` names ``terminal`` and
+        ``stty size`` is this pty's size; ``exit CODE`` ends the command with that code."""
+        self.read_until(b"# ", timeout=prompt_timeout)
+        self.write(b"tty; stty size\r")
+        self.read_until(f"{self.rows} {self.cols}".encode())
+        assert terminal in self.output
+        self.write(f"exit {code}\r".encode())
+        assert self.wait() == code
 
     def close(self) -> None:
         if self.master >= 0:

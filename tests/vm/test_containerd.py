@@ -125,12 +125,7 @@ def test_run_output_and_exit_code(ctr):
 
 def test_run_tty(ctr):
     session = PtySession(ctr.argv(*ctr.run_args("--rm", "-t", IMAGE, "tty1", "sh")), rows=24, cols=90)
-    session.read_until(b"# ", timeout=120)
-    session.write(b"tty; stty size\r")
-    session.read_until(b"24 90")
-    assert b"/dev/pts/0" in session.output
-    session.write(b"exit 6\r")
-    assert session.wait() == 6
+    session.check_shell(b"/dev/pts/0", 6, prompt_timeout=120)
 
 
 def test_detached_task_exec_pause_ps_kill_delete(ctr):
@@ -144,12 +139,7 @@ def test_detached_task_exec_pause_ps_kill_delete(ctr):
     assert result.returncode == 5 and result.stdout == "in-exec\n", result.stderr
 
     session = PtySession(ctr.argv("task", "exec", "-t", "--exec-id", "e2", "box", "sh"), rows=20, cols=70)
-    session.read_until(b"# ")
-    session.write(b"tty; stty size\r")
-    session.read_until(b"20 70")
-    assert b"/dev/pts/" in session.output
-    session.write(b"exit 4\r")
-    assert session.wait() == 4
+    session.check_shell(b"/dev/pts/", 4)
 
     listing = ctr("task", "ps", "box", check=True).stdout.splitlines()  # runv ps --format json
     assert listing[0].split()[0] == "PID" and len(listing) >= 2 and listing[1].split()[0].isdigit(), listing

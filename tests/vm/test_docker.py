@@ -156,12 +156,7 @@ def test_run_output_and_exit_code(docker):
 
 def test_run_tty(docker):
     session = PtySession(docker.argv("run", "--runtime", "runv", "--rm", "-it", IMAGE, "sh"), rows=24, cols=90)
-    session.read_until(b"# ", timeout=120)
-    session.write(b"tty; stty size\r")
-    session.read_until(b"24 90")
-    assert b"/dev/pts/0" in session.output
-    session.write(b"exit 6\r")
-    assert session.wait() == 6
+    session.check_shell(b"/dev/pts/0", 6, prompt_timeout=120)
 
 
 def test_detached_exec_pause_top_stop_rm(docker):
@@ -174,12 +169,7 @@ def test_detached_exec_pause_top_stop_rm(docker):
     assert result.returncode == 5 and result.stdout == "in-exec\n", result.stderr
 
     session = PtySession(docker.argv("exec", "-it", "box", "sh"), rows=20, cols=70)
-    session.read_until(b"# ")
-    session.write(b"tty; stty size\r")
-    session.read_until(b"20 70")
-    assert b"/dev/pts/" in session.output
-    session.write(b"exit 4\r")
-    assert session.wait() == 4
+    session.check_shell(b"/dev/pts/", 4)
 
     docker("pause", "box", check=True)
     assert docker.inspect("box", "{{.State.Status}}") == "paused"

@@ -162,12 +162,7 @@ def test_run_nonzero_exit_and_stderr(podman):
 
 def test_run_tty_through_a_pty(podman):
     session = podman.pty("run", "--rm", "-it", IMAGE, "sh", rows=33, cols=101)
-    session.read_until(b"# ", timeout=120)
-    session.write(b"tty; stty size\r")
-    session.read_until(b"33 101")
-    assert b"/dev/pts/0" in session.output
-    session.write(b"exit 3\r")
-    assert session.wait() == 3
+    session.check_shell(b"/dev/pts/0", 3, prompt_timeout=120)
 
 
 def test_exec_output_exit_code_and_stdin(podman, box):
@@ -182,12 +177,7 @@ def test_exec_output_exit_code_and_stdin(podman, box):
 
 def test_exec_tty(podman, box):
     session = podman.pty("exec", "-it", box, "sh", rows=22, cols=77)
-    session.read_until(b"# ")
-    session.write(b"tty; stty size\r")
-    session.read_until(b"22 77")
-    assert b"/dev/pts/" in session.output  # the container's own devpts names its terminal
-    session.write(b"exit 4\r")
-    assert session.wait() == 4
+    session.check_shell(b"/dev/pts/", 4)  # the container's own devpts names its terminal
 
 
 def test_pause_unpause(podman, box):
