@@ -1,5 +1,5 @@
 """What the test layers share besides fixtures: the runv command, the guest files, busybox
-root filesystems. (A module of its own: ``from conftest import`` is ambiguous with two layers.)"""
+root filesystems, fake cgroup trees. (A module of its own: ``from conftest import`` is ambiguous with two layers.)"""
 
 from __future__ import annotations
 
@@ -44,3 +44,24 @@ def run_captured(argv: list[str], *, check: bool = False, timeout: float = 180, 
     if check and result.returncode != 0:
         raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+def fake_cgroup_v2(base: Path) -> Path:
+    """A directory that runv.api.cgroups takes for a cgroup v2 mount."""
+    base.mkdir()
+    (base / "cgroup.controllers").write_text("cpu io memory pids\n")
+    return base
+
+
+def fake_cgroup_v1(base: Path) -> Path:
+    """A directory that runv.api.cgroups takes for cgroup v1's mounts (memory, pids, cpu)."""
+    for controller in ("memory", "pids", "cpu"):
+        (base / controller).mkdir(parents=True)
+    return base
+
+
+def emptied(directory: Path) -> None:
+    """What cgroupfs does on rmdir: the control files go with the directory (here: by hand)."""
+    for child in directory.rglob("*"):
+        if child.is_file():
+            child.unlink()

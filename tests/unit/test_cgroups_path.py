@@ -9,33 +9,15 @@ import os
 from pathlib import Path
 
 import pytest
+from support import emptied, fake_cgroup_v1, fake_cgroup_v2
 
 from runv.api import RunvError, cgroups
-
-
-def fake_v2(base: Path) -> Path:
-    base.mkdir()
-    (base / "cgroup.controllers").write_text("cpu io memory pids\n")
-    return base
-
-
-def fake_v1(base: Path) -> Path:
-    for controller in ("memory", "pids", "cpu"):
-        (base / controller).mkdir(parents=True)
-    return base
 
 
 def proc_self(tmp_path: Path, text: str) -> str:
     path = tmp_path / "self-cgroup"
     path.write_text(text)
     return str(path)
-
-
-def emptied(directory: Path) -> None:
-    """What cgroupfs does on rmdir: the control files go with the directory (here: by hand)."""
-    for child in directory.rglob("*"):
-        if child.is_file():
-            child.unlink()
 
 
 @pytest.mark.parametrize("value, path", [
@@ -72,7 +54,7 @@ def test_a_bad_cgroups_path_is_one_line_naming_the_field(value, message):
 
 
 def test_v1_the_shim_and_the_vmm_go_under_the_path_in_memory_and_pids(tmp_path):
-    base = fake_v1(tmp_path / "cg")
+    base = fake_cgroup_v1(tmp_path / "cg")
     state = tmp_path / "state/c1"
     state.mkdir(parents=True)
     (base / "memory/libpod_parent").mkdir()  # the caller's: kept
@@ -98,7 +80,7 @@ def test_v1_the_shim_and_the_vmm_go_under_the_path_in_memory_and_pids(tmp_path):
 
 
 def test_v2_enables_memory_and_pids_on_the_way_down(tmp_path):
-    base = fake_v2(tmp_path / "cg")
+    base = fake_cgroup_v2(tmp_path / "cg")
     state = tmp_path / "c1"
     state.mkdir()
     cgroups.place(state, cgroups.parse_path("machine.slice:libpod:c1", "config.json"), 4242, base)
@@ -115,15 +97,15 @@ def test_v2_enables_memory_and_pids_on_the_way_down(tmp_path):
 
 
 def test_a_relative_path_is_below_the_runtimes_own_cgroup(tmp_path):
-    base = fake_v1(tmp_path / "cg")
+    base = fake_cgroup_v1(tmp_path / "cg")
     proc = proc_self(tmp_path, "12:pids:/user.slice/u1\n11:cpu,cpuacct:/\n7:memory:/user.slice\n0::/user.slice\n")
     assert cgroups.resolve("./k8s/pod1", base, proc) == [base / "memory/user.slice/k8s/pod1", base / "pids/user.slice/u1/k8s/pod1"]
-    v2 = fake_v2(tmp_path / "v2")
+    v2 = fake_cgroup_v2(tmp_path / "v2")
     assert cgroups.resolve("./k8s", v2, proc_self(tmp_path, "0::/init.scope\n")) == [v2 / "init.scope/k8s"]
 
 
 def test_the_shims_own_teardown_leaves_its_leaf_to_delete(tmp_path):
-    base = fake_v1(tmp_path / "cg")
+    base = fake_cgroup_v1(tmp_path / "cg")
     state = tmp_path / "c1"
     state.mkdir()
     cgroups.place(state, "runv-test/c1", os.getpid(), base)  # this process plays the shim

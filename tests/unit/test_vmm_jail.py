@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import emptied, fake_cgroup_v1, fake_cgroup_v2
 
 from runv.api import RunvError, cgroups, jail
 from runv.api.vm import Disk, Share, VMSpec
@@ -113,25 +114,6 @@ def test_a_jail_failure_is_one_line(tmp_path):
 # ---------------------------------------------------------------- cgroups on fake trees
 
 
-def fake_v2(base: Path) -> Path:
-    base.mkdir()
-    (base / "cgroup.controllers").write_text("cpu io memory pids\n")
-    return base
-
-
-def fake_v1(base: Path) -> Path:
-    for controller in ("memory", "pids", "cpu"):
-        (base / controller).mkdir(parents=True)
-    return base
-
-
-def remove_control_files(cgroup: cgroups.Cgroup) -> None:
-    """What cgroupfs does on rmdir: its control files go with the directory."""
-    for directory in cgroup.dirs():
-        for child in directory.iterdir():
-            child.unlink()
-
-
 def test_the_name_is_the_state_directorys_and_unique_per_root(tmp_path):
     a, b = tmp_path / "root-a/c1", tmp_path / "root-b/c1"
     assert cgroups.name(a) == cgroups.name(a) != cgroups.name(b)
@@ -140,7 +122,7 @@ def test_the_name_is_the_state_directorys_and_unique_per_root(tmp_path):
 
 
 def test_v2_layout_limits_and_removal(tmp_path):
-    base = fake_v2(tmp_path / "cg")
+    base = fake_cgroup_v2(tmp_path / "cg")
     group = cgroups.for_vm(tmp_path / "state/c1", base)
     memory, pids = cgroups.limits(256, 2)
     assert (memory, pids) == ((256 + cgroups.OVERHEAD_MIB) << 20, cgroups.PIDS_BASE + 4)
@@ -150,7 +132,8 @@ def test_v2_layout_limits_and_removal(tmp_path):
     assert (base / "cgroup.subtree_control").read_text() == "+memory +pids"
     assert (base / "runv/cgroup.subtree_control").read_text() == "+memory +pids"
     assert (directory / "memory.max").read_text() == str(memory) and (directory / "pids.max").read_text() == str(pids)
-    remove_control_files(group)
+    for directory in group.dirs():
+        emptied(directory)
     (base / "runv/cgroup.subtree_control").unlink()
     group.remove()
     assert not (base / "runv").exists()
@@ -158,14 +141,15 @@ def test_v2_layout_limits_and_removal(tmp_path):
 
 
 def test_v1_layout_one_directory_per_controller(tmp_path):
-    base = fake_v1(tmp_path / "cg")
+    base = fake_cgroup_v1(tmp_path / "cg")
     group = cgroups.for_vm(tmp_path / "c1", base)
     group.create(1 << 30, 200)
     memory, pids = base / "memory/runv" / group.name, base / "pids/runv" / group.name
     assert group.dirs() == [memory, pids]
     assert (memory / "memory.limit_in_bytes").read_text() == str(1 << 30) and (pids / "pids.max").read_text() == "200"
     assert not (base / "cpu/runv").exists()
-    remove_control_files(group)
+    for directory in group.dirs():
+        emptied(directory)
     group.remove()
     assert not (base / "memory/runv").exists() and not (base / "pids/runv").exists()
 
