@@ -90,13 +90,17 @@ def test_the_shim_killed_takes_its_vm_and_delete_needs_no_force(runv, make_bundl
     nothing_left(runv, root, tmp_path)
 
 
-@pytest.mark.parametrize("moment", KILL_MOMENTS)
-def test_create_killed_at_each_moment_is_deleted_with_nothing_left(runv, background, make_bundle, root, tmp_path, moment):
-    bundle = hold_in_hooks(make_bundle(["sleep", "1000"]))
+def kill_create_at(moment, background, bundle, root) -> None:
+    """``runv create`` of container ``box`` from ``bundle``, killed -9 at ``moment``."""
     create = background("create", "--bundle", bundle, "box")
     wait_for_moment(moment, root / "box", bundle, create, BOUND)
     create.kill()
     create.wait()
+
+
+@pytest.mark.parametrize("moment", KILL_MOMENTS)
+def test_create_killed_at_each_moment_is_deleted_with_nothing_left(runv, background, make_bundle, root, tmp_path, moment):
+    kill_create_at(moment, background, hold_in_hooks(make_bundle(["sleep", "1000"])), root)
     state = runv("state", "box")
     if state.returncode == 0:  # a create that died leaves a container that state and list show
         assert json.loads(state.stdout)["status"] in ("creating", "created", "stopped")
@@ -110,11 +114,7 @@ def test_create_killed_at_each_moment_is_deleted_with_nothing_left(runv, backgro
 def test_a_create_killed_while_booting_stops_its_container_by_itself(runv, background, make_bundle, root, tmp_path):
     """Its caller never got the container's pid: the shim stops the VM (137); `delete`
     without --force then removes the stopped container."""
-    bundle = make_bundle(["sleep", "1000"])
-    create = background("create", "--bundle", bundle, "box")
-    wait_for_moment("booting", root / "box", bundle, create, BOUND)
-    create.kill()
-    create.wait()
+    kill_create_at("booting", background, make_bundle(["sleep", "1000"]), root)
     wait_status(runv, "box", "stopped", BOUND)
     assert vm_processes_in(root / "box") == []
     assert record(root / "box")["exit_code"] == 137
