@@ -36,7 +36,7 @@ def command(
     import sys
 
     from runv.api.errors import RunvError
-    from runv.oci.resources import from_update_flags
+    from runv.oci.resources import UPDATE_FLAGS, from_update_flags
     from runv.runtime.verbs import ask_shim
 
     if l3_cache_schema is not None or mem_bw_schema is not None:
@@ -49,12 +49,7 @@ def command(
             raise RunvError(f"cannot read {resources}: {exc.strerror}") from None
         except ValueError as exc:
             raise RunvError(f"{resources}: not JSON: {exc}") from None
-    else:
-        flags = {
-            "blkio-weight": blkio_weight, "cpu-period": cpu_period, "cpu-quota": cpu_quota, "cpu-share": cpu_share,
-            "cpu-rt-period": cpu_rt_period, "cpu-rt-runtime": cpu_rt_runtime, "cpuset-cpus": cpuset_cpus,
-            "cpuset-mems": cpuset_mems, "memory": memory, "memory-reservation": memory_reservation,
-            "memory-swap": memory_swap, "pids-limit": pids_limit,
-        }
+    else:  # each flag's parameter is its name with dashes as underscores
+        flags = {name: ctx.params[name.replace("-", "_")] for name in UPDATE_FLAGS}
         update = from_update_flags({flag: value for flag, value in flags.items() if value is not None})
     ask_shim(ctx.obj, container_id, "update", resources=update)
