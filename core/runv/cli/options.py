@@ -13,3 +13,13 @@ ConsoleSocket = Annotated[Optional[Path], typer.Option("--console-socket", help=
 NoPivot = Annotated[bool, typer.Option("--no-pivot", hidden=True)]
 NoNewKeyring = Annotated[bool, typer.Option("--no-new-keyring", hidden=True)]
 PreserveFds = Annotated[int, typer.Option("--preserve-fds", hidden=True)]
+
+
+def container_command(run):
+    """The typer command of a hot command whose one argument is the container id
+    (``state``, ``start``, ``pause``, ``resume``): it calls the module's ``run``."""
+
+    def command(ctx: typer.Context, container_id: ContainerId) -> None:
+        run(ctx.obj, container_id)
+
+    return command

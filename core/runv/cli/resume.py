@@ -13,11 +13,6 @@ def run(settings: Settings, container_id: str) -> None:
 
 def typer_command():
     """The command as typer declares it (the fast path calls :func:`run` without typer)."""
-    import typer
+    from runv.cli.options import container_command
 
-    from runv.cli.options import ContainerId
-
-    def command(ctx: typer.Context, container_id: ContainerId) -> None:
-        run(ctx.obj, container_id)
-
-    return command
+    return container_command(run)
