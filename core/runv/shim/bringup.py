@@ -38,13 +38,15 @@ def kernel_args(debug: bool, caps: Capabilities) -> tuple[str, ...]:
     return ("panic=-1", "rdinit=/init", *caps.agent.kernel_args()) + (("runv.debug",) if debug else ("quiet",))
 
 
-def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, **fields) -> VMSpec:
+def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, config: dict | None = None,
+            **fields) -> VMSpec:
     """The VMSpec every runv VM starts from; ``fields`` add devices or change sizes. A
-    hypervisor that resizes VMs gets the ``[vm]`` maxima as its hot-plug ceilings."""
+    hypervisor that resizes VMs gets the ``[vm]`` maxima (``config``: runv.api.sizing.settings(),
+    read here when not given) as its hot-plug ceilings."""
     if caps.resize:
         from runv.api import sizing
 
-        config = sizing.settings()
+        config = config or sizing.settings()
         fields = {"max_memory_mib": config["max_memory_mib"], "max_vcpus": config["max_vcpus"], **fields}
     return VMSpec(
         name=name,
@@ -59,13 +61,13 @@ def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, 
     )
 
 
-def vm_size(container: Container) -> tuple[int, int]:
+def vm_size(container: Container, config: dict) -> tuple[int, int]:
     """The memory (MiB) and vCPUs of the container's VM, from its ``linux.resources`` as
-    the guest applies them (``confinement["resources"]``) and ``[vm]`` of the config file."""
+    the guest applies them (``confinement["resources"]``) and ``[vm]`` (``config``)."""
     from runv.api import sizing
 
     source = str(container.bundle / "config.json")
-    return sizing.vm_size(container.spec.confinement.get("resources", {}), source, sizing.settings())
+    return sizing.vm_size(container.spec.confinement.get("resources", {}), source, config)
 
 
 def enter_cgroups_path(container: Container) -> None:
@@ -88,10 +90,13 @@ def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container
                  attachment: StorageAttachment) -> VMSpec:
     """The container's VM: its size, its storage, then what the network and other plugins
     add; the shim is in the container's cgroupsPath first."""
-    memory_mib, vcpus = vm_size(container)
+    from runv.api import sizing
+
+    config = sizing.settings()  # the config file and the host's size, read once
+    memory_mib, vcpus = vm_size(container, config)
     enter_cgroups_path(container)
-    vm = base_vm(settings, caps, container.id, container.state_dir, shares=attachment.shares, disks=attachment.disks,
-                 memory_mib=memory_mib, vcpus=vcpus)
+    vm = base_vm(settings, caps, container.id, container.state_dir, config, shares=attachment.shares,
+                 disks=attachment.disks, memory_mib=memory_mib, vcpus=vcpus)
     for extra in hooks.configure_net(container=container):
         vm = vm.with_contribution(extra)
     for extra in hooks.prepare_vm(container=container, vm=vm):

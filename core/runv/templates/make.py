@@ -47,12 +47,11 @@ def create(
     for what, path in (("kernel", settings.kernel), ("initrd", settings.initrd)):
         if not path.is_file():
             raise RunvError(f"guest {what} {path} does not exist: run `runv guest build` (or pass --{what})")
-    if memory_mib is None or vcpus is None:
-        from runv.api import sizing
+    from runv.api import sizing
 
-        config = sizing.settings()
-        memory_mib = config["memory_mib"] if memory_mib is None else memory_mib
-        vcpus = config["vcpus"] if vcpus is None else vcpus
+    config = sizing.settings()  # the defaults here, the hot-plug ceilings in base_vm
+    memory_mib = config["memory_mib"] if memory_mib is None else memory_mib
+    vcpus = config["vcpus"] if vcpus is None else vcpus
     if memory_mib < 64 or vcpus < 1:
         raise RunvError("a template needs at least 64 MiB of memory and 1 vCPU")
     hypervisor = loader.choose_hypervisor(settings.hypervisor, logger.debug)
@@ -68,7 +67,7 @@ def create(
     try:
         empty = work / "empty"  # what the template's shares point at: they are never mounted
         empty.mkdir()
-        spec = base_vm(settings, caps, "template", work, memory_mib=memory_mib, vcpus=vcpus, hotplug_slots=hotplug_slots,
+        spec = base_vm(settings, caps, "template", work, config, memory_mib=memory_mib, vcpus=vcpus, hotplug_slots=hotplug_slots,
                        shares=tuple(Share(tag=tag, path=empty, readonly=True) for tag in shares))
         vm_shape = match.shape(spec, hypervisor.name, support)
         if vm_shape is None:
