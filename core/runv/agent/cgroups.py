@@ -137,6 +137,7 @@ def op_update(agent, message: dict) -> None:
     if vcpus is not None:  # the host hot-plugged vCPUs first: they must be online before a cpuset names them
         from runv.agent.sysfs import online_cpus
 
-        if online_cpus(vcpus, CPU_TIMEOUT) < vcpus:
-            raise AgentError(f"update: only {online_cpus(vcpus, 0)} of {vcpus} vCPUs came online in the guest")
+        online = online_cpus(vcpus, CPU_TIMEOUT)
+        if online < vcpus:
+            raise AgentError(f"update: only {online} of {vcpus} vCPUs came online in the guest")
     update_cgroup(container.cgroup if container is not None else None, resources)

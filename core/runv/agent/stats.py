@@ -81,10 +81,11 @@ def op_stats(agent, message: dict) -> dict:
             "percpu": [c["user"] + c["kernel"] for _, c in sorted(cpus.items(), key=lambda kv: int(kv[0][3:]))],
         },
         "memory": {"usage": memory["MemTotal"] - memory["MemAvailable"], "limit": memory["MemTotal"], "cache": memory.get("Cached", 0)},
-        "pids": len(op_ps(agent, message)["processes"]),
         "oom_kills": oom_kills,
     }
     container = agent.processes.container
     if container is not None and container.cgroup:
         _cgroup_figures(container.cgroup, figures)
+    if "pids" not in figures:  # no cgroup, or no pids.current: the guest's processes, counted
+        figures["pids"] = len(op_ps(agent, message)["processes"])
     return figures

@@ -184,7 +184,8 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
         sockets = [listen(qmp), listen(vm.agent_socket)]
         try:
             argv = command(vm, accel, cpu, fds=tuple(s.fileno() for s in sockets)) + list(extra)
-            jailed = jail.command(argv, root=root, cwd=vm.state_dir, binds=jail.vm_binds(vm, program, readonly=OVERCOMMIT * bool(hot_memory(vm))) + list(binds),
+            jail_binds = jail.vm_binds(vm, program, readonly=OVERCOMMIT if hot_memory(vm) else ()) + list(binds)
+            jailed = jail.command(argv, root=root, cwd=vm.state_dir, binds=jail_binds,
                                   cgroups=cgroup.procs(), kvm=accel == "kvm", fd_dir=bool(vm.shares))
             with open(vm.console_log, "ab") as log:
                 proc = subprocess.Popen(jailed, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
