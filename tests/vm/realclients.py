@@ -197,6 +197,20 @@ def stop_daemon(proc: subprocess.Popen, containerd_socket: Path) -> None:
             os.kill(int(entry), signal.SIGKILL)
 
 
+def wait_for_daemon(name: str, proc: subprocess.Popen, ready, log: Path, cleanup, timeout: float) -> None:
+    """Waits until ``ready()``; a daemon that exits or is not ready within ``timeout`` seconds
+    is cleaned up and its tests skipped with the tail of its ``log``."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-2000:]
+            cleanup()
+            pytest.skip(f"{name} did not start here: {tail}")
+        time.sleep(0.2)
+
+
 def qemu_of(runv_root: Path, container_id: str) -> int | None:
     """The PID of the QEMU running the VM of ``container_id`` under ``runv_root``."""
     want = str(runv_root / container_id)

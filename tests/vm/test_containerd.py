@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from realclients import PtySession, mounts_under, oci_archive, run, runv_ids, stop_daemon
+from realclients import PtySession, mounts_under, oci_archive, run, runv_ids, stop_daemon, wait_for_daemon
 from support import RUNV
 
 from runv.testing import vm_processes_in
@@ -87,14 +87,11 @@ def ctr(base_rootfs):
     log = open(base / "containerd.log", "wb")
     proc = subprocess.Popen([CONTAINERD, "--config", str(base / "config.toml")], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     client = Containerd(base)
-    deadline = time.monotonic() + 30
-    while client("version").returncode != 0:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_daemon(proc, base / "containerd.sock")
-            tail = (base / "containerd.log").read_text(errors="replace")[-2000:]
-            shutil.rmtree(base, ignore_errors=True)
-            pytest.skip(f"containerd did not start here: {tail}")
-        time.sleep(0.2)
+    def cleanup() -> None:
+        stop_daemon(proc, base / "containerd.sock")
+        shutil.rmtree(base, ignore_errors=True)
+
+    wait_for_daemon("containerd", proc, lambda: client("version").returncode == 0, base / "containerd.log", cleanup, 30)
     client("images", "import", oci_archive(base_rootfs, base / "image.tar", IMAGE), check=True)
     try:
         yield client

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from realclients import PtySession, docker_archive, mounts_under, qemu_of, run, runv_ids, stop_daemon
+from realclients import PtySession, docker_archive, mounts_under, qemu_of, run, runv_ids, stop_daemon, wait_for_daemon
 from support import RUNV
 
 from runv.testing import vm_processes_in
@@ -122,13 +122,7 @@ def docker(guest_image, base_rootfs):
             shutil.rmtree("/run/docker", ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
 
-    deadline = time.monotonic() + 60
-    while client("version").returncode != 0:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = (base / "dockerd.log").read_text(errors="replace")[-2000:]
-            stop()
-            pytest.skip(f"dockerd did not start here: {tail}")
-        time.sleep(0.2)
+    wait_for_daemon("dockerd", proc, lambda: client("version").returncode == 0, base / "dockerd.log", stop, 60)
     client("load", "--input", docker_archive(base_rootfs, base / "image.tar", IMAGE), check=True)
     try:
         yield client
