@@ -127,9 +127,9 @@ def update_cgroup(path, resources: dict) -> None:
 
 
 def op_update(agent, message: dict) -> None:
-    """``update`` {``resources``: cgroup v2 file → value, ``vcpus``: how many should be online}:
-    new limits for the running container, after the host resized its VM."""
-    container = agent.processes.container
+    """``update`` {``resources``: cgroup v2 file → value, ``vcpus``: how many should be online,
+    ``container``: whose (else the VM's own)}: new limits, after the host resized the VM."""
+    container = agent.processes.confined.get(agent.processes.resolve(message.get("container")))
     resources = message.get("resources")
     if not isinstance(resources, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in resources.items()):
         raise AgentError("update: resources must map cgroup file names to strings")

@@ -188,11 +188,20 @@ class Container:
 
 def op_prepare(agent, message: dict) -> None:
     """``prepare``: the rootfs (runv.agent.mounts), then, in a VM, the container whose
-    processes get namespaces, its mounts in spec order, a pivot_root and the rest of the spec."""
-    binds = mounts.op_prepare(agent, message)
-    if agent.confine:
-        config = message.get("confinement") or {}
-        agent.processes.container = Container(agent.rootfs, config, binds, message)
+    processes get namespaces, its mounts in spec order, a pivot_root and the rest of the spec.
+    The first container prepared is the VM's own; a later one (``container``: its id) is a
+    pod member, with its rootfs under /run/runv/containers/<id> (runv.agent.pods)."""
+    from runv.agent.pods import CONTAINERS
+
+    table = agent.processes
+    config = message.get("confinement") or {}
+    cid = message.get("container") or config.get("id") or ""
+    if cid in table.roots:
+        raise AgentError(f"container {cid} is already prepared in this VM")
+    member = cid if table.primary is not None else None
+    root = mounts.staged(agent, f"{CONTAINERS}/{cid}/rootfs") if member else agent.rootfs
+    binds = mounts.op_prepare(agent, message, root, member)
+    table.add(cid, root, Container(root, config, binds, message) if agent.confine else None)
 
 
 # ------------------------------------------------------------------ the process spec

@@ -5,7 +5,7 @@ import os
 import select
 import signal
 
-from runv.agent import cgroups, confine, identity, network, processes, stats, terminal
+from runv.agent import cgroups, confine, identity, network, pods, processes, stats, terminal
 from runv.agent.channel import Port, Stream
 from runv.agent.debug import log
 from runv.agent.errors import AgentError
@@ -44,6 +44,8 @@ OPERATIONS = {
     "stats": stats.op_stats,
     "update": cgroups.op_update,
     "network": network.op_network,
+    "freeze": pods.op_freeze,
+    "remove": pods.op_remove,
     "poweroff": op_poweroff,
 }
 

@@ -117,12 +117,13 @@ def staged(agent, path: str) -> str:
     return path
 
 
-def op_prepare(agent, message: dict) -> list | None:
-    """Mounts what the rootfs is assembled from (shares, disks) and the rootfs. In a VM
-    (``agent.confine``) the container's process makes every mount of the spec itself
+def op_prepare(agent, message: dict, rootfs: str, member: str | None = None) -> list | None:
+    """Mounts what the rootfs is assembled from (shares, disks) and the rootfs at ``rootfs``.
+    In a VM (``agent.confine``) the container's process makes every mount of the spec itself
     (runv.agent.rootfs): here only the shares its binds come from are mounted, under
     /run/runv/binds, and returned as ``[{"target", "source"}]``. The agent on the host
-    mounts /proc, /sys, a /dev and the spec's mounts in the rootfs (None is returned)."""
+    mounts /proc, /sys, a /dev and the spec's mounts in the rootfs (None is returned).
+    A pod ``member`` (a container joining the VM) takes no hostname: it has the VM's."""
     root = message["rootfs"]
     plan = []
     for entry in message.get("mounts", []):
@@ -131,29 +132,30 @@ def op_prepare(agent, message: dict) -> list | None:
     for entry in plan:  # what the rootfs is assembled from: shares, disks (by serial)
         if not entry.get("in_rootfs"):
             plan_mount(entry, entry["target"])
-    os.makedirs(agent.rootfs, exist_ok=True)
+    os.makedirs(rootfs, exist_ok=True)
     options = root.get("options", "")
     confine = getattr(agent, "confine", False)
     if root.get("readonly") and not confine:  # confined: remounted read-only after its mounts, as runc does
         options = ",".join(filter(None, [options, "ro"]))
     if root["fstype"] == "overlay":
         make_overlay_dirs(options)
-    if root["fstype"] == "bind":  # a host path (the fake VMM): bind flags need a remount, as for volumes
-        plan_mount({**root, "in_rootfs": True}, agent.rootfs)
+    if root["fstype"] == "bind":  # a host path (the fake VMM), a member's in the pod share: flags need a remount
+        plan_mount({**root, "source": staged(agent, root["source"]), "in_rootfs": True}, rootfs)
     else:
-        mount(resolve_source(root["source"]), agent.rootfs, root["fstype"], options)
-    if message.get("hostname"):
+        mount(resolve_source(root["source"]), rootfs, root["fstype"], options)
+    if message.get("hostname") and member is None:
         with open("/proc/sys/kernel/hostname", "w") as f:
             f.write(message["hostname"])
     if confine:
-        os.makedirs(SYSFS, exist_ok=True)
-        mount("sysfs", SYSFS, "sysfs", "nosuid,nodev,noexec")
-        return stage_binds(agent, [entry for entry in plan if entry.get("in_rootfs")])
+        if not os.path.ismount(SYSFS):
+            os.makedirs(SYSFS, exist_ok=True)
+            mount("sysfs", SYSFS, "sysfs", "nosuid,nodev,noexec")
+        return stage_binds(agent, [entry for entry in plan if entry.get("in_rootfs")], member)
     for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
-        path = os.path.join(agent.rootfs, target)
+        path = os.path.join(rootfs, target)
         if os.path.isdir(path):
             mount(fstype, path, fstype, "")
-    dev = os.path.join(agent.rootfs, "dev")
+    dev = os.path.join(rootfs, "dev")
     if os.path.isdir(dev) and message.get("guest_devices"):  # the VM's own devices, all of them
         mount("devtmpfs", dev, "devtmpfs", "")
         os.makedirs(os.path.join(dev, "pts"), exist_ok=True)
@@ -162,20 +164,22 @@ def op_prepare(agent, message: dict) -> list | None:
         populate_dev(dev)
     for entry in plan:  # the spec's mounts (volumes, tmpfs, mqueue...), in order
         if entry.get("in_rootfs"):
-            plan_mount(entry, rootfs_path(agent.rootfs, entry["target"], entry))
+            plan_mount(entry, rootfs_path(rootfs, entry["target"], entry))
     return None
 
 
-def stage_binds(agent, entries: list) -> list:
+def stage_binds(agent, entries: list, member: str | None = None) -> list:
     """The sources of the container's bind mounts, in order: a share (9p, virtio-fs, which
-    only the agent's namespace can mount) is mounted under /run/runv/binds; a guest path
-    (a staged volume file, /dev/null) is its own source. Other types are the init's."""
+    only the agent's namespace can mount) is mounted under /run/runv/binds (a pod member's
+    under /run/runv/binds/<id>); a guest path (a staged volume file, /dev/null, a member's
+    share in the pod directory) is its own source. Other types are the init's."""
     binds = []
+    folder = f"{BINDS}/{member}" if member else BINDS
     for entry in entries:
         if entry["fstype"] == "bind":
             binds.append({"target": entry["target"], "source": entry["source"]})
         elif entry["fstype"] not in GUEST_FSTYPES:
-            where = staged(agent, f"{BINDS}/{len(binds)}")
+            where = staged(agent, f"{folder}/{len(binds)}")
             plan_mount({**entry, "in_rootfs": False}, where)
             binds.append({"target": entry["target"], "source": where})
     return binds

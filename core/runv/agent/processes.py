@@ -26,6 +26,7 @@ class Process:
         self.tty_fd = tty_fd
         self.status = None
         self.exited_at = None
+        self.container = None  # the id of the container it runs in (ProcessTable.start)
 
 
 def spawn(rootfs: str, name: str, message: dict, container=None) -> Process:
@@ -202,13 +203,13 @@ def op_exec(agent, message: dict) -> dict:
 
 
 def op_signal(agent, message: dict) -> None:
+    """``signal``: to ``proc``, or with ``all`` to every process of its container (in its
+    guest cgroup; on the host, the ones the agent started there), never another container's."""
+    from runv.agent.pods import signal_container
+
     signum = int(message["signal"])
     if not message.get("all"):
         os.kill(agent.processes.lookup(message["proc"]).pid, signum)
-    elif os.getpid() == 1:
-        try:
-            os.kill(-1, signum)  # from PID 1: every process but the agent itself
-        except ProcessLookupError:
-            pass
-    else:  # the agent as a host process (tests, --socket): its own processes, never the host's
-        agent.processes.kill_all(signum)
+        return
+    proc = agent.processes.by_name.get(message.get("proc"))
+    signal_container(agent, proc.container if proc else agent.processes.resolve(message.get("container")), signum)

@@ -20,12 +20,41 @@ class ProcessTable:
         self.send = send
         self.by_name = {}  # name -> Process
         self.by_fd = {}  # output fd -> Process
-        self.container = None  # runv.agent.confine.Container once prepare confines the rootfs (in a VM)
+        self.primary = None  # the id of the first container prepared: the VM's own (a pod's sandbox)
+        self.roots = {}  # container id -> its rootfs (the primary's is ``rootfs``; a pod member's its own)
+        self.confined = {}  # container id -> runv.agent.confine.Container (in a VM, once prepared)
+
+    @property
+    def container(self):
+        """The primary container's confinement (None before prepare, or on the host)."""
+        return self.confined.get(self.primary)
+
+    def add(self, container_id: str, root: str, confined) -> None:
+        """A prepared container: the first is the primary, later ones pod members."""
+        if self.primary is None:
+            self.primary = container_id
+        self.roots[container_id] = root
+        if confined is not None:
+            self.confined[container_id] = confined
+
+    def resolve(self, container_id) -> str | None:
+        """The id a request's ``container`` names: the primary when absent (or before any prepare)."""
+        if not container_id or not self.roots:
+            return self.primary
+        if container_id not in self.roots:
+            raise AgentError(f"no container {container_id} in this VM")
+        return container_id
+
+    def of_container(self, container_id) -> list:
+        """The running processes the host started in that container."""
+        return [p for p in self.by_name.values() if p.container == container_id and p.status is None]
 
     def start(self, name: str, message: dict) -> Process:
         if name in self.by_name:
             raise AgentError(f"process {name!r} already exists")
-        proc = spawn(self.rootfs, name, message, self.container)
+        cid = self.resolve(message.get("container"))
+        proc = spawn(self.roots.get(cid, self.rootfs), name, message, self.confined.get(cid))
+        proc.container = cid
         self.by_name[name] = proc
         for fd in proc.outputs:
             self.by_fd[fd] = proc

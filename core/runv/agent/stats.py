@@ -4,9 +4,14 @@ import os
 
 
 def op_ps(agent, message: dict) -> dict:
-    """Every user process in the guest except the agent (kernel threads have no cmdline)."""
+    """Every user process in the guest except the agent (kernel threads have no cmdline);
+    with ``container``, only that container's (runv.agent.pods.container_pids)."""
+    from runv.agent.pods import container_pids
+
+    cid = message.get("container")
+    pids = [str(p) for p in container_pids(agent, agent.processes.resolve(cid))] if cid else os.listdir("/proc")
     processes = []
-    for entry in os.listdir("/proc"):
+    for entry in pids:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
@@ -51,8 +56,8 @@ def _cgroup_figures(path: str, figures: dict) -> None:
 
 
 def op_stats(agent, message: dict) -> dict:
-    """CPU, memory and process figures in runc's units (nanoseconds, bytes): the container's
-    cgroup's where the guest has one (several containers may share a VM), else the whole
+    """CPU, memory and process figures in runc's units (nanoseconds, bytes): the cgroup's of
+    the container (``container``, else the VM's own) where the guest has one, else the whole
     guest's; the limit is never above the guest's RAM; per-CPU times are the guest's."""
     tick_ns = 10**9 // os.sysconf("SC_CLK_TCK")
     cpus = {}
@@ -83,7 +88,7 @@ def op_stats(agent, message: dict) -> dict:
         "memory": {"usage": memory["MemTotal"] - memory["MemAvailable"], "limit": memory["MemTotal"], "cache": memory.get("Cached", 0)},
         "oom_kills": oom_kills,
     }
-    container = agent.processes.container
+    container = agent.processes.confined.get(agent.processes.resolve(message.get("container")))
     if container is not None and container.cgroup:
         _cgroup_figures(container.cgroup, figures)
     if "pids" not in figures:  # no cgroup, or no pids.current: the guest's processes, counted

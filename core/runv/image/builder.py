@@ -62,6 +62,7 @@ AGENT_FILES = (
     "runv/agent/loop.py",
     "runv/agent/mounts.py",
     "runv/agent/network.py",
+    "runv/agent/pods.py",
     "runv/agent/processes.py",
     "runv/agent/proctable.py",
     "runv/agent/protocol.py",
