@@ -70,6 +70,8 @@ class Record(Frozen):
     storage: str = ""
     vm: dict[str, object] | None = None  # the running VM (runv.api.VM.record())
     attachment: dict[str, object] | None = None  # the storage plugin's StorageAttachment
+    sandbox: str = ""  # the container whose VM this one runs in (a pod's first); "" when it has its own
+    netns: list[int] | None = None  # (device, inode) of the network namespace its VM serves, which others may join
 
     def shim_alive(self) -> bool:
         return is_running(self.shim_pid, self.shim_start)
@@ -82,6 +84,20 @@ class Record(Frozen):
         if self.status == "creating" and not self.shim_alive() and not is_running(self.creator_pid, self.creator_start):
             return "stopped"
         return self.status
+
+    def container(self, state_dir: Path):
+        """The container as the hooks see it (runv.api.Container), rebuilt from this record
+        (no spec when the bundle is gone: a teardown must still converge)."""
+        from runv.api.container import Container
+        from runv.log import logger
+        from runv.oci.config import load_bundle
+
+        try:
+            spec, _ = load_bundle(Path(self.bundle))
+        except RunvError as exc:
+            logger.warning("container %s: %s", self.id, exc)
+            spec = None
+        return Container(id=self.id, bundle=Path(self.bundle), rootfs=Path(self.rootfs), spec=spec, state_dir=state_dir)
 
     def oci_state(self) -> State:
         return State(

@@ -11,7 +11,7 @@ import pytest
 
 from runv.api import NINEP_VIRTIO, VIRTIOFS, AgentChannel, Capabilities, Disk, GuestMount, Nic, RunvError, Share, SharedFs, StorageAttachment
 from runv.api.vm import SERIAL
-from runv.shim.bringup import check_vm, guest_mount, kernel_args, prepare_request
+from runv.shim.bringup import check_vm, guest_mount, kernel_args, vm_prepare_request
 from runv.testing import container, fakevmm, vm_spec
 
 ROOTFS = Path("/bundles/box/rootfs")
@@ -113,15 +113,15 @@ def test_the_agent_channel_reaches_the_kernel_command_line():
     assert "runv.agent=vsock:1024" in kernel_args(False, Capabilities(agent=AgentChannel(kind="vsock", port=1024)))
 
 
-def test_prepare_request_is_built_from_the_capabilities(tmp_path):
+def test_vm_prepare_request_is_built_from_the_capabilities(tmp_path):
     box = container(tmp_path, annotations={"io.runv.guest-devices": "true"})
     attachment = StorageAttachment(rootfs=GuestMount.of_share("rootfs", readonly=True),
                                    shares=(Share("rootfs", box.rootfs, readonly=True),),
                                    mounts=(GuestMount(source="tmpfs", fstype="tmpfs", target="/tmp", in_rootfs=True),))
     vm = vm_spec(tmp_path, shares=attachment.shares)
-    request = prepare_request(box, attachment, vm, fakevmm.CAPABILITIES)
+    request = vm_prepare_request(box, attachment, vm, fakevmm.CAPABILITIES)
     assert request["rootfs"] == {"source": str(box.rootfs), "fstype": "bind", "options": "bind", "readonly": True}
     assert request["mounts"] == [{"source": "tmpfs", "fstype": "tmpfs", "options": "", "readonly": False,
                                   "target": "/tmp", "in_rootfs": True}]
     assert request["guest_devices"] is True
-    assert prepare_request(box, attachment, vm, Capabilities())["rootfs"]["fstype"] == "9p"
+    assert vm_prepare_request(box, attachment, vm, Capabilities())["rootfs"]["fstype"] == "9p"

@@ -149,7 +149,7 @@ def talk_to_guest(address: str, port: int, line: bytes, deadline: float) -> byte
 
 
 def test_netns_path_from_the_spec():
-    from runv_net.plugin import netns_path
+    from runv.api import netns_path
 
     assert netns_path({}) is None
     assert netns_path({"namespaces": [{"type": "pid"}, {"type": "network"}]}) is None

@@ -10,7 +10,7 @@ it keeps working while the core's insides move. Names load on first use: importi
 - The hypervisor interface (:mod:`runv.api.hypervisor`): :class:`HypervisorInfo`,
   :class:`Capabilities`, :class:`SharedFs`, :class:`AgentChannel`, :class:`VM`,
   :class:`TemplateSupport`.
-- :class:`Container` (:mod:`runv.api.container`), :class:`RunvError` and :class:`Unsupported`.
+- :class:`Container` and :func:`netns_path` (:mod:`runv.api.container`), :class:`RunvError` and :class:`Unsupported`.
 - Helpers drivers need: :func:`process_start_time`, :func:`is_running`, :func:`wait_gone`,
   :func:`stop_process` (ask, wait, kill), :func:`socket_name` and :func:`connect_unix`
   (unix sockets at any path length), :func:`run_tool` (a host tool with a one-line error),
@@ -27,7 +27,7 @@ _WHERE = {
     "VMContribution": "vm",
     "HypervisorInfo": "hypervisor", "Capabilities": "hypervisor", "SharedFs": "hypervisor", "AgentChannel": "hypervisor",
     "VM": "hypervisor", "TemplateSupport": "hypervisor", "NINEP_VIRTIO": "hypervisor", "VIRTIOFS": "hypervisor",
-    "Container": "container",
+    "Container": "container", "netns_path": "container",
     "RunvError": "errors", "Unsupported": "errors",
     "process_start_time": "process", "is_running": "process", "wait_gone": "process", "stop_process": "process", "kill_until_gone": "process",
     "socket_name": "sockets", "connect_unix": "sockets",

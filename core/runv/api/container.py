@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from runv.api.errors import RunvError
+
 if TYPE_CHECKING:
     from runv.oci.config import Spec
 
@@ -25,3 +27,20 @@ class Container:
     @property
     def annotations(self) -> dict[str, str]:
         return self.spec.annotations if self.spec else {}
+
+
+def netns_path(linux: dict) -> str | None:
+    """The ``path`` of the ``network`` entry of ``linux.namespaces``, or None (no entry, or
+    an entry asking for a new namespace: either way the shim makes its own)."""
+    entries = linux.get("namespaces") or []
+    if not isinstance(entries, list):
+        raise RunvError("config.json: linux.namespaces must be a list")
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict) and entry.get("type") == "network":
+            path = entry.get("path")
+            if path in (None, ""):
+                return None
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise RunvError(f"config.json: linux.namespaces[{index}].path must be an absolute path, not {path!r}")
+            return path
+    return None

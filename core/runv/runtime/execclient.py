@@ -44,17 +44,18 @@ def check_can_exec(settings: Settings, container_id: str) -> Path:
 class Relay:
     """One exec'd process's host end: a connection to the shim plus local stdio fds."""
 
-    def __init__(self, state_dir: Path, process: Process, fds: tuple[int, int, int]) -> None:
+    def __init__(self, state_dir: Path, process: Process, fds: tuple[int, int, int], **request) -> None:
         self.state_dir = state_dir
         self.process = process
         self.fds = fds
+        self.request = request  # more fields of the exec request (a pod member's container and init)
         self.sock: socket.socket | None = None
         self.send_lock = threading.Lock()
 
     def start(self) -> int:
         """Has the shim start the process; returns its guest PID."""
         self.sock = connect_unix(self.state_dir / control.SOCKET)
-        self.sock.sendall(json.dumps({"op": "exec", "process": self.process.to_json()}).encode() + b"\n")
+        self.sock.sendall(json.dumps({"op": "exec", "process": self.process.to_json(), **self.request}).encode() + b"\n")
         line = b""
         while not line.endswith(b"\n"):  # byte by byte: frames follow the reply on this socket
             byte = self.sock.recv(1)
@@ -70,17 +71,27 @@ class Relay:
         with self.send_lock:
             self.sock.sendall(frame)
 
+    def signal(self, signum: int, all_processes: bool = False) -> None:
+        self.send(encode_ctrl({"op": "signal", "signal": signum, **({"all": True} if all_processes else {})}))
+
+    def resize(self) -> None:
+        """Passes the terminal's window size on (SIGWINCH in the guest)."""
+        self.send(encode_ctrl({"op": "winsize", "size": console.get_winsize(self.fds[0])}))
+
     def run(self) -> int:
-        """Relays until the process exits; returns its exit code."""
-        tty = self.process.terminal
+        """Relays, forwarding the signals this process gets, until the process exits;
+        returns its exit code."""
         for signum in signal.valid_signals() - NOT_FORWARDED:
-            signal.signal(signum, lambda n, _f: self.send(encode_ctrl({"op": "signal", "signal": n})))
-        if tty:
-            resize = lambda *_: self.send(encode_ctrl({"op": "winsize", "size": console.get_winsize(self.fds[0])}))
-            signal.signal(signal.SIGWINCH, resize)
+            signal.signal(signum, lambda n, _f: self.signal(n))
+        if self.process.terminal:
+            signal.signal(signal.SIGWINCH, lambda *_: self.resize())
             if all(console.get_winsize(self.fds[0])):
-                resize()  # conmon sizes the pty as soon as exec returns: maybe before this handler was set
-        hangup = lambda: self.send(encode_ctrl({"op": "signal", "signal": signal.SIGHUP}))
+                self.resize()  # conmon sizes the pty as soon as exec returns: maybe before this handler was set
+        return self.pump()
+
+    def pump(self) -> int:
+        """Relays stdin and the output streams until the process exits; returns its exit code."""
+        hangup = lambda: self.signal(signal.SIGHUP)
         start_pump(self.fds[0], lambda data: self.send(encode_data(STDIN, data)), hangup)
         reader = FrameReader()
         while data := self.sock.recv(65536):

@@ -50,6 +50,7 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     from runv.log import logger
     from runv.log import setup as setup_logging
     from runv.oci.config import load_bundle
+    from runv.runtime import sandbox as pods
     from runv.runtime.lookpath import check_program
     from runv.runtime.spawn import OK, spawn_session, write_pid_file
     from runv.shim.server import Shim
@@ -71,13 +72,20 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     check_guest(settings)
     if (store.dir(container_id) / "state.json").exists():
         raise RunvError(f"container with id {container_id} already exists")
+    sandbox = pods.find(store, container_id, spec.annotations, spec.linux)  # a pod's VM to join, if any
     selection = plugins.load(settings.hypervisor, settings.storage, logger.debug)
     created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     me = os.getpid()
     state_dir = store.claim(Record(id=container_id, bundle=str(bundle), rootfs=str(rootfs), created=created,
-                                   annotations=spec.annotations, creator_pid=me, creator_start=process_start_time(me)))
+                                   annotations=spec.annotations, creator_pid=me, creator_start=process_start_time(me),
+                                   sandbox=sandbox or ""))
     container = Container(id=container_id, bundle=bundle, rootfs=rootfs, spec=spec, state_dir=state_dir)
-    shim = Shim(settings, store, container, selection, console_socket)
+    if sandbox:
+        from runv.shim.member import Member
+
+        shim = Member(settings, store, container, selection, console_socket, sandbox=sandbox)
+    else:
+        shim = Shim(settings, store, container, selection, console_socket)
 
     def child(report) -> int:
         os.chdir(state_dir)
@@ -160,18 +168,23 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
         run_hooks(container.spec, "poststop", record.oci_state().evolve(status="stopped"), fatal=False)
 
 
-def _check_stopped(record: Record) -> None:
-    """What ``delete`` without ``--force`` refuses: a live container, or one being created."""
+def _check_stopped(store: Store, record: Record) -> None:
+    """What ``delete`` without ``--force`` refuses: a live container (named with the pod
+    members that run in its VM), or one being created."""
+    from runv.runtime.sandbox import members
+
     status = record.live_status()
     if status in ("running", "paused"):
-        raise RunvError(f"cannot delete container {record.id} that is not stopped: {status}")
+        others = members(store, record.id)
+        pod = f" ({', '.join(others)} run in its VM: delete --force stops them too)" if others else ""
+        raise RunvError(f"cannot delete container {record.id} that is not stopped: {status}{pod}")
     if status == "creating":  # its create is still running: it cleans up on failure
         raise RunvError(f"cannot delete container {record.id} that is being created (use --force)")
 
 
 def _destroy(store: Store, container_id: str, check=None):
     """The one removal (``delete``, and ``create`` after its shim failed), all under the
-    container's lock: ``check(record)`` may refuse; the shim is stopped with everything it
+    container's lock: ``check(store, record)`` may refuse; the shim is stopped with everything it
     started (a VMM it had not recorded yet included); what the record names is torn down;
     the directory goes. A shim not yet recorded cannot record itself meanwhile (it needs
     the lock) and finds the container gone. Returns the record and container torn down
@@ -188,7 +201,7 @@ def _destroy(store: Store, container_id: str, check=None):
                 raise
             record = None
         if check is not None:
-            check(record)
+            check(store, record)
         container = None
         if record is None:
             from runv.shim.teardown import empty_cgroup
@@ -197,8 +210,8 @@ def _destroy(store: Store, container_id: str, check=None):
             volumes.release(state_dir)
         else:
             _stop_shim(record)
-            container = _container(record, state_dir)
-            _teardown(record, container)
+            container = record.container(state_dir)
+            _teardown(store, record, container)
         store.remove(container_id)
     return record, container
 
@@ -212,22 +225,7 @@ def _stop_shim(record: Record) -> None:
     kill_tree(record.shim_pid, record.shim_start)
 
 
-def _container(record: Record, state_dir: Path):
-    """The container as the hooks see it, rebuilt from its record (no spec when the
-    bundle is gone: teardown must still converge)."""
-    from runv.api.container import Container
-    from runv.log import logger
-    from runv.oci.config import load_bundle
-
-    try:
-        spec, _ = load_bundle(Path(record.bundle))
-    except RunvError as exc:
-        logger.warning("container %s: %s", record.id, exc)
-        spec = None
-    return Container(id=record.id, bundle=Path(record.bundle), rootfs=Path(record.rootfs), spec=spec, state_dir=state_dir)
-
-
-def _teardown(record: Record, container) -> None:
+def _teardown(store: Store, record: Record, container) -> None:
     """Runs the one teardown (:func:`runv.shim.teardown.teardown`) on whatever the record
     names: the VM, re-attached through its hypervisor, the network, the storage."""
     from runv import loader
@@ -245,7 +243,8 @@ def _teardown(record: Record, container) -> None:
             logger.warning("container %s: %s; killing its VMM", record.id, exc)
             vm = VM.from_record(record.vm)
     attachment = attachment_from_json(record.attachment) if record.attachment else None
-    teardown(container, loader.teardown_hooks(record.storage if attachment else None), vm, attachment, force=True)
+    teardown(container, loader.teardown_hooks(record.storage if attachment else None), vm, attachment, force=True,
+             sandbox=store.dir(record.sandbox) if record.sandbox else None)
 
 
 def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, detach: bool, console_socket: Path | None = None) -> int:
@@ -308,8 +307,11 @@ def _freeze(settings: Settings, container_id: str, before: str, after: str, refu
         record = store.read(container_id)
         if record.live_status() != before:
             raise RunvError(refusal)
-        vm = loader.load_hypervisor(record.hypervisor).reattach(record.vm)
-        vm.pause() if after == "paused" else vm.resume()
+        if record.sandbox:  # a pod member: its processes in the guest, not the pod's VM
+            control.call(store.dir(container_id), "freeze", frozen=after == "paused")
+        else:
+            vm = loader.load_hypervisor(record.hypervisor).reattach(record.vm)
+            vm.pause() if after == "paused" else vm.resume()
         store.write(record.evolve(status=after))
 
 

@@ -48,6 +48,10 @@ def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, 
 
         config = config or sizing.settings()
         fields = {"max_memory_mib": config["max_memory_mib"], "max_vcpus": config["max_vcpus"], **fields}
+    if caps.shared_fs is not None:  # the pod directory: how containers that join this VM bring their files
+        from runv.shim import pod
+
+        fields["shares"] = (*fields.get("shares", ()), pod.share(state_dir))
     return VMSpec(
         name=name,
         state_dir=state_dir,
@@ -89,12 +93,16 @@ def enter_cgroups_path(container: Container) -> None:
 def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container: Container,
                  attachment: StorageAttachment) -> VMSpec:
     """The container's VM: its size, its storage, then what the network and other plugins
-    add; the shim is in the container's cgroupsPath first."""
+    add; the shim is in the container's cgroupsPath first, the pod directory made."""
     from runv.api import sizing
 
     config = sizing.settings()  # the config file and the host's size, read once
     memory_mib, vcpus = vm_size(container, config)
     enter_cgroups_path(container)
+    if caps.shared_fs is not None:
+        from runv.shim import pod
+
+        pod.make_dir(container.state_dir)
     vm = base_vm(settings, caps, container.id, container.state_dir, config, shares=attachment.shares,
                  disks=attachment.disks, memory_mib=memory_mib, vcpus=vcpus)
     for extra in hooks.configure_net(container=container):
@@ -102,6 +110,16 @@ def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container
     for extra in hooks.prepare_vm(container=container, vm=vm):
         vm = vm.with_contribution(extra)
     return vm
+
+
+def served_netns(container: Container) -> list[int] | None:
+    """The (device, inode) of the network namespace the container's VM serves (the one
+    config.json names, else the shim's own), which later containers may join; None for the host's."""
+    from runv.api.container import netns_path
+    from runv.runtime import sandbox
+
+    found = sandbox.identity(netns_path(container.spec.linux) or "/proc/self/ns/net")
+    return None if found == sandbox.host_netns() else found
 
 
 def check_vm(vm: VMSpec, caps: Capabilities, hypervisor: str) -> None:
@@ -142,17 +160,28 @@ def guest_mount(entry: GuestMount, vm: VMSpec, caps: Capabilities) -> dict:
     return {**to_json(entry), "source": source, "fstype": fstype, "options": options}
 
 
-def prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities) -> dict:
-    """The agent's ``prepare``: the rootfs, the mount plan around it, hostname and /dev,
-    and what the container's namespaces get from ``linux`` (runv.oci.security.parse_linux)."""
-    root = guest_mount(attachment.rootfs, vm, caps)
+def prepare_request(container: Container, rootfs: dict, mounts: list[dict]) -> dict:
+    """The agent's ``prepare``: the rootfs, the mount plan around it (entries as
+    :func:`guest_mount` gives them), hostname and /dev, and what the container's namespaces
+    get from ``linux`` (runv.oci.security.parse_linux)."""
     return {
-        "rootfs": {key: root[key] for key in ("source", "fstype", "options", "readonly")},
-        "mounts": [guest_mount(m, vm, caps) for m in attachment.mounts],
+        "rootfs": {key: rootfs[key] for key in ("source", "fstype", "options", "readonly")},
+        "mounts": mounts,
         "hostname": container.spec.hostname,
         "guest_devices": container.annotations.get(GUEST_DEVICES) == "true",
         "confinement": {**container.spec.confinement, "id": container.id},  # the id names its guest cgroup
     }
+
+
+def vm_prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities) -> dict:
+    """``prepare`` for the container that booted ``vm``: its storage as the hypervisor
+    serves it, and the pod directory (:mod:`runv.shim.pod`) when the VM has one."""
+    from runv.shim import pod
+
+    mounts = [guest_mount(m, vm, caps) for m in attachment.mounts]
+    if any(share.tag == pod.TAG for share in vm.shares):
+        mounts.insert(0, guest_mount(pod.guest_mount(), vm, caps))
+    return prepare_request(container, guest_mount(attachment.rootfs, vm, caps), mounts)
 
 
 def attach_nic(vm: VM, caps: Capabilities, nic) -> None:

@@ -20,12 +20,16 @@ def exit_code(status: dict) -> int:
     return status["code"] if "code" in status else 128 + status["signal"]
 
 
+class ShimGone(RunvError):
+    """The shim does not answer on its control socket (it exited, or never ran)."""
+
+
 def call(state_dir: Path, op: str, timeout: float = 60.0, **args) -> dict:
     """Sends one request to the shim and returns its reply; raises RunvError on refusal."""
     try:
         sock = connect_unix(state_dir / SOCKET)
     except OSError:
-        raise RunvError(f"container {state_dir.name} is not running (its shim does not answer)") from None
+        raise ShimGone(f"container {state_dir.name} is not running (its shim does not answer)") from None
     with sock:
         sock.settimeout(timeout)
         sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")

@@ -114,7 +114,8 @@ def serve_exec(shim: Shim, conn: socket.socket, request: dict) -> None:
     from runv.oci.config import parse_process
 
     number = next(_numbers)
-    name = f"exec-{number}"
+    container = shim.member(request.get("container"))  # a pod member's process, or the shim's own container's
+    name = f"init:{container.id}" if request.get("init") and container is not shim.container else f"exec-{number}"
     base = CHANNELS_PER_EXEC * number
     streams = {"stdin": base + 1, "stdout": base + 2, "stderr": base + 3}
     exited = threading.Event()
@@ -129,7 +130,7 @@ def serve_exec(shim: Shim, conn: socket.socket, request: dict) -> None:
     shim.routes[streams["stderr"]] = lambda data: outbox.put(encode_data(STDERR, data))
     shim.exits[name] = on_exit
     try:
-        pid = shim.hooks.exec(container=shim.container, process=process, agent=shim.agent, name=name, streams=streams)
+        pid = shim.hooks.exec(container=container, process=process, agent=shim.agent, name=name, streams=streams)
     except RunvError as exc:
         forget(shim, name, streams)
         outbox.finish(0)
@@ -160,7 +161,8 @@ def relay_input(shim: Shim, conn: socket.socket, name: str, streams: dict, termi
             for kind, _channel, payload in reader.feed(data):
                 if kind == CTRL and payload.get("op") == "signal":
                     try:
-                        shim.agent.call("signal", timeout=SIGNAL_TIMEOUT, proc=name, signal=int(payload["signal"]))
+                        shim.agent.call("signal", timeout=SIGNAL_TIMEOUT, proc=name, signal=int(payload["signal"]),
+                                        all=bool(payload.get("all")))
                     except AgentError as exc:
                         logger.warning("exec %s: signal not delivered: %s", name, exc)
                 elif kind == CTRL and payload.get("op") == "winsize":

@@ -36,6 +36,7 @@ from runv.shim.agentclient import AgentClient, AgentError
 from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.shim.execrelay import SIGNAL_TIMEOUT, Outbox
 from runv.shim.limits import Limits
+from runv.shim.podhost import PodHost
 from runv.shim.teardown import teardown
 from runv.state import NoSuchContainer
 from runv.stdio import start_pump, write_all
@@ -59,7 +60,7 @@ CONSOLE_CHECK = 1.0  # seconds between looks at its size
 VMM_EXIT_WAIT = 2.0  # seconds a closed agent channel waits for the VMM's exit status
 
 
-class Shim:
+class Shim(PodHost):
     def __init__(self, settings: Settings, store: Store, container: Container, plugins: Selection,
                  console_socket: Path | None = None) -> None:
         self.settings = settings
@@ -84,6 +85,7 @@ class Shim:
         self.killed = False  # SIGKILL: the host stopped the VM; the guest is not asked
         self.outboxes: list = []  # the container's output streams, drained by threads of their own
         self.limits = Limits(container.id, container.spec.linux.get("resources"))  # as `runv update` leaves them
+        self.members: dict[str, Container] = {}  # the containers that joined this VM (runv.shim.podhost)
 
     # ---------------------------------------------------------------- boot
 
@@ -103,6 +105,7 @@ class Shim:
         spec = bringup.container_vm(self.settings, self.caps, self.hooks, self.container, self.attachment)
         bringup.check_vm(spec, self.caps, self.hypervisor.name)
         self.limits.booted(spec.memory_mib, spec.vcpus)
+        self.store.update(cid, netns=bringup.served_netns(self.container))
         logger.debug("booting %s with %s: %s", cid, self.hypervisor.name, spec)
         restored = restore(self.settings.template, spec, self.hypervisor, self.on_data, self.on_agent_event,
                            persist=self.persist, attach_nic=lambda vm, nic: bringup.attach_nic(vm, self.caps, nic))
@@ -111,7 +114,7 @@ class Shim:
         else:
             self.persist(self.hooks.boot(vm=spec))
             self.agent = bringup.connect_agent(spec, self.vm, self.caps, self.on_data, self.on_agent_event)
-        self.agent.call("prepare", **bringup.prepare_request(self.container, self.attachment, spec, self.caps))
+        self.agent.call("prepare", **bringup.vm_prepare_request(self.container, self.attachment, spec, self.caps))
         if self.container.spec.process.terminal:
             self.open_terminal()
         state = self.store.read(cid).oci_state()
@@ -119,16 +122,14 @@ class Shim:
             run_hooks(self.container.spec, kind, state.evolve(status="creating" if kind == "createRuntime" else "created"), fatal=True)
         self.sync_net()
 
-    def persist(self, vm: VM | None) -> None:
-        """Keeps the running VM, in memory and in the state record (so a crash leaves it findable)."""
+    def persist(self, vm: VM | None) -> None:  # in memory and in the record: a crash leaves it findable
         if vm is None:
             raise RunvError(f"hypervisor plugin {self.hypervisor.name!r} booted nothing")
         self.vm = vm
         self.store.update(self.container.id, hypervisor=self.hypervisor.name, vm=vm.record())
 
     def sync_net(self) -> None:
-        self.hooks.sync_net(container=self.container, agent=self.agent,
-                            attach=lambda nic: bringup.attach_nic(self.vm, self.caps, nic))
+        self.hooks.sync_net(container=self.container, agent=self.agent, attach=lambda nic: bringup.attach_nic(self.vm, self.caps, nic))
 
     def open_terminal(self) -> None:
         """The container's pty: its master goes to the console socket, its slave becomes
@@ -191,20 +192,17 @@ class Shim:
         return CLOSED_CODE
 
     def accept_loop(self, server: socket.socket) -> None:
-        while True:
-            conn, _ = server.accept()
+        while conn := server.accept()[0]:
             threading.Thread(target=self.handle_client, args=(conn,), daemon=True).start()
 
     def handle_client(self, conn: socket.socket) -> None:
-        from runv.shim.execrelay import serve_exec
-
         with conn:
             try:
                 request = json.loads(conn.makefile("rb").readline() or b"{}")
             except ValueError:
                 request = {}
             if request.get("op") == "exec":
-                return serve_exec(self, conn, request)
+                return self.serve_exec(conn, request)
             with self.answering:
                 self.unanswered += 1
             try:
@@ -216,6 +214,10 @@ class Shim:
                 with self.answering:
                     self.unanswered -= 1
                     self.answering.notify_all()
+
+    def serve_exec(self, conn: socket.socket, request: dict) -> None:
+        from runv.shim.execrelay import serve_exec
+        serve_exec(self, conn, request)
 
     def answer(self, request: dict) -> dict:
         """The reply to one control request (never raises)."""
@@ -280,10 +282,10 @@ class Shim:
         self.events.put(("killed", None))
 
     def op_ps(self, request: dict) -> dict:
-        return {"processes": self.agent.call("ps")["processes"]}
+        return {"processes": self.agent.call("ps", **self.scope(request))["processes"]}
 
     def op_stats(self, request: dict) -> dict:
-        return self.agent.call("stats")
+        return self.agent.call("stats", **self.scope(request))
 
     def op_update(self, request: dict) -> None:
         with self.lock:

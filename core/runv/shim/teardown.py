@@ -22,13 +22,16 @@ if TYPE_CHECKING:
 
 
 def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: StorageAttachment | None,
-             force: bool = False) -> None:
-    """Stops the VM, kills what is left in its cgroup and removes it, releases the network,
-    detaches the storage and unmounts the volumes' host staging, in that order. Every step runs even when an earlier one failed (a VMM
-    that cannot be stopped must not keep a tap or a mount alive); the first failure is
-    raised once all have run. Each step converges when there is nothing left to undo."""
+             force: bool = False, sandbox: Path | None = None) -> None:
+    """Stops the VM (or, for a pod member, leaves the VM of the ``sandbox`` it runs in),
+    kills what is left in its cgroup and removes it, releases the network, detaches the
+    storage and unmounts the volumes' host staging, in that order. Every step runs even
+    when an earlier one failed (a VMM that cannot be stopped must not keep a tap or a mount
+    alive); the first failure is raised once all have run. Each step converges when there
+    is nothing left to undo."""
     steps = [
         ("stop the VM", (lambda: vm.stop(force=force)) if vm is not None else None),
+        ("leave the pod's VM", (lambda: leave(sandbox, container.id)) if sandbox is not None else None),
         ("empty the VM's cgroup", lambda: empty_cgroup(container.state_dir)),
         ("release the network", lambda: hooks.release_net(container=container)),
         ("detach the storage", (lambda: hooks.detach_storage(container=container, attachment=attachment))
@@ -54,3 +57,14 @@ def empty_cgroup(state_dir: Path) -> None:
     from runv.api import cgroups
 
     cgroups.release(state_dir)
+
+
+def leave(sandbox: Path, container_id: str) -> None:
+    """Has the sandbox's shim take the member ``container_id`` out of its VM; nothing when
+    that shim is gone (its VM and pod directory went with it)."""
+    from runv.shim import control
+
+    try:
+        control.call(sandbox, "leave", id=container_id)
+    except control.ShimGone:
+        pass

@@ -67,6 +67,7 @@ def create(
     try:
         empty = work / "empty"  # what the template's shares point at: they are never mounted
         empty.mkdir()
+        (work / "pod").mkdir()  # the pod share of every VM (runv.shim.pod), never mounted either
         spec = base_vm(settings, caps, "template", work, config, memory_mib=memory_mib, vcpus=vcpus, hotplug_slots=hotplug_slots,
                        shares=tuple(Share(tag=tag, path=empty, readonly=True) for tag in shares))
         vm_shape = match.shape(spec, hypervisor.name, support)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 import attrs
 
-from runv.api import Nic, RunvError, VMContribution
+from runv.api import Nic, RunvError, VMContribution, netns_path
 from runv_net.netns import Namespace, locate, unshare_net
 
 logger = logging.getLogger("runv.net")
@@ -25,23 +25,6 @@ GUEST_TIMEOUT = 60.0  # seconds the agent may take for `network` (it waits for h
 ANNOTATIONS = {"runv.net/resolv.conf": "/etc/resolv.conf", "runv.net/hosts": "/etc/hosts"}
 
 SESSIONS: dict[str, Session] = {}  # container id -> live session, in the shim process
-
-
-def netns_path(linux: dict) -> str | None:
-    """The ``path`` of the ``network`` entry of ``linux.namespaces``, or None (no entry, or
-    an entry asking for a new namespace: either way the shim makes its own)."""
-    entries = linux.get("namespaces") or []
-    if not isinstance(entries, list):
-        raise RunvError("config.json: linux.namespaces must be a list")
-    for index, entry in enumerate(entries):
-        if isinstance(entry, dict) and entry.get("type") == "network":
-            path = entry.get("path")
-            if path in (None, ""):
-                return None
-            if not isinstance(path, str) or not path.startswith("/"):
-                raise RunvError(f"config.json: linux.namespaces[{index}].path must be an absolute path, not {path!r}")
-            return path
-    return None
 
 
 @attrs.define
