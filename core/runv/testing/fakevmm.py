@@ -11,7 +11,9 @@ new mount, UTS and IPC namespaces (``unshare(1)`` from util-linux). The core con
 the socket as it connects to a VMM's agent channel, and asks the agent to mount the
 rootfs share: since this "VMM" shares the host's kernel, its shared filesystem is a bind
 mount of the share's host path (``SharedFs("bind", source="path")``). Every mount the
-agent makes lives in its private mount namespace and vanishes with its last process; the
+agent makes lives in its own mount namespace (a slave of the host's, as the VMM's jail:
+what the host mounts in a share later, a pod member's rootfs, reaches it) and vanishes
+with its last process; the
 hostname it sets stays in its UTS namespace. The container's processes are ordinary host
 processes chrooted into the rootfs: this isolates nothing, it is for tests only.
 
@@ -133,7 +135,7 @@ def boot(vm: VMSpec) -> FakeVM:
     socket = str(vm.agent_socket)
     if len(os.fsencode(socket)) >= SOCKET_MAX:  # deep --root: the agent binds it relative to its cwd
         socket = os.path.relpath(socket, vm.state_dir)
-    argv = [shutil.which("unshare") or "unshare", "--mount", "--uts", "--ipc", "--propagation", "private", "--",
+    argv = [shutil.which("unshare") or "unshare", "--mount", "--uts", "--ipc", "--propagation", "slave", "--",
             sys.executable, "-S", "-B", "-m", "runv.agent", "--socket", socket, "--rootfs", str(rootfs),
             "--private", str(vm.state_dir / PRIVATE)]
     if vm.debug:
