@@ -322,3 +322,30 @@ def test_update_memory_of_a_running_container_is_seen_inside(podman):
         assert after[-1] == str(768 << 20) and int(after[1]) << 10 > 768 << 20, (before, after)
     finally:
         podman("rm", "--force", "upd")
+
+
+def test_a_pod_is_one_vm_whose_containers_talk_over_loopback(podman, base_rootfs, tmp_path):
+    """``podman pod create`` + containers ``--pod``: the infra container boots the pod's one
+    VM (CRI-O's sandbox annotations name it), each container joins it with its own rootfs,
+    shim and PID, exec'd and stopped on its own; ``pod rm`` leaves nothing."""
+    pause = "localhost/runv-pause:latest"  # the infra image: podman's own pause image needs catatonit
+    podman("import", "--change", 'CMD ["sleep", "100000"]', rootfs_tar(base_rootfs, tmp_path / "pause.tar"), pause, check=True)
+    podman("pod", "create", "--name", "vmpod", "--infra-image", pause, check=True)
+    try:
+        serve = "mkdir -p /www && echo served-in-the-pod > /www/index.html && exec httpd -f -p 8080 -h /www"
+        podman("run", "-d", "--pod", "vmpod", "--name", "web", IMAGE, "sh", "-c", serve, check=True)
+        fetch = "for i in $(seq 50); do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 0.2; done; exit 1"
+        result = podman("run", "--rm", "--pod", "vmpod", IMAGE, "sh", "-c", fetch)
+        assert (result.returncode, result.stdout) == (0, "served-in-the-pod\n"), result.stderr
+        assert len(vm_processes_in(podman.runv_root)) == 1
+        infra = podman.inspect("vmpod", "{{.InfraContainerID}}")
+        pids = {podman.inspect(name, "{{.State.Pid}}") for name in (infra, "web")}
+        assert len(pids) == 2 and "0" not in pids  # a shim, so a PID, of each its own
+        assert podman("exec", "web", "cat", "/www/index.html", check=True).stdout == "served-in-the-pod\n"
+        assert podman("exec", infra, "ls", "/www").returncode != 0  # its own rootfs
+        podman("stop", "--time", "2", "web", check=True)
+        assert podman.inspect(infra, "{{.State.Status}}") == "running"  # the pod lives on without it
+        assert podman("exec", infra, "true").returncode == 0
+    finally:
+        podman("pod", "rm", "--force", "vmpod", timeout=120)
+    assert not vm_processes_in(podman.runv_root) and not runv_ids(podman.runv_root)

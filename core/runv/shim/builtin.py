@@ -6,7 +6,7 @@ from runv.api import hookimpl
 @hookimpl(trylast=True)
 def exec(container, process, agent, name, streams):
     """Starts the process through the guest agent; returns its guest PID."""
-    # the container's process ("init"; a pod member's "init:ID") creates its namespaces (and
+    # the container's process ("init"; a pod member's "init:N") creates its namespaces (and
     # runs the startContainer hooks in them); every other one joins them. "container" says
     # whose rootfs and namespaces: a pod's VM holds several containers
     init = name.partition(":")[0] == "init"

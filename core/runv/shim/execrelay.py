@@ -115,7 +115,7 @@ def serve_exec(shim: Shim, conn: socket.socket, request: dict) -> None:
 
     number = next(_numbers)
     container = shim.member(request.get("container"))  # a pod member's process, or the shim's own container's
-    name = f"init:{container.id}" if request.get("init") and container is not shim.container else f"exec-{number}"
+    name = f"init:{number}" if request.get("init") and container is not shim.container else f"exec-{number}"
     base = CHANNELS_PER_EXEC * number
     streams = {"stdin": base + 1, "stdout": base + 2, "stderr": base + 3}
     exited = threading.Event()
