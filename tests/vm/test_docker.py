@@ -229,3 +229,25 @@ def test_update_memory_of_a_running_container(docker):
     assert docker("exec", "resized", "cat", "/sys/fs/cgroup/memory.max", check=True).stdout == f"{128 << 20}\n"
     docker("rm", "--force", "resized", check=True)
     assert not any((CGROUPS / controller / host_cgroup.lstrip("/")).exists() for controller in ("", "memory", "pids"))
+
+
+def test_network_container_joins_the_first_containers_vm(docker):
+    """``--network container:X``: the second container joins X's VM (its namespace is that
+    of X's shim), reaches X over 127.0.0.1, has its own PID, and goes on its own."""
+    serve = "mkdir -p /www && echo served-by-web > /www/index.html && exec httpd -f -p 8080 -h /www"
+    web = docker.run_detached("web", IMAGE, "sh", "-c", serve)
+    try:
+        fetch = "for i in $(seq 50); do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 0.2; done; exit 1"
+        result = docker("run", "--runtime", "runv", "--rm", "--network", "container:web", IMAGE, "sh", "-c", fetch)
+        assert (result.returncode, result.stdout) == (0, "served-by-web\n"), result.stderr
+        side = docker.run_detached("side", "--network", "container:web", IMAGE, "sleep", "100000")
+        assert len(vm_processes_in(docker.exec_root)) == 1  # one VM for both
+        assert json.loads((docker.runv_root / side / "state.json").read_text())["sandbox"] == web
+        assert docker.inspect("side", "{{.State.Pid}}") != docker.inspect("web", "{{.State.Pid}}")
+        assert docker("exec", "side", "ls", "/www").returncode != 0  # its own rootfs
+        docker("rm", "--force", "side", check=True)
+        assert docker.inspect("web", "{{.State.Status}}") == "running"
+    finally:
+        docker("rm", "--force", "side")
+        docker("rm", "--force", "web", check=True)
+    assert runv_ids(docker.runv_root) == [] and not vm_processes_in(docker.exec_root)
