@@ -30,6 +30,14 @@ def status_fields(pid):
     return fields
 
 
+def gone(pid):
+    """The process ``pid`` has exited (reaped, or a zombie); it may vanish while it is read."""
+    try:
+        return "Z" in status_fields(pid)["State"]
+    except FileNotFoundError:
+        return True
+
+
 def wait_for(predicate, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -51,7 +59,7 @@ def test_qemu_is_jailed_and_dies_with_its_shim(runv, make_bundle, root):
         shim = json.loads((root / "j1/state.json").read_text())["shim_pid"]
         os.kill(shim, signal.SIGKILL)
         begin = time.monotonic()
-        assert wait_for(lambda: not os.path.exists(f"/proc/{qemu}") or "Z" in status_fields(qemu)["State"], 2.0)
+        assert wait_for(lambda: gone(qemu), 2.0)
         assert time.monotonic() - begin < 2.0
     finally:
         assert runv("delete", "--force", "j1").returncode == 0
@@ -162,7 +170,7 @@ def test_delete_force_kills_what_is_left_in_the_vms_cgroup(runv, make_bundle, ro
         if record == "damaged":
             [qemu] = vm_processes_in(root / "j4")
             os.kill(json.loads((root / "j4/state.json").read_text())["shim_pid"], signal.SIGKILL)
-            assert wait_for(lambda: not os.path.exists(f"/proc/{qemu}") or "Z" in status_fields(qemu)["State"], 2.0)
+            assert wait_for(lambda: gone(qemu), 2.0)
             (root / "j4/state.json").write_text("{not json")
         assert runv("delete", "--force", "j4").returncode == 0
         assert stray.wait(5) == -signal.SIGKILL
@@ -198,7 +206,7 @@ def test_qemus_sandbox_kills_it_when_it_tries_to_spawn(runv, make_bundle, root):
         [qemu] = vm_processes_in(root / "j5")
         helper = {"type": "bridge", "id": "b0", "br": "runvbr0", "helper": f"/usr/bin/touch {marker}"}
         assert qmp(root / "j5/qmp.sock", {"execute": "netdev_add", "arguments": helper}) == [None]  # it hung up: killed
-        assert wait_for(lambda: not os.path.exists(f"/proc/{qemu}") or "Z" in status_fields(qemu)["State"], 5.0)
+        assert wait_for(lambda: gone(qemu), 5.0)
         assert not marker.exists()
         dmesg = subprocess.run(["dmesg"], capture_output=True, text=True)
         if dmesg.returncode == 0:  # the kernel says which call was refused

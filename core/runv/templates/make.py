@@ -97,6 +97,7 @@ def create(
         for leftover in LEFTOVERS:
             (work / leftover).unlink(missing_ok=True)
         empty.rmdir()
+        (work / "pod").rmdir()
         fd = os.open(work / RECORD, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1)
