@@ -10,6 +10,7 @@ import pytest
 
 from runv.api.errors import RunvError
 from runv.api.process import process_start_time
+from runv.shim import mountpoints
 from runv.templates.store import check_name
 
 
@@ -95,3 +96,36 @@ def test_devicemapper_names_live_in_runvs_own_namespace():
 
     assert snapshot_name("pool") == "runv-ct-pool" != "runv-pool"
     assert snapshot_name("pool-base-k1").startswith("runv-ct-")
+
+
+def test_a_read_only_rootfs_gets_its_mount_points_inside_itself_whatever_its_symlinks(tmp_path):
+    """The host makes a read-only rootfs's missing mount points (the guest cannot): the
+    image's symlinks, absolute, relative or dangling, resolve inside the rootfs."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "etc").symlink_to(f"/../../../../..{outside}")  # an escape as an absolute link
+    (rootfs / "run").symlink_to("../../../..")  # and as a relative one
+    (rootfs / "var").mkdir()
+    (rootfs / "var/hosts").symlink_to("/srv/x/hosts")  # dangling: what it names is made, in the rootfs
+    source = tmp_path / "resolv.conf"
+    source.write_text("nameserver 10.0.0.1\n")
+    mounts = [{"destination": "/etc/resolv.conf", "type": "bind", "source": str(source), "options": ["rbind", "ro"]},
+              {"destination": "/run/secrets", "type": "tmpfs", "source": "tmpfs"},
+              {"destination": "/var/hosts", "type": "bind", "source": str(source), "options": ["bind"]},
+              {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]
+    mountpoints.make(rootfs, mounts)
+    assert os.listdir(outside) == []
+    assert (rootfs / tmp_path.relative_to("/") / "outside/resolv.conf").is_file()  # the link's target, under the rootfs
+    assert (rootfs / "secrets").is_dir()  # ../../../.. from / is /
+    assert (rootfs / "srv/x/hosts").is_file() and not (rootfs / "dev").exists()  # /dev is the guest's own
+
+
+def test_a_symlink_loop_in_a_read_only_rootfs_is_one_line(tmp_path):
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "a").symlink_to("b")
+    (rootfs / "b").symlink_to("a")
+    with pytest.raises(RunvError, match=r"^cannot make the mount point /a/f in the read-only rootfs .*: Too many levels of symbolic links$"):
+        mountpoints.make(rootfs, [{"destination": "/a/f", "type": "tmpfs", "source": "tmpfs"}])

@@ -11,6 +11,7 @@ import pytest
 
 from runv.api import NINEP_VIRTIO, VIRTIOFS, AgentChannel, Capabilities, Disk, GuestMount, Nic, RunvError, Share, SharedFs, StorageAttachment
 from runv.api.vm import SERIAL
+from runv.shim import pod, volumes
 from runv.shim.bringup import check_vm, guest_mount, kernel_args, vm_prepare_request
 from runv.testing import container, fakevmm, vm_spec
 
@@ -39,7 +40,7 @@ def test_a_share_over_virtiofs_is_mounted_by_tag(vm):
 
 
 def test_a_share_of_a_vmm_on_the_host_kernel_is_a_bind_of_its_host_path(vm):
-    assert mount_of(GuestMount.of_share("rootfs"), vm, fakevmm.CAPABILITIES) == (str(ROOTFS), "bind", "bind")
+    assert mount_of(GuestMount.of_share("rootfs"), vm, fakevmm.CAPABILITIES) == (str(ROOTFS), "bind", "rbind")
     assert mount_of(GuestMount.of_share("vol0"), vm, Capabilities(shared_fs=SharedFs("bind", source="path"))) == (
         "/data", "bind", "")
 
@@ -118,10 +119,29 @@ def test_vm_prepare_request_is_built_from_the_capabilities(tmp_path):
     attachment = StorageAttachment(rootfs=GuestMount.of_share("rootfs", readonly=True),
                                    shares=(Share("rootfs", box.rootfs, readonly=True),),
                                    mounts=(GuestMount(source="tmpfs", fstype="tmpfs", target="/tmp", in_rootfs=True),))
-    vm = vm_spec(tmp_path, shares=attachment.shares)
+    vm = vm_spec(tmp_path, shares=attachment.shares)  # no pod share: each share is the VM's own
     request = vm_prepare_request(box, attachment, vm, fakevmm.CAPABILITIES)
-    assert request["rootfs"] == {"source": str(box.rootfs), "fstype": "bind", "options": "bind", "readonly": True}
+    assert request["rootfs"] == {"source": str(box.rootfs), "fstype": "bind", "options": "rbind", "readonly": True}
     assert request["mounts"] == [{"source": "tmpfs", "fstype": "tmpfs", "options": "", "readonly": False,
                                   "target": "/tmp", "in_rootfs": True}]
     assert request["guest_devices"] is True
     assert vm_prepare_request(box, attachment, vm, Capabilities())["rootfs"]["fstype"] == "9p"
+
+
+def test_a_vms_own_container_reaches_its_shares_through_the_pod_directory(tmp_path):
+    """With the pod share, the rootfs and every volume are binds from /run/runv/pod/<id>/<tag>
+    (the host mounts them there): the VM's devices do not depend on the volumes."""
+    box = container(tmp_path, cid="box")
+    staged = f"{volumes.STAGING}/vol1"
+    attachment = StorageAttachment(
+        rootfs=GuestMount.of_share("rootfs", readonly=True),
+        mounts=(GuestMount.of_share("vol0", target="/data", in_rootfs=True),
+                GuestMount.of_share("vol1", target=staged),
+                GuestMount(source=f"{staged}/f", fstype="bind", target="/etc/f", in_rootfs=True),
+                GuestMount.of_disk("upper", "ext4", target="/run/runv/upper")))
+    vm = vm_spec(tmp_path, shares=(pod.share(tmp_path),), disks=(Disk("upper", tmp_path / "upper.img"),))
+    request = vm_prepare_request(box, attachment, vm, Capabilities())
+    assert request["rootfs"] == {"source": "/run/runv/pod/box/rootfs", "fstype": "bind", "options": "", "readonly": True}
+    assert [(m["source"], m["fstype"], m["target"]) for m in request["mounts"]] == [
+        ("pod", "9p", "/run/runv/pod"), ("/run/runv/pod/box/vol0", "bind", "/data"),
+        ("/run/runv/pod/box/vol1/f", "bind", "/etc/f"), (SERIAL + "upper", "ext4", "/run/runv/upper")]

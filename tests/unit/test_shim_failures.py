@@ -138,9 +138,9 @@ def test_storage_that_attaches_nothing_fails_before_boot(create):
     assert AttachesNothing.detached == 0  # nothing was attached: nothing to detach
 
 
-def test_a_failed_agent_request_after_boot_stops_the_vm(create, make_bundle, root):
-    """The fake VM boots, but the rootfs share cannot be bind-mounted: the agent's refusal
-    of ``prepare`` is the one line, and its namespace goes with it."""
+def test_a_share_that_cannot_be_mounted_fails_create_in_one_line(create, make_bundle, root):
+    """The storage plugin names a rootfs that does not exist: putting it in the pod
+    directory fails before the VM boots, in one line naming it."""
 
     class MissingRootfs:
         @hookimpl

@@ -187,3 +187,21 @@ def test_runc_and_runv_set_up_the_same_bundle_alike(runv, make_bundle, tmp_path,
     theirs, mine = compared(runc.stdout, spec), compared(ours.stdout, spec)
     for key in theirs:
         assert mine[key] == theirs[key], f"{key} differs:\nrunc: {theirs[key]}\nrunv: {mine[key]}"
+
+
+def test_a_read_only_rootfs_gets_the_mount_points_it_lacks_as_under_runc(runv, make_bundle, tmp_path):
+    """A bind to a path the image lacks, in a read-only rootfs (a CRI pause container's
+    /etc/resolv.conf): runc makes the mount point in the rootfs before its read-only
+    remount; runv's host makes it before sharing the rootfs read-only."""
+    source = tmp_path / "resolv.conf"
+    source.write_text("nameserver 10.9.8.7\n")
+    spec = default_config("cat /etc/pod/resolv.conf")
+    spec["root"]["readonly"] = True
+    spec["mounts"].append({"destination": "/etc/pod/resolv.conf", "type": "bind", "source": str(source), "options": ["rbind", "ro"]})
+    results = {}
+    for runtime in ("runc", "runv"):
+        bundle = bundle_of(make_bundle, spec, name=f"bundle-{runtime}")
+        result = run_runc(bundle, tmp_path, "ro1") if runtime == "runc" else runv("run", "--bundle", bundle, "ro1")
+        made = bundle / "rootfs/etc/pod/resolv.conf"
+        results[runtime] = (result.returncode, result.stdout, made.is_file() and made.stat().st_size)
+    assert results["runv"] == results["runc"] == (0, "nameserver 10.9.8.7\n", 0), results

@@ -245,10 +245,11 @@ def plan_mount(entry: dict, target: str) -> None:
     if not entry.get("in_rootfs"):
         os.makedirs(target, exist_ok=True)
     if entry["fstype"] == "bind":
-        mount(source, target, "none", "bind")
-        if entry.get("readonly") or options:  # bind flags (ro, nosuid...) need a remount
-            flags = ",".join(filter(None, ["remount", "bind", "ro" if entry.get("readonly") else "", options]))
-            mount(source, target, "none", flags)
+        words = [word for word in options.split(",") if word]
+        flags = [word for word in words if word not in ("bind", "rbind")]
+        mount(source, target, "none", "rbind" if "rbind" in words else "bind")  # rbind: the fake VMM's shares
+        if entry.get("readonly") or flags:  # bind flags (ro, nosuid...) need a remount
+            mount(source, target, "none", ",".join(["remount", "bind", *(["ro"] if entry.get("readonly") else []), *flags]))
         return
     if entry.get("readonly"):
         options = ",".join(filter(None, [options, "ro"]))

@@ -17,7 +17,6 @@ def create(
     name: Annotated[Optional[str], typer.Argument(help="Template name (default: from hypervisor, memory, vCPUs and a hash of the shape).")] = None,
     memory: Annotated[Optional[int], typer.Option("--memory", "-m", help="Guest memory in MiB (default: [vm] memory_mib, 256).")] = None,
     vcpus: Annotated[Optional[int], typer.Option("--vcpus", help="Guest vCPUs (default: [vm] vcpus, 1).")] = None,
-    share: Annotated[Optional[list[str]], typer.Option("--share", help="Tag of a shared directory the containers have (repeat; default: rootfs).")] = None,
     hotplug_slots: Annotated[int, typer.Option("--hotplug-slots", help="Free PCIe slots the containers' VMs keep (the net plugin keeps 2).")] = 2,
     clones: Annotated[str, typer.Option("--clones", help=(
         "private: each clone loads its own RAM, no page shared between clones (tenants); "
@@ -34,7 +33,6 @@ def create(
         name=name,
         memory_mib=memory,
         vcpus=vcpus,
-        shares=tuple(share or make.DEFAULT_SHARES),
         hotplug_slots=hotplug_slots,
         private=clones == "private",
     )
@@ -67,7 +65,6 @@ def list_(
             "hypervisor": shape.get("hypervisor"),
             "memory_mib": shape.get("memory_mib"),
             "vcpus": shape.get("vcpus"),
-            "shares": record.get("shares", []),
             "clones": make.clones(record),
             "bytes": sum(record["saved"].get("files", {}).values()),
             "created": record.get("created"),
@@ -76,11 +73,11 @@ def list_(
     if format == "json":
         typer.echo(json.dumps(rows, indent=1))
         return
-    typer.echo(f"{'NAME':<32} {'HYPERVISOR':<10} {'MEMORY':>6} {'VCPUS':>5} {'SHARES':<12} {'CLONES':<7} {'SIZE':>8}  STATUS")
+    typer.echo(f"{'NAME':<32} {'HYPERVISOR':<10} {'MEMORY':>6} {'VCPUS':>5} {'CLONES':<7} {'SIZE':>8}  STATUS")
     for row in rows:
         typer.echo(
             f"{row['name']:<32} {row['hypervisor']:<10} {row['memory_mib']:>5}M {row['vcpus']:>5} "
-            f"{','.join(row['shares']):<12} {row['clones']:<7} {row['bytes'] / 2**20:>7.0f}M  {row['status']}"
+            f"{row['clones']:<7} {row['bytes'] / 2**20:>7.0f}M  {row['status']}"
         )
 
 

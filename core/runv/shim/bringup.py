@@ -99,11 +99,14 @@ def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container
     config = sizing.settings()  # the config file and the host's size, read once
     memory_mib, vcpus = vm_size(container, config)
     enter_cgroups_path(container)
-    if caps.shared_fs is not None:
+    shares = attachment.shares
+    if caps.shared_fs is not None:  # every share goes through the pod directory: the VM has that one
         from runv.shim import pod
 
         pod.make_dir(container.state_dir)
-    vm = base_vm(settings, caps, container.id, container.state_dir, config, shares=attachment.shares,
+        pod.attach(container.state_dir, container.id, [[s.tag, str(s.path), s.readonly] for s in shares])
+        shares = ()
+    vm = base_vm(settings, caps, container.id, container.state_dir, config, shares=shares,
                  disks=attachment.disks, memory_mib=memory_mib, vcpus=vcpus)
     for extra in hooks.configure_net(container=container):
         vm = vm.with_contribution(extra)
@@ -175,13 +178,13 @@ def prepare_request(container: Container, rootfs: dict, mounts: list[dict]) -> d
 
 def vm_prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities) -> dict:
     """``prepare`` for the container that booted ``vm``: its storage as the hypervisor
-    serves it, and the pod directory (:mod:`runv.shim.pod`) when the VM has one."""
+    serves it, its shares through the pod directory (:mod:`runv.shim.pod`) when the VM has one."""
     from runv.shim import pod
 
-    mounts = [guest_mount(m, vm, caps) for m in attachment.mounts]
+    rootfs, plan = attachment.rootfs, list(attachment.mounts)
     if any(share.tag == pod.TAG for share in vm.shares):
-        mounts.insert(0, guest_mount(pod.guest_mount(), vm, caps))
-    return prepare_request(container, guest_mount(attachment.rootfs, vm, caps), mounts)
+        rootfs, plan = pod.in_pod(rootfs, container.id), [pod.guest_mount(), *pod.plan_in_pod(plan, container.id)]
+    return prepare_request(container, guest_mount(rootfs, vm, caps), [guest_mount(m, vm, caps) for m in plan])
 
 
 def attach_nic(vm: VM, caps: Capabilities, nic) -> None:

@@ -24,7 +24,7 @@ from runv.api.vm import to_json
 from runv.log import logger
 from runv.oci.config import ConsoleSize
 from runv.runtime.ocihooks import run_hooks
-from runv.shim import bringup, control, pod, volumes
+from runv.shim import bringup, control, pod
 from runv.shim.server import INIT, Shim
 from runv.shim.teardown import teardown
 
@@ -43,19 +43,13 @@ class Member(Shim):
         """The container's shares staged and mounted in the sandbox's pod directory, its
         rootfs and mounts prepared by the guest, its terminal opened, its create hooks run."""
         cid = self.container.id
-        shares, mounts, host_binds = volumes.plan(self.container.spec.mounts, self.container.state_dir / "volumes")
-        volumes.stage(host_binds)
-        attachment = self.hooks.attach_storage(container=self.container)
-        if attachment is None:
-            raise RunvError(f"storage plugin {self.storage!r} attached nothing for container {cid}")
-        self.attachment = attachment.plus(shares=shares, mounts=mounts)
-        self.store.update(cid, storage=self.storage, attachment=to_json(self.attachment))
-        bringup.enter_cgroups_path(self.container)
-        prepare = bringup.prepare_request(self.container, pod.member_mount(self.attachment.rootfs, cid),
-                                          pod.member_mounts(self.attachment.mounts, cid))
+        self.attach_storage()
         if self.attachment.disks:
             raise RunvError(f"container {cid} joins the VM of container {self.sandbox}, which takes no more disks: "
                             f"use the share storage mode (io.runv.storage.mode=share)")
+        bringup.enter_cgroups_path(self.container)
+        prepare = bringup.prepare_request(self.container, to_json(pod.in_pod(self.attachment.rootfs, cid)),
+                                          [to_json(m) for m in pod.plan_in_pod(self.attachment.mounts, cid)])
         control.call(self.sandbox_dir, "join", id=cid, prepare=prepare,
                      shares=[[s.tag, str(s.path), s.readonly] for s in self.attachment.shares])
         if self.container.spec.process.terminal:

@@ -1,12 +1,14 @@
-"""The pod directory: how a container that joins a running VM brings its rootfs and volumes in.
+"""The pod directory: how every container's rootfs and volumes reach its VM.
 
-Every VM is booted with one more share, ``pod``: ``<state>/pod``, a small tmpfs of its own
-(a shared mount, so what is mounted below it later reaches the VMM's jail, whose copy is a
-slave of it), mounted at ``/run/runv/pod`` in the guest. A container joining the VM (a
-*member*, :mod:`runv.shim.member`) has each of its shares (its rootfs, its staged volumes)
-mounted at ``<state>/pod/<member id>/<tag>`` by the sandbox's shim, and its mount plan is
-rewritten to bind them from ``/run/runv/pod/<member id>/<tag>`` in the guest (Kata's model:
-one shared directory per VM, filled by the host).
+A VM whose hypervisor shares directories has exactly one share, ``pod``: ``<state>/pod``,
+a small tmpfs of its own (a shared mount, so what is mounted below it later reaches the
+VMM's jail, whose copy is a slave of it), mounted at ``/run/runv/pod`` in the guest. Each
+container in the VM, the one that booted it and each that joins it later (a *member*,
+:mod:`runv.shim.member`), has its shares (its rootfs, its staged volumes) mounted at
+``<state>/pod/<container id>/<tag>`` on the host, and its mount plan rewritten to bind them
+from ``/run/runv/pod/<container id>/<tag>`` in the guest (Kata's model: one shared
+directory per VM, filled by the host). So a VM's devices do not depend on how many
+volumes its containers have, and one template serves them all (docs/templates.md).
 
 The guest can write to that directory (a member's rootfs is writable), so it may have left
 symlinks or anything else there: each mount is a detached copy of the source
@@ -24,18 +26,23 @@ import stat
 import struct
 from pathlib import Path
 
+import attrs
+
 from runv.api.errors import RunvError
-from runv.api.vm import SERIAL, SHARE, GuestMount, Share
+from runv.api.vm import SHARE, GuestMount, Share
 from runv.shim import volumes
 
 TAG = "pod"  # the share's tag, in every VM
 GUEST = "/run/runv/pod"  # where the guest mounts it
-TMPFS = "mode=0700,size=1m,nr_inodes=4096"  # only directories (the host's) and mount points live there
+# only directories (the host's) and mount points live there; 0711 so a container's root in a
+# user namespace (an unmapped "other" to the guest) can reach its binds through them
+TMPFS = "mode=0711,size=1m,nr_inodes=4096"
+FOLDER_MODE = 0o711
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # the same on every architecture
 OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, AT_EMPTY_PATH, AT_RECURSIVE = 1, os.O_CLOEXEC, 0x1000, 0x8000
 MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
-MS_SHARED = 1 << 20
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SHARED = 2, 4, 8, 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -62,7 +69,7 @@ def make_dir(state_dir: Path) -> None:
     path = state_dir / TAG
     path.mkdir(mode=0o700, exist_ok=True)
     raw = os.fsencode(path)
-    _check(_libc.mount(b"tmpfs", raw, b"tmpfs", 0, TMPFS.encode()), f"mounting a tmpfs on {path}")
+    _check(_libc.mount(b"tmpfs", raw, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, TMPFS.encode()), f"mounting a tmpfs on {path}")
     _check(_libc.mount(None, raw, None, MS_SHARED, None), f"making {path} a shared mount")
 
 
@@ -92,7 +99,7 @@ def _make_child(parent: int, name: str, where: str) -> int:
     """A new directory ``name`` under ``parent``, opened without following symlinks: one
     already there (the guest's) is refused, not reused."""
     try:
-        os.mkdir(name, 0o700, dir_fd=parent)
+        os.mkdir(name, FOLDER_MODE, dir_fd=parent)
         fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     except FileExistsError:
         raise RunvError(f"{where} already holds {name!r} (left by the guest or a container of that id)") from None
@@ -107,7 +114,10 @@ def _make_child(parent: int, name: str, where: str) -> int:
 def _mount_copy(source: str, target: int, readonly: bool) -> None:
     """A detached recursive copy of the mount tree at ``source``, made nodev,nosuid (and
     read-only) first, then attached on the directory ``target`` (an O_PATH descriptor)."""
-    fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RunvError(f"cannot share {source} with the VM: {exc.strerror}") from None
     try:
         tree = _check(_libc.syscall(SYS_OPEN_TREE, fd, b"", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH),
                       f"copying the mounts of {source}")
@@ -139,22 +149,20 @@ def detach(state_dir: Path, member: str) -> None:
             raise
 
 
-def member_mount(entry: GuestMount, member: str) -> dict:
-    """One entry of a member's mount plan as the sandbox's guest makes it: a share becomes
-    a bind from the pod directory, a file volume's staged path the same under it."""
-    fields = {"source": entry.source, "fstype": entry.fstype, "options": entry.options, "readonly": entry.readonly,
-              "target": entry.target, "in_rootfs": entry.in_rootfs}
-    if entry.source.startswith(SERIAL):
-        raise RunvError(f"container {member}: a container that joins another's VM takes no disks ({entry.source}); "
-                        f"use the share storage mode (io.runv.storage.mode=share)")
+def in_pod(entry: GuestMount, container_id: str) -> GuestMount:
+    """One entry of a container's mount plan as the guest makes it when the container's
+    shares are in the pod directory: a share becomes a bind from ``/run/runv/pod/<id>/<tag>``,
+    a file volume's staged path the same under it; disks and guest filesystems stay."""
     if entry.fstype == SHARE:
-        fields.update(source=f"{GUEST}/{member}/{entry.source}", fstype="bind")
-    elif entry.fstype == "bind" and entry.source.startswith(volumes.STAGING + "/"):
-        fields["source"] = f"{GUEST}/{member}/{entry.source[len(volumes.STAGING) + 1:]}"
-    return fields
+        return attrs.evolve(entry, source=f"{GUEST}/{container_id}/{entry.source}", fstype="bind")
+    if entry.fstype == "bind" and entry.source.startswith(volumes.STAGING + "/"):
+        return attrs.evolve(entry, source=f"{GUEST}/{container_id}/{entry.source[len(volumes.STAGING) + 1:]}")
+    return entry
 
 
-def member_mounts(entries, member: str) -> list[dict]:
-    """A member's mount plan: its file volumes' staging shares need no mount (the pod
-    directory shows them), the rest as :func:`member_mount` makes them."""
-    return [member_mount(e, member) for e in entries if e.in_rootfs or e.fstype != SHARE]
+def plan_in_pod(entries, container_id: str) -> list[GuestMount]:
+    """A container's mount plan with its shares in the pod directory: its file volumes'
+    staging shares need no mount of their own (the pod share shows them), the rest as
+    :func:`in_pod` makes them."""
+    staging = volumes.STAGING + "/"
+    return [in_pod(e, container_id) for e in entries if not (e.fstype == SHARE and e.target.startswith(staging))]

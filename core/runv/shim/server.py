@@ -94,14 +94,7 @@ class Shim(PodHost):
         from runv.templates.restore import restore
 
         cid = self.container.id
-        state_dir = self.container.state_dir
-        volume_shares, volume_mounts, host_binds = volumes.plan(self.container.spec.mounts, state_dir / "volumes")
-        volumes.stage(host_binds)
-        attachment = self.hooks.attach_storage(container=self.container)
-        if attachment is None:
-            raise RunvError(f"storage plugin {self.storage!r} attached nothing for container {cid}")
-        self.attachment = attachment.plus(shares=volume_shares, mounts=volume_mounts)
-        self.store.update(cid, storage=self.storage, attachment=to_json(self.attachment))
+        self.attach_storage()
         spec = bringup.container_vm(self.settings, self.caps, self.hooks, self.container, self.attachment)
         bringup.check_vm(spec, self.caps, self.hypervisor.name)
         self.limits.booted(spec.memory_mib, spec.vcpus)
@@ -121,6 +114,22 @@ class Shim(PodHost):
         for kind in ("createRuntime", "createContainer", "prestart"):
             run_hooks(self.container.spec, kind, state.evolve(status="creating" if kind == "createRuntime" else "created"), fatal=True)
         self.sync_net()
+
+    def attach_storage(self) -> None:
+        """The container's volumes staged, the mount points of a read-only rootfs made, its
+        storage attached (and recorded, for the teardown)."""
+        from runv.shim import mountpoints
+
+        container = self.container
+        shares, mounts, host_binds = volumes.plan(container.spec.mounts, container.state_dir / "volumes")
+        volumes.stage(host_binds)
+        if container.spec.root.readonly:  # the guest cannot make them in a read-only share
+            mountpoints.make(container.rootfs, container.spec.mounts)
+        attachment = self.hooks.attach_storage(container=container)
+        if attachment is None:
+            raise RunvError(f"storage plugin {self.storage!r} attached nothing for container {container.id}")
+        self.attachment = attachment.plus(shares=shares, mounts=mounts)
+        self.store.update(container.id, storage=self.storage, attachment=to_json(self.attachment))
 
     def persist(self, vm: VM | None) -> None:  # in memory and in the record: a crash leaves it findable
         if vm is None:

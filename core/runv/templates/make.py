@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runv.api.errors import RunvError
-from runv.api.vm import Share
 from runv.log import logger
 from runv.templates import match
 from runv.templates.store import RECORD, check_name, directory, read
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from runv.api.vm import VMSpec
     from runv.settings import Settings
 
-DEFAULT_SHARES = ("rootfs",)  # the overlay plugin's share mode: the rootfs over the hypervisor's shared fs
 DEFAULT_HOTPLUG_SLOTS = 2  # what the net plugin keeps free in every VM
 LEFTOVERS = ("agent.sock", "qmp.sock", "console.log")  # run-time files of the template VM, not part of it
 
@@ -31,7 +29,6 @@ def create(
     name: str | None = None,
     memory_mib: int | None = None,
     vcpus: int | None = None,
-    shares: tuple[str, ...] = DEFAULT_SHARES,
     hotplug_slots: int = DEFAULT_HOTPLUG_SLOTS,
     private: bool = True,
     unless_current: bool = False,
@@ -65,11 +62,8 @@ def create(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o700)
     try:
-        empty = work / "empty"  # what the template's shares point at: they are never mounted
-        empty.mkdir()
-        (work / "pod").mkdir()  # the pod share of every VM (runv.shim.pod), never mounted either
-        spec = base_vm(settings, caps, "template", work, config, memory_mib=memory_mib, vcpus=vcpus, hotplug_slots=hotplug_slots,
-                       shares=tuple(Share(tag=tag, path=empty, readonly=True) for tag in shares))
+        (work / "pod").mkdir()  # the pod share, every VM's one share (runv.shim.pod), never mounted in a template
+        spec = base_vm(settings, caps, "template", work, config, memory_mib=memory_mib, vcpus=vcpus, hotplug_slots=hotplug_slots)
         vm_shape = match.shape(spec, hypervisor.name, support)
         if vm_shape is None:
             raise RunvError(f"hypervisor {hypervisor.name!r} cannot make a template of this shape")
@@ -90,13 +84,11 @@ def create(
             "seconds": round(time.monotonic() - started, 2),
             "source": match.source(spec.kernel, spec.initrd, digest=True),
             "shape": vm_shape,
-            "shares": list(shares),
             "saved": saved,
             "clones": "private" if private else "shared",
         }
         for leftover in LEFTOVERS:
             (work / leftover).unlink(missing_ok=True)
-        empty.rmdir()
         (work / "pod").rmdir()
         fd = os.open(work / RECORD, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -55,7 +55,7 @@ from runv.api.hypervisor import UNIX
 NAME = "fake"
 ROOTFS = "fake-root"  # under the VM's state directory: where the agent mounts the container's rootfs
 CAPABILITIES = Capabilities(
-    shared_fs=SharedFs("bind", options="bind", source="path"),  # the agent bind-mounts the share's host path
+    shared_fs=SharedFs("bind", options="rbind", source="path"),  # the agent bind-mounts the share's host path, submounts too
     agent=AgentChannel(kind=UNIX),  # the agent itself listens on vm.agent_socket
     disk_formats=(),  # no block devices: a storage mode that needs disks is refused before boot
     nics=False,
