@@ -103,8 +103,8 @@ def rootfs_tar(rootfs: Path, path: Path) -> Path:
     return path
 
 
-def _image_blobs(rootfs: Path) -> tuple[bytes, bytes]:
-    """The config and the gzipped layer of a one-layer image of ``rootfs``."""
+def _image_blobs(rootfs: Path, cmd: tuple[str, ...] = ("sh",)) -> tuple[bytes, bytes]:
+    """The config and the gzipped layer of a one-layer image of ``rootfs`` whose command is ``cmd``."""
     layer_raw = io.BytesIO()
     with tarfile.open(fileobj=layer_raw, mode="w") as tar:
         for entry in sorted(rootfs.iterdir()):
@@ -114,7 +114,7 @@ def _image_blobs(rootfs: Path) -> tuple[bytes, bytes]:
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
+            "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd), "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
     ).encode()
@@ -134,10 +134,10 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def oci_archive(rootfs: Path, path: Path, name: str) -> Path:
-    """An OCI image layout tarball (one layer: ``rootfs``) that ``ctr images import`` takes,
-    named ``name`` through the io.containerd.image.name annotation."""
-    config, layer = _image_blobs(rootfs)
+def oci_archive(rootfs: Path, path: Path, name: str, cmd: tuple[str, ...] = ("sh",)) -> Path:
+    """An OCI image layout tarball (one layer: ``rootfs``, command ``cmd``) that ``ctr images
+    import`` takes, named ``name`` through the io.containerd.image.name annotation."""
+    config, layer = _image_blobs(rootfs, cmd)
 
     def descriptor(media_type: str, data: bytes, **extra) -> dict:
         return {"mediaType": media_type, "digest": "sha256:" + _sha256(data), "size": len(data), **extra}
@@ -223,6 +223,11 @@ def qemu_of(runv_root: Path, container_id: str) -> int | None:
         except OSError:
             continue
     return None
+
+
+def cgroups_of(pid: int) -> set[str]:
+    """The cgroup paths of ``pid``, in every hierarchy."""
+    return {line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
 
 
 def runv_ids(runv_root: Path) -> list[str]:

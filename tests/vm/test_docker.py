@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from realclients import PtySession, docker_archive, mounts_under, qemu_of, run, runv_ids, stop_daemon, wait_for_daemon
+from realclients import PtySession, cgroups_of, docker_archive, mounts_under, qemu_of, run, runv_ids, stop_daemon, wait_for_daemon
 from support import RUNV
 
 from runv.testing import vm_processes_in
@@ -69,11 +69,6 @@ def _docker_network_changes() -> list[str]:
         rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
         made += [line for line in rules.splitlines() if "DOCKER" in line]
     return made
-
-
-def _cgroups_of(pid: int) -> set[str]:
-    """The cgroup paths of ``pid``, in every hierarchy."""
-    return {line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +213,7 @@ def test_update_memory_of_a_running_container(docker):
     cid = docker.run_detached("resized", IMAGE, "sleep", "100000")
     host_cgroup = f"/{docker.cgroup_parent}/{cid}"
     # the VMM in a cgroup of its own below it (docs/resources.md)
-    assert any(path.startswith(host_cgroup + "/") for path in _cgroups_of(qemu_of(docker.runv_root, cid)))
+    assert any(path.startswith(host_cgroup + "/") for path in cgroups_of(qemu_of(docker.runv_root, cid)))
     # docker itself wants --memory-swap with --memory for a container started without either
     docker("update", "--memory", "128m", "--memory-swap", "128m", "resized", check=True)
     assert docker("exec", "resized", "cat", "/sys/fs/cgroup/memory.max", check=True).stdout == f"{128 << 20}\n"
