@@ -132,3 +132,10 @@ def test_select_when_the_hypervisor_cannot_start_this_vm_from_a_template(world):
     assert match.select(match.AUTO, None, current, [good], base, "kvmtool") == (None, None)
     record, warning = match.select("good", None, current, [good], base, "kvmtool")
     assert record is None and warning == "template 'good' not used: hypervisor 'kvmtool' cannot start this VM from a template"
+
+
+def test_a_vm_grows_from_the_largest_template_not_larger_than_it():
+    records = [{"shape": {"memory_mib": m, "vcpus": c}} for m, c in ((256, 1), (512, 2), (1024, 1), (256, 1), (632, 4))]
+    assert match.smaller_sizes(records, 632, 2) == [(512, 2), (256, 1)]  # not itself, nothing larger
+    assert match.smaller_sizes(records, 256, 1) == []
+    assert match.smaller_sizes([{"shape": {}}, {}], 632, 2) == []

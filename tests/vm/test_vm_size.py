@@ -41,15 +41,20 @@ def hierarchy(controller: str) -> Path:
     return CGROUPS if V2 else CGROUPS / controller
 
 
-def test_the_guest_has_the_limits_and_the_vmm_is_in_the_cgroups_path(runv, make_bundle, root, tmp_path):
+@pytest.mark.parametrize("template", ["off", "auto"], ids=["cold", "grown-from-a-smaller-template"])
+def test_the_guest_has_the_limits_and_the_vmm_is_in_the_cgroups_path(runv, make_bundle, root, tmp_path, template):
+    """Booted cold at its size, or restored from the session's smaller (256 MiB, 1 vCPU)
+    template and grown by hot-plug: the guest sees the same."""
     top = f"runv-test-{uuid.uuid4().hex[:8]}"
     path = f"/{top}/c1"
     linux = {"cgroupsPath": path, "resources": {"memory": {"limit": 512 * MIB}, "cpu": {"quota": 200000, "period": 100000}}}
     bundle = make_bundle(["sleep", "300"], linux=linux)
-    with open(tmp_path / "out", "w") as out:  # a cold boot: no template has this size
-        created = runv("--template", "off", "create", "--bundle", bundle, "size1", stdout=out, timeout=240)
+    with open(tmp_path / "out", "w") as out:
+        created = runv("--template", template, "create", "--bundle", bundle, "size1", stdout=out, timeout=240)
     assert created.returncode == 0, created.stderr
     try:
+        started_from = json.loads((root / "size1/template.json").read_text()) if template == "auto" else None
+        assert started_from == ({"template": "test", "grown": True} if template == "auto" else None)
         assert runv("start", "size1").returncode == 0
         seen = runv("exec", "size1", "sh", "-c", "grep -E 'MemTotal|MemAvailable' /proc/meminfo; nproc")
         assert seen.returncode == 0, seen.stderr

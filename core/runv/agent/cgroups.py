@@ -18,7 +18,6 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 PARENT = "runv"
 # runc leaves these unwritten when the kernel has no swap accounting and the value asks for nothing
 SKIPPED_IF_ABSENT = {"memory.swap.max": ("max", "0")}
-CPU_TIMEOUT = 5.0  # seconds for hot-plugged vCPUs to show up in the guest
 
 
 def _write(path: str, value: str) -> None:
@@ -135,9 +134,7 @@ def op_update(agent, message: dict) -> None:
         raise AgentError("update: resources must map cgroup file names to strings")
     vcpus = message.get("vcpus")
     if vcpus is not None:  # the host hot-plugged vCPUs first: they must be online before a cpuset names them
-        from runv.agent.sysfs import online_cpus
+        from runv.agent.sysfs import require_online
 
-        online = online_cpus(vcpus, CPU_TIMEOUT)
-        if online < vcpus:
-            raise AgentError(f"update: only {online} of {vcpus} vCPUs came online in the guest")
+        require_online(vcpus, "update")
     update_cgroup(container.cgroup if container is not None else None, resources)

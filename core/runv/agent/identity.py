@@ -1,4 +1,4 @@
-"""Who the agent is (ping) and making a VM restored from a template its own (clone: clock and RNG)."""
+"""Who the agent is (ping) and making a VM restored from a template its own (clone: clock, RNG, vCPUs)."""
 
 import fcntl
 import os
@@ -24,7 +24,8 @@ def op_clone(agent, message: dict) -> dict:
     """Makes a VM restored from a template its own: sets the wall clock to the host's,
     and mixes the host's fresh random bytes into the kernel's pool (credited with
     RNDADDENTROPY; a plain /dev/urandom write when refused) and reseeds the CRNG at
-    once (RNDRESEEDCRNG), so no two clones of one template share random numbers."""
+    once (RNDRESEEDCRNG), so no two clones of one template share random numbers; with
+    ``vcpus``, brings that many vCPUs online (the host grew a clone of a smaller template)."""
     if message.get("time"):
         time.clock_settime(time.CLOCK_REALTIME, float(message["time"]))
     seed = bytes.fromhex(message.get("seed", ""))
@@ -41,4 +42,8 @@ def op_clone(agent, message: dict) -> dict:
                 log(f"CRNG not reseeded: {exc}")
         finally:
             os.close(fd)
+    if message.get("vcpus") is not None:
+        from runv.agent.sysfs import require_online
+
+        require_online(message["vcpus"], "clone")
     return identity()

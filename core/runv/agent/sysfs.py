@@ -5,6 +5,7 @@ import os
 import time
 
 POLL = 0.05  # seconds between looks
+CPU_TIMEOUT = 5.0  # seconds for hot-plugged vCPUs to show up in the guest
 
 
 def wait_for_device(base: str, attribute: str, value: str, timeout: float, dev: str = "/dev") -> str | None:
@@ -54,3 +55,15 @@ def online_cpus(count: int, timeout: float) -> int:
         if online >= count or time.monotonic() > deadline:
             return online
         time.sleep(POLL)
+
+
+def require_online(count, request: str) -> None:
+    """Brings ``count`` vCPUs online (the host hot-plugged them first) or raises AgentError
+    saying how many came, for ``request``."""
+    from runv.agent.errors import AgentError
+
+    if type(count) is not int or count < 1:
+        raise AgentError(f"{request}: vcpus must be a positive integer, not {count!r}")
+    online = online_cpus(count, CPU_TIMEOUT)
+    if online < count:
+        raise AgentError(f"{request}: only {online} of {count} vCPUs came online in the guest")

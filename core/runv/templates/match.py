@@ -78,6 +78,18 @@ def broken_reason(path: Path, record: dict) -> str | None:
     return None
 
 
+def smaller_sizes(records: Iterable[dict], memory_mib: int, vcpus: int) -> list[tuple[int, int]]:
+    """The (memory, vCPUs) of the templates in ``records`` a VM of ``memory_mib`` and
+    ``vcpus`` can grow from (neither larger; not equal), the largest first."""
+    sizes = set()
+    for record in records:
+        shape = record.get("shape") or {}
+        size = (shape.get("memory_mib"), shape.get("vcpus"))
+        if all(isinstance(v, int) for v in size) and size[0] <= memory_mib and size[1] <= vcpus and size != (memory_mib, vcpus):
+            sizes.add(size)
+    return sorted(sizes, reverse=True)
+
+
 def select(choice: str, wanted: dict | None, current: dict, candidates: Iterable[dict], base: Path,
            hypervisor: str) -> tuple[dict | None, str | None]:
     """The record of the template to start a VM of shape ``wanted`` from (or None), and a
