@@ -7,9 +7,10 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
-from support import INITRD, KERNEL, RUNV, make_rootfs, run_captured
+from support import INITRD, KERNEL, RUNV, make_rootfs, run_captured, wait_for_template_makers
 
 from runv.testing import vm_processes_in
 
@@ -58,12 +59,18 @@ def runv(root):
 
 
 @pytest.fixture(scope="session")
-def guest_image(tmp_path_factory) -> None:
+def guest_image(tmp_path_factory) -> Iterator[None]:
     """The guest kernel and initrd the VM tests boot (built once; a no-op when up to date),
     and a VM template of the default shape that every VM test's container starts from
     (``--template auto``; 6 s of boot once instead of per test). RUNV_TEST_TEMPLATES=0: cold."""
     subprocess.run([RUNV, "guest", "build", "--no-template"], check=True, timeout=900)  # the session makes its own
     assert KERNEL.is_file() and INITRD.is_file()
+    if "RUNV_CONFIG" not in os.environ:  # no templates made in the background: the suite's load must not depend on test order
+        config = tmp_path_factory.mktemp("config") / "config.toml"
+        config.write_text("[templates]\nbackground = false\n")
+        os.environ["RUNV_CONFIG"] = str(config)
     if os.environ.get("RUNV_TEST_TEMPLATES", "1") != "0" and "RUNV_TEMPLATE_DIR" not in os.environ:
         os.environ["RUNV_TEMPLATE_DIR"] = str(tmp_path_factory.mktemp("templates"))  # the runv fixture's children inherit it
         subprocess.run([RUNV, "template", "create", "test"], check=True, timeout=300)
+    yield
+    wait_for_template_makers()

@@ -65,3 +65,26 @@ def emptied(directory: Path) -> None:
     for child in directory.rglob("*"):
         if child.is_file():
             child.unlink()
+
+
+def template_makers() -> list[int]:
+    """PIDs of the processes making a template in the background (runv.templates.background)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"runv.templates.background" in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def wait_for_template_makers(timeout: float = 180) -> None:
+    """Waits until no template is being made in the background (its VM must not outlive a test)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while template_makers():
+        assert time.monotonic() < deadline, f"template makers still running after {timeout} s: {template_makers()}"
+        time.sleep(0.2)

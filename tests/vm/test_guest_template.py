@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from support import RUNV, run_captured
@@ -32,11 +33,23 @@ def test_guest_build_makes_the_default_template_once(tmp_path, make_bundle):
     assert json.loads((made / "template.json").read_text())["created"] == record["created"]
 
     root = tmp_path / "state"
-    bundle = make_bundle(["true"])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "hosts").write_text("10.1.2.3 there\n")
+    volumes = [{"destination": "/data", "type": "bind", "source": str(tmp_path / "data"), "options": ["rbind"]},
+               {"destination": "/etc/hosts", "type": "bind", "source": str(tmp_path / "hosts"), "options": ["rbind", "ro"]}]
+    bundles = {"c1": make_bundle(["true"]), "c2": make_bundle(["sh", "-c", "cat /etc/hosts > /data/seen"], name="b2", mounts=volumes)}
     runv = [*guest, "--root", str(root), "--template", "auto"]
-    try:
-        created = run_captured([*runv, "create", "--bundle", str(bundle), "c1"], env=env, timeout=180)
-        assert created.returncode == 0, created.stderr
-        assert json.loads((root / "c1" / "template.json").read_text()) == {"template": made.name}
+    try:  # a container without volumes and one with two start from the one default template
+        for cid, bundle in bundles.items():
+            created = run_captured([*runv, "create", "--bundle", str(bundle), cid], env=env, timeout=180)
+            assert created.returncode == 0, created.stderr
+            assert json.loads((root / cid / "template.json").read_text()) == {"template": made.name}
+        assert run_captured([*runv, "start", "c2"], env=env).returncode == 0
+        deadline = time.monotonic() + 60
+        state = [*runv, "state", "c2"]
+        while json.loads(run_captured(state, env=env).stdout)["status"] != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "data/seen").read_text() == "10.1.2.3 there\n"
     finally:
-        subprocess.run([*runv, "delete", "--force", "c1"], env=env, capture_output=True, timeout=60)
+        for cid in bundles:
+            subprocess.run([*runv, "delete", "--force", cid], env=env, capture_output=True, timeout=60)

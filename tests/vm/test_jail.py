@@ -108,7 +108,7 @@ def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
         for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/self/fd", "/proc/sys/vm/overcommit_memory"):
             assert "ro" in mounts[point] and "nosuid" in mounts[point], (point, mounts[point])
         assert "rw" in mounts[f"{root}/j0/console.log"]
-        staged = {point: options for point, options in mounts.items() if point.startswith(f"{root}/j0/volumes/")}
+        staged = {point: options for point, options in mounts.items() if point.startswith(f"{root}/j0/pod/j0/vol")}
         assert sorted("ro" in options for options in staged.values()) == [False, True], staged
         assert all("nodev" in options for point, options in mounts.items() if not point.startswith("/dev/"))
         outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/self/fd", "/proc/sys/vm/overcommit_memory", str(root), str(tmp_path)))

@@ -240,7 +240,8 @@ def test_bad_netns_path_fails_create_cleanly(runv, make_bundle, root, tmp_path, 
 @pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
 def test_guest_reaches_the_host_over_the_callers_veth(runv, make_bundle, nets, root, tmp_path):
-    """ping, TCP both ways, IPv6 address and default route, MTU 1400, /etc files."""
+    """ping, TCP both ways, IPv6 address and default route, MTU 1400, /etc files; the VM
+    comes from the session's template (which has no NIC: this one is hot-plugged)."""
     path = nets.namespace()
     v = nets.veth(path, "eth0", 84, mtu=1400, v6=True)
     port, got = echo_server(v["host_ip"])
@@ -263,7 +264,7 @@ def test_guest_reaches_the_host_over_the_callers_veth(runv, make_bundle, nets, r
     out = tmp_path / "out"
     with open(out, "w") as stdout:
         proc = subprocess.Popen(
-            [RUNV, "--root", str(root), "run", "--bundle", str(bundle), "net1"],
+            [RUNV, "--root", str(root), "--log", str(tmp_path / "runv.log"), "run", "--bundle", str(bundle), "net1"],
             stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         try:
@@ -281,6 +282,8 @@ def test_guest_reaches_the_host_over_the_callers_veth(runv, make_bundle, nets, r
     assert got == [b"guest-to-host\n"] and "guest-to-host" in text, text
     assert echoed == b"host-to-guest\n" and "DONE" in text, text
     assert "nameserver 10.84.0.1" in text and "10.84.0.1 the-host" in text, text
+    if os.environ.get("RUNV_TEST_TEMPLATES", "1") != "0":
+        assert "VM restored from template test" in (tmp_path / "runv.log").read_text()
     assert taps_and_qdiscs(path) == ([], [])  # run deletes the container: nothing of ours left
     with IPRoute(netns=path, flags=0) as ns:  # and the veth as it was
         (link,) = ns.get_links(ifname="eth0")

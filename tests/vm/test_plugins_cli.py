@@ -183,6 +183,7 @@ def test_example_plugin_runs_a_container(example_venv, env, make_bundle, guest_i
                           "--storage", "plainfs", "run", "-b", bundle, "c1", env=env)
     try:
         assert result.returncode == 0, result.stderr
-        assert any(line.startswith("plainroot / 9p") for line in result.stdout.splitlines()), result.stdout
+        # plainfs's rootfs share, as every share, through the VM's one share (the pod directory)
+        assert any(line.startswith("pod / 9p ") for line in result.stdout.splitlines()), result.stdout
     finally:
         example_runv(example_venv, "--root", tmp_path / "state", "delete", "--force", "c1", env=env)

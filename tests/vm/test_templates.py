@@ -184,3 +184,41 @@ def test_private_clones_share_no_guest_memory_and_shared_ones_do(runv, root, mak
     dense_mib = min(mib for template, mib in shared.values() if template == "dense")
     print(f"guest RAM shared with another process, MiB per clone: private {private_mib:.1f}, shared {dense_mib:.1f}")
     assert private_mib == 0 and dense_mib > 10, shared
+
+
+def test_a_shape_without_a_template_boots_cold_once_and_one_is_made_in_the_background(runv, make_bundle, root, tmp_path):
+    """An empty template directory: the first container boots cold and its shim has a
+    template of its size made in the background (at idle priority, out of the container's
+    cgroups); the next container of that size starts from it. The session turns background
+    templates off; this test's config file turns them on again."""
+    from support import template_makers, wait_for_template_makers
+
+    templates = tmp_path / "templates"
+    config = tmp_path / "config.toml"
+    config.write_text("[templates]\nbackground = true\n")
+    env = {**os.environ, "RUNV_TEMPLATE_DIR": str(templates), "RUNV_CONFIG": str(config)}
+    cgroups_path = {"cgroupsPath": f"/runv-test-{os.getpid()}/bg1"}  # the shim's: the maker must leave it
+    assert runv("create", "--bundle", make_bundle(["true"], linux=cgroups_path), "bg1", env=env).returncode == 0
+    assert not (root / "bg1/template.json").exists()  # cold: nothing to start from, nothing to warn about
+    makers = template_makers()
+    assert makers, "no template maker was started"
+
+    def idle_in_the_root_cgroups() -> bool:
+        try:
+            groups = {line.split(":", 2)[1]: line.split(":", 2)[2] for line in Path(f"/proc/{makers[0]}/cgroup").read_text().splitlines()}
+            return os.sched_getscheduler(makers[0]) == os.SCHED_IDLE and all(
+                path == "/" for controllers, path in groups.items() if controllers in ("", "memory", "pids"))
+        except OSError:
+            return True  # done already
+
+    deadline = time.monotonic() + 30
+    while not idle_in_the_root_cgroups():
+        assert time.monotonic() < deadline, Path(f"/proc/{makers[0]}/cgroup").read_text()
+        time.sleep(0.1)
+    assert runv("delete", "--force", "bg1").returncode == 0  # the maker does not depend on the container
+    wait_for_template_makers()
+    [made] = [entry.name for entry in templates.iterdir() if not entry.name.startswith(".")]
+    assert json.loads((templates / made / "template.json").read_text())["shape"]["memory_mib"] == 256
+    assert runv("create", "--bundle", make_bundle(["true"], name="b2"), "bg2", env=env).returncode == 0
+    assert json.loads((root / "bg2/template.json").read_text()) == {"template": made}
+    assert not template_makers()  # it had a template: nothing more to make

@@ -84,6 +84,13 @@ def hierarchies(base: Path) -> list[tuple[str, Path]]:
     return [(controller, base / controller) for controller in CONTROLLERS]
 
 
+def to_root(pid: int, base: Path = BASE) -> None:
+    """Moves ``pid`` to the root cgroup of each hierarchy runv uses: out of a container's
+    cgroupsPath, for work that is runv's own (a template made in the background)."""
+    for _, root in hierarchies(Path(base)):
+        _write(root / "cgroup.procs", str(pid))
+
+
 class Cgroup:
     """The cgroup ``name`` under ``base`` (a cgroupfs mount point; tests give a fake tree),
     in the shared ``runv`` parent, or in ``parents`` (a cgroupsPath's directory per hierarchy)."""

@@ -65,6 +65,21 @@ def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, 
     )
 
 
+def attach_storage(container: Container, hooks: Hooks, storage: str) -> StorageAttachment:
+    """The container's volumes staged, the mount points of a read-only rootfs made, its
+    storage attached: what its VM (or the VM it joins) is given of its files."""
+    from runv.shim import mountpoints, volumes
+
+    shares, mounts, host_binds = volumes.plan(container.spec.mounts, container.state_dir / "volumes")
+    volumes.stage(host_binds)
+    if container.spec.root.readonly:  # the guest cannot make them in a read-only share
+        mountpoints.make(container.rootfs, container.spec.mounts)
+    attachment = hooks.attach_storage(container=container)
+    if attachment is None:
+        raise RunvError(f"storage plugin {storage!r} attached nothing for container {container.id}")
+    return attachment.plus(shares=shares, mounts=mounts)
+
+
 def vm_size(container: Container, config: dict) -> tuple[int, int]:
     """The memory (MiB) and vCPUs of the container's VM, from its ``linux.resources`` as
     the guest applies them (``confinement["resources"]``) and ``[vm]`` (``config``)."""

@@ -31,7 +31,7 @@ from runv.oci.config import ConsoleSize
 from runv.runtime.ocihooks import run_hooks
 from runv.runtime.proctree import child_status
 from runv.runtime.spawn import OK
-from runv.shim import bringup, control, volumes
+from runv.shim import bringup, control
 from runv.shim.agentclient import AgentClient, AgentError
 from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.shim.execrelay import SIGNAL_TIMEOUT, Outbox
@@ -91,6 +91,7 @@ class Shim(PodHost):
 
     def boot(self) -> None:
         """Attaches storage, boots (or restores) the VM, waits for the agent, mounts the rootfs."""
+        from runv.templates import background
         from runv.templates.restore import restore
 
         cid = self.container.id
@@ -107,6 +108,7 @@ class Shim(PodHost):
         else:
             self.persist(self.hooks.boot(vm=spec))
             self.agent = bringup.connect_agent(spec, self.vm, self.caps, self.on_data, self.on_agent_event)
+            background.after_cold_boot(self.settings, self.hypervisor, spec)
         self.agent.call("prepare", **bringup.vm_prepare_request(self.container, self.attachment, spec, self.caps))
         if self.container.spec.process.terminal:
             self.open_terminal()
@@ -116,20 +118,9 @@ class Shim(PodHost):
         self.sync_net()
 
     def attach_storage(self) -> None:
-        """The container's volumes staged, the mount points of a read-only rootfs made, its
-        storage attached (and recorded, for the teardown)."""
-        from runv.shim import mountpoints
-
-        container = self.container
-        shares, mounts, host_binds = volumes.plan(container.spec.mounts, container.state_dir / "volumes")
-        volumes.stage(host_binds)
-        if container.spec.root.readonly:  # the guest cannot make them in a read-only share
-            mountpoints.make(container.rootfs, container.spec.mounts)
-        attachment = self.hooks.attach_storage(container=container)
-        if attachment is None:
-            raise RunvError(f"storage plugin {self.storage!r} attached nothing for container {container.id}")
-        self.attachment = attachment.plus(shares=shares, mounts=mounts)
-        self.store.update(container.id, storage=self.storage, attachment=to_json(self.attachment))
+        """The container's storage (:func:`runv.shim.bringup.attach_storage`), recorded for the teardown."""
+        self.attachment = bringup.attach_storage(self.container, self.hooks, self.storage)
+        self.store.update(self.container.id, storage=self.storage, attachment=to_json(self.attachment))
 
     def persist(self, vm: VM | None) -> None:  # in memory and in the record: a crash leaves it findable
         if vm is None:
