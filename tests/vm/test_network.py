@@ -293,6 +293,17 @@ def test_guest_reaches_the_host_over_the_callers_veth(runv, make_bundle, nets, r
 
 @pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
+@pytest.mark.parametrize("template", ["auto", "off"])
+def test_a_namespace_without_interfaces_gives_the_guest_loopback(runv, make_bundle, nets, template):
+    """lo is up from the agent's start (in the template's saved guest too), so no request
+    was needed to bring it up."""
+    bundle = make_bundle(["sh", "-c", "ping -c 1 -W 5 127.0.0.1 >/dev/null && echo LO-OK"], **netns_entry(nets.namespace()))
+    result = runv("--template", template, "run", "--bundle", bundle, "lo1")
+    assert (result.returncode, result.stdout) == (0, "LO-OK\n"), result.stderr
+
+
+@pytest.mark.vm
+@pytest.mark.usefixtures("guest_image")
 def test_two_interfaces_and_delete_force_after_a_crash(runv, make_bundle, nets, root, tmp_path):
     path = nets.namespace()
     a = nets.veth(path, "eth0", 85)

@@ -23,6 +23,7 @@ from runv.agent import debug
 from runv.agent.channel import from_cmdline, listen_unix
 from runv.agent.debug import log
 from runv.agent.loop import Agent
+from runv.agent.network import link_up
 
 # Arguments are parsed by hand: argparse would add its imports (re, gettext...) to every guest boot.
 USAGE = "usage: python -m runv.agent [--socket PATH --rootfs DIR [--private DIR] [--debug]]"
@@ -82,6 +83,7 @@ def serve_vm() -> None:
     debug.ENABLED = "runv.debug" in args
     where, channel = from_cmdline(args)
     log(f"serving {where}")
+    link_up("lo")  # at boot, so in every template: a container without NICs needs no `network` request
     Agent(channel).run()
 
 

@@ -100,7 +100,8 @@ def sync(container, agent, attach: Callable[[Nic], None]) -> None:
     request = {"interfaces": [iface.guest_request() for iface in session.unconfigured]}
     if not session.guest_ready:
         request["files"] = etc_files(container)
-    agent.call("network", timeout=GUEST_TIMEOUT, **request)
+    if request["interfaces"] or request.get("files"):  # lo is up from the agent's start: no round trip for nothing
+        agent.call("network", timeout=GUEST_TIMEOUT, **request)
     session.unconfigured.clear()
     session.guest_ready = True
 
