@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import RUNV, make_rootfs
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests/vm"))
 from realclients import mounts_under, rootfs_tar
+from support import RUNV, make_rootfs
 from test_podman import IMAGE, Podman
 
 

@@ -2,11 +2,13 @@
 how they reach the agent's requests."""
 
 import json
+import os
 import shutil
 import subprocess
 
 import pytest
 
+from runv.agent.errors import AgentError
 from runv.api.errors import RunvError
 from runv.oci.config import parse_process, parse_spec
 from runv.oci.default_spec import default_spec
@@ -146,13 +148,37 @@ def test_bad_seccomp_fields_fail_in_one_line(change, message):
 
 
 def test_a_syscall_libseccomp_does_not_know_fails_on_the_host():
-    from runv.oci.security import _host_libseccomp
-
-    if _host_libseccomp() is None:
-        pytest.skip("no libseccomp on this host")
     profile = {**SECCOMP, "syscalls": [{"names": ["mkdir", "no_such_call"], "action": "SCMP_ACT_ERRNO"}]}
     with pytest.raises(RunvError, match="linux.seccomp.syscalls\\[0\\].names: unknown syscall 'no_such_call'"):
         parse_spec(spec_with(linux={"seccomp": profile}), "config.json")
+
+
+def test_the_host_compiles_the_profile_and_the_agents_loader_enforces_it(tmp_path):
+    """runv.oci.seccomp compiles with the host's libseccomp; the agent's loader (here on the
+    host, in a child with no_new_privs) installs the program: mkdir fails with errnoRet."""
+    import ctypes
+
+    from runv.agent import seccomp as loader
+    from runv.shim.bringup import seccomp_program
+
+    program = seccomp_program(SECCOMP)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+            os.mkdir(tmp_path / "before")
+            loader.load(program)
+            try:
+                os.mkdir(tmp_path / "after")
+            except PermissionError as exc:
+                code = 0 if exc.errno == 13 else 2
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["before"]
+    with pytest.raises(AgentError, match="not whole instructions"):
+        loader.load({"bpf": "AAAA"})
 
 
 USERNS = [{"type": "pid"}, {"type": "user"}, {"type": "mount"}]

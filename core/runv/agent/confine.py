@@ -80,8 +80,6 @@ class Container:
         self.cgroup = make_cgroup(config.get("resources") or {}, config.get("id", ""))
         sysctls = config.get("sysctl") or {}
         rootfs.write_sysctls({key: value for key, value in sysctls.items() if rootfs.is_vm_wide(key)})
-        if config.get("seccomp"):
-            seccomp_filter.library()  # loaded here: a child after pivot_root sees only the container's files
 
     # ------------------------------------------------- the agent's side of the fork
 

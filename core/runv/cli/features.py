@@ -8,9 +8,9 @@ NAME = "features"
 def command(ctx: typer.Context) -> None:
     import json
 
-    from runv.agent.seccomp import ACTIONS, ARCHES, OPERATORS
     from runv.agent.tables import CAPABILITIES
     from runv.oci.config import HOOK_KINDS
+    from runv.oci.seccomp import ACTIONS, ARCHES, OPERATORS
     from runv.oci.state import OCI_VERSION
 
     print(

@@ -40,13 +40,11 @@ from runv.api.tools import run_tool
 from runv.image import kernel
 from runv.image.cpio import Archive
 
-BUILDER_VERSION = 2  # 2: uncompressed initrd, on-demand modules, the agent started without runpy
+BUILDER_VERSION = 3  # 2: uncompressed initrd, on-demand modules, the agent started without runpy; 3: no libseccomp
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_HINT = "install busybox-static (apt-get install busybox-static)"
 PYTHON = Path("/usr/bin/python3.11")
 PYTHON_HINT = "install python3.11-minimal (apt-get install python3.11-minimal)"
-LIBSECCOMP = Path("/usr/lib/x86_64-linux-gnu/libseccomp.so.2")  # linux.seccomp, loaded by the agent through ctypes
-LIBSECCOMP_HINT = "install libseccomp2 (apt-get install libseccomp2)"
 AGENT_ROOT = Path(runv.__file__).parent.parent
 # Exactly the files `python3.11 -m runv.agent` imports: the build refuses an agent that imports one more.
 AGENT_FILES = (
@@ -189,7 +187,6 @@ def build_manifest(package: str, version: str, agent_root: Path) -> dict:
         "on_demand_modules": list(ON_DEMAND_MODULES),
         "busybox_sha256": _sha256(_read(BUSYBOX, BUSYBOX_HINT)),
         "python_sha256": _sha256(_read(PYTHON, PYTHON_HINT)),
-        "libseccomp_sha256": _sha256(_read(LIBSECCOMP, LIBSECCOMP_HINT)),
         "agent_sha256": {name: _sha256(_read(agent_root / name)) for name in AGENT_FILES},
         "init_sha256": _sha256(_init_script()),
     }
@@ -250,7 +247,7 @@ def _add_modules(archive: Archive, modules_dir: Path, guest_dir: str, progress: 
 
 def _add_python(archive: Archive, agent_root: Path, progress: Callable[[str], None]) -> None:
     """python3.11 with its libraries, the stdlib files the agent imports and the agent, all with .pyc files."""
-    for path in (PYTHON, *shared_libraries(PYTHON), LIBSECCOMP, *shared_libraries(LIBSECCOMP)):
+    for path in (PYTHON, *shared_libraries(PYTHON)):
         add_host_path(archive, path)
     stdlib: list[Path] = []
     for path in map(Path, _discover_imports(agent_root)):

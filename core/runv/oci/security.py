@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from runv.agent.seccomp import ACTIONS, ARCHES, OPERATORS
 from runv.agent.tables import CAP_NUMBERS, CAP_SETS, RLIMIT_NUMBERS
 from runv.oci.fields import field_error, is_int
 from runv.oci.resources import parse_resources
+from runv.oci.seccomp import ACTIONS, ARCHES, OPERATORS, known_syscall
 from runv.oci.userns import parse_userns
 
 PROPAGATIONS = ("private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable")
@@ -125,30 +125,9 @@ def parse_devices(data: Any, source: str) -> list:
     return devices
 
 
-LIBSECCOMP_ARCHES = ("x86_64", "x86", "x32", "arm", "aarch64", "mips", "mips64", "mips64n32", "mipsel", "mipsel64",
-                     "mipsel64n32", "ppc", "ppc64", "ppc64le", "s390", "s390x", "parisc", "parisc64", "riscv64")
-
-
-def _host_libseccomp():
-    """A function telling whether libseccomp knows a syscall name on any architecture (a
-    profile names other architectures' calls: runc skips those), or None without libseccomp
-    on the host (the guest image carries the host's Debian build)."""
-    import ctypes
-
-    try:
-        lib = ctypes.CDLL("libseccomp.so.2")
-    except OSError:
-        return None
-    lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
-    lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
-    arches = [a for a in map(lib.seccomp_arch_resolve_name, (n.encode() for n in LIBSECCOMP_ARCHES)) if a]
-    return lambda name: any(lib.seccomp_syscall_resolve_name_arch(a, name.encode()) >= 0 for a in arches)
-
-
 def parse_seccomp(data: Any, source: str) -> dict | None:
     """``linux.seccomp`` checked: actions, architectures, operators, and syscall names
-    (against libseccomp's table where the host has libseccomp, as the guest does)."""
+    (against the host's libseccomp, which compiles the filter: runv.oci.seccomp)."""
     if data is None:
         return None
     where = "linux.seccomp"
@@ -161,7 +140,6 @@ def parse_seccomp(data: Any, source: str) -> dict | None:
             field_error(source, f"{where}.architectures", f"unsupported architecture {arch!r} (this guest is x86_64)")
     if data.get("listenerPath"):
         field_error(source, f"{where}.listenerPath", "SCMP_ACT_NOTIFY is not supported in the guest")
-    known = _host_libseccomp()
     for index, rule in enumerate(data.get("syscalls") or []):
         name = f"{where}.syscalls[{index}]"
         if not isinstance(rule, dict):
@@ -172,7 +150,7 @@ def parse_seccomp(data: Any, source: str) -> dict | None:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             field_error(source, f"{name}.names", "must be a list of strings")
         for syscall in names:
-            if known is not None and not known(syscall):
+            if not known_syscall(syscall):
                 field_error(source, f"{name}.names", f"unknown syscall {syscall!r}")
         for arg in rule.get("args") or []:
             if not isinstance(arg, dict) or arg.get("op") not in OPERATORS or not is_int(arg.get("index")):

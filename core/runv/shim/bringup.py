@@ -187,8 +187,20 @@ def prepare_request(container: Container, rootfs: dict, mounts: list[dict]) -> d
         "mounts": mounts,
         "hostname": container.spec.hostname,
         "guest_devices": container.annotations.get(GUEST_DEVICES) == "true",
-        "confinement": {**container.spec.confinement, "id": container.id},  # the id names its guest cgroup
+        "confinement": {**container.spec.confinement, "id": container.id,  # the id names its guest cgroup
+                        "seccomp": seccomp_program(container.spec.confinement.get("seccomp"))},
     }
+
+
+def seccomp_program(profile: dict | None) -> dict | None:
+    """``linux.seccomp`` as the agent loads it: compiled here (runv.oci.seccomp), base64."""
+    if not profile:
+        return None
+    import base64
+
+    from runv.oci.seccomp import compile_bpf
+
+    return {"bpf": base64.b64encode(compile_bpf(profile)).decode()}
 
 
 def vm_prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities) -> dict:
