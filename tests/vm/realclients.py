@@ -177,6 +177,28 @@ def docker_archive(rootfs: Path, path: Path, name: str) -> Path:
     return _tar_of(path, {"manifest.json": manifest, config_name: config, layer_name: layer})
 
 
+def containerd_config(base: Path, top: str = "", tables: str = "") -> str:
+    """A containerd 1.6 config (version 2) whose root, state and sockets are under ``base``,
+    with more top-level keys (``top``) and tables (``tables``)."""
+    return f"""\
+version = 2
+root = "{base}/root"
+state = "{base}/state"
+{top}
+[grpc]
+  address = "{base}/containerd.sock"
+
+[ttrpc]
+  address = "{base}/containerd.sock.ttrpc"
+
+[debug]
+  address = "{base}/debug.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base}/opt"
+{tables}"""
+
+
 def stop_daemon(proc: subprocess.Popen, containerd_socket: Path) -> None:
     """Stops a daemon the test started (TERM, then KILL after 30 s) and the
     containerd-shim-runc-v2 processes of the containerd at ``containerd_socket``, which

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from realclients import PtySession, mounts_under, oci_archive, run, runv_ids, stop_daemon, wait_for_daemon
+from realclients import PtySession, containerd_config, mounts_under, oci_archive, run, runv_ids, stop_daemon, wait_for_daemon
 from support import RUNV
 
 from runv.testing import vm_processes_in
@@ -30,26 +30,6 @@ pytestmark = [
         CONTAINERD is None or CTR is None or os.geteuid() != 0, reason="needs root and containerd (scripts/install installs Debian's containerd)"
     ),
 ]
-
-CONFIG = """\
-version = 2
-root = "{base}/root"
-state = "{base}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{base}/containerd.sock"
-
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-
-[debug]
-  address = "{base}/debug.sock"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base}/opt"
-"""
-
 
 class Containerd:
     """``ctr`` against the test's own containerd; tasks run with runv, its --root under
@@ -83,7 +63,7 @@ class Containerd:
 @pytest.fixture(scope="module")
 def ctr(base_rootfs):
     base = Path(tempfile.mkdtemp(prefix="runv-ctrd-"))  # short: unix socket paths live under it
-    (base / "config.toml").write_text(CONFIG.format(base=base))
+    (base / "config.toml").write_text(containerd_config(base, top='disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'))
     log = open(base / "containerd.log", "wb")
     proc = subprocess.Popen([CONTAINERD, "--config", str(base / "config.toml")], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     client = Containerd(base)

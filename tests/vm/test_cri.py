@@ -17,7 +17,7 @@ from pathlib import Path
 import cri
 import grpc
 import pytest
-from realclients import cgroups_of, mounts_under, oci_archive, run, runv_ids, stop_daemon, wait_for_daemon
+from realclients import cgroups_of, containerd_config, mounts_under, oci_archive, run, runv_ids, stop_daemon, wait_for_daemon
 from support import RUNV
 
 from runv.testing import vm_processes_in
@@ -39,23 +39,7 @@ pytestmark = [
     ),
 ]
 
-CONFIG = """\
-version = 2
-root = "{base}/root"
-state = "{base}/state"
-
-[grpc]
-  address = "{base}/containerd.sock"
-
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-
-[debug]
-  address = "{base}/debug.sock"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base}/opt"
-
+CRI_TABLES = """
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
   stream_server_address = "127.0.0.1"
@@ -132,7 +116,8 @@ def kubelet(base_rootfs):
     base = Path(tempfile.mkdtemp(prefix="runv-cri-"))  # short: unix socket paths live under it
     (base / "cni").mkdir()
     (base / "cni/10-runv-cri.conflist").write_text(CNI.format(bridge=BRIDGE, subnet=SUBNET, gateway=GATEWAY, base=base))
-    (base / "config.toml").write_text(CONFIG.format(base=base, pause=PAUSE, cni_bin=CNI_BIN, runv=RUNV))
+    tables = CRI_TABLES.format(base=base, pause=PAUSE, cni_bin=CNI_BIN, runv=RUNV)
+    (base / "config.toml").write_text(containerd_config(base, tables=tables))
     log = open(base / "containerd.log", "wb")
     proc = subprocess.Popen([CONTAINERD, "--config", str(base / "config.toml")], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     client = Kubelet(base)
