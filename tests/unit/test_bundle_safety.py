@@ -119,13 +119,28 @@ def test_a_read_only_rootfs_gets_its_mount_points_inside_itself_whatever_its_sym
     assert os.listdir(outside) == []
     assert (rootfs / tmp_path.relative_to("/") / "outside/resolv.conf").is_file()  # the link's target, under the rootfs
     assert (rootfs / "secrets").is_dir()  # ../../../.. from / is /
-    assert (rootfs / "srv/x/hosts").is_file() and not (rootfs / "dev").exists()  # /dev is the guest's own
+    assert (rootfs / "srv/x/hosts").is_file()
+    assert sorted(p.name for p in (rootfs / "dev").iterdir()) == [] and (rootfs / "proc").is_dir()  # /dev/shm: the guest's
 
 
-def test_a_symlink_loop_in_a_read_only_rootfs_is_one_line(tmp_path):
+def test_dotdot_after_a_symlink_is_the_kernels_not_a_string_operation(tmp_path):
+    """``d/../c`` with ``d`` a symlink to ``x/y``: ``..`` leaves ``x/y``, so the mount point is
+    ``x/c`` (where the container will look), not ``c``; ``/dev/null`` bound on a file makes a file."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "x/y").mkdir(parents=True)
+    (rootfs / "d").symlink_to("x/y")
+    (rootfs / "a").symlink_to("d/../c")
+    mountpoints.make(rootfs, [{"destination": "/a/m", "type": "tmpfs", "source": "tmpfs"},
+                              {"destination": "/etc/null", "type": "bind", "source": "/dev/null", "options": ["bind"]}])
+    assert (rootfs / "x/c/m").is_dir() and not (rootfs / "c").exists()
+    assert (rootfs / "etc/null").is_file()
+
+
+@pytest.mark.parametrize("first, second", [("b", "a"), ("/s/../b", "/s/../a")])
+def test_a_symlink_loop_in_a_read_only_rootfs_is_one_line(tmp_path, first, second):
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
-    (rootfs / "a").symlink_to("b")
-    (rootfs / "b").symlink_to("a")
+    (rootfs / "a").symlink_to(first)
+    (rootfs / "b").symlink_to(second)
     with pytest.raises(RunvError, match=r"^cannot make the mount point /a/f in the read-only rootfs .*: Too many levels of symbolic links$"):
         mountpoints.make(rootfs, [{"destination": "/a/f", "type": "tmpfs", "source": "tmpfs"}])

@@ -139,6 +139,11 @@ def test_a_seccomp_profile_reaches_prepare():
         ({"syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOPE"}]}, "config.json: linux.seccomp.syscalls[0].action: unknown action 'SCMP_ACT_NOPE'"),
         ({"syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "op": "LIKE"}]}]},
          "config.json: linux.seccomp.syscalls[0].args: bad argument comparison {'index': 0, 'op': 'LIKE'}"),
+        ({"syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": "1"}]}]},
+         "config.json: linux.seccomp.syscalls[0].args: bad argument comparison {'index': 0, 'op': 'SCMP_CMP_EQ', 'value': '1'}"),
+        ({"syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": "EPERM"}]},
+         "config.json: linux.seccomp.syscalls[0].errnoRet: must be an errno number, not 'EPERM'"),
+        ({"defaultErrnoRet": -1}, "config.json: linux.seccomp.defaultErrnoRet: must be an errno number, not -1"),
     ],
 )
 def test_bad_seccomp_fields_fail_in_one_line(change, message):
@@ -156,12 +161,13 @@ def test_a_syscall_libseccomp_does_not_know_fails_on_the_host():
 def test_the_host_compiles_the_profile_and_the_agents_loader_enforces_it(tmp_path):
     """runv.oci.seccomp compiles with the host's libseccomp; the agent's loader (here on the
     host, in a child with no_new_privs) installs the program: mkdir fails with errnoRet."""
+    import base64
     import ctypes
 
     from runv.agent import seccomp as loader
-    from runv.shim.bringup import seccomp_program
+    from runv.oci.seccomp import compile_bpf
 
-    program = seccomp_program(SECCOMP)
+    program = {"bpf": base64.b64encode(compile_bpf(SECCOMP)).decode()}
     pid = os.fork()
     if pid == 0:
         code = 1

@@ -12,7 +12,7 @@ import pytest
 from runv.api import NINEP_VIRTIO, VIRTIOFS, AgentChannel, Capabilities, Disk, GuestMount, Nic, RunvError, Share, SharedFs, StorageAttachment
 from runv.api.vm import SERIAL
 from runv.shim import pod, volumes
-from runv.shim.bringup import check_vm, guest_mount, kernel_args, vm_prepare_request
+from runv.shim.bringup import check_vm, confinement, guest_mount, kernel_args, vm_prepare_request
 from runv.testing import container, fakevmm, vm_spec
 
 ROOTFS = Path("/bundles/box/rootfs")
@@ -120,12 +120,12 @@ def test_vm_prepare_request_is_built_from_the_capabilities(tmp_path):
                                    shares=(Share("rootfs", box.rootfs, readonly=True),),
                                    mounts=(GuestMount(source="tmpfs", fstype="tmpfs", target="/tmp", in_rootfs=True),))
     vm = vm_spec(tmp_path, shares=attachment.shares)  # no pod share: each share is the VM's own
-    request = vm_prepare_request(box, attachment, vm, fakevmm.CAPABILITIES)
+    request = vm_prepare_request(box, attachment, vm, fakevmm.CAPABILITIES, confinement(box))
     assert request["rootfs"] == {"source": str(box.rootfs), "fstype": "bind", "options": "rbind", "readonly": True}
     assert request["mounts"] == [{"source": "tmpfs", "fstype": "tmpfs", "options": "", "readonly": False,
                                   "target": "/tmp", "in_rootfs": True}]
     assert request["guest_devices"] is True
-    assert vm_prepare_request(box, attachment, vm, Capabilities())["rootfs"]["fstype"] == "9p"
+    assert vm_prepare_request(box, attachment, vm, Capabilities(), confinement(box))["rootfs"]["fstype"] == "9p"
 
 
 def test_a_vms_own_container_reaches_its_shares_through_the_pod_directory(tmp_path):
@@ -140,7 +140,7 @@ def test_a_vms_own_container_reaches_its_shares_through_the_pod_directory(tmp_pa
                 GuestMount(source=f"{staged}/f", fstype="bind", target="/etc/f", in_rootfs=True),
                 GuestMount.of_disk("upper", "ext4", target="/run/runv/upper")))
     vm = vm_spec(tmp_path, shares=(pod.share(tmp_path),), disks=(Disk("upper", tmp_path / "upper.img"),))
-    request = vm_prepare_request(box, attachment, vm, Capabilities())
+    request = vm_prepare_request(box, attachment, vm, Capabilities(), confinement(box))
     assert request["rootfs"] == {"source": "/run/runv/pod/box/rootfs", "fstype": "bind", "options": "", "readonly": True}
     assert [(m["source"], m["fstype"], m["target"]) for m in request["mounts"]] == [
         ("pod", "9p", "/run/runv/pod"), ("/run/runv/pod/box/vol0", "bind", "/data"),

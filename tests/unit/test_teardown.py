@@ -56,7 +56,7 @@ def box(tmp_path):
     return container(tmp_path)
 
 
-ORDER = [("stop", {"force": False}), "cgroup", "release_net", "detach_storage", "volumes"]
+ORDER = [("stop", {"force": False}), "cgroup", "release_net", "volumes", "detach_storage"]  # the pod's copies hold the storage
 
 
 def test_steps_run_in_order(recorder, box):
@@ -69,7 +69,7 @@ def test_force_reaches_the_vm(recorder, box):
     assert recorder.calls[0] == ("stop", {"force": True})
 
 
-@pytest.mark.parametrize("failing", ["stop", "cgroup", "release_net", "detach_storage", "volumes"])
+@pytest.mark.parametrize("failing", ["stop", "cgroup", "release_net", "volumes", "detach_storage"])
 def test_every_step_runs_when_one_fails_and_its_error_is_raised(recorder, box, failing):
     recorder.fail = {failing}
     with pytest.raises(RunvError, match=f"^{failing} failed$"):
@@ -96,7 +96,7 @@ def test_unexpected_exceptions_do_not_stop_the_others(recorder, box, monkeypatch
     monkeypatch.setattr(recorder, "release_net", boom)
     with pytest.raises(KeyError):
         teardown(box, recorder, recorder.vm(), ATTACHMENT)
-    assert recorder.calls == [("stop", {"force": False}), "cgroup", "detach_storage", "volumes"]
+    assert recorder.calls == [("stop", {"force": False}), "cgroup", "volumes", "detach_storage"]
 
 
 def test_it_converges_on_what_is_already_gone(box):

@@ -3,6 +3,7 @@ bounding set, its own mount namespace with a root of its own, its own cgroup, de
 its shim, QEMU's sandbox killing it when it tries to spawn; and from inside, what the
 shared rootfs refuses a guest root (device nodes, setuid bits)."""
 
+import errno
 import json
 import os
 import signal
@@ -246,3 +247,25 @@ def test_a_guest_root_cannot_make_device_nodes_or_setuid_files_in_a_share(runv, 
     assert "chmod=0" not in result.stdout and "sgid=0" not in result.stdout and "mknod=0" not in result.stdout
     owned = os.stat(host / "owned")
     assert (owned.st_uid, owned.st_gid) == (1234, 1234)  # ownership still lands on the host (podman diff sees it)
+
+
+def test_the_vmm_cannot_rename_or_plant_entries_in_the_pod_directory(runv, make_bundle, root):
+    """What QEMU may do in the pod directory, its view of which is all a guest reaches through
+    the VM's one share (tried through /proc/<qemu>/root, in QEMU's own mount namespace): the
+    directory's own entries are read-only (the host unmounts by them: a symlink planted there
+    must not lead it astray), the container's writable rootfs mounted below stays writable."""
+    assert runv("create", "--bundle", make_bundle(["sleep", "1000"]), "j6").returncode == 0
+    try:
+        [qemu] = vm_processes_in(root / "j6")
+        pod = Path(f"/proc/{qemu}/root{root}/j6/pod")
+        for attempt in (lambda: (pod / "j6").rename(pod / "moved"), lambda: (pod / "planted").symlink_to("/run"),
+                        lambda: (pod / "j6/made").mkdir(), lambda: (pod / "j6/rootfs").rename(pod / "j6/moved")):
+            with pytest.raises(OSError) as refused:
+                attempt()
+            assert refused.value.errno in (errno.EROFS, errno.EBUSY), refused.value
+        (pod / "j6/rootfs/through-the-pod").write_text("x")
+        assert (root.parent / "bundle/rootfs/through-the-pod").exists()
+        assert "ro" in mounts_of(qemu)[f"{root}/j6/pod"] and "rw" in mounts_of(qemu)[f"{root}/j6/pod/j6/rootfs"]
+    finally:
+        assert runv("delete", "--force", "j6").returncode == 0
+    assert not any(point.startswith(str(root)) for point in mounts_of(os.getpid()))

@@ -84,11 +84,15 @@ def hierarchies(base: Path) -> list[tuple[str, Path]]:
     return [(controller, base / controller) for controller in CONTROLLERS]
 
 
-def to_root(pid: int, base: Path = BASE) -> None:
-    """Moves ``pid`` to the root cgroup of each hierarchy runv uses: out of a container's
-    cgroupsPath, for work that is runv's own (a template made in the background)."""
-    for _, root in hierarchies(Path(base)):
-        _write(root / "cgroup.procs", str(pid))
+def to_root(pid: int, mountinfo: str = "/proc/self/mountinfo") -> None:
+    """Moves ``pid`` to the root cgroup of every cgroup hierarchy mounted here (v2's, each
+    v1 controller's, v1's named ones): out of a container's cgroups, for work that is runv's
+    own (a template made in the background)."""
+    with open(mountinfo) as f:
+        roots = {fields[4] for fields in (line.split() for line in f)
+                 if fields[3] == "/" and fields[fields.index("-") + 1] in ("cgroup", "cgroup2")}
+    for root in sorted(roots):
+        _write(Path(root) / "cgroup.procs", str(pid))
 
 
 class Cgroup:

@@ -55,7 +55,10 @@ LD_ABS, JEQ, JSET, RET = 0x20, 0x15, 0x45, 0x06
 
 class Bind(NamedTuple):
     """One host path the VMM sees, at the same path: a ``dir``, ``file`` or ``dev`` (a device
-    node: no ``nodev``), bound read-only unless ``writable``; or a ``link`` to ``target``."""
+    node: no ``nodev``), bound read-only unless ``writable``; a ``tree`` (a directory of mount
+    points the host fills, the pod directory: read-only itself, so the guest can neither
+    rename nor plant entries there, while the mounts below keep their own modes); or a
+    ``link`` to ``target``."""
 
     path: str
     kind: str = "dir"
@@ -120,7 +123,7 @@ def vm_binds(vm, binary: str, writable: tuple[str, ...] = (), readonly: tuple[st
 
     binds = system_binds(binary)
     binds += [Bind(at(vm.kernel), "file"), Bind(at(vm.initrd), "file")]
-    binds += [Bind(at(share.path), "dir", not share.readonly) for share in vm.shares]
+    binds += [Bind(at(share.path), "tree" if share.holds_mounts else "dir", not share.readonly) for share in vm.shares]
     for disk in vm.disks:
         binds += disk_binds(at(disk.path), not disk.readonly)
     binds.append(Bind(at(vm.console_log), "file", True))
@@ -208,12 +211,14 @@ class Jail:
             if inside:
                 self.fail(f"{path} lies in a bound directory but is not there", errno.ENOENT)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            if bind.kind == "dir":
+            if bind.kind in ("dir", "tree"):
                 os.mkdir(target)
             else:
                 os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         self.mount(path, target, None, MS_BIND | MS_REC)
         self.restrict(target, not bind.writable, bind.kind == "dev")
+        if bind.kind == "tree":  # the top mount alone: what is mounted below (now and later) keeps its flags
+            self.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, what=f"restricting {target}")
         bound.append(path)
 
     def build(self, spec: dict) -> None:

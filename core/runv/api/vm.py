@@ -14,11 +14,15 @@ SERIAL = "serial:"  # GuestMount.source prefix naming a Disk by its serial
 
 @attrs.frozen
 class Share:
-    """A host directory the guest mounts over a shared filesystem, found by ``tag``."""
+    """A host directory the guest mounts over a shared filesystem, found by ``tag``.
+    ``holds_mounts``: a directory of mount points the host fills while the VM runs (the pod
+    directory): the VMM must not change the directory itself, only what is mounted below
+    (with the modes those mounts have), so a VMM's jail binds it read-only on top alone."""
 
     tag: str
     path: Path
     readonly: bool = False
+    holds_mounts: bool = False
 
 
 @attrs.frozen
@@ -144,7 +148,7 @@ def to_json(value) -> dict:
 def attachment_from_json(data: dict) -> StorageAttachment:
     return StorageAttachment(
         rootfs=GuestMount(**data["rootfs"]),
-        shares=tuple(Share(s["tag"], Path(s["path"]), s["readonly"]) for s in data["shares"]),
+        shares=tuple(Share(s["tag"], Path(s["path"]), s["readonly"], s.get("holds_mounts", False)) for s in data["shares"]),
         disks=tuple(Disk(d["serial"], Path(d["path"]), d["format"], d["readonly"]) for d in data["disks"]),
         data=data["data"],
         mounts=tuple(GuestMount(**m) for m in data.get("mounts", ())),

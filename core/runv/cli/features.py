@@ -25,8 +25,8 @@ def command(ctx: typer.Context) -> None:
                 # Applied inside the guest (docs/confinement.md): every container gets its own mount,
                 # PID, UTS, IPC and cgroup namespaces; the network is the VM's (a "network" entry is
                 # the host namespace whose interfaces the VM takes over); a user namespace with the
-                # spec's mappings where "user" is listed; seccomp through the guest's libseccomp; no LSM exists in the guest (apparmorProfile,
-                # selinuxLabel are accepted, not applied).
+                # spec's mappings where "user" is listed; seccomp compiled by the host's libseccomp, loaded in the
+                # guest; no LSM exists in the guest (apparmorProfile, selinuxLabel are accepted, not applied).
                 "linux": {
                     "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
                     "capabilities": list(CAPABILITIES),

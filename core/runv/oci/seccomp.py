@@ -53,6 +53,10 @@ def library():
         lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
         lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
         lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_arch_native.restype = ctypes.c_uint32
+        if lib.seccomp_arch_native() != lib.seccomp_arch_resolve_name(b"x86_64"):
+            raise RunvError("linux.seccomp is compiled on the host for the x86_64 guest: this host's libseccomp is "
+                            "not x86_64's")
         _lib = lib
     return _lib
 

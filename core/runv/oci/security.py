@@ -126,8 +126,9 @@ def parse_devices(data: Any, source: str) -> list:
 
 
 def parse_seccomp(data: Any, source: str) -> dict | None:
-    """``linux.seccomp`` checked: actions, architectures, operators, and syscall names
-    (against the host's libseccomp, which compiles the filter: runv.oci.seccomp)."""
+    """``linux.seccomp`` checked: actions, architectures, operators, numbers, and syscall
+    names against the host's libseccomp, which compiles it (runv.oci.seccomp) before the
+    container's VM boots."""
     if data is None:
         return None
     where = "linux.seccomp"
@@ -135,6 +136,8 @@ def parse_seccomp(data: Any, source: str) -> dict | None:
         field_error(source, where, "must be an object")
     if data.get("defaultAction") not in ACTIONS:
         field_error(source, f"{where}.defaultAction", f"unknown action {data.get('defaultAction')!r}")
+    if not _errno_ret(data.get("defaultErrnoRet")):
+        field_error(source, f"{where}.defaultErrnoRet", f"must be an errno number, not {data.get('defaultErrnoRet')!r}")
     for arch in data.get("architectures") or []:
         if arch not in ARCHES:
             field_error(source, f"{where}.architectures", f"unsupported architecture {arch!r} (this guest is x86_64)")
@@ -146,6 +149,8 @@ def parse_seccomp(data: Any, source: str) -> dict | None:
             field_error(source, name, "must be an object")
         if rule.get("action") not in ACTIONS:
             field_error(source, f"{name}.action", f"unknown action {rule.get('action')!r}")
+        if not _errno_ret(rule.get("errnoRet")):
+            field_error(source, f"{name}.errnoRet", f"must be an errno number, not {rule.get('errnoRet')!r}")
         names = rule.get("names") or []
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             field_error(source, f"{name}.names", "must be a list of strings")
@@ -153,9 +158,18 @@ def parse_seccomp(data: Any, source: str) -> dict | None:
             if not known_syscall(syscall):
                 field_error(source, f"{name}.names", f"unknown syscall {syscall!r}")
         for arg in rule.get("args") or []:
-            if not isinstance(arg, dict) or arg.get("op") not in OPERATORS or not is_int(arg.get("index")):
+            if (not isinstance(arg, dict) or arg.get("op") not in OPERATORS or not is_int(arg.get("index"))
+                    or not 0 <= arg["index"] <= 5 or not all(_u64(arg.get(key, 0)) for key in ("value", "valueTwo"))):
                 field_error(source, f"{name}.args", f"bad argument comparison {arg!r}")
     return data
+
+
+def _errno_ret(value: Any) -> bool:
+    return value is None or (is_int(value) and 0 <= value <= 0xFFFF)
+
+
+def _u64(value: Any) -> bool:
+    return is_int(value) and 0 <= value < 1 << 64
 
 
 def parse_linux(linux: dict, source: str) -> dict:

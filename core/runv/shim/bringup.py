@@ -178,7 +178,24 @@ def guest_mount(entry: GuestMount, vm: VMSpec, caps: Capabilities) -> dict:
     return {**to_json(entry), "source": source, "fstype": fstype, "options": options}
 
 
-def prepare_request(container: Container, rootfs: dict, mounts: list[dict]) -> dict:
+def confinement(container: Container) -> dict:
+    """What the agent's ``prepare`` applies of the container's spec (runv.oci.security.parse_linux),
+    its ``linux.seccomp`` compiled here (runv.oci.seccomp): before its VM boots, so a profile
+    libseccomp refuses fails ``create`` at once."""
+    import base64
+
+    config = {**container.spec.confinement, "id": container.id}  # the id names its guest cgroup
+    if config.get("seccomp"):
+        from runv.oci.seccomp import compile_bpf
+
+        try:
+            config["seccomp"] = {"bpf": base64.b64encode(compile_bpf(config["seccomp"])).decode()}
+        except RunvError as exc:
+            raise RunvError(f"{container.bundle / 'config.json'}: {exc}") from None
+    return config
+
+
+def prepare_request(container: Container, rootfs: dict, mounts: list[dict], confined: dict) -> dict:
     """The agent's ``prepare``: the rootfs, the mount plan around it (entries as
     :func:`guest_mount` gives them), hostname and /dev, and what the container's namespaces
     get from ``linux`` (runv.oci.security.parse_linux)."""
@@ -187,23 +204,12 @@ def prepare_request(container: Container, rootfs: dict, mounts: list[dict]) -> d
         "mounts": mounts,
         "hostname": container.spec.hostname,
         "guest_devices": container.annotations.get(GUEST_DEVICES) == "true",
-        "confinement": {**container.spec.confinement, "id": container.id,  # the id names its guest cgroup
-                        "seccomp": seccomp_program(container.spec.confinement.get("seccomp"))},
+        "confinement": confined,  # confinement(container)
     }
 
 
-def seccomp_program(profile: dict | None) -> dict | None:
-    """``linux.seccomp`` as the agent loads it: compiled here (runv.oci.seccomp), base64."""
-    if not profile:
-        return None
-    import base64
-
-    from runv.oci.seccomp import compile_bpf
-
-    return {"bpf": base64.b64encode(compile_bpf(profile)).decode()}
-
-
-def vm_prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities) -> dict:
+def vm_prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities,
+                       confined: dict) -> dict:
     """``prepare`` for the container that booted ``vm``: its storage as the hypervisor
     serves it, its shares through the pod directory (:mod:`runv.shim.pod`) when the VM has one."""
     from runv.shim import pod
@@ -211,7 +217,7 @@ def vm_prepare_request(container: Container, attachment: StorageAttachment, vm: 
     rootfs, plan = attachment.rootfs, list(attachment.mounts)
     if any(share.tag == pod.TAG for share in vm.shares):
         rootfs, plan = pod.in_pod(rootfs, container.id), [pod.guest_mount(), *pod.plan_in_pod(plan, container.id)]
-    return prepare_request(container, guest_mount(rootfs, vm, caps), [guest_mount(m, vm, caps) for m in plan])
+    return prepare_request(container, guest_mount(rootfs, vm, caps), [guest_mount(m, vm, caps) for m in plan], confined)
 
 
 def attach_nic(vm: VM, caps: Capabilities, nic) -> None:

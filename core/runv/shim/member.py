@@ -43,13 +43,14 @@ class Member(Shim):
         """The container's shares staged and mounted in the sandbox's pod directory, its
         rootfs and mounts prepared by the guest, its terminal opened, its create hooks run."""
         cid = self.container.id
+        confined = bringup.confinement(self.container)
         self.attach_storage()
         if self.attachment.disks:
             raise RunvError(f"container {cid} joins the VM of container {self.sandbox}, which takes no more disks: "
                             f"use the share storage mode (io.runv.storage.mode=share)")
         bringup.enter_cgroups_path(self.container)
         prepare = bringup.prepare_request(self.container, to_json(pod.in_pod(self.attachment.rootfs, cid)),
-                                          [to_json(m) for m in pod.plan_in_pod(self.attachment.mounts, cid)])
+                                          [to_json(m) for m in pod.plan_in_pod(self.attachment.mounts, cid)], confined)
         control.call(self.sandbox_dir, "join", id=cid, prepare=prepare,
                      shares=[[s.tag, str(s.path), s.readonly] for s in self.attachment.shares])
         if self.container.spec.process.terminal:

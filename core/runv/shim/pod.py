@@ -30,6 +30,7 @@ import attrs
 
 from runv.api.errors import RunvError
 from runv.api.vm import SHARE, GuestMount, Share
+from runv.log import logger
 from runv.shim import volumes
 
 TAG = "pod"  # the share's tag, in every VM
@@ -49,7 +50,7 @@ _libc.syscall.restype = ctypes.c_long
 
 def share(state_dir: Path) -> Share:
     """The ``pod`` share of the VM whose state directory is ``state_dir``."""
-    return Share(tag=TAG, path=state_dir / TAG)
+    return Share(tag=TAG, path=state_dir / TAG, holds_mounts=True)
 
 
 def guest_mount() -> GuestMount:
@@ -135,8 +136,16 @@ def _mount_copy(source: str, target: int, readonly: bool) -> None:
 
 
 def detach(state_dir: Path, member: str) -> None:
-    """Unmounts what :func:`attach` mounted for ``member`` and removes its directory; converges."""
+    """Unmounts what :func:`attach` mounted for ``member`` and removes its directory; converges.
+    Nothing in the pod directory is followed: an entry that is not the directory the host
+    made (the VMM's jail has it read-only, but a guest is never trusted) is left alone."""
     folder = state_dir / TAG / member
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            logger.error("%s is not the directory runv made: left alone", folder)
+            return
+    except FileNotFoundError:
+        return
     volumes.release(folder)
     try:
         for entry in os.listdir(folder):

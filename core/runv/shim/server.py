@@ -91,17 +91,17 @@ class Shim(PodHost):
 
     def boot(self) -> None:
         """Attaches storage, boots (or restores) the VM, waits for the agent, mounts the rootfs."""
-        from runv.templates import background
-        from runv.templates.restore import restore
+        from runv.templates import background, restore
 
         cid = self.container.id
+        confined = bringup.confinement(self.container)
         self.attach_storage()
         spec = bringup.container_vm(self.settings, self.caps, self.hooks, self.container, self.attachment)
         bringup.check_vm(spec, self.caps, self.hypervisor.name)
         self.limits.booted(spec.memory_mib, spec.vcpus)
         self.store.update(cid, netns=bringup.served_netns(self.container))
         logger.debug("booting %s with %s: %s", cid, self.hypervisor.name, spec)
-        restored = restore(self.settings.template, spec, self.hypervisor, self.on_data, self.on_agent_event,
+        restored = restore.restore(self.settings.template, spec, self.hypervisor, self.on_data, self.on_agent_event,
                            persist=self.persist, attach_nic=lambda vm, nic: bringup.attach_nic(vm, self.caps, nic))
         if restored:
             self.vm, self.agent = restored
@@ -109,7 +109,7 @@ class Shim(PodHost):
             self.persist(self.hooks.boot(vm=spec))
             self.agent = bringup.connect_agent(spec, self.vm, self.caps, self.on_data, self.on_agent_event)
             background.after_cold_boot(self.settings, self.hypervisor, spec)
-        self.agent.call("prepare", **bringup.vm_prepare_request(self.container, self.attachment, spec, self.caps))
+        self.agent.call("prepare", **bringup.vm_prepare_request(self.container, self.attachment, spec, self.caps, confined))
         if self.container.spec.process.terminal:
             self.open_terminal()
         state = self.store.read(cid).oci_state()

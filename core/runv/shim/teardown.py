@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: StorageAttachment | None,
              force: bool = False, sandbox: Path | None = None) -> None:
     """Stops the VM (or, for a pod member, leaves the VM of the ``sandbox`` it runs in),
-    kills what is left in its cgroup and removes it, releases the network, detaches the
-    storage and unmounts the volumes' host staging, in that order. Every step runs even
+    kills what is left in its cgroup and removes it, releases the network, unmounts the pod
+    directory's copies and the volumes' host staging (before the storage they may hold), and
+    detaches the storage, in that order. Every step runs even
     when an earlier one failed (a VMM that cannot be stopped must not keep a tap or a mount
     alive); the first failure is raised once all have run. Each step converges when there
     is nothing left to undo."""
@@ -34,9 +35,9 @@ def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: Stor
         ("leave the pod's VM", (lambda: leave(sandbox, container.id)) if sandbox is not None else None),
         ("empty the VM's cgroup", lambda: empty_cgroup(container.state_dir)),
         ("release the network", lambda: hooks.release_net(container=container)),
+        ("unmount the pod directory and the volumes", lambda: volumes.release(container.state_dir)),
         ("detach the storage", (lambda: hooks.detach_storage(container=container, attachment=attachment))
          if attachment is not None else None),
-        ("unmount the volumes", lambda: volumes.release(container.state_dir)),
     ]
     first = None
     for what, step in steps:

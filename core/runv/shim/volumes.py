@@ -2,13 +2,13 @@
 
 * ``bind`` mounts (type ``bind``, or options holding ``bind``/``rbind``): a directory is
   bind-mounted on the host (with what is mounted below it) onto ``volumes/volN`` under the
-  container's state, that directory is shared with the guest (over the hypervisor's shared
-  filesystem) and mounted at its destination in the container. A file is bind-mounted into
-  a directory of its own (``volumes/volN/NAME``), that directory is shared and mounted under
-  ``/run/runv/volumes/`` in the guest (outside the container's root), and the file
+  container's state, that directory is the share ``volN`` (which reaches the guest through
+  the VM's pod directory, :mod:`runv.shim.pod`) and is mounted at its destination in the
+  container. A file is bind-mounted into a directory of its own (``volumes/volN/NAME``),
+  that directory is the share, outside the container's root in the guest, and the file
   bind-mounted from there: the guest never sees the file's neighbours. ``ro`` makes the
-  share (QEMU refuses writes, its jail binds it read-only) and the guest mount read-only.
-  Writes to a ``rw`` volume land in the host's file or directory.
+  share (its copy in the pod directory is a read-only mount) and the guest mount
+  read-only. Writes to a ``rw`` volume land in the host's file or directory.
 * A host device node is never shared: ``/dev/null`` and the other pseudo-devices (which
   callers bind over masked paths) are bound from the guest's own; other devices are refused.
 * ``tmpfs``, ``proc``, ``sysfs``, ``devpts``, ``mqueue``, ``cgroup``/``cgroup2`` are mounted in
@@ -30,8 +30,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import stat
-import subprocess
 from pathlib import Path
 
 from runv.agent.tables import is_bind
@@ -47,6 +47,8 @@ FLAGS = {"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync",
 
 
 MS_BIND, MS_REC = 4096, 16384
+MNT_DETACH = 2
+_OCTAL = re.compile(rb"\\([0-7]{3})")  # how /proc/self/mountinfo escapes space, tab, newline and backslash
 
 
 def open_nofollow(path: str, what: str) -> int:
@@ -187,10 +189,12 @@ def stage(host_binds) -> None:
 
 def release(state_dir: Path) -> None:
     """Unmounts every host mount left under a container's state directory (newest first);
-    converges after a crash, and must run before the directory is removed."""
-    prefix = str(state_dir.resolve()) + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    converges after a crash, and must run before the directory is removed. Mount points are
+    read as bytes (a name under the pod directory need not be UTF-8)."""
+    prefix = os.fsencode(state_dir.resolve()) + b"/"
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [_OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), line.split()[4]) for line in f]
+    libc = ctypes.CDLL(None, use_errno=True)
     for point in reversed([p for p in points if p.startswith(prefix)]):
-        if subprocess.run(["umount", point], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", point], capture_output=True)
+        if libc.umount2(point, 0) != 0:
+            libc.umount2(point, MNT_DETACH)

@@ -4,15 +4,17 @@ this maker so the next container of that size starts from a template.
 
 The maker is a process of its own (``python -m runv.templates.background``, which forks
 and lets its parent exit, so the maker is no descendant of the shim), in a new session,
-at the lowest CPU priority (``SCHED_IDLE``, inherited by its QEMU), in the host's root
-cgroups rather than the container's (the caller's limits and accounting are for the
-container, not for what runv keeps for later). One maker at a time (a lock in the
-template directory); none once the directory holds ``MAX_TEMPLATES`` templates; none
-with ``[templates] background = false`` in runv's config file. Its failures go to runv's
-log (``--log``), never to the container."""
+in the root cgroup of every hierarchy rather than the container's (the caller's limits
+and accounting are for the container, not for what runv keeps for later), at the lowest
+CPU and I/O priorities (``SCHED_IDLE``, ``IOPRIO_CLASS_IDLE``, inherited by its QEMU). One
+maker at a time (a lock in the template directory); none once the directory holds
+``MAX_TEMPLATES`` current templates; none with ``[templates] background = false`` in
+runv's config file. What it did, or why not, goes to ``background.log`` in the template
+directory, never to the container or its caller's log."""
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from runv.settings import Settings
 
 LOCK = ".background.lock"  # in the template directory, held by the running maker
+LOG = "background.log"  # in the template directory: what the makers did and why not
+SYS_IOPRIO_SET, IOPRIO_WHO_PROCESS, IOPRIO_CLASS_IDLE, IOPRIO_CLASS_SHIFT = 251, 1, 3, 13  # x86_64, <linux/ioprio.h>
+_libc = ctypes.CDLL(None, use_errno=True)
 MAX_TEMPLATES = 8  # a maker adds none beyond this many (each holds a guest's memory on disk)
 
 
@@ -45,19 +50,45 @@ def enabled() -> bool:
 def after_cold_boot(settings: Settings, hypervisor: Hypervisor, vm: VMSpec) -> None:
     """Starts a maker after ``vm`` booted cold under ``--template auto``, when a template
     could serve it (no disks, no kernel arguments of a plugin's or of --debug: what ``runv
-    template create`` makes); a failure to start one is logged, not raised."""
+    template create`` makes) and one may be made now; a failure to start one is logged,
+    never raised: the container booted."""
     from runv.log import logger
     from runv.shim.bringup import kernel_args
+    from runv.templates import store
     from runv.templates.match import AUTO
 
     if (settings.template != AUTO or hypervisor.info.templates is None or vm.disks
             or vm.kernel_args != kernel_args(False, hypervisor.info.capabilities)):
         return
     try:
-        if enabled():
+        if enabled() and room(store.directory(), settings) and not busy(store.directory()):
             start(settings, vm)
-    except (RunvError, OSError) as exc:
+    except (RunvError, OSError, subprocess.SubprocessError) as exc:
         logger.warning("container %s: no template made in the background: %s", vm.name, exc)
+
+
+def room(base: Path, settings: Settings) -> bool:
+    """Whether ``base`` holds fewer than MAX_TEMPLATES templates a container could still
+    start from (stale ones, made from another guest image, do not count)."""
+    from runv.templates import match, store
+
+    current = match.source(settings.kernel, settings.initrd)
+    return sum(match.stale_reason(record, current) is None for record in store.all_records()) < MAX_TEMPLATES
+
+
+def busy(base: Path) -> bool:
+    """Whether a maker holds ``base``'s lock now."""
+    try:
+        fd = os.open(base / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def start(settings: Settings, vm: VMSpec) -> None:
@@ -65,7 +96,6 @@ def start(settings: Settings, vm: VMSpec) -> None:
     from runv.templates import store
 
     request = {"kernel": str(settings.kernel), "initrd": str(settings.initrd), "hypervisor": settings.hypervisor,
-               "log": str(settings.log) if settings.log else None, "log_format": settings.log_format,
                "memory_mib": vm.memory_mib, "vcpus": vm.vcpus, "hotplug_slots": vm.hotplug_slots}
     # its first process forks the maker and exits at once: the maker is no child of the shim,
     # whose process tree `delete --force` kills (runv.runtime.proctree)
@@ -75,39 +105,47 @@ def start(settings: Settings, vm: VMSpec) -> None:
 
 
 def main(request: dict) -> int:
-    """The maker: idle priority, the root cgroup, the lock, then the template (unless the
-    directory is full, or a current one of that shape exists by now)."""
+    """The maker: out of the container's cgroups, idle priority, the lock, then the template
+    (unless the directory is full, or a current one of that shape exists by now). Everything
+    it does or fails to do goes to ``background.log`` in the template directory."""
     from runv import log
     from runv.api import cgroups
     from runv.settings import Settings
     from runv.templates import make, store
 
-    settings = Settings(kernel=Path(request["kernel"]), initrd=Path(request["initrd"]), hypervisor=request["hypervisor"],
-                        log=Path(request["log"]) if request["log"] else None, log_format=request["log_format"])
-    log.setup(settings, stderr=False)
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    cgroups.to_root(os.getpid())
     base = store.directory()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(base / LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    settings = Settings(kernel=Path(request["kernel"]), initrd=Path(request["initrd"]), hypervisor=request["hypervisor"],
+                        log=base / LOG)
+    log.setup(settings, stderr=False)
+    fd = -1
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # another maker runs: a later cold boot asks again
-    try:
-        if len(store.all_records()) >= MAX_TEMPLATES:
-            log.logger.info("no background template: %s holds %d templates already", base, MAX_TEMPLATES)
+        try:
+            cgroups.to_root(os.getpid())  # what runv keeps for later is not charged to the container's caller
+        except RunvError as exc:  # a cgroup namespace's root may refuse processes: the caller pays, the template is made
+            log.logger.warning("the background template maker stays in the container's cgroups: %s", exc)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # its VMM inherits both
+        _libc.syscall(SYS_IOPRIO_SET, IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT)
+        fd = os.open(base / LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another maker runs: a later cold boot asks again
+        if not room(base, settings):
+            log.logger.info("no background template: %s holds %d current templates already", base, MAX_TEMPLATES)
             return 0
         record = make.create(settings, memory_mib=request["memory_mib"], vcpus=request["vcpus"],
                              hotplug_slots=request["hotplug_slots"], unless_current=True)
         if record is not None:
             log.logger.info("template %s made in the background in %.1f s", record["name"], record["seconds"])
         return 0
-    except (RunvError, OSError) as exc:
-        log.logger.error("background template of %d MiB and %d vCPUs not made: %s", request["memory_mib"], request["vcpus"], exc)
+    except Exception as exc:  # noqa: BLE001 - nobody waits for this process: its log is the only witness
+        log.logger.error("background template of %s MiB and %s vCPUs not made: %s", request.get("memory_mib"),
+                         request.get("vcpus"), exc)
         return 1
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 if __name__ == "__main__":

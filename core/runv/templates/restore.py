@@ -46,6 +46,8 @@ def choose(choice: str, vm: VMSpec, hypervisor: Hypervisor) -> tuple[dict | None
             found, _ = match.select(choice, match.shape(smaller, hypervisor.name, templates), current, candidates,
                                     store.directory(), hypervisor.name)
             if found is not None:
+                if warning:
+                    logger.info("%s; growing a clone of template %r instead", warning, found.get("name"))
                 return found, smaller, None
     if record is None and warning is None and choice == match.AUTO:
         logger.debug("no template has this VM's shape: %s", wanted)
