@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests/vm"))
 from realclients import mounts_under, rootfs_tar
 from support import RUNV, make_rootfs
-from test_podman import IMAGE, Podman
+from test_podman import IMAGE, Podman, host_network_kept
 
 
 def timed(podman: Podman, flags: tuple[str, ...], run_flags: tuple[str, ...]) -> float:
@@ -43,14 +43,9 @@ def timed(podman: Podman, flags: tuple[str, ...], run_flags: tuple[str, ...]) ->
     return took
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--template", action="store_true", help="also time runs from a template of the containers' shape")
-    args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="rvbp-"))  # short: a template restore fails once <root>/<id>/agent.sock passes 108 bytes
-    templates = base / "templates"
-    podman = Podman.configure(base, runv_env=f"RUNV_TEMPLATE_DIR={templates} ")
+def measure(podman: Podman, base: Path, templates: Path, args) -> tuple[dict[str, list[float]], float]:
+    """The samples of every variant (the machine's load average after them); podman's
+    containers, storage and mounts are gone afterwards."""
     try:
         podman("import", rootfs_tar(make_rootfs(base / "rootfs"), base / "rootfs.tar"), IMAGE, check=True)
         none = ("--network", "none")
@@ -71,13 +66,25 @@ def main() -> None:
         for _ in range(args.runs):
             for name, (flags, run_flags) in variants.items():
                 samples[name].append(timed(podman, flags, run_flags))
-        load = os.getloadavg()[0]
+        return samples, os.getloadavg()[0]
     finally:
         podman("rm", "--all", "--force", "--time", "0", timeout=120)
         podman("system", "reset", "--force", timeout=120)
         for point in mounts_under(base):
             subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--template", action="store_true", help="also time runs from a template of the containers' shape")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="rvbp-"))  # short: a template restore fails once <root>/<id>/agent.sock passes 108 bytes
+    templates = base / "templates"
+    podman = Podman.configure(base, runv_env=f"RUNV_TEMPLATE_DIR={templates} ")
+    with host_network_kept():
+        samples, load = measure(podman, base, templates, args)
     print(f"`podman run --rm IMAGE true`, {args.runs} runs each, interleaved; seconds; load average {load:.1f}\n")
     print("| runtime, network | median | min | max | vs runc |")
     print("|---|---|---|---|---|")

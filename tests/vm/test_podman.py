@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -98,28 +99,38 @@ class Podman:
         return PtySession(self.argv(*args), env=self.env, rows=rows, cols=cols)
 
 
-@pytest.fixture(scope="module")
-def podman(base_rootfs):
+@contextmanager
+def host_network_kept():
+    """Undoes, on the way out, what podman's default CNI network made on the host that was
+    not there before: its bridge, its IPAM state, its iptables chains."""
     bridge_existed = os.path.exists(f"/sys/class/net/{BRIDGE}")
     ipam_existed = IPAM_DIR.exists()
     chains_existed = subprocess.run(["iptables", "-S", "CNI-FORWARD"], capture_output=True).returncode == 0
-    base = Path(tempfile.mkdtemp(prefix="runv-podman-"))  # short: conmon's sockets live under it
-    pm = Podman.configure(base)
-    pm("import", rootfs_tar(base_rootfs, base / "rootfs.tar"), IMAGE, check=True)
-    yield pm
-    pm("rm", "--all", "--force", "--time", "0", timeout=120)
-    left = runv_ids(pm.runv_root)
-    pm("system", "reset", "--force", timeout=120)
-    for point in mounts_under(base):
-        subprocess.run(["umount", "-l", point], capture_output=True)
-    if not bridge_existed:  # what CNI made for this test's networks, as it was before
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-    if not ipam_existed:
-        shutil.rmtree(IPAM_DIR, ignore_errors=True)
-    if not chains_existed:
-        rule = ["FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j", "CNI-FORWARD"]
-        for argv in (["-D", *rule], ["-F", "CNI-FORWARD"], ["-X", "CNI-FORWARD"], ["-F", "CNI-ADMIN"], ["-X", "CNI-ADMIN"]):
-            subprocess.run(["iptables", *argv], capture_output=True)
+    try:
+        yield
+    finally:
+        if not bridge_existed:
+            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+        if not ipam_existed:
+            shutil.rmtree(IPAM_DIR, ignore_errors=True)
+        if not chains_existed:
+            rule = ["FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j", "CNI-FORWARD"]
+            for argv in (["-D", *rule], ["-F", "CNI-FORWARD"], ["-X", "CNI-FORWARD"], ["-F", "CNI-ADMIN"], ["-X", "CNI-ADMIN"]):
+                subprocess.run(["iptables", *argv], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def podman(base_rootfs):
+    with host_network_kept():
+        base = Path(tempfile.mkdtemp(prefix="runv-podman-"))  # short: conmon's sockets live under it
+        pm = Podman.configure(base)
+        pm("import", rootfs_tar(base_rootfs, base / "rootfs.tar"), IMAGE, check=True)
+        yield pm
+        pm("rm", "--all", "--force", "--time", "0", timeout=120)
+        left = runv_ids(pm.runv_root)
+        pm("system", "reset", "--force", timeout=120)
+        for point in mounts_under(base):
+            subprocess.run(["umount", "-l", point], capture_output=True)
     vms = vm_processes_in(pm.runv_root)
     shutil.rmtree(base, ignore_errors=True)
     assert not left, f"podman left runv containers behind: {left}"
