@@ -4,6 +4,8 @@
 import os
 import time
 
+from runv.agent.errors import AgentError
+
 POLL = 0.05  # seconds between looks
 CPU_TIMEOUT = 5.0  # seconds for hot-plugged vCPUs to show up in the guest
 
@@ -60,8 +62,6 @@ def online_cpus(count: int, timeout: float) -> int:
 def require_online(count, request: str) -> None:
     """Brings ``count`` vCPUs online (the host hot-plugged them first) or raises AgentError
     saying how many came, for ``request``."""
-    from runv.agent.errors import AgentError
-
     if type(count) is not int or count < 1:
         raise AgentError(f"{request}: vcpus must be a positive integer, not {count!r}")
     online = online_cpus(count, CPU_TIMEOUT)

@@ -28,7 +28,6 @@ source path (docs/security.md).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import re
 import stat
@@ -49,6 +48,7 @@ FLAGS = {"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync",
 MS_BIND, MS_REC = 4096, 16384
 MNT_DETACH = 2
 _OCTAL = re.compile(rb"\\([0-7]{3})")  # how /proc/self/mountinfo escapes space, tab, newline and backslash
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def open_nofollow(path: str, what: str) -> int:
@@ -81,9 +81,8 @@ def open_nofollow(path: str, what: str) -> int:
 def bind_fd(fd: int, target: Path, recursive: bool = False) -> None:
     """Bind-mounts what ``fd`` (an ``O_PATH`` descriptor) names onto ``target`` (with the
     mounts below it when ``recursive``)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     flags = MS_BIND | (MS_REC if recursive else 0)
-    if libc.mount(f"/proc/self/fd/{fd}".encode(), os.fsencode(target), None, flags, None) != 0:
+    if _libc.mount(f"/proc/self/fd/{fd}".encode(), os.fsencode(target), None, flags, None) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
@@ -194,7 +193,6 @@ def release(state_dir: Path) -> None:
     prefix = os.fsencode(state_dir.resolve()) + b"/"
     with open("/proc/self/mountinfo", "rb") as f:
         points = [_OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), line.split()[4]) for line in f]
-    libc = ctypes.CDLL(None, use_errno=True)
     for point in reversed([p for p in points if p.startswith(prefix)]):
-        if libc.umount2(point, 0) != 0:
-            libc.umount2(point, MNT_DETACH)
+        if _libc.umount2(point, 0) != 0:
+            _libc.umount2(point, MNT_DETACH)
