@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from runv.api.errors import RunvError
 

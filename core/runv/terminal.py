@@ -10,11 +10,10 @@ import select
 import signal
 import socket
 import struct
-import tempfile
 import termios
 import tty
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from runv.api.errors import RunvError
 from runv.stdio import write_all
@@ -87,6 +86,8 @@ def receive_master(sock: socket.socket) -> int:
 def private_console_socket() -> Iterator[tuple[Path, socket.socket]]:
     """A listening console socket in a private temporary directory, for ``run -t`` and
     ``exec -t`` attached to the caller's own terminal."""
+    import tempfile  # only an exec with a terminal and no --console-socket needs it
+
     with tempfile.TemporaryDirectory(prefix="runv-console-") as tmp:
         path = Path(tmp) / "console.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

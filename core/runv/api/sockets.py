@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 SUN_PATH_MAX = 100  # bytes of a path bind()/connect() take as they are (sun_path is 108)
 

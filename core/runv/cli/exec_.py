@@ -13,13 +13,13 @@ def run(settings: Settings, container_id: str, args: list[str] | None, process: 
         detach: bool, pid_file: Path | None, process_label: str | None, apparmor: str | None, no_new_privs: bool,
         cap: list[str] | None, preserve_fds: int) -> int:
     """Returns the process's exit status (0 once it started, with ``detach``)."""
-    from runv.runtime.execclient import exec_process, make_process
+    from runv.runtime.execclient import exec_process, exec_request
 
-    spec_process = make_process(
-        settings, container_id, process_file=process, args=args or [], env=env or [], cwd=cwd, user=user,
+    request = exec_request(
+        process_file=process, args=args or [], env=env or [], cwd=cwd, user=user,
         additional_gids=additional_gids or [], tty=tty, caps=cap or [], no_new_privs=no_new_privs,
     )
-    return exec_process(settings, container_id, spec_process, detach=detach, pid_file=pid_file, console_socket=console_socket)
+    return exec_process(settings, container_id, request, detach=detach, pid_file=pid_file, console_socket=console_socket)
 
 
 def typer_command():

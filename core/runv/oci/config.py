@@ -8,14 +8,14 @@ sent to the guest agent, which applies them as runc does on a host (docs/confine
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from runv.api.errors import RunvError
-from runv.oci.security import parse_linux, parse_process_security
+from runv.oci.fields import read_json
+from runv.oci.security import parse_capabilities, parse_linux, parse_process_security
 
 HOOK_KINDS = ("createRuntime", "createContainer", "startContainer", "prestart", "poststart", "poststop")
 
@@ -169,6 +169,48 @@ def parse_process(data: Any, source: str, where: str = "process") -> Process:
     )
 
 
+def process_to_exec(base: Process | None, request: dict) -> Process:
+    """The process an exec request asks for (runv.runtime.execclient.exec_request): a
+    ``--process`` object as given, or ARGS with the container's own process (``base``) for
+    the rest: its environment (``--env`` overriding by name), working directory, user and
+    security; ``--cap`` adds a capability as runc's does (bounding, effective, permitted;
+    ambient when the spec has inheritable ones), ``--no-new-privs`` sets noNewPrivileges."""
+    if "process" in request:
+        return parse_process(request["process"], str(request.get("source", "exec request")))
+    command = request.get("command")
+    if not isinstance(command, dict) or not command.get("args"):
+        raise RunvError("exec needs a command (ARGS...) or --process FILE")
+    if base is None:
+        raise RunvError("the container's config.json cannot be read: exec with --process FILE")
+    merged = {item.split("=", 1)[0]: item for item in base.env}
+    for item in command.get("env") or ():
+        if "=" not in item:
+            raise RunvError(f"invalid --env {item!r}: use KEY=VALUE")
+        merged[item.split("=", 1)[0]] = item
+    identity = base.user
+    if (user := command.get("user")) is not None:
+        uid, _, gid = user.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise RunvError(f"invalid --user {user!r}: use numeric UID[:GID]")
+        identity = User(uid=int(uid), gid=int(gid) if gid else 0)
+    if gids := command.get("additionalGids"):
+        identity = attrs.evolve(identity, additional_gids=tuple(gids))
+    cwd = command.get("cwd")
+    if cwd is not None and not cwd.startswith("/"):
+        raise RunvError(f"invalid --cwd {cwd!r}: it must be an absolute path")
+    security = dict(base.security)
+    if caps := command.get("caps"):
+        parse_capabilities({"bounding": list(caps)}, "exec", "--cap")
+        sets = {key: list(value) for key, value in (security.get("capabilities") or {}).items()}
+        for key in ("bounding", "effective", "permitted") + (("ambient",) if sets.get("inheritable") else ()):
+            sets[key] = sets.get(key, []) + [c.upper() for c in caps if c.upper() not in sets.get(key, [])]
+        security["capabilities"] = sets
+    if command.get("noNewPrivileges"):
+        security["noNewPrivileges"] = True
+    return Process(args=tuple(command["args"]), env=tuple(merged.values()), cwd=cwd or base.cwd,
+                   terminal=bool(command.get("tty")), user=identity, security=security)
+
+
 def parse_spec(data: Any, source: str) -> Spec:
     """A whole config.json document."""
     f = _Fields(source, "", data)
@@ -202,20 +244,6 @@ def parse_spec(data: Any, source: str) -> Spec:
         confinement={**parse_linux(f.get("linux", dict, {}), source),
                      "mounts": [dict(m) for m in f.get("mounts", list, []) if isinstance(m, dict)]},
     )
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Reads a JSON file, with one-line errors that name it."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RunvError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise RunvError(f"cannot read {what} {path}: {exc.strerror}") from None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise RunvError(f"{path} is not valid JSON: {exc}") from None
 
 
 def load_bundle(bundle: Path) -> tuple[Spec, Path]:

@@ -1,8 +1,12 @@
-"""The one-line errors that name a config.json field, shared by the field parsers."""
+"""The one-line errors that name a config.json field or a JSON file, shared by the parsers.
+
+Light (no typing, no attrs): ``runv exec`` reads its ``--process`` file with it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
 
 from runv.api.errors import RunvError
 
@@ -11,5 +15,19 @@ def field_error(source: str, where: str, what: str):
     raise RunvError(f"{source}: {where}: {what}")
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_json(path: Path, what: str) -> object:
+    """Reads a JSON file, with one-line errors that name it."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RunvError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise RunvError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RunvError(f"{path} is not valid JSON: {exc}") from None

@@ -1,8 +1,9 @@
 """``runv exec``: a host process per exec'd process, like the container's shim.
 
-It asks the container's shim to start the process, then relays its stdio (or a pty whose
-master went to ``--console-socket``) over the shim's control socket, forwards the signals
-it receives, and exits with the process's exit code. With ``--detach`` it is a child in
+It asks the container's shim to start the process (the shim builds and checks it from the
+request and the container's own process: this side imports no OCI model), then relays its
+stdio (or a pty whose master went to ``--console-socket``) over the shim's control socket,
+forwards the signals it receives, and exits with the process's exit code. With ``--detach`` it is a child in
 its own session whose PID goes to ``--pid-file``.
 """
 
@@ -18,7 +19,7 @@ from runv import terminal as console
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
 from runv.api.errors import RunvError
 from runv.api.sockets import connect_unix
-from runv.oci.config import Process
+from runv.oci.fields import is_int, read_json
 from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 from runv.settings import Settings
 from runv.shim import control
@@ -44,18 +45,18 @@ def check_can_exec(settings: Settings, container_id: str) -> Path:
 class Relay:
     """One exec'd process's host end: a connection to the shim plus local stdio fds."""
 
-    def __init__(self, state_dir: Path, process: Process, fds: tuple[int, int, int], **request) -> None:
+    def __init__(self, state_dir: Path, request: dict, fds: tuple[int, int, int], *, terminal: bool) -> None:
         self.state_dir = state_dir
-        self.process = process
+        self.request = request  # the exec request's fields: see exec_request (a pod member's adds container and init)
         self.fds = fds
-        self.request = request  # more fields of the exec request (a pod member's container and init)
+        self.terminal = terminal
         self.sock: socket.socket | None = None
         self.send_lock = threading.Lock()
 
     def start(self) -> int:
         """Has the shim start the process; returns its guest PID."""
         self.sock = connect_unix(self.state_dir / control.SOCKET)
-        self.sock.sendall(json.dumps({"op": "exec", "process": self.process.to_json(), **self.request}).encode() + b"\n")
+        self.sock.sendall(json.dumps({"op": "exec", **self.request}).encode() + b"\n")
         line = b""
         while not line.endswith(b"\n"):  # byte by byte: frames follow the reply on this socket
             byte = self.sock.recv(1)
@@ -83,7 +84,7 @@ class Relay:
         returns its exit code."""
         for signum in signal.valid_signals() - NOT_FORWARDED:
             signal.signal(signum, lambda n, _f: self.signal(n))
-        if self.process.terminal:
+        if self.terminal:
             signal.signal(signal.SIGWINCH, lambda *_: self.resize())
             if all(console.get_winsize(self.fds[0])):
                 self.resize()  # conmon sizes the pty as soon as exec returns: maybe before this handler was set
@@ -106,43 +107,72 @@ class Relay:
         return 255
 
 
-def exec_process(settings: Settings, container_id: str, process: Process, *, detach: bool, pid_file: Path | None, console_socket: Path | None) -> int:
-    """Runs ``process`` in the container; returns the exit code (0 when detached)."""
+def exec_request(*, process_file: Path | None, args: list[str], env: list[str], cwd: str | None, user: str | None,
+                 additional_gids: list[int], tty: bool, caps: list[str], no_new_privs: bool) -> dict:
+    """What ``runv exec`` asks the shim to run: ``--process``'s object as the file has it, or
+    ARGS and the options that override the container's own process (the shim merges and
+    checks them: runv.oci.config.process_to_exec)."""
+    if process_file is not None:
+        return {"process": read_json(process_file, "process file"), "source": str(process_file)}
+    if not args:
+        raise RunvError("exec needs a command (ARGS...) or --process FILE")
+    return {"command": {"args": args, "env": env, "cwd": cwd, "user": user, "additionalGids": additional_gids,
+                        "tty": tty, "caps": caps, "noNewPrivileges": no_new_privs}}
+
+
+def terminal_of(request: dict) -> tuple[bool, tuple[int, int]]:
+    """Whether the requested process wants a terminal, and the pty's rows and columns (0, 0:
+    the default), known before the shim checks the request (a bad size is its to report)."""
+    if "command" in request:
+        return request["command"]["tty"], (0, 0)
+    process = request["process"] if isinstance(request["process"], dict) else {}
+    size = process.get("consoleSize") if isinstance(process.get("consoleSize"), dict) else {}
+    rows, cols = size.get("height"), size.get("width")
+    fits = all(is_int(n) and 0 < n < 1 << 16 for n in (rows, cols))
+    return process.get("terminal") is True, (rows, cols) if fits else (0, 0)
+
+
+def exec_process(settings: Settings, container_id: str, request: dict, *, detach: bool, pid_file: Path | None,
+                 console_socket: Path | None) -> int:
+    """Runs the requested process in the container; returns the exit code (0 when detached)."""
     state_dir = check_can_exec(settings, container_id)
-    if process.terminal:
+    terminal, size = terminal_of(request)
+    pty_size = size if terminal else None
+    if terminal:
         if console_socket:
             console.check_console_socket(console_socket)
         elif detach:
             raise RunvError("cannot allocate a terminal for a detached exec without --console-socket")
         else:
             console.require_terminal()
-    if not detach and not process.terminal:
-        relay = Relay(state_dir, process, (0, 1, 2))
+    if not detach and not terminal:
+        relay = Relay(state_dir, request, (0, 1, 2), terminal=False)
         relay.start()
         return relay.run()
-    if process.terminal and not console_socket:
+    if terminal and not console_socket:
         with console.private_console_socket() as (path, listener):
-            pid = _spawn(state_dir, process, path, pid_file)
+            pid = _spawn(state_dir, request, pty_size, path, pid_file)
             console.attach(console.receive_master(listener))
             return wait_exit_code(pid)
-    pid = _spawn(state_dir, process, console_socket, pid_file)
+    pid = _spawn(state_dir, request, pty_size, console_socket, pid_file)
     return 0 if detach else wait_exit_code(pid)
 
 
-def _spawn(state_dir: Path, process: Process, console_socket: Path | None, pid_file: Path | None) -> int:
-    """Forks the relay into its own session; returns its PID once the process started."""
+def _spawn(state_dir: Path, request: dict, pty_size: tuple[int, int] | None, console_socket: Path | None,
+           pid_file: Path | None) -> int:
+    """Forks the relay into its own session (with a pty of ``pty_size`` for a terminal);
+    returns its PID once the process started."""
 
     def child(report) -> int:
         fds = (0, 1, 2)
         try:
-            if process.terminal:
-                size = process.console_size
-                master, slave = console.open_pty(size.height, size.width) if size else console.open_pty()
+            if pty_size is not None:
+                master, slave = console.open_pty(*pty_size)
                 console.take_controlling_tty(slave)
                 console.send_master(console_socket, master)
                 console.stdio_to(slave)  # containerd reads exec's output until EOF: let go of it
                 fds = (slave, slave, slave)
-            relay = Relay(state_dir, process, fds)
+            relay = Relay(state_dir, request, fds, terminal=pty_size is not None)
             relay.start()
         except RunvError as exc:
             report(str(exc))
@@ -155,60 +185,3 @@ def _spawn(state_dir: Path, process: Process, console_socket: Path | None, pid_f
         raise RunvError(answer or "the exec relay died before the process started")
     write_pid_file(pid_file, pid)
     return pid
-
-
-def make_process(
-    settings: Settings,
-    container_id: str,
-    *,
-    process_file: Path | None,
-    args: list[str],
-    env: list[str],
-    cwd: str | None,
-    user: str | None,
-    additional_gids: list[int],
-    tty: bool,
-    caps: list[str] = (),
-    no_new_privs: bool = False,
-) -> Process:
-    """The process to exec: ``--process`` as given, or ARGS with the container's
-    environment (``-e`` overriding by name), working directory, user and the rest of its
-    process spec (capabilities, rlimits, noNewPrivileges...); ``--cap`` adds a capability
-    as runc's does (bounding, effective, permitted; ambient when the spec has inheritable
-    ones), ``--no-new-privs`` sets noNewPrivileges."""
-    import attrs
-
-    from runv.oci.config import User, load_bundle, parse_process, read_json
-    from runv.oci.security import parse_capabilities
-
-    if process_file is not None:
-        return parse_process(read_json(process_file, "process file"), str(process_file))
-    if not args:
-        raise RunvError("exec needs a command (ARGS...) or --process FILE")
-    base = load_bundle(Path(Store(settings.root).read(container_id).bundle))[0].process
-    merged = {item.split("=", 1)[0]: item for item in base.env}
-    for item in env:
-        if "=" not in item:
-            raise RunvError(f"invalid --env {item!r}: use KEY=VALUE")
-        merged[item.split("=", 1)[0]] = item
-    identity = base.user
-    if user is not None:
-        uid, _, gid = user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
-            raise RunvError(f"invalid --user {user!r}: use numeric UID[:GID]")
-        identity = User(uid=int(uid), gid=int(gid) if gid else 0)
-    if additional_gids:
-        identity = attrs.evolve(identity, additional_gids=tuple(additional_gids))
-    if cwd is not None and not cwd.startswith("/"):
-        raise RunvError(f"invalid --cwd {cwd!r}: it must be an absolute path")
-    security = dict(base.security)
-    if caps:
-        parse_capabilities({"bounding": list(caps)}, "exec", "--cap")
-        sets = {key: list(value) for key, value in (security.get("capabilities") or {}).items()}
-        for key in ("bounding", "effective", "permitted") + (("ambient",) if sets.get("inheritable") else ()):
-            sets[key] = sets.get(key, []) + [c.upper() for c in caps if c.upper() not in sets.get(key, [])]
-        security["capabilities"] = sets
-    if no_new_privs:
-        security["noNewPrivileges"] = True
-    return Process(args=tuple(args), env=tuple(merged.values()), cwd=cwd or base.cwd, terminal=tty, user=identity,
-                   security=security)

@@ -4,8 +4,8 @@ a child in its own session that reports ``ok`` or an error before the caller ret
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 OK = "ok"
 

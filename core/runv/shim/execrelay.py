@@ -111,10 +111,14 @@ class Outbox:
 
 def serve_exec(shim: Shim, conn: socket.socket, request: dict) -> None:
     """Serves one exec request on ``conn`` until the process exits."""
-    from runv.oci.config import parse_process
+    from runv.oci.config import process_to_exec
 
+    try:
+        container = shim.member(request.get("container"))  # a pod member's process, or the shim's own container's
+        process = process_to_exec(container.spec.process if container.spec else None, request)
+    except RunvError as exc:
+        return _refuse(conn, str(exc))
     number = next(_numbers)
-    container = shim.member(request.get("container"))  # a pod member's process, or the shim's own container's
     name = f"init:{number}" if request.get("init") and container is not shim.container else f"exec-{number}"
     base = CHANNELS_PER_EXEC * number
     streams = {"stdin": base + 1, "stdout": base + 2, "stderr": base + 3}
@@ -125,7 +129,6 @@ def serve_exec(shim: Shim, conn: socket.socket, request: dict) -> None:
         outbox.put(encode_ctrl({k: v for k, v in message.items() if k in ("code", "signal")}), control=True)
         exited.set()
 
-    process = parse_process(request.get("process"), "exec request")
     shim.routes[streams["stdout"]] = lambda data: outbox.put(encode_data(STDOUT, data))
     shim.routes[streams["stderr"]] = lambda data: outbox.put(encode_data(STDERR, data))
     shim.exits[name] = on_exit
@@ -134,10 +137,7 @@ def serve_exec(shim: Shim, conn: socket.socket, request: dict) -> None:
     except RunvError as exc:
         forget(shim, name, streams)
         outbox.finish(0)
-        try:
-            conn.sendall(json.dumps({"error": str(exc)}).encode() + b"\n")
-        except OSError:
-            pass
+        _refuse(conn, str(exc))
         return
     try:
         conn.sendall(json.dumps({"ok": True, "pid": pid}).encode() + b"\n")
@@ -150,6 +150,13 @@ def serve_exec(shim: Shim, conn: socket.socket, request: dict) -> None:
             break
     forget(shim, name, streams)
     outbox.finish()
+
+
+def _refuse(conn: socket.socket, error: str) -> None:
+    try:
+        conn.sendall(json.dumps({"error": error}).encode() + b"\n")
+    except OSError:
+        pass  # the client went away
 
 
 def relay_input(shim: Shim, conn: socket.socket, name: str, streams: dict, terminal: bool, exited: threading.Event) -> None:

@@ -84,7 +84,8 @@ class Member(Shim):
                 rows, cols = terminal.get_winsize(self.stdio[0])
                 if rows and cols:
                     process = attrs.evolve(process, console_size=ConsoleSize(height=rows, width=cols))
-            relay = Relay(self.sandbox_dir, process, self.stdio, container=self.container.id, init=True)
+            relay = Relay(self.sandbox_dir, {"process": process.to_json(), "container": self.container.id, "init": True},
+                          self.stdio, terminal=process.terminal)
             relay.start()
             self.relay, self.started = relay, True
             record = self.store.update(self.container.id, status="running")
