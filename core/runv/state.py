@@ -1,6 +1,7 @@
 """Containers on disk: one directory per id under ``--root``, a JSON record, a lock.
 
-Kept free of heavy imports (attrs, typing, shutil, contextlib): ``runv state``, ``list`` and ``kill`` read it.
+Kept free of heavy imports (attrs, typing, shutil, contextlib, pathlib: paths are strings
+inside, :meth:`Store.dir` gives a Path): ``runv state``, ``list`` and ``kill`` read it.
 """
 
 from __future__ import annotations
@@ -8,12 +9,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from pathlib import Path
 
 from runv.api.errors import RunvError
 from runv.api.process import is_running, process_start_time
 from runv.frozen import Frozen
 from runv.oci.state import State
+
+TYPE_CHECKING = False  # importing typing's would cost ``runv state`` 3 ms
+if TYPE_CHECKING:
+    from pathlib import Path
 
 RECORD = "state.json"
 LOCK = "lock"
@@ -41,7 +45,7 @@ def validate_id(container_id: str) -> str:
     return container_id
 
 
-def _rmtree(path: Path) -> None:
+def _rmtree(path: str | Path) -> None:
     import shutil  # not at the top: the commands that only read pay nothing for it
 
     shutil.rmtree(path, ignore_errors=True)
@@ -88,6 +92,8 @@ class Record(Frozen):
     def container(self, state_dir: Path):
         """The container as the hooks see it (runv.api.Container), rebuilt from this record
         (no spec when the bundle is gone: a teardown must still converge)."""
+        from pathlib import Path
+
         from runv.api.container import Container
         from runv.log import logger
         from runv.oci.config import load_bundle
@@ -118,7 +124,7 @@ class Lock:
     no longer the one at its path). A class, not a contextlib generator: ``runv state``
     does not import contextlib."""
 
-    def __init__(self, path: Path, container_id: str) -> None:
+    def __init__(self, path: str, container_id: str) -> None:
         self.path, self.container_id, self.fd = path, container_id, -1
 
     def __enter__(self) -> None:
@@ -145,23 +151,28 @@ class Lock:
 class Store:
     """The ``--root`` directory."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: str | Path) -> None:
+        self.root = os.fspath(root)
 
     def dir(self, container_id: str) -> Path:
-        return self.root / validate_id(container_id)
+        from pathlib import Path
+
+        return Path(self._path(container_id))
+
+    def _path(self, container_id: str, *names: str) -> str:
+        return os.path.join(self.root, validate_id(container_id), *names)
 
     def claim(self, record: Record) -> Path:
         """Creates the container's directory holding its first record, atomically (a
         directory renamed into place), so no directory is ever seen without its record;
         fails if the id is taken. A claim whose creator died half-way is swept here."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
         path = self.dir(record.id)
         self.sweep(record.id)
         me = os.getpid()
-        staging = self.root / f"{CLAIM}{me}-{process_start_time(me)}-{record.id}"
-        staging.mkdir(mode=0o700)
-        (staging / RECORD).write_text(json.dumps(record.asdict()))
+        staging = os.path.join(self.root, f"{CLAIM}{me}-{process_start_time(me)}-{record.id}")
+        os.mkdir(staging, mode=0o700)
+        _write_json(os.path.join(staging, RECORD), record.asdict())
         try:
             os.rename(staging, path)
         except OSError:  # EEXIST/ENOTEMPTY: the id is taken
@@ -171,19 +182,24 @@ class Store:
 
     def sweep(self, container_id: str) -> None:
         """Removes the claims of ``container_id`` left by a create that died while claiming."""
-        if not self.root.is_dir():
-            return
-        for entry in self.root.iterdir():
-            pid, _, rest = entry.name.removeprefix(CLAIM).partition("-")
+        for name in self._names():
+            pid, _, rest = name.removeprefix(CLAIM).partition("-")
             start, _, cid = rest.partition("-")
-            if entry.name.startswith(CLAIM) and cid == container_id and pid.isdigit() and start.isdigit() \
+            if name.startswith(CLAIM) and cid == container_id and pid.isdigit() and start.isdigit() \
                     and not is_running(int(pid), int(start)):
-                _rmtree(entry)
+                _rmtree(os.path.join(self.root, name))
+
+    def _names(self) -> list[str]:
+        try:
+            return os.listdir(self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def read(self, container_id: str) -> Record:
-        path = self.dir(container_id) / RECORD
+        path = self._path(container_id, RECORD)
         try:
-            data = json.loads(path.read_text())
+            with open(path) as f:
+                data = json.load(f)
         except FileNotFoundError:
             raise NoSuchContainer(f"container {container_id} does not exist") from None
         except ValueError:
@@ -191,14 +207,13 @@ class Store:
         return Record(**data)
 
     def write(self, record: Record) -> None:
-        path = self.dir(record.id) / RECORD
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record.asdict()))
-        os.replace(tmp, path)
+        path = self._path(record.id, RECORD)
+        _write_json(path + ".tmp", record.asdict())
+        os.replace(path + ".tmp", path)
 
     def locked(self, container_id: str) -> Lock:
         """Serialises changes to one container between processes (``with store.locked(id):``)."""
-        return Lock(self.dir(container_id) / LOCK, container_id)
+        return Lock(self._path(container_id, LOCK), container_id)
 
     def update(self, container_id: str, **changes: object) -> Record:
         with self.locked(container_id):
@@ -207,9 +222,8 @@ class Store:
         return record
 
     def ids(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / RECORD).exists())
+        return sorted(name for name in self._names()
+                      if not name.startswith(".") and os.path.exists(os.path.join(self.root, name, RECORD)))
 
     def remove(self, container_id: str) -> None:
         """Removes the container's directory; refuses while anything is mounted under it
@@ -221,3 +235,8 @@ class Store:
         if mounted:
             raise RunvError(f"container {container_id}: {mounted[-1]} is still mounted; not removing {path}")
         _rmtree(path)
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        f.write(json.dumps(data))

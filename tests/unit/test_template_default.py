@@ -11,6 +11,7 @@ import pytest
 
 from runv import loader
 from runv.api import Capabilities, HypervisorInfo, TemplateSupport
+from runv.settings import Settings
 from runv.templates import make, match, store
 
 
@@ -38,7 +39,7 @@ def setup(tmp_path, monkeypatch):
     templates = CountingTemplates()
     hypervisor = SimpleNamespace(name="fake", info=HypervisorInfo(capabilities=Capabilities(), templates=templates))
     monkeypatch.setattr(loader, "choose_hypervisor", lambda *_: hypervisor)
-    settings = SimpleNamespace(kernel=tmp_path / "kernel", initrd=tmp_path / "initrd.img", hypervisor="auto", debug=False)
+    settings = Settings(kernel=tmp_path / "kernel", initrd=tmp_path / "initrd.img")
     return settings, templates
 
 

@@ -1,5 +1,6 @@
 """Check what can run on this host: every plugin's probe and the guest image, with fixes."""
 
+import os
 from typing import Annotated
 
 import typer
@@ -45,7 +46,7 @@ def report(settings) -> dict:
                 entry["priority"] = priority
         entries.append(entry)
     for what, path in (("kernel", settings.kernel), ("initrd", settings.initrd)):
-        ok = path.is_file()
+        ok = os.path.isfile(path)
         entries.append({"kind": "guest", "name": what, "path": str(path), "status": "ok" if ok else "missing",
                         "reason": None if ok else f"no guest {what} at {path}: run `runv guest build` (or pass --kernel/--initrd)"})
 

@@ -18,18 +18,26 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from runv.cli.fast_table import COMMANDS, GLOBALS
 from runv.settings import Settings
 
-_CONVERT = {"str": str, "int": int, "path": Path}
+
+def _path(value: str):
+    """A command's path parameter, a Path as typer gives it (imported only when one is
+    given: the global paths stay strings, runv.settings)."""
+    from pathlib import Path
+
+    return Path(value)
+
+
+_CONVERT = {"str": str, "int": int, "path": _path}
 
 
 def parse(argv: list[str]) -> tuple[str, Settings, dict] | None:
     """What ``runv ARGV`` asks for, as the command's module, the settings and the values of
     the command's parameters, by name; None for typer."""
-    parsed = _parse(argv, GLOBALS, interspersed=GLOBALS["interspersed"])
+    parsed = _parse(argv, GLOBALS, interspersed=GLOBALS["interspersed"], path=str)
     if parsed is None:
         return None
     options, rest = parsed
@@ -75,11 +83,12 @@ def start_logging(settings: Settings) -> None:
         setup(settings, stderr=True)
 
 
-def _parse(tokens: list[str], spec: dict, *, interspersed: bool) -> tuple[dict, list[str]] | None:
+def _parse(tokens: list[str], spec: dict, *, interspersed: bool, path=_path) -> tuple[dict, list[str]] | None:
     """Options (as click parses them: ``--opt value``, ``--opt=value``, ``-o value``, flags,
-    ``--``) into a copy of the spec's defaults, and the positionals in order. Without
-    ``interspersed`` the first positional ends the options (a group's command name, exec's
-    program) and the rest is positional as it stands. None where click might differ."""
+    ``--``) into a copy of the spec's defaults, and the positionals in order, paths made by
+    ``path``. Without ``interspersed`` the first positional ends the options (a group's
+    command name, exec's program) and the rest is positional as it stands. None where click
+    might differ."""
     values = dict(spec["defaults"])
     positionals: list[str] = []
     i = 0
@@ -109,7 +118,7 @@ def _parse(tokens: list[str], spec: dict, *, interspersed: bool) -> tuple[dict, 
                 return None
             value = tokens[i]
             i += 1
-        converted = _convert(kind.rstrip("*"), value)
+        converted = _convert(kind.rstrip("*"), value, path)
         if converted is None:
             return None
         if kind.endswith("*"):
@@ -119,7 +128,7 @@ def _parse(tokens: list[str], spec: dict, *, interspersed: bool) -> tuple[dict, 
     return values, positionals
 
 
-def _convert(kind: str, value: str) -> object:
+def _convert(kind: str, value: str, path=_path) -> object:
     """A value as click and typer convert it; None where they might refuse it (or where
     an odd value is better left to them: empty, or looking like an option)."""
     if not value or value[:1] == "-":
@@ -127,7 +136,7 @@ def _convert(kind: str, value: str) -> object:
     if kind == "path" and os.path.exists(value) and not os.access(value, os.R_OK):
         return None  # click.Path(readable=True) refuses it
     try:
-        return _CONVERT[kind](value)
+        return path(value) if kind == "path" else _CONVERT[kind](value)
     except ValueError:
         return None
 

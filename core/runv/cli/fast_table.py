@@ -3,8 +3,6 @@
 tests/unit/test_cli_fast.py regenerates it and fails on any difference.
 """
 
-from pathlib import Path
-
 GLOBALS = {'options': {'--root': ('root', 'path'),
              '--log': ('log', 'path'),
              '--log-format': ('log_format', 'str'),
@@ -19,12 +17,12 @@ GLOBALS = {'options': {'--root': ('root', 'path'),
              '--rootless': ('rootless', 'str'),
              '--version': ('version', 'typer'),
              '-v': ('version', 'typer')},
- 'defaults': {'root': Path('/run/runv'),
+ 'defaults': {'root': '/run/runv',
               'log': None,
               'log_format': 'text',
               'debug': False,
-              'kernel': Path('/var/lib/runv/kernel'),
-              'initrd': Path('/var/lib/runv/initrd.img'),
+              'kernel': '/var/lib/runv/kernel',
+              'initrd': '/var/lib/runv/initrd.img',
               'hypervisor': 'auto',
               'storage': 'overlay',
               'template': 'auto',

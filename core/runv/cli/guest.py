@@ -22,10 +22,12 @@ def build(
 ) -> None:
     """Make --kernel and --initrd from Debian's kernel, busybox-static and python3.11, then the
     default VM template from them (`runv template create`); each only when out of date."""
+    from pathlib import Path
+
     from runv.image.builder import build_guest, print_to_stderr
 
     settings = ctx.find_root().obj
-    build_guest(settings.kernel, settings.initrd, kernel_package=kernel_package, force=force)
+    build_guest(Path(settings.kernel), Path(settings.initrd), kernel_package=kernel_package, force=force)
     if not no_template:
         default_template(settings, print_to_stderr)
 

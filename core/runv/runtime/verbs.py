@@ -34,12 +34,6 @@ def parse_signal(text: str) -> int:
     raise RunvError(f"invalid signal {text!r}: use a number, a name like TERM, or SIGTERM")
 
 
-def check_guest(settings: Settings) -> None:
-    for what, path in (("kernel", settings.kernel), ("initrd", settings.initrd)):
-        if not path.is_file():
-            raise RunvError(f"guest {what} {path} does not exist: run `runv guest build` (or pass --{what})")
-
-
 def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, console_socket: Path | None = None) -> int:
     """Creates the container (a shim with a booted VM) and returns the shim's PID."""
     from datetime import UTC, datetime
@@ -69,7 +63,7 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
         if console_socket is None:
             raise RunvError("process.terminal is true: pass --console-socket to receive the terminal (or use `runv run -t` in a terminal)")
         console.check_console_socket(console_socket)
-    check_guest(settings)
+    settings.check_guest()
     if (store.dir(container_id) / "state.json").exists():
         raise RunvError(f"container with id {container_id} already exists")
     sandbox = pods.find(store, container_id, spec.annotations, spec.linux)  # a pod's VM to join, if any

@@ -95,7 +95,7 @@ def start(settings: Settings, vm: VMSpec) -> None:
     """Starts a maker of a template of ``vm``'s size (its own process, not waited for)."""
     from runv.templates import store
 
-    request = {"kernel": str(settings.kernel), "initrd": str(settings.initrd), "hypervisor": settings.hypervisor,
+    request = {"kernel": settings.kernel, "initrd": settings.initrd, "hypervisor": settings.hypervisor,
                "memory_mib": vm.memory_mib, "vcpus": vm.vcpus, "hotplug_slots": vm.hotplug_slots}
     # its first process forks the maker and exits at once: the maker is no child of the shim,
     # whose process tree `delete --force` kills (runv.runtime.proctree)
@@ -115,7 +115,7 @@ def main(request: dict) -> int:
 
     base = store.directory()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    settings = Settings(kernel=Path(request["kernel"]), initrd=Path(request["initrd"]), hypervisor=request["hypervisor"],
+    settings = Settings(kernel=request["kernel"], initrd=request["initrd"], hypervisor=request["hypervisor"],
                         log=base / LOG)
     log.setup(settings, stderr=False)
     fd = -1

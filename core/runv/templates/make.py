@@ -39,12 +39,10 @@ def create(
     ``unless_current``: when the template of that name already has this shape and is made
     from the current kernel and initrd, with its files intact, boot nothing and return None."""
     from runv import loader
+    from runv.api import sizing
     from runv.shim.bringup import base_vm, connect_agent
 
-    for what, path in (("kernel", settings.kernel), ("initrd", settings.initrd)):
-        if not path.is_file():
-            raise RunvError(f"guest {what} {path} does not exist: run `runv guest build` (or pass --{what})")
-    from runv.api import sizing
+    settings.check_guest()
 
     config = sizing.settings()  # the defaults here, the hot-plug ceilings in base_vm
     memory_mib = config["memory_mib"] if memory_mib is None else memory_mib
