@@ -31,7 +31,7 @@ def test_kvmtool_command_line(tmp_path):
         "/opt/lkvm", "run", "--name", "runv-c1", "--cpus", "2", "--mem", "512",
         "--kernel", "/var/lib/runv/kernel", "--initrd", "/var/lib/runv/initrd.img",
         "--params", "console=ttyS0 runv.agent=/dev/ttyS1 quiet",
-        "--console", "serial", "--tty", "1", "--network", "mode=none",
+        "--console", "serial", "--tty", "1", "--network", "mode=none", "--rng",
         "--9p", "/b/rootfs,rootfs", "--disk", "/img/a.raw,ro",
     ]
     assert runv_kvmtool.control("pause", "runv-c1") == ["lkvm", "pause", "--name", "runv-c1"]

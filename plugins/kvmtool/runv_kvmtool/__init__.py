@@ -93,6 +93,7 @@ def command(vm: VMSpec, binary: str = BINARY) -> list[str]:
         "--console", "serial",
         "--tty", str(AGENT_TTY),
         "--network", "mode=none",
+        "--rng",  # the host's entropy (the guest contract, docs/plugins.md)
     ]
     for share in vm.shares:
         args += ["--9p", f"{share.path},{share.tag}"]

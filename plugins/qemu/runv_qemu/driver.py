@@ -101,6 +101,10 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, int]
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"socket,id=agent,fd={agent_fd},server=on,wait=off",
         "-device", "virtserialport,bus=vser0.0,chardev=agent,name=org.runv.agent",
+        # the host's entropy: without it the guest's CRNG waits for jitter entropy, and its
+        # first reader (Python's start, hashing's seed) for it, ≈1 s of a boot under TCG
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-pci,rng=rng0",
     ]
     if cpu:
         args += ["-cpu", cpu]
