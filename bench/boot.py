@@ -29,7 +29,7 @@ INITRD = "/var/lib/runv/initrd.img"
 
 def bare_boot() -> list[str]:
     return [
-        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "256", "-smp", "1",
+        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-bios", "qboot.rom", "-m", "256", "-smp", "1",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", KERNEL, "-initrd", INITRD, "-serial", "null",
         "-append", "console=ttyS0 panic=-1 quiet rdinit=/sbin/runv-halt",
