@@ -49,10 +49,12 @@ TAKEN = [
     ["exec", "--process", "/p.json", "--detach", "--pid-file", "/pid", "--tty", "--console-socket", "/s", "box"],
     ["exec", "-e", "A=1", "--env=B=2", "-g", "5", "-g", "6", "box", "sh", "-c", "--help"],
     ["state", ""],  # an empty id is the command's error, not the parser's
+    ["create", "--bundle", "/b", "--pid-file", "/p", "--console-socket", "/s", "box"], ["create", "box"],  # Podman's, runc's
+    ["run", "-d", "--bundle=/b", "box"], ["run", "-b", "/b", "--no-pivot", "box"],
 ]
 LEFT = [
     [], ["--help"], ["-h"], ["--version"], ["-v"], ["state", "--help"], ["state", "-h"], ["list", "--help"],
-    ["state"], ["kill"], ["state", "a", "b"], ["kill", "box", "9", "extra"], ["frobnicate"], ["spec"], ["create", "box"],
+    ["state"], ["kill"], ["state", "a", "b"], ["kill", "box", "9", "extra"], ["frobnicate"], ["spec"], ["create"], ["run", "--detach=1", "box"],
     ["--log-format", "xml", "state", "box"], ["--root"], ["--root", "--debug", "state", "box"], ["--root=", "state", "box"],
     ["--debug=1", "state", "box"], ["--bogus", "state", "box"], ["state", "--root", "/r", "box"],
     ["kill", "-9", "box"], ["kill", "--all=1", "box"], ["list", "-fjson"], ["list", "-f=json"], ["list", "-qf", "json"], ["list", "--format"],
@@ -128,6 +130,8 @@ def test_both_paths_print_the_same_on_a_live_container_and_on_errors(both, fake,
                  ["start", "box"], ["start", "ghost"], ["resume", "box"], ["pause", "ghost"], ["delete", "box"], ["delete", "ghost"],
                  ["exec", "box", "sh", "-c", "echo out; echo err >&2; exit 3"], ["exec", "-e", "A=1", "--env=B=2", "box", "sh", "-c", "echo $A$B"],
                  ["exec", "ghost", "true"], ["exec", "--process", tmp_path / "missing.json", "box"],
+                 ["create", "--bundle", tmp_path / "missing", "other"], ["run", "--bundle", tmp_path / "missing", "other"],
+                 ["create", "--bundle", bundle, "box"], ["run", "-d", "--bundle", bundle, "../x"],
                  ["--version"], ["--help"], ["frobnicate"]):
         same(both, *args)
     assert same(both, "delete", "--force", "ghost") == (0, "", "")

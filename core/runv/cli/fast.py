@@ -1,8 +1,8 @@
 """The hot commands' common forms, parsed without typer.
 
-``runv state``, ``list``, ``kill``, ``start``, ``delete``, ``ps``, ``pause``, ``resume`` and
-``exec`` are what Podman, containerd and Docker call most; importing typer alone costs
-five times Python's own start here. So :func:`parse` reads their argv from a table
+``runv state``, ``list``, ``kill``, ``start``, ``delete``, ``ps``, ``pause``, ``resume``,
+``exec``, ``create`` and ``run`` are what Podman, containerd and Docker call most; importing
+typer alone costs five times Python's own start here. So :func:`parse` reads their argv from a table
 (:mod:`runv.cli.fast_table`) that is generated from the typer app — the one definition of
 the command line — and a unit test regenerates it and fails on any difference. A form the
 table does not describe fully (``--help``, ``--version``, an unknown or malformed option,
