@@ -72,6 +72,14 @@ def test_what_the_table_does_not_describe_fully_goes_to_typer(argv):
     assert fast.parse(argv) is None
 
 
+@pytest.mark.parametrize("root", ["/r//x/", "/r/./x", "//r/x", "r/x/", "."])
+def test_paths_are_spelled_as_typer_s(root):
+    from pathlib import PurePosixPath
+
+    assert fast.parse(["--root", root, "--kernel", root, "state", "box"])[1].root == str(PurePosixPath(root))
+    assert fast.parse(["--root", root, "--kernel", root, "state", "box"])[1].kernel == str(PurePosixPath(root))
+
+
 def test_values_are_typer_s():
     module, settings, values = fast.parse(["--root=/r", "--log", "/l", "--debug", "exec", "-e", "A=1", "-g", "7", "box", "sh", "-c", "x"])
     assert module == "exec_" and values["args"] == ["sh", "-c", "x"] and values["env"] == ["A=1"] and values["container_id"] == "box"

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from runv.api.errors import RunvError
-from runv.oci.config import load_bundle, parse_process, parse_spec
+from runv.oci.config import load_bundle, parse_process, parse_spec, process_to_exec
 from runv.oci.default_spec import default_spec
+from runv.runtime.execclient import exec_request, terminal_of
 
 GOOD = {
     "ociVersion": "1.0.2",
@@ -64,6 +65,48 @@ def test_errors_name_the_field(change, message):
 def test_exec_process_uses_the_same_parser():
     with pytest.raises(RunvError, match="process.json: process.args"):
         parse_process({"args": []}, "process.json")
+
+
+def command(*args, **options):
+    """The request ``runv exec [options] box ARGS`` sends its container's shim."""
+    given = {"process_file": None, "env": [], "cwd": None, "user": None, "additional_gids": [], "tty": False, "caps": [],
+             "no_new_privs": False, **options}
+    return exec_request(args=list(args), **given)
+
+
+def test_exec_builds_on_the_container_s_process_as_runc_does():
+    base = parse_spec(GOOD, "config.json").process
+    process = process_to_exec(base, command("id", env=["B=2", "A=3"], user="7:8", additional_gids=[9], cwd="/w",
+                                            caps=["CAP_NET_ADMIN"], no_new_privs=True))
+    assert (process.args, process.env, process.cwd, process.terminal) == (("id",), ("A=3", "B=2"), "/w", False)
+    assert (process.user.uid, process.user.gid, process.user.additional_gids) == (7, 8, (9,))
+    assert "CAP_NET_ADMIN" in process.security["capabilities"]["bounding"] and process.security["noNewPrivileges"]
+    plain = process_to_exec(base, command("true", tty=True))  # the container's own user, cwd and env
+    assert (plain.user, plain.cwd, plain.env, plain.terminal) == (base.user, "/tmp", ("A=1",), True)
+    with pytest.raises(RunvError, match="p.json: process.args"):
+        process_to_exec(base, {"process": {"args": []}, "source": "p.json"})
+    with pytest.raises(RunvError, match="--process FILE"):
+        process_to_exec(None, command("true"))
+    with pytest.raises(RunvError, match="unknown capability \"nope\""):
+        process_to_exec(base, command("true", caps=["nope"]))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"env": ["A"]}, "invalid --env 'A': use KEY=VALUE"), ({"user": "root"}, "invalid --user 'root'"),
+    ({"user": "1:x"}, "invalid --user '1:x'"), ({"cwd": "rel"}, "invalid --cwd 'rel'")])
+def test_exec_options_are_refused_before_anything_is_set_up(options, message):
+    with pytest.raises(RunvError, match=message):
+        command("true", **options)
+    with pytest.raises(RunvError, match="needs a command"):
+        command()
+
+
+def test_the_exec_relay_knows_the_terminal_before_the_shim_checks_the_process():
+    assert terminal_of(command("sh", tty=True)) == (True, (0, 0))
+    assert terminal_of({"process": {"terminal": True, "consoleSize": {"height": 24, "width": 80}}}) == (True, (24, 80))
+    for size in ({"height": 0, "width": 80}, {"height": 1 << 16, "width": 80}, {"height": "24", "width": 80}, None):
+        assert terminal_of({"process": {"terminal": True, "consoleSize": size}}) == (True, (0, 0))
+    assert terminal_of({"process": ["not", "an", "object"]}) == (False, (0, 0))
 
 
 def test_bundle_errors(tmp_path):

@@ -170,11 +170,12 @@ def parse_process(data: Any, source: str, where: str = "process") -> Process:
 
 
 def process_to_exec(base: Process | None, request: dict) -> Process:
-    """The process an exec request asks for (runv.runtime.execclient.exec_request): a
-    ``--process`` object as given, or ARGS with the container's own process (``base``) for
-    the rest: its environment (``--env`` overriding by name), working directory, user and
-    security; ``--cap`` adds a capability as runc's does (bounding, effective, permitted;
-    ambient when the spec has inheritable ones), ``--no-new-privs`` sets noNewPrivileges."""
+    """The process an exec request asks for (runv.runtime.execclient.exec_request, which
+    checked the options' spelling): a ``--process`` object as given, or ARGS with the
+    container's own process (``base``) for the rest: its environment (``--env`` overriding
+    by name), working directory, user and security; ``--cap`` adds a capability as runc's
+    does (bounding, effective, permitted; ambient when the spec has inheritable ones),
+    ``--no-new-privs`` sets noNewPrivileges."""
     if "process" in request:
         return parse_process(request["process"], str(request.get("source", "exec request")))
     command = request.get("command")
@@ -182,22 +183,11 @@ def process_to_exec(base: Process | None, request: dict) -> Process:
         raise RunvError("exec needs a command (ARGS...) or --process FILE")
     if base is None:
         raise RunvError("the container's config.json cannot be read: exec with --process FILE")
-    merged = {item.split("=", 1)[0]: item for item in base.env}
-    for item in command.get("env") or ():
-        if "=" not in item:
-            raise RunvError(f"invalid --env {item!r}: use KEY=VALUE")
-        merged[item.split("=", 1)[0]] = item
-    identity = base.user
-    if (user := command.get("user")) is not None:
-        uid, _, gid = user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
-            raise RunvError(f"invalid --user {user!r}: use numeric UID[:GID]")
-        identity = User(uid=int(uid), gid=int(gid) if gid else 0)
+    merged = {item.split("=", 1)[0]: item for item in (*base.env, *command.get("env", ()))}
+    identity = User(**command["user"]) if command.get("user") else base.user
     if gids := command.get("additionalGids"):
         identity = attrs.evolve(identity, additional_gids=tuple(gids))
     cwd = command.get("cwd")
-    if cwd is not None and not cwd.startswith("/"):
-        raise RunvError(f"invalid --cwd {cwd!r}: it must be an absolute path")
     security = dict(base.security)
     if caps := command.get("caps"):
         parse_capabilities({"bounding": list(caps)}, "exec", "--cap")

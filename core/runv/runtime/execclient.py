@@ -110,13 +110,25 @@ class Relay:
 def exec_request(*, process_file: Path | None, args: list[str], env: list[str], cwd: str | None, user: str | None,
                  additional_gids: list[int], tty: bool, caps: list[str], no_new_privs: bool) -> dict:
     """What ``runv exec`` asks the shim to run: ``--process``'s object as the file has it, or
-    ARGS and the options that override the container's own process (the shim merges and
-    checks them: runv.oci.config.process_to_exec)."""
+    ARGS and the options that override the container's own process, their spelling checked
+    here, before anything is set up (the shim merges them with the container's process and
+    checks the rest: runv.oci.config.process_to_exec)."""
     if process_file is not None:
         return {"process": read_json(process_file, "process file"), "source": str(process_file)}
     if not args:
         raise RunvError("exec needs a command (ARGS...) or --process FILE")
-    return {"command": {"args": args, "env": env, "cwd": cwd, "user": user, "additionalGids": additional_gids,
+    for item in env:
+        if "=" not in item:
+            raise RunvError(f"invalid --env {item!r}: use KEY=VALUE")
+    identity = None
+    if user is not None:
+        uid, _, gid = user.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise RunvError(f"invalid --user {user!r}: use numeric UID[:GID]")
+        identity = {"uid": int(uid), "gid": int(gid) if gid else 0}
+    if cwd is not None and not cwd.startswith("/"):
+        raise RunvError(f"invalid --cwd {cwd!r}: it must be an absolute path")
+    return {"command": {"args": args, "env": env, "cwd": cwd, "user": identity, "additionalGids": additional_gids,
                         "tty": tty, "caps": caps, "noNewPrivileges": no_new_privs}}
 
 

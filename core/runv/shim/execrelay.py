@@ -10,6 +10,7 @@ import json
 import signal
 import socket
 import threading
+import traceback
 from typing import TYPE_CHECKING, Callable
 
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
@@ -118,6 +119,9 @@ def serve_exec(shim: Shim, conn: socket.socket, request: dict) -> None:
         process = process_to_exec(container.spec.process if container.spec else None, request)
     except RunvError as exc:
         return _refuse(conn, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a malformed request: the client must get an answer
+        logger.error("shim: exec request: %s", traceback.format_exc())
+        return _refuse(conn, f"internal error in the shim: {exc}")
     number = next(_numbers)
     name = f"init:{number}" if request.get("init") and container is not shim.container else f"exec-{number}"
     base = CHANNELS_PER_EXEC * number

@@ -1,6 +1,6 @@
 """Starting a container's VM from a template: pick one (:mod:`runv.templates.match`),
-restore it, grow it to the container's size when the template is smaller, make the clone
-its own (clock, RNG seed) and hot-plug its NICs; on any failure the clone is stopped and
+restore it, grow it to the container's size when the template is smaller, hot-plug its
+NICs and make the clone its own (clock, RNG seed); on any failure the clone is stopped and
 the container boots cold."""
 
 from __future__ import annotations
@@ -77,14 +77,10 @@ def restore(choice: str, vm: VMSpec, hypervisor: Hypervisor, on_data: Callable, 
             try:
                 if grown:
                     clone.resize(vm.memory_mib, vm.vcpus)
+                for nic in nics:  # before the agent is poked: the guest's PCIe hot-plug (its 100 ms settle
+                    attach_nic(clone, nic)  # included) runs while the guest wakes up and is made a clone
                 agent = poke(bare, name, on_data, on_event, hypervisor.info.capabilities.agent.connect_preamble,
                              vcpus=vm.vcpus if vm.vcpus > start_as.vcpus else None)
-                try:
-                    for nic in nics:
-                        attach_nic(clone, nic)
-                except RunvError:
-                    agent.close()
-                    raise
             except RunvError as exc:
                 warning = f"template {name!r} not used: {exc}"
                 clone.stop(force=True)

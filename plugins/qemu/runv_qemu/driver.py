@@ -49,6 +49,14 @@ def binary() -> str | None:
     return shutil.which(BINARY)
 
 
+def firmware(qemu: str) -> list[str]:
+    """``-bios qboot.rom``, QEMU's minimal firmware (0.15 s less than SeaBIOS per cold
+    boot under TCG), where this QEMU's data directory has it (Debian's qemu-system-data
+    does); else nothing, and QEMU's default firmware."""
+    rom = Path(shutil.which(qemu) or qemu).resolve().parent.parent / "share/qemu/qboot.rom"
+    return ["-bios", "qboot.rom"] if rom.is_file() else []
+
+
 def missing_binary() -> str | None:
     """Why QEMU cannot be started at all, or None."""
     if binary() is None:
@@ -83,11 +91,11 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, int]
     """The QEMU command line for ``vm``; ``fds``: the listening QMP and agent sockets it
     inherits (None: placeholders, for a template's shape)."""
     qmp_fd, agent_fd = fds or ("QMP", "AGENT")
+    qemu = binary() or BINARY
     args = [
-        binary() or BINARY,
+        qemu,
         "-name", f"runv-{vm.name}",
-        "-machine", "q35", "-accel", accel_option(accel),
-        "-bios", "qboot.rom",  # QEMU's minimal firmware (qemu-system-data): 0.15-0.2 s less than SeaBIOS under TCG
+        "-machine", "q35", "-accel", accel_option(accel), *firmware(qemu),
         "-m", memory_option(vm),
         "-smp", str(vm.vcpus) + (f",maxcpus={vm.max_vcpus}" if vm.max_vcpus > vm.vcpus else ""),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
