@@ -349,3 +349,18 @@ def test_mount_options_split_into_flags_data_and_propagation():
     assert flags == 1 | 2 and data == "size=1m,mode=700,newinstance"
     assert propagation == [(1 << 20) | 16384]  # MS_SHARED | MS_REC; tmpcopyup (a runtime word) is dropped
     assert parse_options("bind,nodev") == (4096 | 4, "", [])
+
+
+def test_a_missing_mount_point_is_a_file_for_a_bind_of_anything_but_a_directory(tmp_path):
+    """runc's rule, which the host's read-only rootfs path follows too (runv.shim.mountpoints)."""
+    from runv.agent.mounts import rootfs_path
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "file").write_text("x")
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    for target, source in (("/dev/null-here", "/dev/null"), ("/etc/hosts", str(tmp_path / "file")), ("/data", str(tmp_path / "data"))):
+        made = rootfs_path(str(rootfs), target, {"fstype": "bind", "source": source})
+        assert made == str(rootfs) + target
+        assert os.path.isdir(made) == (source == str(tmp_path / "data")) and os.path.exists(made), target
+    assert os.path.isdir(rootfs_path(str(rootfs), "/proc", {"fstype": "proc", "source": "proc"}))

@@ -208,7 +208,8 @@ def make_overlay_dirs(options: str) -> None:
 def rootfs_path(rootfs: str, path: str, entry: dict) -> str:
     """``path`` inside the rootfs with symlinks resolved as the container would see them
     (relative to its root, never leading out of it); missing parts are created, the last
-    one as a file when the mount's source is a file, else as a directory."""
+    one, as runc makes it, a file when a bind's source is not a directory (a file, a
+    device like /dev/null), else a directory."""
     root = os.path.realpath(rootfs)
     parts = [p for p in os.path.normpath("/" + path).split("/") if p]
     current = root
@@ -229,7 +230,7 @@ def rootfs_path(rootfs: str, path: str, entry: dict) -> str:
             continue
         current = candidate
     if not os.path.lexists(current):
-        source_is_file = entry.get("fstype") == "bind" and os.path.isfile(resolve_source(entry["source"]))
+        source_is_file = entry.get("fstype") == "bind" and not os.path.isdir(resolve_source(entry["source"]))
         if source_is_file:
             os.makedirs(os.path.dirname(current), exist_ok=True)
             os.close(os.open(current, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
