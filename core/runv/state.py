@@ -157,9 +157,10 @@ class Store:
     def dir(self, container_id: str) -> Path:
         from pathlib import Path
 
-        return Path(self._path(container_id))
+        return Path(self.path(container_id))
 
-    def _path(self, container_id: str, *names: str) -> str:
+    def path(self, container_id: str, *names: str) -> str:
+        """The container's directory (or a file in it) as a string (the id checked)."""
         return os.path.join(self.root, validate_id(container_id), *names)
 
     def claim(self, record: Record) -> Path:
@@ -196,7 +197,7 @@ class Store:
             return []
 
     def read(self, container_id: str) -> Record:
-        path = self._path(container_id, RECORD)
+        path = self.path(container_id, RECORD)
         try:
             with open(path) as f:
                 data = json.load(f)
@@ -207,13 +208,13 @@ class Store:
         return Record(**data)
 
     def write(self, record: Record) -> None:
-        path = self._path(record.id, RECORD)
+        path = self.path(record.id, RECORD)
         _write_json(path + ".tmp", record.asdict())
         os.replace(path + ".tmp", path)
 
     def locked(self, container_id: str) -> Lock:
         """Serialises changes to one container between processes (``with store.locked(id):``)."""
-        return Lock(self._path(container_id, LOCK), container_id)
+        return Lock(self.path(container_id, LOCK), container_id)
 
     def update(self, container_id: str, **changes: object) -> Record:
         with self.locked(container_id):

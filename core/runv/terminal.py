@@ -9,11 +9,11 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import termios
 import tty
 from collections.abc import Iterator
-from pathlib import Path
 
 from runv.api.errors import RunvError
 from runv.stdio import write_all
@@ -52,14 +52,18 @@ def stdio_to(fd: int) -> None:
         os.dup2(fd, target)
 
 
-def check_console_socket(path: Path) -> None:
-    if not path.exists():
-        raise RunvError(f"console socket {path} does not exist")
-    if not path.is_socket():
+def check_console_socket(path: str | os.PathLike) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise RunvError(f"console socket {path} does not exist") from None
+    except OSError as exc:
+        raise RunvError(f"console socket {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
         raise RunvError(f"console socket {path} is not a unix socket")
 
 
-def send_master(path: Path, master: int) -> None:
+def send_master(path: str | os.PathLike, master: int) -> None:
     """Sends the pty master over the unix socket at ``path`` with SCM_RIGHTS, as runc does
     (the message carries the pty's name), then closes our copy."""
     try:
@@ -83,13 +87,13 @@ def receive_master(sock: socket.socket) -> int:
 
 
 @contextlib.contextmanager
-def private_console_socket() -> Iterator[tuple[Path, socket.socket]]:
+def private_console_socket() -> Iterator[tuple[str, socket.socket]]:
     """A listening console socket in a private temporary directory, for ``run -t`` and
     ``exec -t`` attached to the caller's own terminal."""
     import tempfile  # only an exec with a terminal and no --console-socket needs it
 
     with tempfile.TemporaryDirectory(prefix="runv-console-") as tmp:
-        path = Path(tmp) / "console.sock"
+        path = os.path.join(tmp, "console.sock")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.bind(str(path))
             sock.listen(1)

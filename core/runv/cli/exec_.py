@@ -1,16 +1,18 @@
 """Run a new process inside a running container."""
 
-from pathlib import Path
-
 from runv.settings import Settings
+
+TYPE_CHECKING = False  # `runv exec ID ARGS` imports no pathlib (its paths come as Paths only when given)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 NAME = "exec"
 CONTEXT_SETTINGS = {"allow_interspersed_args": False}  # `exec ID sh -c ...`: -c is the program's
 
 
-def run(settings: Settings, container_id: str, args: list[str] | None, process: Path | None, env: list[str] | None,
-        cwd: str | None, user: str | None, additional_gids: list[int] | None, tty: bool, console_socket: Path | None,
-        detach: bool, pid_file: Path | None, process_label: str | None, apparmor: str | None, no_new_privs: bool,
+def run(settings: Settings, container_id: str, args: list[str] | None, process: "Path | None", env: list[str] | None,
+        cwd: str | None, user: str | None, additional_gids: list[int] | None, tty: bool, console_socket: "Path | None",
+        detach: bool, pid_file: "Path | None", process_label: str | None, apparmor: str | None, no_new_privs: bool,
         cap: list[str] | None, preserve_fds: int) -> int:
     """Returns the process's exit status (0 once it started, with ``detach``)."""
     from runv.runtime.execclient import exec_process, exec_request
@@ -24,6 +26,7 @@ def run(settings: Settings, container_id: str, args: list[str] | None, process: 
 
 def typer_command():
     """The command as typer declares it (the fast path calls :func:`run` without typer)."""
+    from pathlib import Path
     from typing import Annotated, Optional
 
     import typer

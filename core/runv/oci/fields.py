@@ -6,7 +6,7 @@ Light (no typing, no attrs): ``runv exec`` reads its ``--process`` file with it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 from runv.api.errors import RunvError
 
@@ -19,10 +19,11 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def read_json(path: Path, what: str) -> object:
+def read_json(path: str | os.PathLike, what: str) -> object:
     """Reads a JSON file, with one-line errors that name it."""
     try:
-        text = path.read_text()
+        with open(path) as f:
+            text = f.read()
     except FileNotFoundError:
         raise RunvError(f"{what} {path} does not exist") from None
     except OSError as exc:

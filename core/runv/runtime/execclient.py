@@ -10,10 +10,10 @@ its own session whose PID goes to ``--pid-file``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
-from pathlib import Path
 
 from runv import terminal as console
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
@@ -30,7 +30,7 @@ from runv.stdio import start_pump, write_all
 STDIN, STDOUT, STDERR = 0, 1, 2  # stream channels between an exec relay and the shim
 
 
-def check_can_exec(settings: Settings, container_id: str) -> Path:
+def check_can_exec(settings: Settings, container_id: str) -> str:
     store = Store(settings.root)
     status = store.read(container_id).live_status()
     if status == "paused":
@@ -39,13 +39,13 @@ def check_can_exec(settings: Settings, container_id: str) -> Path:
         raise RunvError(f"cannot exec a container that has stopped ({container_id})")
     if status != "running":
         raise RunvError(f"cannot exec in container {container_id}: it is {status}, not running")
-    return store.dir(container_id)
+    return store.path(container_id)
 
 
 class Relay:
     """One exec'd process's host end: a connection to the shim plus local stdio fds."""
 
-    def __init__(self, state_dir: Path, request: dict, fds: tuple[int, int, int], *, terminal: bool) -> None:
+    def __init__(self, state_dir: str | os.PathLike, request: dict, fds: tuple[int, int, int], *, terminal: bool) -> None:
         self.state_dir = state_dir
         self.request = request  # the exec request's fields: see exec_request (a pod member's adds container and init)
         self.fds = fds
@@ -55,13 +55,13 @@ class Relay:
 
     def start(self) -> int:
         """Has the shim start the process; returns its guest PID."""
-        self.sock = connect_unix(self.state_dir / control.SOCKET)
+        self.sock = connect_unix(os.path.join(self.state_dir, control.SOCKET))
         self.sock.sendall(json.dumps({"op": "exec", **self.request}).encode() + b"\n")
         line = b""
         while not line.endswith(b"\n"):  # byte by byte: frames follow the reply on this socket
             byte = self.sock.recv(1)
             if not byte:
-                raise RunvError(f"the shim of container {self.state_dir.name} closed the connection during exec")
+                raise RunvError(f"the shim of container {os.path.basename(self.state_dir)} closed the connection during exec")
             line += byte
         reply = json.loads(line)
         if "error" in reply:
@@ -107,7 +107,7 @@ class Relay:
         return 255
 
 
-def exec_request(*, process_file: Path | None, args: list[str], env: list[str], cwd: str | None, user: str | None,
+def exec_request(*, process_file: str | os.PathLike | None, args: list[str], env: list[str], cwd: str | None, user: str | None,
                  additional_gids: list[int], tty: bool, caps: list[str], no_new_privs: bool) -> dict:
     """What ``runv exec`` asks the shim to run: ``--process``'s object as the file has it, or
     ARGS and the options that override the container's own process, their spelling checked
@@ -144,8 +144,8 @@ def terminal_of(request: dict) -> tuple[bool, tuple[int, int]]:
     return process.get("terminal") is True, (rows, cols) if fits else (0, 0)
 
 
-def exec_process(settings: Settings, container_id: str, request: dict, *, detach: bool, pid_file: Path | None,
-                 console_socket: Path | None) -> int:
+def exec_process(settings: Settings, container_id: str, request: dict, *, detach: bool, pid_file: str | os.PathLike | None,
+                 console_socket: str | os.PathLike | None) -> int:
     """Runs the requested process in the container; returns the exit code (0 when detached)."""
     state_dir = check_can_exec(settings, container_id)
     terminal, size = terminal_of(request)
@@ -170,8 +170,8 @@ def exec_process(settings: Settings, container_id: str, request: dict, *, detach
     return 0 if detach else wait_exit_code(pid)
 
 
-def _spawn(state_dir: Path, request: dict, pty_size: tuple[int, int] | None, console_socket: Path | None,
-           pid_file: Path | None) -> int:
+def _spawn(state_dir: str, request: dict, pty_size: tuple[int, int] | None, console_socket: str | os.PathLike | None,
+           pid_file: str | os.PathLike | None) -> int:
     """Forks the relay into its own session (with a pty of ``pty_size`` for a terminal);
     returns its PID once the process started."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 OK = "ok"
 
@@ -45,11 +44,12 @@ def spawn_session(child: Callable[[Callable[[str], None]], int]) -> tuple[int, s
     return pid, answer.decode(errors="replace")
 
 
-def write_pid_file(path: Path | None, pid: int) -> None:
+def write_pid_file(path: str | os.PathLike | None, pid: int) -> None:
     """Writes ``--pid-file`` atomically (callers poll for it)."""
     if path:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(str(pid))
+        tmp = os.fspath(path) + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(str(pid))
         os.replace(tmp, path)
 
 

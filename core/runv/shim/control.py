@@ -4,8 +4,8 @@ the shim and its clients agree on: which signals are relayed, how an exit become
 from __future__ import annotations
 
 import json
+import os
 import signal
-from pathlib import Path
 
 from runv.api.errors import RunvError
 from runv.api.sockets import connect_unix
@@ -24,18 +24,18 @@ class ShimGone(RunvError):
     """The shim does not answer on its control socket (it exited, or never ran)."""
 
 
-def call(state_dir: Path, op: str, timeout: float = 60.0, **args) -> dict:
+def call(state_dir: str | os.PathLike, op: str, timeout: float = 60.0, **args) -> dict:
     """Sends one request to the shim and returns its reply; raises RunvError on refusal."""
     try:
-        sock = connect_unix(state_dir / SOCKET)
+        sock = connect_unix(os.path.join(state_dir, SOCKET))
     except OSError:
-        raise ShimGone(f"container {state_dir.name} is not running (its shim does not answer)") from None
+        raise ShimGone(f"container {os.path.basename(state_dir)} is not running (its shim does not answer)") from None
     with sock:
         sock.settimeout(timeout)
         sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         reply = sock.makefile("rb").readline()
     if not reply:
-        raise RunvError(f"the shim of container {state_dir.name} closed the connection during {op!r}")
+        raise RunvError(f"the shim of container {os.path.basename(state_dir)} closed the connection during {op!r}")
     message = json.loads(reply)
     if "error" in message:
         raise RunvError(message["error"])
