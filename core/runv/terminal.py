@@ -95,7 +95,7 @@ def private_console_socket() -> Iterator[tuple[str, socket.socket]]:
     with tempfile.TemporaryDirectory(prefix="runv-console-") as tmp:
         path = os.path.join(tmp, "console.sock")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.bind(str(path))
+            sock.bind(path)
             sock.listen(1)
             yield path, sock
 

@@ -32,12 +32,13 @@ def _path(value: str):
 
 
 _CONVERT = {"str": str, "int": int, "path": _path}
+_GLOBAL_CONVERT = {**_CONVERT, "path": str}  # the global paths: Settings keeps strings
 
 
 def parse(argv: list[str]) -> tuple[str, Settings, dict] | None:
     """What ``runv ARGV`` asks for, as the command's module, the settings and the values of
     the command's parameters, by name; None for typer."""
-    parsed = _parse(argv, GLOBALS, interspersed=GLOBALS["interspersed"], path=str)
+    parsed = _parse(argv, GLOBALS, interspersed=GLOBALS["interspersed"], convert=_GLOBAL_CONVERT)
     if parsed is None:
         return None
     options, rest = parsed
@@ -83,12 +84,12 @@ def start_logging(settings: Settings) -> None:
         setup(settings, stderr=True)
 
 
-def _parse(tokens: list[str], spec: dict, *, interspersed: bool, path=_path) -> tuple[dict, list[str]] | None:
+def _parse(tokens: list[str], spec: dict, *, interspersed: bool, convert: dict = _CONVERT) -> tuple[dict, list[str]] | None:
     """Options (as click parses them: ``--opt value``, ``--opt=value``, ``-o value``, flags,
-    ``--``) into a copy of the spec's defaults, and the positionals in order, paths made by
-    ``path``. Without ``interspersed`` the first positional ends the options (a group's
-    command name, exec's program) and the rest is positional as it stands. None where click
-    might differ."""
+    ``--``) into a copy of the spec's defaults, and the positionals in order, each value
+    made by ``convert`` for its kind. Without ``interspersed`` the first positional ends the
+    options (a group's command name, exec's program) and the rest is positional as it
+    stands. None where click might differ."""
     values = dict(spec["defaults"])
     positionals: list[str] = []
     i = 0
@@ -118,7 +119,7 @@ def _parse(tokens: list[str], spec: dict, *, interspersed: bool, path=_path) -> 
                 return None
             value = tokens[i]
             i += 1
-        converted = _convert(kind.rstrip("*"), value, path)
+        converted = _convert(kind.rstrip("*"), value, convert)
         if converted is None:
             return None
         if kind.endswith("*"):
@@ -128,7 +129,7 @@ def _parse(tokens: list[str], spec: dict, *, interspersed: bool, path=_path) -> 
     return values, positionals
 
 
-def _convert(kind: str, value: str, path=_path) -> object:
+def _convert(kind: str, value: str, convert: dict = _CONVERT) -> object:
     """A value as click and typer convert it; None where they might refuse it (or where
     an odd value is better left to them: empty, or looking like an option)."""
     if not value or value[:1] == "-":
@@ -136,7 +137,7 @@ def _convert(kind: str, value: str, path=_path) -> object:
     if kind == "path" and os.path.exists(value) and not os.access(value, os.R_OK):
         return None  # click.Path(readable=True) refuses it
     try:
-        return path(value) if kind == "path" else _CONVERT[kind](value)
+        return convert[kind](value)
     except ValueError:
         return None
 

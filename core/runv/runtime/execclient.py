@@ -3,8 +3,8 @@
 It asks the container's shim to start the process (the shim builds and checks it from the
 request and the container's own process: this side imports no OCI model), then relays its
 stdio (or a pty whose master went to ``--console-socket``) over the shim's control socket,
-forwards the signals it receives, and exits with the process's exit code. With ``--detach`` it is a child in
-its own session whose PID goes to ``--pid-file``.
+forwards the signals it receives, and exits with the process's exit code. With
+``--detach`` it is a child in its own session whose PID goes to ``--pid-file``.
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ def binary() -> str | None:
 
 def firmware(qemu: str) -> list[str]:
     """``-bios qboot.rom``, QEMU's minimal firmware (0.15 s less than SeaBIOS per cold
-    boot under TCG), where this QEMU's data directory has it (Debian's qemu-system-data
-    does); else nothing, and QEMU's default firmware."""
-    rom = Path(shutil.which(qemu) or qemu).resolve().parent.parent / "share/qemu/qboot.rom"
+    boot under TCG), where the data directory of ``qemu`` (the binary's path) has it
+    (Debian's qemu-system-data does); else nothing, and QEMU's default firmware."""
+    rom = Path(qemu).resolve().parent.parent / "share/qemu/qboot.rom"
     return ["-bios", "qboot.rom"] if rom.is_file() else []
 
 

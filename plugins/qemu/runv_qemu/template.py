@@ -63,8 +63,8 @@ def _disk_size(disk: Disk) -> int:
 def shape(vm: VMSpec, accel: str, cpu: str | None) -> dict | None:
     """The QEMU command line of ``vm`` with every per-container value taken out (the
     device set and machine options a template must have been made with), plus the QEMU
-    binary's identity and the files' format; None when ``vm`` cannot be served by a template (cold-plugged NICs:
-    their MAC is device state that would come from the template)."""
+    binary's identity and the files' format; None when ``vm`` cannot be served by a
+    template (cold-plugged NICs: their MAC is device state that would come from the template)."""
     if vm.nics:
         return None
     state_dir = Path("/state")
