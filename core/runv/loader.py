@@ -14,10 +14,9 @@ import os
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable
 
-import attrs
-
 from runv.api.config import config, config_path
 from runv.api.errors import RunvError
+from runv.api.frozen import Frozen
 from runv.hooks import Hooks
 
 if TYPE_CHECKING:
@@ -30,8 +29,7 @@ IN_PROCESS = "(in-process)"  # the distribution of a plugin registered with regi
 _LOCAL: dict[tuple[str, str], Any] = {}
 
 
-@attrs.frozen
-class PluginInfo:
+class PluginInfo(Frozen):
     """An installed plugin as its entry point describes it (nothing imported)."""
 
     name: str
@@ -130,8 +128,7 @@ def hooks_of(info: PluginInfo) -> Hooks:
         raise LoadError(info, str(exc)) from None
 
 
-@attrs.frozen
-class Hypervisor:
+class Hypervisor(Frozen):
     """A loaded hypervisor plugin: its hooks, alone, and its declaration."""
 
     name: str
@@ -195,8 +192,7 @@ def extras() -> list[tuple[str, Any]]:
     return loaded
 
 
-@attrs.frozen
-class Selection:
+class Selection(Frozen):
     """The plugins one container runs with."""
 
     hooks: Hooks

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from runv.frozen import Frozen
+from runv.api.frozen import Frozen
 
 DEFAULT_ROOT = "/run/runv"
 DEFAULT_KERNEL = "/var/lib/runv/kernel"

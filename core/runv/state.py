@@ -11,8 +11,8 @@ import json
 import os
 
 from runv.api.errors import RunvError
+from runv.api.frozen import Frozen
 from runv.api.process import is_running, process_start_time
-from runv.frozen import Frozen
 from runv.oci.state import State
 
 TYPE_CHECKING = False  # importing typing's would cost ``runv state`` 3 ms

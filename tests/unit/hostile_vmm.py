@@ -24,12 +24,11 @@ CHUNK = 1 << 20
 
 
 def hypervisor_info():
-    import attrs
 
     from runv.api import VM, HypervisorInfo
     from runv.testing.fakevmm import CAPABILITIES
 
-    return HypervisorInfo(capabilities=attrs.evolve(CAPABILITIES, pause=False), vm=VM, priority=-2000)
+    return HypervisorInfo(capabilities=CAPABILITIES.evolve(pause=False), vm=VM, priority=-2000)
 
 
 def probe():

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import attrs
 import pytest
 
 from runv.api import VM, HypervisorInfo, RunvError, StorageAttachment, hookimpl, process_start_time
@@ -22,7 +21,7 @@ class BootRaises:
 
     @hookimpl
     def hypervisor_info(self):
-        return HypervisorInfo(capabilities=attrs.evolve(fakevmm.CAPABILITIES, pause=False))
+        return HypervisorInfo(capabilities=fakevmm.CAPABILITIES.evolve(pause=False))
 
     @hookimpl
     def probe(self):

@@ -135,8 +135,6 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
     its mode, it runs in its own cgroup, the relay reaches the pty lkvm made in its private
     devpts; re-attach, pause/resume and stop go through lkvm's own commands with its $HOME;
     stop takes the relay, the cgroup and the jail's mount point down."""
-    import attrs
-
     import runv_kvmtool
     from runv.api import cgroups
 
@@ -147,8 +145,8 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
     state = tmp_path / "state"
     state.mkdir()
     (tmp_path / "secret").write_text("host\n")
-    vm_spec = attrs.evolve(spec(state, kernel_args=runv_kvmtool.CAPABILITIES.agent.kernel_args(),
-                                shares=(Share("rootfs", tmp_path / "rootfs", readonly=True),)), **image(tmp_path))
+    vm_spec = spec(state, kernel_args=runv_kvmtool.CAPABILITIES.agent.kernel_args(),
+                   shares=(Share("rootfs", tmp_path / "rootfs", readonly=True),)).evolve(**image(tmp_path))
     (tmp_path / "rootfs").mkdir()
     group = cgroups.for_vm(state)
     vm = runv_kvmtool.boot(vm=vm_spec)
@@ -194,8 +192,6 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
 
 
 def test_kvmtool_boot_fails_with_lkvms_own_words(tmp_path, monkeypatch):
-    import attrs
-
     import runv_kvmtool
     from runv.api import cgroups
 
@@ -203,7 +199,7 @@ def test_kvmtool_boot_fails_with_lkvms_own_words(tmp_path, monkeypatch):
     fake = fake_tool(tmp_path / "bin/lkvm", "echo '  Error: /dev/kvm: KVM_CREATE_VM failed' >&2; exit 1\n")
     monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(fake))
     with pytest.raises(RunvError) as err:
-        runv_kvmtool.boot(vm=attrs.evolve(spec(tmp_path), **image(tmp_path)))
+        runv_kvmtool.boot(vm=spec(tmp_path).evolve(**image(tmp_path)))
     assert str(err.value) == "lkvm failed to start (exit 1): Error: /dev/kvm: KVM_CREATE_VM failed"
     assert all(not d.exists() for d in cgroups.for_vm(tmp_path).dirs()) and not (tmp_path / "jail").exists()
 

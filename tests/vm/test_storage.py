@@ -19,7 +19,7 @@ from support import RUNV
 from runv.api import NINEP_VIRTIO, VIRTIOFS, Capabilities, GuestMount, images
 from runv.api import storage as storage_config
 from runv.api.errors import RunvError
-from runv.api.vm import to_json as vm_json
+from runv.api.frozen import to_json as vm_json
 from runv.shim import bringup, volumes
 from runv.testing import vm_processes_in, vm_spec
 

@@ -33,6 +33,7 @@ _WHERE = {
     "socket_name": "sockets", "connect_unix": "sockets",
     "run_tool": "tools", "last_words": "tools",
     "kvm_verdict": "kvm",
+    "Frozen": "frozen", "field": "frozen", "to_json": "frozen",
 }
 _MODULES = ("jail", "cgroups")
 __all__ = ["hookimpl", *_WHERE, *_MODULES]

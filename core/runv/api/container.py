@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import attrs
-
 from runv.api.errors import RunvError
+from runv.api.frozen import Frozen
 
 if TYPE_CHECKING:
     from runv.oci.config import Spec
 
 
-@attrs.frozen
-class Container:
+class Container(Frozen):
     """One container being created or torn down: its id, bundle, parsed spec (``None``
     during a teardown whose bundle is gone) and state directory."""
 

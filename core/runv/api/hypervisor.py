@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from runv.api.errors import Unsupported
+from runv.api.frozen import Frozen
 from runv.api.process import is_running, stop_process
 
 if TYPE_CHECKING:
@@ -26,8 +25,7 @@ VIRTIO_SERIAL, TTY, VSOCK, UNIX = "virtio-serial", "tty", "vsock", "unix"
 AGENT_PORT_NAME = "org.runv.agent"  # the virtio-serial port the guest agent looks for
 
 
-@attrs.frozen
-class SharedFs:
+class SharedFs(Frozen):
     """How the guest mounts a :class:`~runv.api.vm.Share` this hypervisor serves:
     ``mount -t FSTYPE -o OPTIONS SOURCE``, where SOURCE is the share's ``tag`` (a VMM
     device's mount tag) or its host ``path`` (a "VMM" that shares the host's kernel, such
@@ -42,8 +40,7 @@ NINEP_VIRTIO = SharedFs("9p", "trans=virtio,version=9p2000.L,msize=262144")
 VIRTIOFS = SharedFs("virtiofs")
 
 
-@attrs.frozen
-class AgentChannel:
+class AgentChannel(Frozen):
     """Where the guest agent finds its host: a virtio-serial port named
     ``org.runv.agent`` (the default), a serial ``tty`` such as ``/dev/ttyS1`` or
     ``/dev/hvc1``, or a ``vsock`` port. On the host the VMM (or a relay the plugin
@@ -65,8 +62,7 @@ class AgentChannel:
         return ()
 
 
-@attrs.frozen
-class Capabilities:
+class Capabilities(Frozen):
     """What a hypervisor can give a VM. The core checks every VM against them before
     ``boot`` and refuses, in one line, a share, disk or NIC the hypervisor cannot honour;
     it builds the guest's mounts of shares and disks from them."""
@@ -167,8 +163,7 @@ class TemplateSupport:
         raise NotImplementedError
 
 
-@attrs.frozen
-class HypervisorInfo:
+class HypervisorInfo(Frozen):
     """What a hypervisor plugin is, returned by its ``hypervisor_info`` hook."""
 
     capabilities: Capabilities

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
-
+from runv.api.frozen import Frozen, field
 from runv.api.tools import last_words
 
 SHARE = "share"  # GuestMount.fstype of a Share, however the hypervisor serves it
 SERIAL = "serial:"  # GuestMount.source prefix naming a Disk by its serial
 
 
-@attrs.frozen
-class Share:
+class Share(Frozen):
     """A host directory the guest mounts over a shared filesystem, found by ``tag``.
     ``holds_mounts``: a directory of mount points the host fills while the VM runs (the pod
     directory): the VMM must not change the directory itself, only what is mounted below
@@ -25,8 +23,7 @@ class Share:
     holds_mounts: bool = False
 
 
-@attrs.frozen
-class Disk:
+class Disk(Frozen):
     """A host file or block device the guest sees as a virtio-blk disk with ``serial``."""
 
     serial: str
@@ -35,8 +32,7 @@ class Disk:
     readonly: bool = False
 
 
-@attrs.frozen
-class GuestMount:
+class GuestMount(Frozen):
     """One mount the agent makes: ``mount -t fstype -o options source target``.
 
     ``target`` is a path inside the container rootfs when ``in_rootfs``, else an absolute
@@ -65,23 +61,21 @@ class GuestMount:
         return cls(source=SERIAL + serial, fstype=fstype, **fields)
 
 
-@attrs.frozen
-class StorageAttachment:
+class StorageAttachment(Frozen):
     """What a storage plugin adds to the VM for one container, and how the guest mounts it."""
 
     rootfs: GuestMount
     shares: tuple[Share, ...] = ()
     disks: tuple[Disk, ...] = ()
-    data: dict = attrs.field(factory=dict)  # the plugin's own record, kept for teardown
+    data: dict = field(factory=dict)  # the plugin's own record, kept for teardown
     mounts: tuple[GuestMount, ...] = ()  # the agent's mount plan around the rootfs (in order)
 
     def plus(self, shares: tuple[Share, ...] = (), mounts: tuple[GuestMount, ...] = ()) -> StorageAttachment:
         """This attachment with more shares and mounts (the spec's volumes) appended."""
-        return attrs.evolve(self, shares=self.shares + shares, mounts=self.mounts + mounts)
+        return self.evolve(shares=self.shares + shares, mounts=self.mounts + mounts)
 
 
-@attrs.frozen
-class Nic:
+class Nic(Frozen):
     """A virtio-net device backed by a tap the network plugin opened (in the container's
     network namespace); the VMM inherits ``fd``, so it never enters that namespace."""
 
@@ -92,8 +86,7 @@ class Nic:
     tap: str = ""  # the tap's name in the container's namespace (for VMMs that take names)
 
 
-@attrs.frozen
-class VMContribution:
+class VMContribution(Frozen):
     """What a plugin adds to any VM in ``prepare_vm`` (or ``configure_net``)."""
 
     kernel_args: tuple[str, ...] = ()
@@ -103,8 +96,7 @@ class VMContribution:
     hotplug_slots: int = 0  # free slots to keep for devices added after boot (the max wins)
 
 
-@attrs.frozen
-class VMSpec:
+class VMSpec(Frozen):
     """Everything a hypervisor plugin needs to boot one container's VM."""
 
     name: str
@@ -130,19 +122,13 @@ class VMSpec:
         return last_words(self.console_log, lines)
 
     def with_contribution(self, extra: VMContribution) -> VMSpec:
-        return attrs.evolve(
-            self,
+        return self.evolve(
             kernel_args=self.kernel_args + extra.kernel_args,
             shares=self.shares + extra.shares,
             disks=self.disks + extra.disks,
             nics=self.nics + extra.nics,
             hotplug_slots=max(self.hotplug_slots, extra.hotplug_slots),
         )
-
-
-def to_json(value) -> dict:
-    """A frozen value as JSON-ready data (paths become strings), for the state file."""
-    return attrs.asdict(value, value_serializer=lambda _inst, _field, v: str(v) if isinstance(v, Path) else v)
 
 
 def attachment_from_json(data: dict) -> StorageAttachment:

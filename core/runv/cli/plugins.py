@@ -11,8 +11,7 @@ def describe() -> list[dict]:
     """Every installed plugin as a dict; enabled ones are loaded to list their hooks (and a
     hypervisor's priority and capabilities), and one that fails to load is reported with its
     error instead of breaking the listing."""
-    import attrs
-
+    from runv.api.frozen import to_json
     from runv.loader import LoadError, disabled, hooks_of, installed, load_hypervisor
 
     off = disabled()
@@ -27,7 +26,7 @@ def describe() -> list[dict]:
                 if info.kind == "hypervisor":
                     declared = load_hypervisor(info.name).info
                     row["priority"] = declared.priority
-                    row["capabilities"] = attrs.asdict(declared.capabilities)
+                    row["capabilities"] = to_json(declared.capabilities)
                     row["templates"] = declared.templates is not None
             except LoadError as exc:
                 row["error"] = exc.reason

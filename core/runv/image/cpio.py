@@ -6,15 +6,15 @@ precede their children in the archive, since the kernel does not create missing 
 """
 
 import stat
-from dataclasses import dataclass
 from typing import BinaryIO
+
+from runv.api.frozen import Frozen
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Frozen):
     """One archive member: ``mode`` carries the file type bits; ``data`` is the content or symlink target."""
 
     mode: int

@@ -11,30 +11,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from runv.api.errors import RunvError
+from runv.api.frozen import Frozen, field
 from runv.oci.fields import read_json
 from runv.oci.security import parse_capabilities, parse_linux, parse_process_security
 
 HOOK_KINDS = ("createRuntime", "createContainer", "startContainer", "prestart", "poststart", "poststop")
 
 
-@attrs.frozen
-class User:
+class User(Frozen):
     uid: int = 0
     gid: int = 0
     additional_gids: tuple[int, ...] = ()
 
 
-@attrs.frozen
-class ConsoleSize:
+class ConsoleSize(Frozen):
     height: int
     width: int
 
 
-@attrs.frozen
-class Process:
+class Process(Frozen):
     """What to run in the container (also the shape of ``runv exec --process``)."""
 
     args: tuple[str, ...]
@@ -44,7 +40,7 @@ class Process:
     user: User = User()
     console_size: ConsoleSize | None = None
     # capabilities, rlimits, noNewPrivileges, oomScoreAdj, umask: as runv.oci.security parses them
-    security: dict = attrs.field(factory=dict, eq=False)
+    security: dict = field(factory=dict, eq=False)
 
     def to_json(self) -> dict:
         """The OCI form again (``parse_process`` reads it back)."""
@@ -74,32 +70,29 @@ class Process:
         return request
 
 
-@attrs.frozen
-class Root:
+class Root(Frozen):
     path: str
     readonly: bool = False
 
 
-@attrs.frozen
-class Hook:
+class Hook(Frozen):
     path: str
     args: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
     timeout: int | None = None
 
 
-@attrs.frozen
-class Spec:
+class Spec(Frozen):
     oci_version: str
     process: Process
     root: Root
     hostname: str = ""
-    annotations: dict[str, str] = attrs.field(factory=dict)
-    hooks: dict[str, tuple[Hook, ...]] = attrs.field(factory=dict)
-    linux: dict[str, Any] = attrs.field(factory=dict)
+    annotations: dict[str, str] = field(factory=dict)
+    hooks: dict[str, tuple[Hook, ...]] = field(factory=dict)
+    linux: dict[str, Any] = field(factory=dict)
     mounts: tuple[dict, ...] = ()
     # what the agent's prepare applies from ``linux`` (runv.oci.security.parse_linux) and the mounts
-    confinement: dict = attrs.field(factory=dict, eq=False)
+    confinement: dict = field(factory=dict, eq=False)
 
 
 class _Fields:
@@ -186,7 +179,7 @@ def process_to_exec(base: Process | None, request: dict) -> Process:
     merged = {item.split("=", 1)[0]: item for item in (*base.env, *command.get("env", ()))}
     identity = User(**command["user"]) if command.get("user") else base.user
     if gids := command.get("additionalGids"):
-        identity = attrs.evolve(identity, additional_gids=tuple(gids))
+        identity = identity.evolve(additional_gids=tuple(gids))
     cwd = command.get("cwd")
     security = dict(base.security)
     if caps := command.get("caps"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runv.frozen import Frozen
+from runv.api.frozen import Frozen
 
 OCI_VERSION = "1.0.2"
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from runv.api.errors import RunvError
+from runv.api.frozen import to_json
 from runv.api.hypervisor import Capabilities
-from runv.api.vm import SERIAL, SHARE, GuestMount, StorageAttachment, VMSpec, to_json
+from runv.api.vm import SERIAL, SHARE, GuestMount, StorageAttachment, VMSpec
 from runv.log import logger
 
 if TYPE_CHECKING:

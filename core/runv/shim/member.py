@@ -15,12 +15,10 @@ import signal
 import socket
 import threading
 
-import attrs
-
 from runv import terminal
 from runv.api.errors import RunvError
+from runv.api.frozen import to_json
 from runv.api.sockets import connect_unix
-from runv.api.vm import to_json
 from runv.log import logger
 from runv.oci.config import ConsoleSize
 from runv.runtime.ocihooks import run_hooks
@@ -83,7 +81,7 @@ class Member(Shim):
             if process.terminal:
                 rows, cols = terminal.get_winsize(self.stdio[0])
                 if rows and cols:
-                    process = attrs.evolve(process, console_size=ConsoleSize(height=rows, width=cols))
+                    process = process.evolve(console_size=ConsoleSize(height=rows, width=cols))
             relay = Relay(self.sandbox_dir, {"process": process.to_json(), "container": self.container.id, "init": True},
                           self.stdio, terminal=process.terminal)
             relay.start()

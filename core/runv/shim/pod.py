@@ -26,8 +26,6 @@ import stat
 import struct
 from pathlib import Path
 
-import attrs
-
 from runv.api.errors import RunvError
 from runv.api.vm import SHARE, GuestMount, Share
 from runv.log import logger
@@ -163,9 +161,9 @@ def in_pod(entry: GuestMount, container_id: str) -> GuestMount:
     shares are in the pod directory: a share becomes a bind from ``/run/runv/pod/<id>/<tag>``,
     a file volume's staged path the same under it; disks and guest filesystems stay."""
     if entry.fstype == SHARE:
-        return attrs.evolve(entry, source=f"{GUEST}/{container_id}/{entry.source}", fstype="bind")
+        return entry.evolve(source=f"{GUEST}/{container_id}/{entry.source}", fstype="bind")
     if entry.fstype == "bind" and entry.source.startswith(volumes.STAGING + "/"):
-        return attrs.evolve(entry, source=f"{GUEST}/{container_id}/{entry.source[len(volumes.STAGING) + 1:]}")
+        return entry.evolve(source=f"{GUEST}/{container_id}/{entry.source[len(volumes.STAGING) + 1:]}")
     return entry
 
 

@@ -20,12 +20,11 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import attrs
-
 from runv import terminal
 from runv.api.errors import RunvError
+from runv.api.frozen import to_json
 from runv.api.process import process_start_time
-from runv.api.vm import StorageAttachment, to_json
+from runv.api.vm import StorageAttachment
 from runv.log import logger
 from runv.oci.config import ConsoleSize
 from runv.runtime.ocihooks import run_hooks
@@ -241,7 +240,7 @@ class Shim(PodHost):
             if process.terminal:  # the caller may have resized the pty since create
                 rows, cols = terminal.get_winsize(self.stdio[0])
                 if rows and cols:
-                    process = attrs.evolve(process, console_size=ConsoleSize(height=rows, width=cols))
+                    process = process.evolve(console_size=ConsoleSize(height=rows, width=cols))
             self.routes[STREAMS["stdout"]] = self.sink(self.stdio[1])
             if not process.terminal:  # a terminal has one output stream
                 self.routes[STREAMS["stderr"]] = self.sink(self.stdio[2])

@@ -9,8 +9,6 @@ import os
 import time
 from typing import TYPE_CHECKING, Callable
 
-import attrs
-
 from runv.api.errors import RunvError
 from runv.log import logger
 from runv.templates import match, store
@@ -42,7 +40,7 @@ def choose(choice: str, vm: VMSpec, hypervisor: Hypervisor) -> tuple[dict | None
     record, warning = match.select(choice, wanted, current, candidates, store.directory(), hypervisor.name)
     if record is None and candidates and hypervisor.info.capabilities.resize:
         for memory_mib, vcpus in match.smaller_sizes(candidates, vm.memory_mib, vm.vcpus):
-            smaller = attrs.evolve(vm, memory_mib=memory_mib, vcpus=vcpus)
+            smaller = vm.evolve(memory_mib=memory_mib, vcpus=vcpus)
             found, _ = match.select(choice, match.shape(smaller, hypervisor.name, templates), current, candidates,
                                     store.directory(), hypervisor.name)
             if found is not None:
@@ -60,7 +58,7 @@ def restore(choice: str, vm: VMSpec, hypervisor: Hypervisor, on_data: Callable, 
     when the template is smaller) and its agent, connected and made its own, with ``vm``'s
     NICs hot-plugged (``persist(vm)`` records the VM as soon as it runs). None (after a
     warning when one is due) to boot cold."""
-    nics, bare = vm.nics, attrs.evolve(vm, nics=())  # a NIC's MAC is device state: hot-plugged after
+    nics, bare = vm.nics, vm.evolve(nics=())  # a NIC's MAC is device state: hot-plugged after
     try:
         record, start_as, warning = choose(choice, bare, hypervisor)
     except (RunvError, OSError) as exc:

@@ -12,9 +12,7 @@ import os
 import threading
 from typing import Callable, TypeVar
 
-import attrs
-
-from runv.api.errors import RunvError
+from runv.api import Frozen, RunvError, to_json
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): which kind of namespace an nsfs file is
@@ -23,8 +21,7 @@ T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-@attrs.frozen
-class Namespace:
+class Namespace(Frozen):
     """A network namespace: a path that reaches it now, and its identity (device, inode),
     which outlives the path (``/proc/<pid>/ns/net`` goes when the process does)."""
 
@@ -55,7 +52,7 @@ class Namespace:
         return cls(path=path, dev=st.st_dev, ino=st.st_ino, private=private)
 
     def to_json(self) -> dict:
-        return attrs.asdict(self)
+        return to_json(self)
 
 
 def unshare_net() -> Namespace:

@@ -9,9 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import attrs
-
-from runv.api import Nic, RunvError, VMContribution, netns_path
+from runv.api import Nic, RunvError, VMContribution, netns_path, to_json
 from runv_net.netns import Namespace, locate, unshare_net
 
 logger = logging.getLogger("runv.net")
@@ -27,21 +25,21 @@ ANNOTATIONS = {"runv.net/resolv.conf": "/etc/resolv.conf", "runv.net/hosts": "/e
 SESSIONS: dict[str, Session] = {}  # container id -> live session, in the shim process
 
 
-@attrs.define
 class Session:
     """What runv wired in one container's namespace, and what the guest still lacks."""
 
-    container_id: str
-    state_dir: Path
-    ns: Namespace
-    links: list[wire.Link] = attrs.Factory(list)
-    wired: set[int] = attrs.Factory(set)  # veth ifindexes already wired
-    fds: dict[str, int] = attrs.Factory(dict)  # nic id -> tap fd, until the VMM holds it
-    unconfigured: list[wire.Interface] = attrs.Factory(list)  # wired, not yet set up in the guest
-    guest_ready: bool = False
+    def __init__(self, container_id: str, state_dir: Path, ns: Namespace) -> None:
+        self.container_id = container_id
+        self.state_dir = state_dir
+        self.ns = ns
+        self.links: list[wire.Link] = []
+        self.wired: set[int] = set()  # veth ifindexes already wired
+        self.fds: dict[str, int] = {}  # nic id -> tap fd, until the VMM holds it
+        self.unconfigured: list[wire.Interface] = []  # wired, not yet set up in the guest
+        self.guest_ready = False
 
     def save(self) -> None:
-        record = {"netns": self.ns.to_json(), "links": [attrs.asdict(link) for link in self.links]}
+        record = {"netns": self.ns.to_json(), "links": to_json(self.links)}
         tmp = self.state_dir / (RECORD + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.state_dir / RECORD)

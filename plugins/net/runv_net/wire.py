@@ -19,10 +19,9 @@ import os
 import socket
 import struct
 
-import attrs
 from pyroute2 import IPRoute, NetlinkError, protocols
 
-from runv.api.errors import RunvError
+from runv.api import Frozen, RunvError, to_json
 from runv_net.netns import run_in
 
 ARPHRD_ETHER = 1
@@ -56,23 +55,20 @@ def ipr(path: str) -> IPRoute:
 # ------------------------------------------------------------------ what the namespace holds
 
 
-@attrs.frozen
-class Address:
+class Address(Frozen):
     family: int  # 4 or 6
     address: str
     prefixlen: int
 
 
-@attrs.frozen
-class Route:
+class Route(Frozen):
     family: int
     dst: str  # "default" or "prefix/len"
     gateway: str | None = None
     metric: int | None = None
 
 
-@attrs.frozen
-class Interface:
+class Interface(Frozen):
     """One interface of the container's namespace as the guest must reproduce it."""
 
     index: int
@@ -88,8 +84,8 @@ class Interface:
             "name": self.name,
             "mac": self.mac,
             "mtu": self.mtu,
-            "addresses": [attrs.asdict(a) for a in self.addresses],
-            "routes": [attrs.asdict(r) for r in self.routes],
+            "addresses": to_json(self.addresses),
+            "routes": to_json(self.routes),
         }
 
 
@@ -137,8 +133,7 @@ def _link_local(family: int, address: str | None) -> bool:
 # ------------------------------------------------------------------ wiring
 
 
-@attrs.frozen
-class Link:
+class Link(Frozen):
     """One veth <-> tap pair runv wired; persisted so teardown can undo exactly this."""
 
     nic: str  # the VM's device id

@@ -27,8 +27,6 @@ import os
 import time
 from pathlib import Path
 
-import attrs
-
 from runv.api import Disk, RunvError, Share, TemplateSupport, VMSpec, last_words
 from runv.api.jail import Bind
 from runv_qemu import driver
@@ -68,8 +66,7 @@ def shape(vm: VMSpec, accel: str, cpu: str | None) -> dict | None:
     if vm.nics:
         return None
     state_dir = Path("/state")
-    normal = attrs.evolve(
-        vm,
+    normal = vm.evolve(
         name="template",
         state_dir=state_dir,
         agent_socket=state_dir / driver.local(vm.agent_socket, vm.state_dir),
