@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import RUNV, median
 
-from runv.state import Record, Store
+from runv.records import Record, Store
 
 TYPER = [sys.executable, "-c", "from runv.cli.app import main; main(fast=False)"]
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sharefs import INITRD, KERNEL, VIRTIOFSD, make_tree
 
 from runv.api import NINEP_VIRTIO, jail
-from runv.image.cpio import Archive
+from runv.guest.cpio import Archive
 from runv_qemu.driver import SANDBOX
 
 PROBE = r"""

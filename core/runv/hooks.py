@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from runv.api import VM, Container, HypervisorInfo, Nic, StorageAttachment, VMContribution, VMSpec
     from runv.oci.config import Process
-    from runv.shim.agentclient import AgentClient
+    from runv.vm.agentclient import AgentClient
 
 
 class Hooks:
@@ -23,8 +23,7 @@ class Hooks:
     def __init__(self, *plugins: tuple[str, Any]) -> None:
         import pluggy
 
-        from runv import hookspecs
-        from runv.shim import builtin
+        from runv import builtin, hookspecs
 
         self.pm = pluggy.PluginManager("runv")
         self.pm.add_hookspecs(hookspecs)

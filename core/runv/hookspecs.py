@@ -25,7 +25,7 @@ import pluggy
 if TYPE_CHECKING:
     from runv.api import VM, Container, HypervisorInfo, Nic, StorageAttachment, VMContribution, VMSpec
     from runv.oci.config import Process
-    from runv.shim.agentclient import AgentClient
+    from runv.vm.agentclient import AgentClient
 
 hookspec = pluggy.HookspecMarker("runv")
 

@@ -19,7 +19,7 @@ from runv.agent.channel import find_port, listen_vsock, serial_channel, vsock_po
 from runv.agent.loop import Agent
 from runv.agent.protocol import CTRL, DATA, FrameReader, ProtocolError, encode_ctrl, encode_data
 from runv.api.sockets import connect_unix
-from runv.shim.agentclient import AgentClient, AgentError
+from runv.vm.agentclient import AgentClient, AgentError
 
 VMADDR_CID_LOCAL = 1  # socket.VMADDR_CID_LOCAL from Python 3.12 on
 
@@ -352,7 +352,7 @@ def test_mount_options_split_into_flags_data_and_propagation():
 
 
 def test_a_missing_mount_point_is_a_file_for_a_bind_of_anything_but_a_directory(tmp_path):
-    """runc's rule, which the host's read-only rootfs path follows too (runv.shim.mountpoints)."""
+    """runc's rule, which the host's read-only rootfs path follows too (runv.vm.mountpoints)."""
     from runv.agent.mounts import rootfs_path
 
     (tmp_path / "data").mkdir()

@@ -10,8 +10,8 @@ import pytest
 
 from runv.api.errors import RunvError
 from runv.api.process import process_start_time
-from runv.shim import mountpoints
 from runv.templates.store import check_name
+from runv.vm import mountpoints
 
 
 def one_line_error(result, words):

@@ -193,5 +193,5 @@ def test_state_starts_without_typer_attrs_or_logging(root, fake, make_bundle):
                                 env=fake.env, timeout=30)
         imported = json.loads(result.stderr.splitlines()[-1])
         assert not {"typer", "attrs", "attr", "pluggy", "typing"} & set(imported), (args, result.stderr)
-        if args[0] != "kill":  # kill imports the lifecycle (runv.runtime.verbs)
+        if args[0] != "kill":  # kill imports the lifecycle (runv.verbs.lifecycle)
             assert imported == [], (args, result.stderr)

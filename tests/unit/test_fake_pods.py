@@ -12,8 +12,8 @@ import pytest
 from test_fake_lifecycle import status, wait_for
 
 from runv.api.errors import RunvError
-from runv.shim import pod
 from runv.testing import vm_processes_in
+from runv.vm import podshare
 
 MEMBER = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sandbox"}
 
@@ -62,23 +62,23 @@ def pod_dir(tmp_path):
     """A sandbox's pod directory as its shim makes it (a shared tmpfs), unmounted after."""
     state = tmp_path / "sandbox"
     state.mkdir()
-    pod.make_dir(state)
+    podshare.make_dir(state)
     yield state
-    pod.detach(state, "m1")
-    os.system(f"umount -l {state / pod.TAG}")
+    podshare.detach(state, "m1")
+    os.system(f"umount -l {state / podshare.TAG}")
 
 
 def test_shares_reach_the_pod_directory_nodev_nosuid(pod_dir, tmp_path):
     source = tmp_path / "rootfs"
     source.mkdir()
     (source / "file").write_text("hi")
-    pod.attach(pod_dir, "m1", [["rootfs", str(source), False], ["vol0", str(source), True]])
+    podshare.attach(pod_dir, "m1", [["rootfs", str(source), False], ["vol0", str(source), True]])
     options = dict(mounts_under(pod_dir / "pod/m1"))
     assert set(options) == {str(pod_dir / "pod/m1/rootfs"), str(pod_dir / "pod/m1/vol0")}
     assert {"nodev", "nosuid", "rw"} <= set(options[str(pod_dir / "pod/m1/rootfs")].split(","))
     assert {"nodev", "nosuid", "ro"} <= set(options[str(pod_dir / "pod/m1/vol0")].split(","))
     assert (pod_dir / "pod/m1/rootfs/file").read_text() == "hi"
-    pod.detach(pod_dir, "m1")
+    podshare.detach(pod_dir, "m1")
     assert not mounts_under(pod_dir / "pod/m1") and not (pod_dir / "pod/m1").exists()
 
 
@@ -89,7 +89,7 @@ def test_a_symlink_the_guest_left_in_the_pod_directory_is_not_followed(pod_dir, 
     source.mkdir()
     (pod_dir / "pod/m1").symlink_to(target)
     with pytest.raises(RunvError, match="already holds 'm1'"):
-        pod.attach(pod_dir, "m1", [["rootfs", str(source), False]])
+        podshare.attach(pod_dir, "m1", [["rootfs", str(source), False]])
     assert not mounts_under(target) and not mounts_under(pod_dir / "pod")[1:]
     assert Path(pod_dir / "pod/m1").is_symlink()  # left as it was, to the pod's own harm only
     os.unlink(pod_dir / "pod/m1")

@@ -15,7 +15,7 @@ import time
 import pytest
 from support import RUNV
 
-from runv.state import Store
+from runv.records import Store
 from runv.testing import fake_distribution, leftovers_in, with_path
 from runv.testing.faults import MOMENTS, hold_in_hooks, unrecorded_vms, wait_for_moment, wait_status
 

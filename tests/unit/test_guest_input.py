@@ -11,8 +11,8 @@ import pytest
 
 from runv.agent.protocol import CTRL, HEADER, FrameReader, ProtocolError, encode_ctrl
 from runv.api.tools import last_words
-from runv.shim.agentclient import GuestProtocolError, check_message, check_reply, printable
 from runv.shim.server import cap_console
+from runv.vm.agentclient import GuestProtocolError, check_message, check_reply, printable
 
 
 def ctrl(payload: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""The guest's mounts come from the hypervisor's capabilities (runv.shim.bringup): a
+"""The guest's mounts come from the hypervisor's capabilities (runv.vm.bringup): a
 storage plugin names shares by tag and disks by serial, the core turns them into 9p,
 virtio-fs, a bind of the host path, or a device node; what a hypervisor cannot honour is
 refused before boot, in one line."""
@@ -11,9 +11,9 @@ import pytest
 
 from runv.api import NINEP_VIRTIO, VIRTIOFS, AgentChannel, Capabilities, Disk, GuestMount, Nic, RunvError, Share, SharedFs, StorageAttachment
 from runv.api.vm import SERIAL
-from runv.shim import pod, volumes
-from runv.shim.bringup import check_vm, confinement, guest_mount, kernel_args, vm_prepare_request
 from runv.testing import container, fakevmm, vm_spec
+from runv.vm import podshare, volumes
+from runv.vm.bringup import check_vm, confinement, guest_mount, kernel_args, vm_prepare_request
 
 ROOTFS = Path("/bundles/box/rootfs")
 
@@ -139,7 +139,7 @@ def test_a_vms_own_container_reaches_its_shares_through_the_pod_directory(tmp_pa
                 GuestMount.of_share("vol1", target=staged),
                 GuestMount(source=f"{staged}/f", fstype="bind", target="/etc/f", in_rootfs=True),
                 GuestMount.of_disk("upper", "ext4", target="/run/runv/upper")))
-    vm = vm_spec(tmp_path, shares=(pod.share(tmp_path),), disks=(Disk("upper", tmp_path / "upper.img"),))
+    vm = vm_spec(tmp_path, shares=(podshare.share(tmp_path),), disks=(Disk("upper", tmp_path / "upper.img"),))
     request = vm_prepare_request(box, attachment, vm, Capabilities(), confinement(box))
     assert request["rootfs"] == {"source": "/run/runv/pod/box/rootfs", "fstype": "bind", "options": "", "readonly": True}
     assert [(m["source"], m["fstype"], m["target"]) for m in request["mounts"]] == [

@@ -7,7 +7,7 @@ import pytest
 from runv.api.errors import RunvError
 from runv.oci.config import load_bundle, parse_process, parse_spec, process_to_exec
 from runv.oci.default_spec import default_spec
-from runv.runtime.execclient import exec_request, terminal_of
+from runv.verbs.exec import exec_request, terminal_of
 
 GOOD = {
     "ociVersion": "1.0.2",

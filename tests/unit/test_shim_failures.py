@@ -12,8 +12,8 @@ import pytest
 
 from runv.api import VM, HypervisorInfo, RunvError, StorageAttachment, hookimpl, process_start_time
 from runv.cli.app import main
-from runv.shim import bringup
 from runv.testing import fakevmm, leftovers_in, registered
+from runv.vm import bringup
 
 
 class BootRaises:

@@ -9,8 +9,8 @@ import pytest
 
 from runv.api.errors import RunvError
 from runv.api.process import process_start_time
-from runv.runtime.verbs import parse_signal
-from runv.state import NoSuchContainer, Record, Store, validate_id
+from runv.records import NoSuchContainer, Record, Store, validate_id
+from runv.verbs.lifecycle import parse_signal
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "..", "a..b", "-x", "a b"])

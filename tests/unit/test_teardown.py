@@ -1,4 +1,4 @@
-"""The one teardown (runv.shim.teardown.teardown): its order, every step run whatever
+"""The one teardown (runv.vm.teardown.teardown): its order, every step run whatever
 failed before, the first failure raised, and convergence when there is nothing left."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 
 from runv.api import VM, RunvError, StorageAttachment
 from runv.api.vm import GuestMount
-from runv.shim import teardown as module
-from runv.shim.teardown import teardown
 from runv.testing import container
+from runv.vm import teardown as module
+from runv.vm.teardown import teardown
 
 ATTACHMENT = StorageAttachment(rootfs=GuestMount.of_share("rootfs"))
 

@@ -1,4 +1,4 @@
-"""A container's VM size from its ``linux.resources`` (runv.api.sizing): the memory limit
+"""A container's VM size from its ``linux.resources`` (runv.vm.sizing): the memory limit
 plus the guest's overhead, vCPUs from the quota or the cpuset, the ``[vm]`` table's
 defaults and maxima, one-line errors; and a VM of another size never uses a template."""
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from runv.api import RunvError, sizing
+from runv.api import RunvError
 from runv.api.vm import VMSpec
 from runv.oci.resources import parse_resources
 from runv.templates import match
+from runv.vm import sizing
 
 MIB = 1 << 20
 HOST = {"host_mib": 8192, "host_cpus": 4}

@@ -174,7 +174,7 @@ def test_a_missing_controller_is_one_line_and_leaves_nothing(tmp_path):
                     reason="needs root and a writable cgroupfs")
 def test_teardown_kills_what_is_left_in_the_vms_cgroup_without_a_record(tmp_path):
     from runv.hooks import Hooks
-    from runv.shim.teardown import teardown
+    from runv.vm.teardown import teardown
 
     box = container(tmp_path)
     box.state_dir.mkdir()

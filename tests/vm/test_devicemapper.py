@@ -23,7 +23,7 @@ from support import RUNV, make_rootfs
 import runv
 import runv_devicemapper
 from runv.api import images
-from runv.image.builder import shared_libraries
+from runv.guest.builder import shared_libraries
 
 ROOT = Path(runv.__file__).parent.parent
 PLUGIN = Path(runv_devicemapper.__file__).parent

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import pytest
 
 from runv.api.errors import RunvError
-from runv.image import builder, kernel
-from runv.image.cpio import Archive
+from runv.guest import builder, kernel
+from runv.guest.cpio import Archive
 
 
 class Member(NamedTuple):

@@ -119,7 +119,7 @@ def test_hugetlb_where_the_guest_kernel_has_it(runv, make_bundle):
     ({"memory": {"limit": -2}}, "linux.resources.memory.limit: must be a number of bytes or -1, not -2"),
     ({"cpu": {"shares": 1024, "cpus": "zero"}}, "linux.resources.cpu.cpus: must be a list of numbers and ranges such as 0-2,4, not 'zero'"),
     ({"unified": {"../../cgroup.procs": "1"}}, "linux.resources.unified: '../../cgroup.procs' must be a cgroup file name"),
-    # a CPU no VM here can have (the VM gets the CPUs its cpuset names, up to the host's: runv.api.sizing)
+    # a CPU no VM here can have (the VM gets the CPUs its cpuset names, up to the host's: runv.vm.sizing)
     ({"cpu": {"cpus": "4095"}}, "linux.resources.cpu.cpus '4095' needs 4096 vCPUs, above the maximum "),
     # refused by the guest kernel: a file it does not know, a quota below its minimum
     ({"unified": {"memory.bogus": "1"}}, "linux.resources: cannot set memory.bogus to 1: the guest kernel has no memory.bogus"),

@@ -15,7 +15,7 @@ import pytest
 from runv.api import Nic
 from runv.api.errors import RunvError
 from runv.api.vm import Disk, GuestMount, Share, VMSpec
-from runv.shim.bringup import check_vm, guest_mount, kernel_args
+from runv.vm.bringup import check_vm, guest_mount, kernel_args
 
 GOLDEN = Path(__file__).with_name("golden")
 HAS_KVM = os.path.exists("/dev/kvm")
@@ -177,7 +177,7 @@ def test_a_vm_with_a_nic_is_refused_in_one_line(plugin, tmp_path):
 
 def xen_vms():
     """VMs as the core builds them: the agent's kernel argument comes from the capabilities
-    (runv.shim.bringup.kernel_args), not from the plugin."""
+    (runv.vm.bringup.kernel_args), not from the plugin."""
     import runv_xen
 
     caps = runv_xen.CAPABILITIES

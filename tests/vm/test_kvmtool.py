@@ -17,7 +17,7 @@ from test_hypervisors import HAS_KVM, fake_tool, spec
 
 from runv.api.errors import RunvError
 from runv.api.vm import Disk, GuestMount, Share
-from runv.shim.bringup import check_vm, guest_mount, kernel_args
+from runv.vm.bringup import check_vm, guest_mount, kernel_args
 
 
 def test_kvmtool_command_line(tmp_path):
@@ -72,7 +72,7 @@ def test_agent_over_a_serial_tty_through_the_relay(tmp_path):
     ttyS1), the relay serving the other end at a unix socket, a host client pinging."""
     from runv.agent.channel import serial_channel
     from runv.agent.loop import Agent
-    from runv.shim.agentclient import AgentClient
+    from runv.vm.agentclient import AgentClient
 
     assert serial_channel(["quiet", "runv.agent=/dev/ttyS1"]) == "/dev/ttyS1"
     master, slave = pty.openpty()

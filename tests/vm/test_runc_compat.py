@@ -14,8 +14,8 @@ from test_exec_tty import ConsoleReceiver as Receiver
 from test_exec_tty import read_until
 
 from runv.api.errors import RunvError
-from runv.runtime.lookpath import check_program
 from runv.testing import vm_processes_in
+from runv.verbs.lookpath import check_program
 
 # ---------------------------------------------------------------- no VM needed
 

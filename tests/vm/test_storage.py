@@ -20,8 +20,8 @@ from runv.api import NINEP_VIRTIO, VIRTIOFS, Capabilities, GuestMount, images
 from runv.api import storage as storage_config
 from runv.api.errors import RunvError
 from runv.api.frozen import to_json as vm_json
-from runv.shim import bringup, volumes
 from runv.testing import vm_processes_in, vm_spec
+from runv.vm import bringup, volumes
 
 
 def tree_hash(root: Path) -> str:

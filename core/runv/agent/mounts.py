@@ -35,7 +35,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def parse_options(options) -> tuple:
     """``(flags, data, propagation)`` of ``mount -o`` style options (a string or a list):
     flags and propagation are split from the filesystem's data; words that are neither
-    (runtime words such as ``tmpcopyup``) are dropped, as runv.shim.volumes drops them."""
+    (runtime words such as ``tmpcopyup``) are dropped, as runv.vm.volumes drops them."""
     words = options.split(",") if isinstance(options, str) else list(options)
     flags, data, propagation = 0, [], []
     for option in filter(None, words):

@@ -10,7 +10,7 @@ def run(settings: Settings, container_id: str, bundle, pid_file, console_socket,
     """``bundle`` as given (``.`` by default); the paths are typer's Paths or None."""
     from pathlib import Path
 
-    from runv.runtime.verbs import create
+    from runv.verbs.lifecycle import create
 
     create(settings, container_id, Path(bundle), pid_file, console_socket)
 

@@ -6,7 +6,7 @@ NAME = "delete"
 
 
 def run(settings: Settings, container_id: str, force: bool) -> None:
-    from runv.runtime.verbs import delete
+    from runv.verbs.lifecycle import delete
 
     delete(settings, container_id, force)
 

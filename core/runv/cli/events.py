@@ -19,8 +19,8 @@ def command(
     import time
 
     from runv.api.errors import RunvError
-    from runv.runtime.verbs import ask_shim
-    from runv.state import Store
+    from runv.records import Store
+    from runv.verbs.lifecycle import ask_shim
 
     seconds = parse_duration(interval)
     oom_kills = None

@@ -15,7 +15,7 @@ def run(settings: Settings, container_id: str, args: list[str] | None, process: 
         detach: bool, pid_file: "Path | None", process_label: str | None, apparmor: str | None, no_new_privs: bool,
         cap: list[str] | None, preserve_fds: int) -> int:
     """Returns the process's exit status (0 once it started, with ``detach``)."""
-    from runv.runtime.execclient import exec_process, exec_request
+    from runv.verbs.exec import exec_process, exec_request
 
     request = exec_request(
         process_file=process, args=args or [], env=env or [], cwd=cwd, user=user,

@@ -24,7 +24,7 @@ def build(
     default VM template from them (`runv template create`); each only when out of date."""
     from pathlib import Path
 
-    from runv.image.builder import build_guest, print_to_stderr
+    from runv.guest.builder import build_guest, print_to_stderr
 
     settings = ctx.find_root().obj
     build_guest(Path(settings.kernel), Path(settings.initrd), kernel_package=kernel_package, force=force)

@@ -6,7 +6,7 @@ NAME = "kill"
 
 
 def run(settings: Settings, container_id: str, signal: str, all_processes: bool) -> None:
-    from runv.runtime.verbs import kill, parse_signal
+    from runv.verbs.lifecycle import kill, parse_signal
 
     kill(settings, container_id, parse_signal(signal), all_processes)
 

@@ -9,7 +9,7 @@ def run(settings: Settings, output_format: str, quiet: bool) -> None:
     import json
 
     from runv.api.errors import RunvError
-    from runv.state import Store
+    from runv.records import Store
 
     if output_format not in ("table", "json"):
         raise RunvError(f"invalid format {output_format!r}: use table or json")

@@ -6,7 +6,7 @@ NAME = "pause"
 
 
 def run(settings: Settings, container_id: str) -> None:
-    from runv.runtime.verbs import pause
+    from runv.verbs.lifecycle import pause
 
     pause(settings, container_id)
 

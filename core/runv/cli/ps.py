@@ -9,12 +9,12 @@ def run(settings: Settings, container_id: str, output_format: str) -> None:
     import json
 
     from runv.api.errors import RunvError
-    from runv.runtime.verbs import ask_shim
+    from runv.verbs.lifecycle import ask_shim
 
     if output_format not in ("table", "json"):
         raise RunvError(f"invalid format {output_format!r}: use table or json")
     if output_format == "json":  # for clients that look the PIDs up on the host
-        from runv.runtime.verbs import host_pids
+        from runv.verbs.lifecycle import host_pids
 
         print(json.dumps(host_pids(settings, container_id)))
         return

@@ -6,7 +6,7 @@ NAME = "resume"
 
 
 def run(settings: Settings, container_id: str) -> None:
-    from runv.runtime.verbs import resume
+    from runv.verbs.lifecycle import resume
 
     resume(settings, container_id)
 

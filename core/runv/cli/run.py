@@ -10,7 +10,7 @@ def run(settings: Settings, container_id: str, bundle, detach: bool, pid_file, c
     """Returns the container's exit code (0 once started, with ``detach``)."""
     from pathlib import Path
 
-    from runv.runtime import verbs
+    from runv.verbs import lifecycle as verbs
 
     return verbs.run(settings, container_id, Path(bundle), pid_file, detach, console_socket)
 

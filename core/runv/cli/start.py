@@ -6,7 +6,7 @@ NAME = "start"
 
 
 def run(settings: Settings, container_id: str) -> None:
-    from runv.runtime.verbs import start
+    from runv.verbs.lifecycle import start
 
     start(settings, container_id)
 

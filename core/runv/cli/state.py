@@ -8,7 +8,7 @@ NAME = "state"
 def run(settings: Settings, container_id: str) -> None:
     import json
 
-    from runv.state import Store
+    from runv.records import Store
 
     print(json.dumps(Store(settings.root).read(container_id).oci_state().to_json(), indent=2))
 

@@ -37,7 +37,7 @@ def command(
 
     from runv.api.errors import RunvError
     from runv.oci.resources import UPDATE_FLAGS, from_update_flags
-    from runv.runtime.verbs import ask_shim
+    from runv.verbs.lifecycle import ask_shim
 
     if l3_cache_schema is not None or mem_bw_schema is not None:
         raise RunvError("Intel RDT (--l3-cache-schema, --mem-bw-schema) is not available to a container in a VM")

@@ -163,7 +163,7 @@ def parse_process(data: Any, source: str, where: str = "process") -> Process:
 
 
 def process_to_exec(base: Process | None, request: dict) -> Process:
-    """The process an exec request asks for (runv.runtime.execclient.exec_request, which
+    """The process an exec request asks for (runv.verbs.exec.exec_request, which
     checked the options' spelling): a ``--process`` object as given, or ARGS with the
     container's own process (``base``) for the rest: its environment (``--env`` overriding
     by name), working directory, user and security; ``--cap`` adds a capability as runc's
@@ -222,7 +222,7 @@ def parse_spec(data: Any, source: str) -> Spec:
         hooks=hooks,
         linux=f.get("linux", dict, {}),
         mounts=tuple(f.get("mounts", list, [])),
-        # the spec's mounts travel as they are (runv.shim.volumes checks them before a VM boots):
+        # the spec's mounts travel as they are (runv.vm.volumes checks them before a VM boots):
         # the container's process mounts them in spec order (runv.agent.rootfs)
         confinement={**parse_linux(f.get("linux", dict, {}), source),
                      "mounts": [dict(m) for m in f.get("mounts", list, []) if isinstance(m, dict)]},

@@ -1,6 +1,6 @@
 """The shim's end of ``runv exec``: starts an exec'd process in the guest and relays its
 streams, signals and window sizes over the exec client's connection until it exits
-(the client's end is :mod:`runv.runtime.execclient`)."""
+(the client's end is :mod:`runv.verbs.exec`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
 from runv.api.errors import RunvError
 from runv.log import logger
-from runv.shim.agentclient import AgentError
+from runv.vm.agentclient import AgentError
 
 if TYPE_CHECKING:
     from runv.shim.server import Shim

@@ -1,8 +1,8 @@
 """The shim of a container that runs in another container's VM (a pod member: its sandbox
-is the pod's first container, :mod:`runv.runtime.sandbox`).
+is the pod's first container, :mod:`runv.vm.pods`).
 
 It boots nothing: its rootfs and volumes go into the sandbox's VM through the pod
-directory (:mod:`runv.shim.pod`, the sandbox's shim mounts them and has the guest prepare
+directory (:mod:`runv.vm.podshare`, the sandbox's shim mounts them and has the guest prepare
 them), and its process runs there as an exec of the sandbox's shim that creates the
 container's own namespaces and cgroup in the guest. It is still the container's shim for
 runc's contract: its PID is the container's, it relays the process's stdio, signals and
@@ -15,16 +15,17 @@ import signal
 import socket
 import threading
 
-from runv import terminal
+from runv import console as terminal
 from runv.api.errors import RunvError
 from runv.api.frozen import to_json
 from runv.api.sockets import connect_unix
 from runv.log import logger
 from runv.oci.config import ConsoleSize
-from runv.runtime.ocihooks import run_hooks
-from runv.shim import bringup, control, pod
+from runv.shim import control
 from runv.shim.server import INIT, Shim
-from runv.shim.teardown import teardown
+from runv.vm import bringup, podshare
+from runv.vm.ocihooks import run_hooks
+from runv.vm.teardown import teardown
 
 KILL_GRACE = 5.0  # seconds the guest has to end a member after a SIGKILL before the pod's VM is stopped
 
@@ -34,7 +35,7 @@ class Member(Shim):
         super().__init__(*args, **kwargs)
         self.sandbox = sandbox
         self.sandbox_dir = self.store.dir(sandbox)
-        self.relay = None  # runv.runtime.execclient.Relay of the container's process, once started
+        self.relay = None  # runv.verbs.exec.Relay of the container's process, once started
         self.exited = threading.Event()
 
     def boot(self) -> None:
@@ -47,8 +48,8 @@ class Member(Shim):
             raise RunvError(f"container {cid} joins the VM of container {self.sandbox}, which takes no more disks: "
                             f"use the share storage mode (io.runv.storage.mode=share)")
         bringup.enter_cgroups_path(self.container)
-        prepare = bringup.prepare_request(self.container, to_json(pod.in_pod(self.attachment.rootfs, cid)),
-                                          [to_json(m) for m in pod.plan_in_pod(self.attachment.mounts, cid)], confined)
+        prepare = bringup.prepare_request(self.container, to_json(podshare.in_pod(self.attachment.rootfs, cid)),
+                                          [to_json(m) for m in podshare.plan_in_pod(self.attachment.mounts, cid)], confined)
         control.call(self.sandbox_dir, "join", id=cid, prepare=prepare,
                      shares=[[s.tag, str(s.path), s.readonly] for s in self.attachment.shares])
         if self.container.spec.process.terminal:
@@ -72,7 +73,7 @@ class Member(Shim):
             splice(upstream, conn)
 
     def op_start(self, request: dict) -> None:
-        from runv.runtime.execclient import Relay
+        from runv.verbs.exec import Relay
 
         with self.lock:
             if self.started:

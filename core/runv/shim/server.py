@@ -1,9 +1,9 @@
 """The per-container shim: the process whose PID callers see as the container's.
 
-It brings the VM up (:mod:`runv.shim.bringup`), owns the one connection to the guest
+It brings the VM up (:mod:`runv.vm.bringup`), owns the one connection to the guest
 agent, relays the container's stdio, forwards the signals it receives to the container
 process, serves the CLI over a control socket (exec: :mod:`runv.shim.execrelay`), tears
-the VM down when the container exits (:mod:`runv.shim.teardown`), and exits with the
+the VM down when the container exits (:mod:`runv.vm.teardown`), and exits with the
 container's exit code (128+N when killed by signal N).
 """
 
@@ -20,32 +20,33 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from runv import terminal
+from runv import console as terminal
 from runv.api.errors import RunvError
 from runv.api.frozen import to_json
 from runv.api.process import process_start_time
 from runv.api.vm import StorageAttachment
 from runv.log import logger
 from runv.oci.config import ConsoleSize
-from runv.runtime.ocihooks import run_hooks
-from runv.runtime.proctree import child_status
-from runv.runtime.spawn import OK
-from runv.shim import bringup, control
-from runv.shim.agentclient import AgentClient, AgentError
+from runv.records import NoSuchContainer
+from runv.shim import control
 from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.shim.execrelay import SIGNAL_TIMEOUT, Outbox
-from runv.shim.limits import Limits
-from runv.shim.podhost import PodHost
-from runv.shim.teardown import teardown
-from runv.state import NoSuchContainer
 from runv.stdio import start_pump, write_all
+from runv.vm import bringup
+from runv.vm.agentclient import AgentClient, AgentError
+from runv.vm.limits import Limits
+from runv.vm.ocihooks import run_hooks
+from runv.vm.podhost import PodHost
+from runv.vm.proctree import child_status
+from runv.vm.spawn import OK
+from runv.vm.teardown import teardown
 
 if TYPE_CHECKING:
     from runv.api.container import Container
     from runv.api.hypervisor import VM
     from runv.loader import Selection
+    from runv.records import Store
     from runv.settings import Settings
-    from runv.state import Store
 
 INIT = "init"  # the agent's name for the container process
 STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}  # the container process's agent channels
@@ -84,7 +85,7 @@ class Shim(PodHost):
         self.killed = False  # SIGKILL: the host stopped the VM; the guest is not asked
         self.outboxes: list = []  # the container's output streams, drained by threads of their own
         self.limits = Limits(container.id, container.spec.linux.get("resources"))  # as `runv update` leaves them
-        self.members: dict[str, Container] = {}  # the containers that joined this VM (runv.shim.podhost)
+        self.members: dict[str, Container] = {}  # the containers that joined this VM (runv.vm.podhost)
 
     # ---------------------------------------------------------------- boot
 
@@ -117,7 +118,7 @@ class Shim(PodHost):
         self.sync_net()
 
     def attach_storage(self) -> None:
-        """The container's storage (:func:`runv.shim.bringup.attach_storage`), recorded for the teardown."""
+        """The container's storage (:func:`runv.vm.bringup.attach_storage`), recorded for the teardown."""
         self.attachment = bringup.attach_storage(self.container, self.hooks, self.storage)
         self.store.update(self.container.id, storage=self.storage, attachment=to_json(self.attachment))
 
@@ -334,7 +335,7 @@ class Shim(PodHost):
         self.events.put((message["event"], message))
 
     def teardown(self, force: bool = False) -> None:
-        """Closes the agent and takes the VM down (see :func:`runv.shim.teardown.teardown`)."""
+        """Closes the agent and takes the VM down (see :func:`runv.vm.teardown.teardown`)."""
         for outbox in self.outboxes:  # the container's last output reaches its stdout first
             outbox.finish(timeout=2.0)
         if self.agent:

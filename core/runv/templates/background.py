@@ -53,9 +53,9 @@ def after_cold_boot(settings: Settings, hypervisor: Hypervisor, vm: VMSpec) -> N
     template create`` makes) and one may be made now; a failure to start one is logged,
     never raised: the container booted."""
     from runv.log import logger
-    from runv.shim.bringup import kernel_args
     from runv.templates import store
     from runv.templates.match import AUTO
+    from runv.vm.bringup import kernel_args
 
     if (settings.template != AUTO or hypervisor.info.templates is None or vm.disks
             or vm.kernel_args != kernel_args(False, hypervisor.info.capabilities)):
@@ -98,7 +98,7 @@ def start(settings: Settings, vm: VMSpec) -> None:
     request = {"kernel": settings.kernel, "initrd": settings.initrd, "hypervisor": settings.hypervisor,
                "memory_mib": vm.memory_mib, "vcpus": vm.vcpus, "hotplug_slots": vm.hotplug_slots}
     # its first process forks the maker and exits at once: the maker is no child of the shim,
-    # whose process tree `delete --force` kills (runv.runtime.proctree)
+    # whose process tree `delete --force` kills (runv.vm.proctree)
     subprocess.run([sys.executable, "-m", "runv.templates.background", json.dumps(request)], start_new_session=True, cwd="/",
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
                    env={**os.environ, store.DIR_ENV: str(store.directory())})

@@ -39,8 +39,8 @@ def create(
     ``unless_current``: when the template of that name already has this shape and is made
     from the current kernel and initrd, with its files intact, boot nothing and return None."""
     from runv import loader
-    from runv.api import sizing
-    from runv.shim.bringup import base_vm, connect_agent
+    from runv.vm import sizing
+    from runv.vm.bringup import base_vm, connect_agent
 
     settings.check_guest()
 
@@ -60,7 +60,7 @@ def create(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o700)
     try:
-        (work / "pod").mkdir()  # the pod share, every VM's one share (runv.shim.pod), never mounted in a template
+        (work / "pod").mkdir()  # the pod share, every VM's one share (runv.vm.podshare), never mounted in a template
         spec = base_vm(settings, caps, "template", work, config, memory_mib=memory_mib, vcpus=vcpus, hotplug_slots=hotplug_slots)
         vm_shape = match.shape(spec, hypervisor.name, support)
         if vm_shape is None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from runv.api.hypervisor import VM
     from runv.api.vm import VMSpec
     from runv.loader import Hypervisor
-    from runv.shim.agentclient import AgentClient
+    from runv.vm.agentclient import AgentClient
 
 POKE_TIMEOUT = 20.0  # seconds for a restored agent to answer its first request
 
@@ -98,7 +98,7 @@ def poke(vm: VMSpec, name: str, on_data: Callable, on_event: Callable, preamble:
     """Connects to a restored agent and makes the clone its own (clock, RNG seed; ``vcpus``
     online, when the host hot-plugged some)."""
     from runv.api.sockets import connect_unix
-    from runv.shim.agentclient import AgentClient, AgentError
+    from runv.vm.agentclient import AgentClient, AgentError
 
     adopted = []  # until the clone answers, the shim must not see this client's events
 

@@ -27,8 +27,8 @@ except ImportError:  # collected by runv's own test run from a checkout, without
 
 from runv import loader
 from runv.api import Disk, GuestMount, Nic, RunvError, Share, is_running
-from runv.shim.bringup import attach_nic, check_vm, guest_mount, kernel_args
 from runv.testing import hooks_with, leftovers_in, vm_spec
+from runv.vm.bringup import attach_nic, check_vm, guest_mount, kernel_args
 from runv_cloudhv import command
 from runv_cloudhv.vm import CloudHvVM
 

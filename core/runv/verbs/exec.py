@@ -15,17 +15,17 @@ import signal
 import socket
 import threading
 
-from runv import terminal as console
+from runv import console
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
 from runv.api.errors import RunvError
 from runv.api.sockets import connect_unix
 from runv.oci.fields import is_int, read_json
-from runv.runtime.spawn import OK, spawn_session, wait_exit_code, write_pid_file
+from runv.records import Store
 from runv.settings import Settings
 from runv.shim import control
 from runv.shim.control import NOT_FORWARDED, exit_code
-from runv.state import Store
 from runv.stdio import start_pump, write_all
+from runv.vm.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 
 STDIN, STDOUT, STDERR = 0, 1, 2  # stream channels between an exec relay and the shim
 

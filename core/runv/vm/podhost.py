@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from runv.api.errors import RunvError
 from runv.log import logger
-from runv.shim import pod
-from runv.shim.agentclient import AgentError
+from runv.vm import podshare
+from runv.vm.agentclient import AgentError
 
 if TYPE_CHECKING:
     from runv.api.container import Container
@@ -43,11 +43,11 @@ class PodHost:
             if cid in self.members:
                 raise RunvError(f"container {cid} is already in the VM of container {self.container.id}")
             member = self.store.read(cid).container(self.store.dir(cid))
-            pod.attach(self.container.state_dir, cid, request.get("shares") or [])
+            podshare.attach(self.container.state_dir, cid, request.get("shares") or [])
             try:
                 self.agent.call("prepare", **request.get("prepare", {}), container=cid)
             except AgentError as exc:
-                pod.detach(self.container.state_dir, cid)
+                podshare.detach(self.container.state_dir, cid)
                 raise RunvError(f"container {cid}: {exc}") from None
             self.members[cid] = member
         logger.debug("container %s joined the VM of %s", cid, self.container.id)
@@ -63,7 +63,7 @@ class PodHost:
                     self.agent.call("remove", timeout=MEMBER_TIMEOUT, container=cid)
                 except AgentError as exc:
                     logger.warning("container %s: the guest did not remove member %s: %s", self.container.id, cid, exc)
-            pod.detach(self.container.state_dir, cid)
+            podshare.detach(self.container.state_dir, cid)
 
     def op_freeze(self, request: dict) -> None:
         """Freezes or thaws one member's processes (``runv pause`` of a container in a pod)."""

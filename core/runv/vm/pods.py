@@ -9,7 +9,7 @@ import os
 
 from runv.api.container import netns_path
 from runv.api.errors import RunvError
-from runv.state import NoSuchContainer, Store
+from runv.records import NoSuchContainer, Store
 
 # (annotation naming the container's kind, annotation naming its sandbox's id): a kind of
 # "container" joins the sandbox's VM; "sandbox" (the pause container) boots one

@@ -3,7 +3,7 @@
 * ``bind`` mounts (type ``bind``, or options holding ``bind``/``rbind``): a directory is
   bind-mounted on the host (with what is mounted below it) onto ``volumes/volN`` under the
   container's state, that directory is the share ``volN`` (which reaches the guest through
-  the VM's pod directory, :mod:`runv.shim.pod`) and is mounted at its destination in the
+  the VM's pod directory, :mod:`runv.vm.podshare`) and is mounted at its destination in the
   container. A file is bind-mounted into a directory of its own (``volumes/volN/NAME``),
   that directory is the share, outside the container's root in the guest, and the file
   bind-mounted from there: the guest never sees the file's neighbours. ``ro`` makes the

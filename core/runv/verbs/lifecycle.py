@@ -10,10 +10,10 @@ from pathlib import Path
 
 from runv.api.errors import RunvError
 from runv.api.process import process_start_time
-from runv.runtime.proctree import kill_tree
+from runv.records import NoSuchContainer, Record, Store
 from runv.settings import Settings
 from runv.shim import control
-from runv.state import NoSuchContainer, Record, Store
+from runv.vm.proctree import kill_tree
 
 SHIM_EXIT_WAIT = 15.0  # seconds delete waits for a stopping shim before killing it
 KILL_WAIT = 10.0  # seconds `kill KILL` waits for the shim before stopping the VM itself
@@ -38,18 +38,18 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     """Creates the container (a shim with a booted VM) and returns the shim's PID."""
     from datetime import UTC, datetime
 
+    from runv import console
     from runv import loader as plugins
-    from runv import terminal as console
     from runv.api.container import Container
     from runv.log import logger
     from runv.log import setup as setup_logging
     from runv.oci.config import load_bundle
-    from runv.runtime import sandbox as pods
-    from runv.runtime.lookpath import check_program
-    from runv.runtime.spawn import OK, spawn_session, write_pid_file
     from runv.shim.server import Shim
     from runv.shim.server import run as run_shim
     from runv.templates.store import warning_of
+    from runv.verbs.lookpath import check_program
+    from runv.vm import pods
+    from runv.vm.spawn import OK, spawn_session, write_pid_file
 
     store = Store(settings.root)
     store.dir(container_id)  # validates the id before anything else
@@ -157,7 +157,7 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
             return
         raise
     if record is not None:
-        from runv.runtime.ocihooks import run_hooks
+        from runv.vm.ocihooks import run_hooks
 
         run_hooks(container.spec, "poststop", record.oci_state().evolve(status="stopped"), fatal=False)
 
@@ -165,7 +165,7 @@ def delete(settings: Settings, container_id: str, force: bool) -> None:
 def _check_stopped(store: Store, record: Record) -> None:
     """What ``delete`` without ``--force`` refuses: a live container (named with the pod
     members that run in its VM), or one being created."""
-    from runv.runtime.sandbox import members
+    from runv.vm.pods import members
 
     status = record.live_status()
     if status in ("running", "paused"):
@@ -183,7 +183,7 @@ def _destroy(store: Store, container_id: str, check=None):
     the directory goes. A shim not yet recorded cannot record itself meanwhile (it needs
     the lock) and finds the container gone. Returns the record and container torn down
     (Nones for a damaged record); raises NoSuchContainer when there is none."""
-    from runv.shim import volumes
+    from runv.vm import volumes
 
     store.sweep(container_id)
     state_dir = store.dir(container_id)
@@ -198,7 +198,7 @@ def _destroy(store: Store, container_id: str, check=None):
             check(store, record)
         container = None
         if record is None:
-            from runv.shim.teardown import empty_cgroup
+            from runv.vm.teardown import empty_cgroup
 
             empty_cgroup(state_dir)  # the VM's cgroup is found from the directory alone
             volumes.release(state_dir)
@@ -220,12 +220,12 @@ def _stop_shim(record: Record) -> None:
 
 
 def _teardown(store: Store, record: Record, container) -> None:
-    """Runs the one teardown (:func:`runv.shim.teardown.teardown`) on whatever the record
+    """Runs the one teardown (:func:`runv.vm.teardown.teardown`) on whatever the record
     names: the VM, re-attached through its hypervisor, the network, the storage."""
     from runv import loader
     from runv.api.vm import attachment_from_json
     from runv.log import logger
-    from runv.shim.teardown import teardown
+    from runv.vm.teardown import teardown
 
     vm = None
     if record.vm:
@@ -245,7 +245,7 @@ def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | No
     """create + start; in the foreground, relays signals to the shim (or the caller's
     terminal, for a terminal container without a console socket), waits for it, deletes
     the container (as ``runc run`` does) and returns the container's exit code."""
-    from runv import terminal as console
+    from runv import console
     from runv.oci.config import load_bundle
     from runv.shim.control import NOT_FORWARDED
 
@@ -277,7 +277,7 @@ def _start_or_delete(settings: Settings, container_id: str) -> None:
 
 
 def _finish(settings: Settings, container_id: str, pid: int) -> int:
-    from runv.runtime.spawn import wait_exit_code
+    from runv.vm.spawn import wait_exit_code
 
     code = wait_exit_code(pid)
     delete(settings, container_id, force=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from runv.api.errors import RunvError
 from runv.api.vm import SHARE, GuestMount, Share
 from runv.log import logger
-from runv.shim import volumes
+from runv.vm import volumes
 
 TAG = "pod"  # the share's tag, in every VM
 GUEST = "/run/runv/pod"  # where the guest mounts it

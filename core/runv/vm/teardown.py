@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runv.log import logger
-from runv.shim import volumes
+from runv.vm import volumes
 
 if TYPE_CHECKING:
     from runv.api.container import Container

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from runv.api.errors import RunvError
-from runv.shim.agentclient import AgentError
+from runv.vm.agentclient import AgentError
 
 if TYPE_CHECKING:
     from runv.api.hypervisor import VM, Capabilities
-    from runv.shim.agentclient import AgentClient
+    from runv.vm.agentclient import AgentClient
 
 
 class Limits:
@@ -26,8 +26,8 @@ class Limits:
     def update(self, update: dict, vm: VM, agent: AgentClient, caps: Capabilities, hypervisor: str) -> None:
         """The VM resized to what the new limits need (never below its boot size), then the
         container's cgroup in the guest written; the VM grows before and shrinks after it."""
-        from runv.api import sizing
         from runv.oci.resources import merged, parse_resources
+        from runv.vm import sizing
 
         resources = merged(self.resources, update)
         files = parse_resources(resources, "update")

@@ -37,8 +37,8 @@ from pathlib import Path
 import runv
 from runv.api.errors import RunvError
 from runv.api.tools import run_tool
-from runv.image import kernel
-from runv.image.cpio import Archive
+from runv.guest import kernel
+from runv.guest.cpio import Archive
 
 BUILDER_VERSION = 3  # 2: uncompressed initrd, on-demand modules, the agent started without runpy; 3: no libseccomp
 BUSYBOX = Path("/bin/busybox")
@@ -362,7 +362,7 @@ def _write_temporary(path: Path, data: bytes) -> Path:
 
 def _init_script() -> bytes:
     """The guest's /init, shipped as package data."""
-    return resources.files("runv.image").joinpath("init.sh").read_bytes()
+    return resources.files("runv.guest").joinpath("init.sh").read_bytes()
 
 
 def _read(path: Path, hint: str = "") -> bytes:

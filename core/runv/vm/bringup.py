@@ -5,7 +5,7 @@ The guest's mounts are built here from the hypervisor's capabilities: a storage 
 names a share by tag and a disk by serial, and this module turns them into what the
 guest mounts (9p, virtio-fs, a device path), so no plugin hard-codes a transport.
 
-The VM's size comes from the container's ``linux.resources`` (:mod:`runv.api.sizing`),
+The VM's size comes from the container's ``linux.resources`` (:mod:`runv.vm.sizing`),
 and the shim moves into the container's ``linux.cgroupsPath`` on the host before the VMM
 starts, which then makes its own cgroup there (:mod:`runv.api.cgroups`).
 """
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from runv.api.hypervisor import VM
     from runv.hooks import Hooks
     from runv.settings import Settings
-    from runv.shim.agentclient import AgentClient
+    from runv.vm.agentclient import AgentClient
 
 AGENT_TIMEOUT = 120.0  # seconds from VMM start to agent ready (TCG on a loaded 2-core host)
 CONSOLE_TAIL = 15  # console lines quoted when a VM dies during boot
@@ -42,17 +42,17 @@ def kernel_args(debug: bool, caps: Capabilities) -> tuple[str, ...]:
 def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, config: dict | None = None,
             **fields) -> VMSpec:
     """The VMSpec every runv VM starts from; ``fields`` add devices or change sizes. A
-    hypervisor that resizes VMs gets the ``[vm]`` maxima (``config``: runv.api.sizing.settings(),
+    hypervisor that resizes VMs gets the ``[vm]`` maxima (``config``: runv.vm.sizing.settings(),
     read here when not given) as its hot-plug ceilings."""
     if caps.resize:
-        from runv.api import sizing
+        from runv.vm import sizing
 
         config = config or sizing.settings()
         fields = {"max_memory_mib": config["max_memory_mib"], "max_vcpus": config["max_vcpus"], **fields}
     if caps.shared_fs is not None:  # the pod directory: how containers that join this VM bring their files
-        from runv.shim import pod
+        from runv.vm import podshare
 
-        fields["shares"] = (*fields.get("shares", ()), pod.share(state_dir))
+        fields["shares"] = (*fields.get("shares", ()), podshare.share(state_dir))
     return VMSpec(
         name=name,
         state_dir=state_dir,
@@ -69,7 +69,7 @@ def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, 
 def attach_storage(container: Container, hooks: Hooks, storage: str) -> StorageAttachment:
     """The container's volumes staged, the mount points of a read-only rootfs made, its
     storage attached: what its VM (or the VM it joins) is given of its files."""
-    from runv.shim import mountpoints, volumes
+    from runv.vm import mountpoints, volumes
 
     shares, mounts, host_binds = volumes.plan(container.spec.mounts, container.state_dir / "volumes")
     volumes.stage(host_binds)
@@ -84,7 +84,7 @@ def attach_storage(container: Container, hooks: Hooks, storage: str) -> StorageA
 def vm_size(container: Container, config: dict) -> tuple[int, int]:
     """The memory (MiB) and vCPUs of the container's VM, from its ``linux.resources`` as
     the guest applies them (``confinement["resources"]``) and ``[vm]`` (``config``)."""
-    from runv.api import sizing
+    from runv.vm import sizing
 
     source = str(container.bundle / "config.json")
     return sizing.vm_size(container.spec.confinement.get("resources", {}), source, config)
@@ -110,17 +110,17 @@ def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container
                  attachment: StorageAttachment) -> VMSpec:
     """The container's VM: its size, its storage, then what the network and other plugins
     add; the shim is in the container's cgroupsPath first, the pod directory made."""
-    from runv.api import sizing
+    from runv.vm import sizing
 
     config = sizing.settings()  # the config file and the host's size, read once
     memory_mib, vcpus = vm_size(container, config)
     enter_cgroups_path(container)
     shares = attachment.shares
     if caps.shared_fs is not None:  # every share goes through the pod directory: the VM has that one
-        from runv.shim import pod
+        from runv.vm import podshare
 
-        pod.make_dir(container.state_dir)
-        pod.attach(container.state_dir, container.id, [[s.tag, str(s.path), s.readonly] for s in shares])
+        podshare.make_dir(container.state_dir)
+        podshare.attach(container.state_dir, container.id, [[s.tag, str(s.path), s.readonly] for s in shares])
         shares = ()
     vm = base_vm(settings, caps, container.id, container.state_dir, config, shares=shares,
                  disks=attachment.disks, memory_mib=memory_mib, vcpus=vcpus)
@@ -135,10 +135,10 @@ def served_netns(container: Container) -> list[int] | None:
     """The (device, inode) of the network namespace the container's VM serves (the one
     config.json names, else the shim's own), which later containers may join; None for the host's."""
     from runv.api.container import netns_path
-    from runv.runtime import sandbox
+    from runv.vm import pods
 
-    found = sandbox.identity(netns_path(container.spec.linux) or "/proc/self/ns/net")
-    return None if found == sandbox.host_netns() else found
+    found = pods.identity(netns_path(container.spec.linux) or "/proc/self/ns/net")
+    return None if found == pods.host_netns() else found
 
 
 def check_vm(vm: VMSpec, caps: Capabilities, hypervisor: str) -> None:
@@ -212,12 +212,12 @@ def prepare_request(container: Container, rootfs: dict, mounts: list[dict], conf
 def vm_prepare_request(container: Container, attachment: StorageAttachment, vm: VMSpec, caps: Capabilities,
                        confined: dict) -> dict:
     """``prepare`` for the container that booted ``vm``: its storage as the hypervisor
-    serves it, its shares through the pod directory (:mod:`runv.shim.pod`) when the VM has one."""
-    from runv.shim import pod
+    serves it, its shares through the pod directory (:mod:`runv.vm.podshare`) when the VM has one."""
+    from runv.vm import podshare
 
     rootfs, plan = attachment.rootfs, list(attachment.mounts)
-    if any(share.tag == pod.TAG for share in vm.shares):
-        rootfs, plan = pod.in_pod(rootfs, container.id), [pod.guest_mount(), *pod.plan_in_pod(plan, container.id)]
+    if any(share.tag == podshare.TAG for share in vm.shares):
+        rootfs, plan = podshare.in_pod(rootfs, container.id), [podshare.guest_mount(), *podshare.plan_in_pod(plan, container.id)]
     return prepare_request(container, guest_mount(rootfs, vm, caps), [guest_mount(m, vm, caps) for m in plan], confined)
 
 
@@ -230,7 +230,7 @@ def attach_nic(vm: VM, caps: Capabilities, nic) -> None:
 
 def connect_agent(vm_spec: VMSpec, vm: VM, caps: Capabilities, on_data: Callable, on_event: Callable) -> AgentClient:
     """Waits for the booted guest's agent; a VM that dies meanwhile fails with its last words."""
-    from runv.shim.agentclient import AgentClient, AgentError
+    from runv.vm.agentclient import AgentClient, AgentError
 
     def gone() -> str | None:
         if vm.alive():

@@ -1,1 +1,0 @@
-"""The guest image: the kernel and initrd every runv VM boots (built by ``runv.image.builder``)."""
