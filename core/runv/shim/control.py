@@ -40,3 +40,12 @@ def call(state_dir: str | os.PathLike, op: str, timeout: float = 60.0, **args) -
     if "error" in message:
         raise RunvError(message["error"])
     return message
+
+
+def leave(sandbox_dir: str | os.PathLike, container_id: str) -> None:
+    """Has the sandbox's shim take the pod member ``container_id`` out of its VM; nothing when
+    that shim is gone (its VM and pod directory went with it)."""
+    try:
+        call(sandbox_dir, "leave", id=container_id)
+    except ShimGone:
+        pass

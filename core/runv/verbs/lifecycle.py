@@ -74,12 +74,7 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
                                    annotations=spec.annotations, creator_pid=me, creator_start=process_start_time(me),
                                    sandbox=sandbox or ""))
     container = Container(id=container_id, bundle=bundle, rootfs=rootfs, spec=spec, state_dir=state_dir)
-    if sandbox:
-        from runv.shim.member import Member
-
-        shim = Member(settings, store, container, selection, console_socket, sandbox=sandbox)
-    else:
-        shim = Shim(settings, store, container, selection, console_socket)
+    shim = Shim(settings, store, container, selection, console_socket, sandbox=sandbox or "")
 
     def child(report) -> int:
         os.chdir(state_dir)
@@ -237,8 +232,8 @@ def _teardown(store: Store, record: Record, container) -> None:
             logger.warning("container %s: %s; killing its VMM", record.id, exc)
             vm = VM.from_record(record.vm)
     attachment = attachment_from_json(record.attachment) if record.attachment else None
-    teardown(container, loader.teardown_hooks(record.storage if attachment else None), vm, attachment, force=True,
-             sandbox=store.dir(record.sandbox) if record.sandbox else None)
+    leave = (lambda: control.leave(store.dir(record.sandbox), record.id)) if record.sandbox else None
+    teardown(container, loader.teardown_hooks(record.storage if attachment else None), vm, attachment, force=True, leave=leave)
 
 
 def run(settings: Settings, container_id: str, bundle: Path, pid_file: Path | None, detach: bool, console_socket: Path | None = None) -> int:

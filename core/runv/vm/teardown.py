@@ -8,13 +8,14 @@ left it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from runv.log import logger
 from runv.vm import volumes
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from runv.api.container import Container
     from runv.api.hypervisor import VM
     from runv.api.vm import StorageAttachment
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
 
 def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: StorageAttachment | None,
-             force: bool = False, sandbox: Path | None = None) -> None:
-    """Stops the VM (or, for a pod member, leaves the VM of the ``sandbox`` it runs in),
+             force: bool = False, leave: Callable[[], None] | None = None) -> None:
+    """Stops the VM (or, for a pod member, ``leave()``s the VM of the sandbox it runs in),
     kills what is left in its cgroup and removes it, releases the network, unmounts the pod
     directory's copies and the volumes' host staging (before the storage they may hold), and
     detaches the storage, in that order. Every step runs even
@@ -32,7 +33,7 @@ def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: Stor
     is nothing left to undo."""
     steps = [
         ("stop the VM", (lambda: vm.stop(force=force)) if vm is not None else None),
-        ("leave the pod's VM", (lambda: leave(sandbox, container.id)) if sandbox is not None else None),
+        ("leave the pod's VM", leave),
         ("empty the VM's cgroup", lambda: empty_cgroup(container.state_dir)),
         ("release the network", lambda: hooks.release_net(container=container)),
         ("unmount the pod directory and the volumes", lambda: volumes.release(container.state_dir)),
@@ -58,14 +59,3 @@ def empty_cgroup(state_dir: Path) -> None:
     from runv.api import cgroups
 
     cgroups.release(state_dir)
-
-
-def leave(sandbox: Path, container_id: str) -> None:
-    """Has the sandbox's shim take the member ``container_id`` out of its VM; nothing when
-    that shim is gone (its VM and pod directory went with it)."""
-    from runv.shim import control
-
-    try:
-        control.call(sandbox, "leave", id=container_id)
-    except control.ShimGone:
-        pass
