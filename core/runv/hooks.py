@@ -8,9 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from runv.api import VM, Container, HypervisorInfo, Nic, StorageAttachment, VMContribution, VMSpec
-    from runv.oci.config import Process
-    from runv.vm.agentclient import AgentClient
+    from runv.api import VM, Agent, Container, HypervisorInfo, Nic, Process, StorageAttachment, VMContribution, VMSpec
 
 
 class Hooks:
@@ -56,10 +54,10 @@ class Hooks:
     def boot(self, *, vm: VMSpec) -> VM | None:
         return self.hook.boot(vm=vm)
 
-    def exec(self, *, container: Container, process: Process, agent: AgentClient, name: str, streams: dict) -> int:
+    def exec(self, *, container: Container, process: Process, agent: Agent, name: str, streams: dict) -> int:
         return self.hook.exec(container=container, process=process, agent=agent, name=name, streams=streams)
 
-    def sync_net(self, *, container: Container, agent: AgentClient, attach: Callable[[Nic], None]) -> None:
+    def sync_net(self, *, container: Container, agent: Agent, attach: Callable[[Nic], None]) -> None:
         self.hook.sync_net(container=container, agent=agent, attach=attach)
 
     def detach_storage(self, *, container: Container, attachment: StorageAttachment) -> None:

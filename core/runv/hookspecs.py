@@ -23,9 +23,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from runv.api import VM, Container, HypervisorInfo, Nic, StorageAttachment, VMContribution, VMSpec
-    from runv.oci.config import Process
-    from runv.vm.agentclient import AgentClient
+    from runv.api import VM, Agent, Container, HypervisorInfo, Nic, Process, StorageAttachment, VMContribution, VMSpec
 
 hookspec = pluggy.HookspecMarker("runv")
 
@@ -128,7 +126,7 @@ def boot(vm: VMSpec) -> VM | None:
 
 
 @hookspec(firstresult=True)
-def exec(container: Container, process: Process, agent: AgentClient, name: str, streams: dict) -> int | None:
+def exec(container: Container, process: Process, agent: Agent, name: str, streams: dict) -> int | None:
     """Start ``process`` in the guest and return its guest PID.
 
     The core's default implementation asks the guest agent; a plugin whose guest starts
@@ -142,7 +140,7 @@ def exec(container: Container, process: Process, agent: AgentClient, name: str, 
 
 
 @hookspec
-def sync_net(container: Container, agent: AgentClient, attach: Callable[[Nic], None]) -> None:
+def sync_net(container: Container, agent: Agent, attach: Callable[[Nic], None]) -> None:
     """Bring the guest's network up to date with the container's network namespace.
 
     Called on every plugin once the agent answers (after ``boot``: the NICs given by

@@ -18,8 +18,9 @@ from runv.agent.__main__ import parse_args
 from runv.agent.channel import find_port, listen_vsock, serial_channel, vsock_port
 from runv.agent.loop import Agent
 from runv.agent.protocol import CTRL, DATA, FrameReader, ProtocolError, encode_ctrl, encode_data
+from runv.api.errors import AgentError
 from runv.api.sockets import connect_unix
-from runv.vm.agentclient import AgentClient, AgentError
+from runv.vm.agentclient import AgentClient
 
 VMADDR_CID_LOCAL = 1  # socket.VMADDR_CID_LOCAL from Python 3.12 on
 
@@ -324,7 +325,7 @@ def test_vsock_channel_serves_a_host_connection():
 
 
 def test_the_inits_mount_plan_is_the_specs_order_after_runvs_defaults():
-    from runv.agent.errors import AgentError as GuestError
+    from runv.agent.errors import RequestError as GuestError
     from runv.agent.rootfs import mount_plan
 
     spec = [{"destination": "/data/", "type": "none", "source": "/srv", "options": ["rbind", "ro"]},

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 from runv.api.errors import RunvError
 from runv.oci.config import parse_process, parse_spec
 from runv.oci.default_spec import default_spec
@@ -183,7 +183,7 @@ def test_the_host_compiles_the_profile_and_the_agents_loader_enforces_it(tmp_pat
             os._exit(code)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     assert sorted(os.listdir(tmp_path)) == ["before"]
-    with pytest.raises(AgentError, match="not whole instructions"):
+    with pytest.raises(RequestError, match="not whole instructions"):
         loader.load({"bpf": "AAAA"})
 
 

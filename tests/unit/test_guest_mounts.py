@@ -109,9 +109,9 @@ def test_nics_are_refused_by_a_hypervisor_without_them(tmp_path):
 
 def test_the_agent_channel_reaches_the_kernel_command_line():
     assert kernel_args(False, Capabilities()) == ("panic=-1", "rdinit=/init", "quiet")
-    tty = Capabilities(agent=AgentChannel(kind="tty", device="/dev/hvc1"))
+    tty = Capabilities(agent=AgentChannel.tty("/dev/hvc1"))
     assert kernel_args(True, tty) == ("panic=-1", "rdinit=/init", "runv.agent=/dev/hvc1", "runv.debug")
-    assert "runv.agent=vsock:1024" in kernel_args(False, Capabilities(agent=AgentChannel(kind="vsock", port=1024)))
+    assert "runv.agent=vsock:1024" in kernel_args(False, Capabilities(agent=AgentChannel.vsock(1024)))
 
 
 def test_vm_prepare_request_is_built_from_the_capabilities(tmp_path):

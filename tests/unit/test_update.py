@@ -5,7 +5,7 @@ old values come back when a write is refused (tests/vm/test_vm_update.py runs it
 import pytest
 
 from runv.agent.cgroups import update_cgroup
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 from runv.api.errors import RunvError
 from runv.oci.resources import from_update_flags, merged, parse_resources, ram_in_bytes
 
@@ -64,13 +64,13 @@ def test_the_guest_writes_the_new_values(tmp_path):
 def test_a_refused_write_puts_the_old_values_back(tmp_path):
     (tmp_path / "memory.max").write_text("max\n")
     (tmp_path / "pids.max").write_text("40\n")
-    with pytest.raises(AgentError, match="cannot set cpu.max to 1 2: the guest kernel has no cpu.max"):
+    with pytest.raises(RequestError, match="cannot set cpu.max to 1 2: the guest kernel has no cpu.max"):
         update_cgroup(str(tmp_path), {"memory.max": "1000", "pids.max": "5", "cpu.max": "1 2"})
     assert (tmp_path / "memory.max").read_text() == "max" and (tmp_path / "pids.max").read_text() == "40"
 
 
 def test_a_guest_without_a_container_cgroup_says_so():
-    with pytest.raises(AgentError, match="has no cgroup in the guest"):
+    with pytest.raises(RequestError, match="has no cgroup in the guest"):
         update_cgroup(None, {"pids.max": "5"})
 
 

@@ -11,7 +11,7 @@ line naming the file and the value; the half-made cgroup is removed.
 import errno
 import os
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 from runv.agent.mounts import mount
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -55,7 +55,7 @@ def _apply(path: str, resources: dict) -> None:
                 reason = f"the guest kernel has no {name} (is the {controller} controller in {CGROUP_ROOT}/cgroup.controllers?)"
             else:
                 reason = exc.strerror
-            raise AgentError(f"linux.resources: cannot set {name} to {shown}: {reason}") from None
+            raise RequestError(f"linux.resources: cannot set {name} to {shown}: {reason}") from None
 
 
 def make_cgroup(resources: dict, container_id: str):
@@ -64,12 +64,12 @@ def make_cgroup(resources: dict, container_id: str):
         os.makedirs(CGROUP_ROOT, exist_ok=True)
         try:
             mount("cgroup2", CGROUP_ROOT, "cgroup2", "nosuid,nodev,noexec")
-        except AgentError:
+        except RequestError:
             if resources:
                 raise
             return None
     if not container_id or "/" in container_id or container_id in (".", ".."):
-        raise AgentError(f"invalid container id {container_id!r} for a cgroup name")
+        raise RequestError(f"invalid container id {container_id!r} for a cgroup name")
     with open(f"{CGROUP_ROOT}/cgroup.controllers") as f:
         controllers = f.read().split()
     parent = f"{CGROUP_ROOT}/{PARENT}"
@@ -80,10 +80,10 @@ def make_cgroup(resources: dict, container_id: str):
     try:
         os.mkdir(path)
     except FileExistsError:
-        raise AgentError(f"the guest already has a cgroup for container {container_id}") from None
+        raise RequestError(f"the guest already has a cgroup for container {container_id}") from None
     try:
         _apply(path, resources)
-    except AgentError:
+    except RequestError:
         os.rmdir(path)
         raise
     return path
@@ -105,7 +105,7 @@ def update_cgroup(path, resources: dict) -> None:
     files already written get their old values back, so the old limits hold (as runc keeps
     its old config when a write fails)."""
     if not path:
-        raise AgentError("the container has no cgroup in the guest (the guest kernel has no cgroup2)")
+        raise RequestError("the container has no cgroup in the guest (the guest kernel has no cgroup2)")
     written = []
     try:
         for name, value in resources.items():
@@ -116,7 +116,7 @@ def update_cgroup(path, resources: dict) -> None:
             _apply(path, {name: value})
             if old is not None:
                 written.append((name, old))
-    except AgentError:
+    except RequestError:
         for name, old in reversed(written):
             try:
                 _write(f"{path}/{name}", old)
@@ -131,7 +131,7 @@ def op_update(agent, message: dict) -> None:
     container = agent.processes.confined.get(agent.processes.resolve(message.get("container")))
     resources = message.get("resources")
     if not isinstance(resources, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in resources.items()):
-        raise AgentError("update: resources must map cgroup file names to strings")
+        raise RequestError("update: resources must map cgroup file names to strings")
     vcpus = message.get("vcpus")
     if vcpus is not None:  # the host hot-plugged vCPUs first: they must be online before a cpuset names them
         from runv.agent.sysfs import require_online

@@ -27,7 +27,7 @@ import time
 from runv.agent import mounts, rootfs
 from runv.agent import seccomp as seccomp_filter
 from runv.agent.cgroups import join_cgroup, make_cgroup
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 from runv.agent.mounts import MS_REC, PROPAGATION, check, raw_mount
 from runv.agent.tables import CAP_NUMBERS, NAMESPACES, RLIMIT_NUMBERS
 
@@ -64,7 +64,7 @@ def map_lines(mappings: list) -> str:
     return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in mappings)
 
 
-class Container:
+class GuestContainer:
     """One container's confinement: what ``prepare`` gave, its cgroup, its init's namespaces."""
 
     def __init__(self, root: str, config: dict, binds: list, prepare: dict) -> None:
@@ -88,14 +88,14 @@ class Container:
         with a user namespace), the init's for an exec."""
         if init:
             if self.ns_fds:
-                raise AgentError("the container's process already runs")
+                raise RequestError("the container's process already runs")
             if self.userns:
                 self.sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             else:
                 unshare(NAMESPACES["pid"])
         else:
             if not self.ns_fds:
-                raise AgentError("the container's process is not running")
+                raise RequestError("the container's process is not running")
             setns(self.ns_fds["pid"], "pid")
 
     def after_fork(self, init: bool, pid: int | None) -> None:
@@ -119,7 +119,7 @@ class Container:
                 return pid  # it failed before: its error is on the error pipe
             try:
                 self.write_maps(pid)
-            except AgentError:
+            except RequestError:
                 ours.close()  # the child sees no "go" and exits
                 os.waitpid(pid, 0)
                 raise
@@ -140,7 +140,7 @@ class Container:
             except OSError as exc:
                 ranges = self.userns[key]
                 shown = ", ".join(json.dumps(m) for m in ranges[:2]) + (", ..." if len(ranges) > 2 else "")
-                raise AgentError(f"linux.{key}: the guest kernel refuses these {len(ranges)} ranges "
+                raise RequestError(f"linux.{key}: the guest kernel refuses these {len(ranges)} ranges "
                                  f"[{shown}]: {exc.strerror}") from None
 
     # ---------------------------------------------------------- the child's steps
@@ -195,11 +195,11 @@ def op_prepare(agent, message: dict) -> None:
     config = message.get("confinement") or {}
     cid = message.get("container") or config.get("id") or ""
     if cid in table.roots:
-        raise AgentError(f"container {cid} is already prepared in this VM")
+        raise RequestError(f"container {cid} is already prepared in this VM")
     member = cid if table.primary is not None else None
     root = mounts.staged(agent, f"{CONTAINERS}/{cid}/rootfs") if member else agent.rootfs
     binds = mounts.op_prepare(agent, message, root, member)
-    table.add(cid, root, Container(root, config, binds, message) if agent.confine else None)
+    table.add(cid, root, GuestContainer(root, config, binds, message) if agent.confine else None)
 
 
 # ------------------------------------------------------------------ the process spec
@@ -233,7 +233,7 @@ def apply_process(message: dict, seccomp=None) -> None:
     for limit in message.get("rlimits") or []:
         value = _Rlimit(limit["soft"], limit["hard"])
         if _libc.prlimit(0, RLIMIT_NUMBERS[limit["type"]], ctypes.byref(value), None) != 0:
-            raise AgentError(f"process.rlimits: {limit['type']}: {os.strerror(ctypes.get_errno())}")
+            raise RequestError(f"process.rlimits: {limit['type']}: {os.strerror(ctypes.get_errno())}")
     if message.get("umask") is not None:
         os.umask(message["umask"])
     caps = message.get("capabilities")
@@ -242,7 +242,7 @@ def apply_process(message: dict, seccomp=None) -> None:
         top = last_cap()
         for name in (n for s in caps.values() for n in s):
             if CAP_NUMBERS[name] > top:
-                raise AgentError(f"process.capabilities: the guest kernel has no {name}")
+                raise RequestError(f"process.capabilities: the guest kernel has no {name}")
         bounding = cap_mask(caps.get("bounding", []))
         for number in range(top + 1):
             if not bounding & (1 << number):
@@ -297,8 +297,8 @@ def run_start_hooks(hooks: list, state: dict) -> None:
             if time.monotonic() > deadline:
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)
-                raise AgentError(f"{where}: timed out after {hook.get('timeout')} s")
+                raise RequestError(f"{where}: timed out after {hook.get('timeout')} s")
             time.sleep(0.01)
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
-            raise AgentError(f"{where}: exit status {code}" if code > 0 else f"{where}: killed by signal {-code}")
+            raise RequestError(f"{where}: exit status {code}" if code > 0 else f"{where}: killed by signal {-code}")

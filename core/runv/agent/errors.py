@@ -1,5 +1,6 @@
 """The one exception a request handler raises to refuse a request."""
 
 
-class AgentError(Exception):
-    """A request that cannot be served; the message goes back to the host as ``error``."""
+class RequestError(Exception):
+    """A request that cannot be served; the message goes back to the host as ``error``
+    (where the host raises it as :class:`runv.api.AgentError`)."""

@@ -8,7 +8,7 @@ import signal
 from runv.agent import cgroups, confine, identity, network, pods, processes, stats, terminal
 from runv.agent.channel import Port, Stream
 from runv.agent.debug import log
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 from runv.agent.mounts import PRIVATE
 from runv.agent.proctable import ProcessTable
 from runv.agent.protocol import CTRL, FrameReader, ProtocolError, encode_ctrl
@@ -32,7 +32,7 @@ def op_poweroff(agent, message: dict) -> None:
 
 
 # Every request the agent serves: op -> handler(agent, message), which returns the
-# reply's fields (or None) and refuses with AgentError; an OSError becomes "op: reason".
+# reply's fields (or None) and refuses with RequestError; an OSError becomes "op: reason".
 OPERATIONS = {
     "ping": identity.op_ping,
     "clone": identity.op_clone,
@@ -180,10 +180,10 @@ class Agent:
         handler = self.operations.get(op) if isinstance(op, str) else None
         try:
             if handler is None:
-                raise AgentError(f"unknown operation {op!r}")
+                raise RequestError(f"unknown operation {op!r}")
             result = handler(self, message) or {}
             reply = {"id": request_id, "ok": True, **result}
-        except AgentError as exc:
+        except RequestError as exc:
             reply = {"id": request_id, "error": str(exc)}
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""

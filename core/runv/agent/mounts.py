@@ -4,7 +4,7 @@ import ctypes
 import os
 import stat
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 from runv.agent.sysfs import wait_for_device
 
 SERIAL_PREFIX = "serial:"  # a mount source naming a virtio-blk disk by its serial
@@ -68,7 +68,7 @@ def mount(source: str, target: str, fstype: str, options: str) -> None:
     try:
         raw_mount(source, target, fstype, flags, "mount", data)
     except OSError as exc:
-        raise AgentError(f"mount {source} on {target} ({fstype}): {os.strerror(exc.errno)}") from None
+        raise RequestError(f"mount {source} on {target} ({fstype}): {os.strerror(exc.errno)}") from None
 
 
 def make_dev_nodes(path: str, bind: bool = False) -> None:
@@ -189,7 +189,7 @@ def disk_by_serial(serial: str, timeout: float = DISK_TIMEOUT) -> str:
     """The /dev node of the virtio-blk disk whose serial is ``serial``."""
     path = wait_for_device("/sys/block", "serial", serial, timeout)
     if path is None:
-        raise AgentError(f"no disk with serial {serial!r} in the guest")
+        raise RequestError(f"no disk with serial {serial!r} in the guest")
     return path
 
 
@@ -220,7 +220,7 @@ def rootfs_path(rootfs: str, path: str, entry: dict) -> str:
         if os.path.islink(candidate):
             hops += 1
             if hops > 40:
-                raise AgentError(f"cannot mount on {path}: too many symlinks")
+                raise RequestError(f"cannot mount on {path}: too many symlinks")
             link = os.readlink(candidate)
             parts[:0] = [p for p in link.split("/") if p]
             current = root if link.startswith("/") else current

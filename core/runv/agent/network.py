@@ -6,7 +6,7 @@ import socket
 import struct
 import time
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 
 NIC_TIMEOUT = 15.0  # seconds a hot-plugged NIC may take to show up in /sys/class/net
 SYS_NET = "/sys/class/net"
@@ -43,7 +43,7 @@ def wait_for_nics(macs: list, timeout: float) -> dict:
         if not missing:
             return {mac: found[mac] for mac in wanted}
         if time.monotonic() > deadline:
-            raise AgentError(f"no network interface with MAC {', '.join(sorted(missing))} appeared in the guest")
+            raise RequestError(f"no network interface with MAC {', '.join(sorted(missing))} appeared in the guest")
         time.sleep(0.05)
 
 
@@ -83,7 +83,7 @@ def write_rootfs_file(rootfs: str, path: str, content: str) -> None:
     root = os.path.realpath(rootfs)
     parent = os.path.realpath(os.path.join(root, os.path.dirname(relative)))
     if not relative or (parent != root and not parent.startswith(root.rstrip("/") + "/")):
-        raise AgentError(f"cannot write {path}: it leads out of the container's rootfs")
+        raise RequestError(f"cannot write {path}: it leads out of the container's rootfs")
     os.makedirs(parent, exist_ok=True)
     target = os.path.join(parent, os.path.basename(relative))
     if os.path.islink(target):
@@ -97,7 +97,7 @@ def write_rootfs_file(rootfs: str, path: str, content: str) -> None:
 
 def busybox(*args: str) -> None:
     """Runs a busybox applet with ``args`` as its argv (never through a shell); raises
-    AgentError with its output when it fails."""
+    RequestError with its output when it fails."""
     argv = ["/bin/busybox", *args]
     r, w = os.pipe()
     pid = os.fork()
@@ -112,7 +112,7 @@ def busybox(*args: str) -> None:
     os.close(r)
     _, status = os.waitpid(pid, 0)
     if status != 0:
-        raise AgentError(f"{' '.join(args)}: {output.decode(errors='replace').strip()}")
+        raise RequestError(f"{' '.join(args)}: {output.decode(errors='replace').strip()}")
 
 
 def op_network(agent, message: dict) -> None:

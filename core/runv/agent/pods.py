@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 
 CONTAINERS = "/run/runv/containers"  # a pod member's rootfs: CONTAINERS/<id>/rootfs (runv.agent.confine.op_prepare)
 SETTLE_TIMEOUT = 5.0  # seconds a freeze or a removal waits for the guest's cgroup to follow
@@ -65,7 +65,7 @@ def wait_for(condition, what: str) -> None:
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while not condition():
         if time.monotonic() > deadline:
-            raise AgentError(f"{what}: still not done after {SETTLE_TIMEOUT:.0f} s")
+            raise RequestError(f"{what}: still not done after {SETTLE_TIMEOUT:.0f} s")
         time.sleep(0.02)
 
 
@@ -93,7 +93,7 @@ def op_remove(agent, message: dict) -> None:
     table = agent.processes
     cid = message.get("container")
     if cid == table.primary:
-        raise AgentError(f"container {cid} is the VM's own: it is removed with the VM")
+        raise RequestError(f"container {cid} is the VM's own: it is removed with the VM")
     if cid not in table.roots:
         return
     signal_container(agent, cid, signal.SIGKILL)

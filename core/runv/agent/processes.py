@@ -8,11 +8,11 @@ import termios
 import warnings  # noqa: F401  os.execvpe imports it in the child, chrooted where the stdlib is not
 
 from runv.agent.confine import apply_process, run_start_hooks
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 from runv.agent.terminal import open_pty, receive_master, send_master, set_winsize
 
 
-class Process:
+class GuestProcess:
     """A process the host started: its pid, streams and, once reaped, its status."""
 
     def __init__(self, name: str, pid: int, streams: dict, tty_fd) -> None:
@@ -29,10 +29,10 @@ class Process:
         self.container = None  # the id of the container it runs in (ProcessTable.start)
 
 
-def spawn(rootfs: str, name: str, message: dict, container=None) -> Process:
+def spawn(rootfs: str, name: str, message: dict, container=None) -> GuestProcess:
     """Forks the process into the rootfs with its stdio on pipes or a pty; a failure in
-    the child before exec comes back through a close-on-exec pipe as AgentError. With
-    ``container`` (a runv.agent.confine.Container: the agent in a VM) the process gets
+    the child before exec comes back through a close-on-exec pipe as RequestError. With
+    ``container`` (a runv.agent.confine.GuestContainer: the agent in a VM) the process gets
     the container's namespaces, a new set for ``init``, the init's for any other."""
     streams = message.get("streams", {})
     tty = bool(message.get("tty"))
@@ -102,15 +102,15 @@ def spawn(rootfs: str, name: str, message: dict, container=None) -> Process:
     if failure:
         os.waitpid(pid, 0)
         release()
-        raise AgentError(failure.decode())
+        raise RequestError(failure.decode())
     if parent["stdin_fd"] is None:
         os.waitpid(pid, 0)
-        raise AgentError("container set-up: the process sent no terminal")
+        raise RequestError("container set-up: the process sent no terminal")
     if container is not None and init:
         container.after_fork(init, pid)  # it has exec'd: its namespaces are the container's
     for fd in set(parent["outputs"]) | {parent["stdin_fd"]}:
         os.set_blocking(fd, False)
-    return Process(name, pid, parent, parent["stdin_fd"] if tty else None)
+    return GuestProcess(name, pid, parent, parent["stdin_fd"] if tty else None)
 
 
 def child(rootfs: str, message: dict, fds: tuple | None, tty: bool, keep: int, container=None, pty=None) -> None:
@@ -139,7 +139,7 @@ def child(rootfs: str, message: dict, fds: tuple | None, tty: bool, keep: int, c
                 run_start_hooks(message["startContainer"], message.get("state") or {})
         except OSError as exc:
             if exc.filename is None and not isinstance(exc, FileNotFoundError):
-                raise AgentError(f"container set-up: {exc.strerror or exc}") from None
+                raise RequestError(f"container set-up: {exc.strerror or exc}") from None
             raise
     env = dict(item.split("=", 1) for item in message.get("env", []) if "=" in item)
     os.execvpe(message["args"][0], message["args"], env)
@@ -188,7 +188,7 @@ def set_user(user: dict) -> None:
 
 def describe(exc: BaseException, program: str) -> str:
     """What went wrong starting ``program``, phrased as runc does."""
-    if isinstance(exc, AgentError):
+    if isinstance(exc, RequestError):
         return str(exc)
     if isinstance(exc, FileNotFoundError) and exc.filename in (None, program):
         return f'exec: "{program}": executable file not found in $PATH'

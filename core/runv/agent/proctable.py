@@ -4,8 +4,8 @@ import os
 import select
 import time
 
-from runv.agent.errors import AgentError
-from runv.agent.processes import Process, spawn
+from runv.agent.errors import RequestError
+from runv.agent.processes import GuestProcess, spawn
 from runv.agent.protocol import encode_ctrl, encode_data
 
 OUTPUT_CHUNK = 65536  # bytes read from a process's stdout or stderr at once
@@ -18,11 +18,11 @@ class ProcessTable:
     def __init__(self, rootfs: str, send) -> None:
         self.rootfs = rootfs
         self.send = send
-        self.by_name = {}  # name -> Process
-        self.by_fd = {}  # output fd -> Process
+        self.by_name = {}  # name -> GuestProcess
+        self.by_fd = {}  # output fd -> GuestProcess
         self.primary = None  # the id of the first container prepared: the VM's own (a pod's sandbox)
         self.roots = {}  # container id -> its rootfs (the primary's is ``rootfs``; a pod member's its own)
-        self.confined = {}  # container id -> runv.agent.confine.Container (in a VM, once prepared)
+        self.confined = {}  # container id -> runv.agent.confine.GuestContainer (in a VM, once prepared)
 
     @property
     def container(self):
@@ -42,16 +42,16 @@ class ProcessTable:
         if not container_id or not self.roots:
             return self.primary
         if container_id not in self.roots:
-            raise AgentError(f"no container {container_id} in this VM")
+            raise RequestError(f"no container {container_id} in this VM")
         return container_id
 
     def of_container(self, container_id) -> list:
         """The running processes the host started in that container."""
         return [p for p in self.by_name.values() if p.container == container_id and p.status is None]
 
-    def start(self, name: str, message: dict) -> Process:
+    def start(self, name: str, message: dict) -> GuestProcess:
         if name in self.by_name:
-            raise AgentError(f"process {name!r} already exists")
+            raise RequestError(f"process {name!r} already exists")
         cid = self.resolve(message.get("container"))
         proc = spawn(self.roots.get(cid, self.rootfs), name, message, self.confined.get(cid))
         proc.container = cid
@@ -60,10 +60,10 @@ class ProcessTable:
             self.by_fd[fd] = proc
         return proc
 
-    def lookup(self, name: str) -> Process:
+    def lookup(self, name: str) -> GuestProcess:
         proc = self.by_name.get(name)
         if proc is None or proc.status is not None:
-            raise AgentError(f"process {name!r} is not running")
+            raise RequestError(f"process {name!r} is not running")
         return proc
 
     def kill_all(self, signum: int) -> None:

@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 from runv.agent.mounts import (
     DEV_OPTIONS,
     DEVPTS_OPTIONS,
@@ -77,7 +77,7 @@ def mount_plan(spec_mounts: list, binds: list) -> list:
         if is_bind(entry):
             match = next((b for b in waiting if os.path.normpath(b["target"]) == destination), None)
             if match is None:
-                raise AgentError(f"mounts[{index}]: no staged source for the bind mount at {destination}")
+                raise RequestError(f"mounts[{index}]: no staged source for the bind mount at {destination}")
             waiting.remove(match)
             kind, source = "bind", match["source"]
         plan.append({"where": f"mounts[{index}] {destination}", "destination": destination,
@@ -126,7 +126,7 @@ def mount_entry(rootfs: str, entry: dict, guest_devices: bool, fallbacks: dict) 
         for flag in propagation:
             raw_mount(None, target, None, flag, f"{what}: propagation")
     except OSError as exc:
-        raise AgentError(f"{what}: cannot mount on {entry['destination']}: {os.strerror(exc.errno)}") from None
+        raise RequestError(f"{what}: cannot mount on {entry['destination']}: {os.strerror(exc.errno)}") from None
 
 
 def make_devices(rootfs: str, devices: list, bind: bool) -> None:
@@ -136,7 +136,7 @@ def make_devices(rootfs: str, devices: list, bind: bool) -> None:
             make_node(rootfs + dev["path"], DEVICE_KINDS[dev["type"]], (dev.get("major", 0), dev.get("minor", 0)),
                       dev.get("fileMode", 0o666), dev["path"] if bind else None, (dev.get("uid", 0), dev.get("gid", 0)))
         except OSError as exc:
-            raise AgentError(f"linux.devices: cannot create {dev['path']}: {os.strerror(exc.errno)}") from None
+            raise RequestError(f"linux.devices: cannot create {dev['path']}: {os.strerror(exc.errno)}") from None
 
 
 def build(rootfs: str, config: dict, binds: list, userns: bool, guest_devices: bool, cgroup: str | None) -> None:
@@ -197,7 +197,7 @@ def write_sysctls(sysctls: dict) -> None:
                 f.write(value)
         except OSError as exc:
             reason = "the guest kernel has no such sysctl" if exc.errno == errno.ENOENT else exc.strerror
-            raise AgentError(f"linux.sysctl: {key}={value}: {reason}") from None
+            raise RequestError(f"linux.sysctl: {key}={value}: {reason}") from None
 
 
 def mask_path(path: str) -> None:
@@ -207,10 +207,10 @@ def mask_path(path: str) -> None:
             mount("tmpfs", path, "tmpfs", "ro,size=0k")
         else:
             raw_mount("/dev/null", path, None, MS_BIND, f"masking {path}")
-    except (OSError, AgentError) as exc:
+    except (OSError, RequestError) as exc:
         if not os.path.lexists(path) or getattr(exc, "errno", None) in (errno.ENOENT, errno.ENOTDIR):
             return
-        raise AgentError(f"linux.maskedPaths: {path}: {exc}") from None
+        raise RequestError(f"linux.maskedPaths: {path}: {exc}") from None
 
 
 def readonly_path(path: str) -> None:

@@ -5,7 +5,7 @@ import binascii
 import ctypes
 import os
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 
 SYS_SECCOMP, SECCOMP_SET_MODE_FILTER = 317, 1  # x86_64; no flags, as runc's libseccomp load
 INSTRUCTION = 8  # bytes of a struct sock_filter
@@ -22,11 +22,11 @@ def load(seccomp: dict) -> None:
     try:
         program = binascii.a2b_base64(seccomp["bpf"])
     except (KeyError, TypeError, binascii.Error):
-        raise AgentError("linux.seccomp: the host sent no BPF program") from None
+        raise RequestError("linux.seccomp: the host sent no BPF program") from None
     count = len(program) // INSTRUCTION
     if not count or len(program) % INSTRUCTION or count > 0xFFFF:
-        raise AgentError(f"linux.seccomp: a BPF program of {len(program)} bytes is not whole instructions")
+        raise RequestError(f"linux.seccomp: a BPF program of {len(program)} bytes is not whole instructions")
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _Program(count, ctypes.cast(buffer, ctypes.c_void_p))
     if _libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(fprog)) != 0:
-        raise AgentError(f"linux.seccomp: loading the filter: {os.strerror(ctypes.get_errno())}")
+        raise RequestError(f"linux.seccomp: loading the filter: {os.strerror(ctypes.get_errno())}")

@@ -4,7 +4,7 @@
 import os
 import time
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 
 POLL = 0.05  # seconds between looks
 CPU_TIMEOUT = 5.0  # seconds for hot-plugged vCPUs to show up in the guest
@@ -60,10 +60,10 @@ def online_cpus(count: int, timeout: float) -> int:
 
 
 def require_online(count, request: str) -> None:
-    """Brings ``count`` vCPUs online (the host hot-plugged them first) or raises AgentError
+    """Brings ``count`` vCPUs online (the host hot-plugged them first) or raises RequestError
     saying how many came, for ``request``."""
     if type(count) is not int or count < 1:
-        raise AgentError(f"{request}: vcpus must be a positive integer, not {count!r}")
+        raise RequestError(f"{request}: vcpus must be a positive integer, not {count!r}")
     online = online_cpus(count, CPU_TIMEOUT)
     if online < count:
-        raise AgentError(f"{request}: only {online} of {count} vCPUs came online in the guest")
+        raise RequestError(f"{request}: only {online} of {count} vCPUs came online in the guest")

@@ -6,7 +6,7 @@ import socket
 import struct
 import termios
 
-from runv.agent.errors import AgentError
+from runv.agent.errors import RequestError
 
 TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441  # <asm-generic/ioctls.h>; not in termios
 CONTAINER_PTMX = "/dev/pts/ptmx"  # runc's /dev/ptmx is a link to it
@@ -53,5 +53,5 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
 def op_winsize(agent, message: dict) -> None:
     proc = agent.processes.lookup(message["proc"])
     if proc.tty_fd is None:
-        raise AgentError(f"process {message['proc']!r} has no terminal")
+        raise RequestError(f"process {message['proc']!r} has no terminal")
     set_winsize(proc.tty_fd, message["rows"], message["cols"])

@@ -9,7 +9,7 @@ from runv.api.errors import RunvError
 from runv.api.frozen import Frozen
 
 if TYPE_CHECKING:
-    from runv.oci.config import Spec
+    from runv.api.spec import Spec
 
 
 class Container(Frozen):

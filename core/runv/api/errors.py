@@ -8,3 +8,7 @@ class RunvError(Exception):
 class Unsupported(RunvError):
     """The hypervisor cannot do what was asked (pause, hot-plug, templates...); the
     message names the hypervisor and the operation."""
+
+
+class AgentError(RunvError):
+    """The guest agent refused a request (its message is in the exception) or went away."""

@@ -11,6 +11,7 @@ persists :meth:`VM.record` in the container's state and later CLI calls re-attac
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,6 @@ from runv.api.process import is_running, stop_process
 if TYPE_CHECKING:
     from runv.api.vm import Nic, VMSpec
 
-VIRTIO_SERIAL, TTY, VSOCK, UNIX = "virtio-serial", "tty", "vsock", "unix"
 AGENT_PORT_NAME = "org.runv.agent"  # the virtio-serial port the guest agent looks for
 
 
@@ -40,24 +40,47 @@ NINEP_VIRTIO = SharedFs("9p", "trans=virtio,version=9p2000.L,msize=262144")
 VIRTIOFS = SharedFs("virtiofs")
 
 
+class ChannelKind(StrEnum):
+    """How the guest agent reaches its host."""
+
+    VIRTIO_SERIAL = "virtio-serial"  # a virtio-serial port named org.runv.agent (the default)
+    TTY = "tty"  # a serial device of the guest's, such as /dev/ttyS1 or /dev/hvc1
+    VSOCK = "vsock"  # a vsock port the agent listens on
+    UNIX = "unix"  # a unix socket the agent itself listens on (a "VMM" sharing the host's kernel)
+
+
 class AgentChannel(Frozen):
-    """Where the guest agent finds its host: a virtio-serial port named
-    ``org.runv.agent`` (the default), a serial ``tty`` such as ``/dev/ttyS1`` or
-    ``/dev/hvc1``, or a ``vsock`` port. On the host the VMM (or a relay the plugin
-    starts) always serves the channel as a unix stream socket at ``VMSpec.agent_socket``;
-    with ``connect_preamble`` the core first writes that line to it (the hybrid vsock of
+    """Where the guest agent finds its host (:meth:`tty`, :meth:`vsock`, :meth:`unix`, or
+    the default virtio-serial port). On the host the VMM (or a relay the plugin starts)
+    always serves the channel as a unix stream socket at ``VMSpec.agent_socket``; with
+    ``connect_preamble`` the core first writes that line to it (the hybrid vsock of
     Firecracker and cloud-hypervisor: ``CONNECT 1024``) and reads one reply line."""
 
-    kind: str = VIRTIO_SERIAL
+    kind: ChannelKind = ChannelKind.VIRTIO_SERIAL
     device: str = ""  # tty: the guest's device node
     port: int = 0  # vsock: the port the agent listens on
     connect_preamble: str = ""
 
+    @classmethod
+    def tty(cls, device: str) -> AgentChannel:
+        """The serial device ``device`` of the guest (``/dev/ttyS1``, ``/dev/hvc1``)."""
+        return cls(ChannelKind.TTY, device=device)
+
+    @classmethod
+    def vsock(cls, port: int, connect_preamble: str = "") -> AgentChannel:
+        """vsock ``port`` in the guest; ``connect_preamble`` for a hybrid vsock's socket."""
+        return cls(ChannelKind.VSOCK, port=port, connect_preamble=connect_preamble)
+
+    @classmethod
+    def unix(cls) -> AgentChannel:
+        """The agent listens on ``VMSpec.agent_socket`` itself."""
+        return cls(ChannelKind.UNIX)
+
     def kernel_args(self) -> tuple[str, ...]:
         """What tells the agent which channel to use (nothing for virtio-serial)."""
-        if self.kind == TTY:
+        if self.kind == ChannelKind.TTY:
             return (f"runv.agent={self.device}",)
-        if self.kind == VSOCK:
+        if self.kind == ChannelKind.VSOCK:
             return (f"runv.agent=vsock:{self.port}",)
         return ()
 

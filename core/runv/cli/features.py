@@ -9,7 +9,7 @@ def command(ctx: typer.Context) -> None:
     import json
 
     from runv.agent.tables import CAPABILITIES
-    from runv.oci.config import HOOK_KINDS
+    from runv.api.spec import HOOK_KINDS
     from runv.oci.seccomp import ACTIONS, ARCHES, OPERATORS
     from runv.oci.state import OCI_VERSION
 

@@ -12,87 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from runv.api.errors import RunvError
-from runv.api.frozen import Frozen, field
+from runv.api.spec import HOOK_KINDS, ConsoleSize, Hook, Process, Root, Spec, User
 from runv.oci.fields import read_json
 from runv.oci.security import parse_capabilities, parse_linux, parse_process_security
-
-HOOK_KINDS = ("createRuntime", "createContainer", "startContainer", "prestart", "poststart", "poststop")
-
-
-class User(Frozen):
-    uid: int = 0
-    gid: int = 0
-    additional_gids: tuple[int, ...] = ()
-
-
-class ConsoleSize(Frozen):
-    height: int
-    width: int
-
-
-class Process(Frozen):
-    """What to run in the container (also the shape of ``runv exec --process``)."""
-
-    args: tuple[str, ...]
-    env: tuple[str, ...] = ()
-    cwd: str = "/"
-    terminal: bool = False
-    user: User = User()
-    console_size: ConsoleSize | None = None
-    # capabilities, rlimits, noNewPrivileges, oomScoreAdj, umask: as runv.oci.security parses them
-    security: dict = field(factory=dict, eq=False)
-
-    def to_json(self) -> dict:
-        """The OCI form again (``parse_process`` reads it back)."""
-        data = {
-            "args": list(self.args),
-            "env": list(self.env),
-            "cwd": self.cwd,
-            "terminal": self.terminal,
-            "user": {"uid": self.user.uid, "gid": self.user.gid, "additionalGids": list(self.user.additional_gids)},
-        }
-        if self.console_size:
-            data["consoleSize"] = {"height": self.console_size.height, "width": self.console_size.width}
-        security = dict(self.security)
-        if "umask" in security:
-            data["user"]["umask"] = security.pop("umask")
-        data.update(security)
-        return data
-
-    def agent_request(self) -> dict:
-        """The fields of the agent's ``exec`` request that describe this process."""
-        oci = self.to_json()
-        request = {key: oci[key] for key in ("args", "env", "cwd", "user")}
-        request.update(self.security)
-        request["tty"] = self.terminal
-        if self.console_size:
-            request["rows"], request["cols"] = self.console_size.height, self.console_size.width
-        return request
-
-
-class Root(Frozen):
-    path: str
-    readonly: bool = False
-
-
-class Hook(Frozen):
-    path: str
-    args: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
-    timeout: int | None = None
-
-
-class Spec(Frozen):
-    oci_version: str
-    process: Process
-    root: Root
-    hostname: str = ""
-    annotations: dict[str, str] = field(factory=dict)
-    hooks: dict[str, tuple[Hook, ...]] = field(factory=dict)
-    linux: dict[str, Any] = field(factory=dict)
-    mounts: tuple[dict, ...] = ()
-    # what the agent's prepare applies from ``linux`` (runv.oci.security.parse_linux) and the mounts
-    confinement: dict = field(factory=dict, eq=False)
 
 
 class _Fields:

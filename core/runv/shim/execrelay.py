@@ -13,10 +13,9 @@ import traceback
 from typing import TYPE_CHECKING
 
 from runv.agent.protocol import CTRL, FrameReader, encode_ctrl, encode_data
-from runv.api.errors import RunvError
+from runv.api.errors import AgentError, RunvError
 from runv.log import logger
 from runv.shim.outbox import Outbox
-from runv.vm.agentclient import AgentError
 
 if TYPE_CHECKING:
     from runv.vm.machine import Machine

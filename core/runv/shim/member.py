@@ -29,9 +29,9 @@ from runv.vm.machine import INIT
 from runv.vm.teardown import teardown
 
 if TYPE_CHECKING:
+    from runv.api.spec import Process
     from runv.api.vm import StorageAttachment
     from runv.loader import Selection
-    from runv.oci.config import Process
     from runv.shim.server import Shim
 
 KILL_GRACE = 5.0  # seconds the guest has to end a member after a SIGKILL before the pod's VM is stopped

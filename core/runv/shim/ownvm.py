@@ -8,17 +8,16 @@ import signal
 import socket
 from typing import TYPE_CHECKING, Callable
 
-from runv.api.errors import RunvError
+from runv.api.errors import AgentError, RunvError
 from runv.log import logger
 from runv.shim import execrelay
 from runv.stdio import start_pump
 from runv.vm import bringup
-from runv.vm.agentclient import AgentError
 from runv.vm.machine import INIT, Machine
 
 if TYPE_CHECKING:
+    from runv.api.spec import Process
     from runv.loader import Selection
-    from runv.oci.config import Process
     from runv.shim.server import Shim
 
 STREAMS = {"stdin": 1, "stdout": 2, "stderr": 3}  # the container process's agent channels

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Callable
 from runv import console
 from runv.api.errors import RunvError
 from runv.api.process import process_start_time
+from runv.api.spec import ConsoleSize
 from runv.log import logger
-from runv.oci.config import ConsoleSize
 from runv.records import NoSuchContainer
 from runv.shim import control
 from runv.shim.control import NOT_FORWARDED, exit_code

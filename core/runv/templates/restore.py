@@ -97,8 +97,9 @@ def poke(vm: VMSpec, name: str, on_data: Callable, on_event: Callable, preamble:
          vcpus: int | None = None) -> AgentClient:
     """Connects to a restored agent and makes the clone its own (clock, RNG seed; ``vcpus``
     online, when the host hot-plugged some)."""
+    from runv.api.errors import AgentError
     from runv.api.sockets import connect_unix
-    from runv.vm.agentclient import AgentClient, AgentError
+    from runv.vm.agentclient import AgentClient
 
     adopted = []  # until the clone answers, the shim must not see this client's events
 

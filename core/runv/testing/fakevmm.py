@@ -50,13 +50,12 @@ from runv.api import (
     process_start_time,
     stop_process,
 )
-from runv.api.hypervisor import UNIX
 
 NAME = "fake"
 ROOTFS = "fake-root"  # under the VM's state directory: where the agent mounts the container's rootfs
 CAPABILITIES = Capabilities(
     shared_fs=SharedFs("bind", options="rbind", source="path"),  # the agent bind-mounts the share's host path, submounts too
-    agent=AgentChannel(kind=UNIX),  # the agent itself listens on vm.agent_socket
+    agent=AgentChannel.unix(),  # the agent itself listens on vm.agent_socket
     disk_formats=(),  # no block devices: a storage mode that needs disks is refused before boot
     nics=False,
     pause=True,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from runv.agent.protocol import CTRL, FrameReader, ProtocolError, encode_ctrl, encode_data
-from runv.api.errors import RunvError
+from runv.api.errors import AgentError
 from runv.api.sockets import connect_unix
 from runv.log import logger
 
@@ -98,10 +98,6 @@ def check_reply(op: str, reply: dict) -> dict:
             if key not in ("id", "ok") and not isinstance(value, (int, float, dict)):
                 raise GuestProtocolError(f"stats field {printable(key, 80)!r} has the wrong type")
     return reply
-
-
-class AgentError(RunvError):
-    """The agent refused a request (its message is in the exception) or went away."""
 
 
 class AgentClient:

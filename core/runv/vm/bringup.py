@@ -230,7 +230,8 @@ def attach_nic(vm: VM, caps: Capabilities, nic) -> None:
 
 def connect_agent(vm_spec: VMSpec, vm: VM, caps: Capabilities, on_data: Callable, on_event: Callable) -> AgentClient:
     """Waits for the booted guest's agent; a VM that dies meanwhile fails with its last words."""
-    from runv.vm.agentclient import AgentClient, AgentError
+    from runv.api.errors import AgentError
+    from runv.vm.agentclient import AgentClient
 
     def gone() -> str | None:
         if vm.alive():

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runv.api.errors import RunvError
-from runv.vm.agentclient import AgentError
+from runv.api.errors import AgentError, RunvError
 
 if TYPE_CHECKING:
     from runv.api.hypervisor import VM, Capabilities

@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Callable
 
-from runv.api.errors import RunvError
+from runv.api.errors import AgentError, RunvError
 from runv.api.frozen import to_json
 from runv.log import logger
 from runv.vm import bringup, podshare
-from runv.vm.agentclient import AgentError
 from runv.vm.limits import Limits
 from runv.vm.proctree import child_status
 from runv.vm.teardown import teardown
@@ -26,9 +25,9 @@ from runv.vm.teardown import teardown
 if TYPE_CHECKING:
     from runv.api.container import Container
     from runv.api.hypervisor import VM
+    from runv.api.spec import Process
     from runv.api.vm import Nic, StorageAttachment, VMSpec
     from runv.loader import Selection
-    from runv.oci.config import Process
     from runv.records import Store
     from runv.settings import Settings
     from runv.vm.agentclient import AgentClient

@@ -13,8 +13,8 @@ import json
 import subprocess
 
 from runv.api.errors import RunvError
+from runv.api.spec import Hook, Spec
 from runv.log import logger
-from runv.oci.config import Hook, Spec
 from runv.oci.state import State
 
 DEFAULT_TIMEOUT = 30  # seconds, when the hook gives none

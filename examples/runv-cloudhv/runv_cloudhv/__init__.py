@@ -50,7 +50,7 @@ from runv_cloudhv.vm import CloudHvVM, start
 PRIORITY = 16  # below qemu (20) and xen (18), above kvmtool (15): an example does not take `auto` from QEMU
 CAPABILITIES = Capabilities(
     shared_fs=VIRTIOFS,  # --fs tag=TAG,socket=S per share; the guest mounts -t virtiofs TAG
-    agent=AgentChannel(kind="vsock", port=command.AGENT_PORT, connect_preamble=f"CONNECT {command.AGENT_PORT}"),
+    agent=AgentChannel.vsock(command.AGENT_PORT, connect_preamble=f"CONNECT {command.AGENT_PORT}"),
     disk_prefix="",  # --disk ...,serial=S: the guest finds each disk by its serial
     disk_formats=("raw",),
     nics=True,  # --net fd=N,mac=M on the inherited taps

@@ -56,7 +56,7 @@ PATH_ENV = "RUNV_LKVM"
 AGENT_TTY = 1  # ttyS1; ttyS0 is the console
 CAPABILITIES = Capabilities(
     shared_fs=NINEP_VIRTIO,  # --9p DIR,TAG
-    agent=AgentChannel(kind="tty", device=f"/dev/ttyS{AGENT_TTY}"),
+    agent=AgentChannel.tty(f"/dev/ttyS{AGENT_TTY}"),
     disk_prefix="/dev/vd",  # --disk, in order, no serial
     disk_formats=("raw",),
     nics=False,  # kvmtool makes its own taps; it cannot take the net plugin's open ones

@@ -24,7 +24,7 @@ from runv.api import VM, AgentChannel, Capabilities, HypervisorInfo, RunvError, 
 PRIORITY = 18  # a Xen dom0 has no KVM; where it works it beats tcg
 CAPABILITIES = Capabilities(
     shared_fs=SharedFs("9p", "trans=xen,version=9p2000.L"),  # xl's p9 entries (the 9pfs backend)
-    agent=AgentChannel(kind="tty", device="/dev/hvc1"),  # a PV console channel
+    agent=AgentChannel.tty("/dev/hvc1"),  # a PV console channel
     disk_prefix="/dev/xvd",
     disk_formats=("raw", "qcow2"),
     nics=False,
