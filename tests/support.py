@@ -47,14 +47,14 @@ def run_captured(argv: list[str], *, check: bool = False, timeout: float = 180, 
 
 
 def fake_cgroup_v2(base: Path) -> Path:
-    """A directory that runv.api.cgroups takes for a cgroup v2 mount."""
+    """A directory that runv.api.vmmcgroup takes for a cgroup v2 mount."""
     base.mkdir()
     (base / "cgroup.controllers").write_text("cpu io memory pids\n")
     return base
 
 
 def fake_cgroup_v1(base: Path) -> Path:
-    """A directory that runv.api.cgroups takes for cgroup v1's mounts (memory, pids, cpu)."""
+    """A directory that runv.api.vmmcgroup takes for cgroup v1's mounts (memory, pids, cpu)."""
     for controller in ("memory", "pids", "cpu"):
         (base / controller).mkdir(parents=True)
     return base

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from runv.api import VM, Agent, Container, HypervisorInfo, Nic, Process, StorageAttachment, VMContribution, VMSpec
+    from runv.api import VM, Agent, Container, GuestModules, HypervisorInfo, Nic, Process, StorageAttachment, VMContribution, VMSpec
 
 
 class Hooks:
@@ -41,6 +41,9 @@ class Hooks:
 
     def probe(self) -> str | None:
         return self.hook.probe()
+
+    def guest_modules(self) -> list[GuestModules]:
+        return self.hook.guest_modules()
 
     def attach_storage(self, *, container: Container) -> StorageAttachment | None:
         return self.hook.attach_storage(container=container)

@@ -9,7 +9,9 @@ plugin's load (a misspelt hook never registers silently).
   :class:`~runv.api.VM` that ``boot`` returns does the rest (stop, pause, hot-plug, save).
 - A **storage** plugin implements ``attach_storage`` and ``detach_storage`` (and ``probe``).
 - Any plugin may contribute to ``configure_net``, ``prepare_vm``, ``sync_net``,
-  ``release_net`` and ``exec``; the always-on extras (``runv.plugins`` entry points) do.
+  ``release_net`` and ``exec``; the always-on extras (``runv.extras`` entry points) do.
+- Any plugin may name the kernel modules its guest side needs (``guest_modules``):
+  ``runv guest build`` asks every installed plugin, and the image carries them all.
 
 Only the selected hypervisor and storage plugin are loaded for a container, so a
 ``firstresult`` hook is answered by the one in use. The core calls every hook with keyword
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from runv.api import VM, Agent, Container, HypervisorInfo, Nic, Process, StorageAttachment, VMContribution, VMSpec
+    from runv.api import VM, Agent, Container, GuestModules, HypervisorInfo, Nic, Process, StorageAttachment, VMContribution, VMSpec
 
 hookspec = pluggy.HookspecMarker("runv")
 
@@ -55,6 +57,18 @@ def probe() -> str | None:
     :return: ``None`` when usable, otherwise one line saying why not and how to fix it.
 
     Stops at first non-None result.
+    """
+
+
+@hookspec
+def guest_modules() -> GuestModules | None:
+    """Name the kernel modules the guest must have for this plugin's devices, channels,
+    filesystems or device-mapper targets.
+
+    Called on every installed, enabled plugin by ``runv guest build``, whose initrd then
+    carries all of them with their dependencies (and is rebuilt when the list changes).
+
+    :return: the modules to load at boot and those to ship for the kernel to load on demand.
     """
 
 

@@ -21,9 +21,12 @@ from runv.hooks import Hooks
 
 if TYPE_CHECKING:
     from runv.api.hypervisor import VM, HypervisorInfo
+    from runv.api.vm import GuestModules
 
-GROUPS = {"hypervisor": "runv.hypervisors", "storage": "runv.storage", "extra": "runv.plugins"}
+GROUPS = {"hypervisor": "runv.hypervisors", "storage": "runv.storage", "extra": "runv.extras"}
 AUTO = "auto"
+# plugins that had another name: state records and callers may still use it (runv 0.1's "overlay")
+RENAMED = {("storage", "overlay"): "bundle"}
 DISABLE_ENV = "RUNV_DISABLE_PLUGINS"
 IN_PROCESS = "(in-process)"  # the distribution of a plugin registered with register_local
 _LOCAL: dict[tuple[str, str], Any] = {}
@@ -109,6 +112,7 @@ def available(kind: str) -> dict[str, PluginInfo]:
 def choose(kind: str, name: str) -> PluginInfo:
     """The enabled plugin ``name`` of ``kind``, or an error listing the ones there are."""
     plugins = available(kind)
+    name = RENAMED.get((kind, name), name)
     if name in plugins:
         return plugins[name]
     names = ", ".join(sorted(plugins)) or "none"
@@ -226,3 +230,20 @@ def teardown_hooks(storage: str | None) -> Hooks:
         except RunvError as exc:
             logger.warning("%s", exc)
     return Hooks(*plugins)
+
+
+def guest_modules(warn: Callable[[str], None]) -> GuestModules:
+    """What every installed, enabled plugin asks of the guest image (its ``guest_modules``);
+    a plugin that fails to load is ``warn``ed about and left out."""
+    from runv.api.vm import GuestModules
+
+    wanted = GuestModules()
+    for info in sorted((p for p in installed() if p.name not in disabled()), key=lambda p: (p.kind, p.name)):
+        try:
+            answers = hooks_of(info).guest_modules()
+        except LoadError as exc:
+            warn(f"{exc}: the guest image will lack what it needs")
+            continue
+        for answer in answers:
+            wanted = wanted.plus(answer)
+    return wanted

@@ -26,7 +26,7 @@ class Settings(Frozen):
     kernel: str = DEFAULT_KERNEL
     initrd: str = DEFAULT_INITRD
     hypervisor: str = "auto"
-    storage: str = "overlay"
+    storage: str = "bundle"
     template: str = "auto"  # VM template to start from: auto, off or a name (runv.templates.store)
 
     def __init__(self, **values: object) -> None:

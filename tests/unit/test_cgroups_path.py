@@ -1,4 +1,4 @@
-"""``linux.cgroupsPath`` on the host (runv.api.cgroups): parsing and systemd expansion as
+"""``linux.cgroupsPath`` on the host (runv.api.vmmcgroup): parsing and systemd expansion as
 runc does them, the shim's and the VMM's leaves under it on fake v1 and v2 trees, and
 the teardown removing what runv made of it and nothing of the caller's."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from support import emptied, fake_cgroup_v1, fake_cgroup_v2
 
-from runv.api import RunvError, cgroups
+from runv.api import RunvError, vmmcgroup
+from runv.vm import cgroupspath
 
 
 def proc_self(tmp_path: Path, text: str) -> str:
@@ -33,7 +34,7 @@ def proc_self(tmp_path: Path, text: str) -> str:
     ("machine.slice::x.slice", "machine.slice/x.slice"),  # a slice as the unit is used as it is
 ])
 def test_paths_and_systemd_forms_as_runc_reads_them(value, path):
-    assert cgroups.parse_path(value, "config.json") == path
+    assert cgroupspath.parse_path(value, "config.json") == path
 
 
 @pytest.mark.parametrize("value, message", [
@@ -48,7 +49,7 @@ def test_paths_and_systemd_forms_as_runc_reads_them(value, path):
 ])
 def test_a_bad_cgroups_path_is_one_line_naming_the_field(value, message):
     with pytest.raises(RunvError) as err:
-        cgroups.parse_path(value, "/b/config.json")
+        cgroupspath.parse_path(value, "/b/config.json")
     assert str(err.value).startswith(f"/b/config.json: linux.cgroupsPath {value!r}: ")
     assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -58,64 +59,64 @@ def test_v1_the_shim_and_the_vmm_go_under_the_path_in_memory_and_pids(tmp_path):
     state = tmp_path / "state/c1"
     state.mkdir(parents=True)
     (base / "memory/libpod_parent").mkdir()  # the caller's: kept
-    cgroups.place(state, "libpod_parent/libpod-c1", 4242, base)
-    name = cgroups.name(state)
+    cgroupspath.place(state, "libpod_parent/libpod-c1", 4242, base)
+    name = vmmcgroup.name(state)
     for controller in ("memory", "pids"):
         assert (base / controller / "libpod_parent/libpod-c1" / f"{name}.shim/cgroup.procs").read_text() == "4242"
     assert not (base / "cpu/libpod_parent").exists()
-    vmm = cgroups.for_vm(state, base)
+    vmm = vmmcgroup.for_vm(state, base)
     assert vmm.dirs() == [base / "memory/libpod_parent/libpod-c1" / name, base / "pids/libpod_parent/libpod-c1" / name]
     vmm.create(1 << 30, 130)
     assert (vmm.dirs()[0] / "memory.limit_in_bytes").read_text() == str(1 << 30)
-    assert cgroups.from_record(json.loads(json.dumps(vmm.record()))).dirs() == vmm.dirs()  # a VM record finds it again
-    made = json.loads((state / cgroups.RECORD).read_text())["made"]
+    assert vmmcgroup.from_record(json.loads(json.dumps(vmm.record()))).dirs() == vmm.dirs()  # a VM record finds it again
+    made = json.loads((state / vmmcgroup.RECORD).read_text())["made"]
     assert made == [str(base / "memory/libpod_parent/libpod-c1"), str(base / "pids/libpod_parent"),
                     str(base / "pids/libpod_parent/libpod-c1")]
     emptied(base)
-    cgroups.release(state)
+    cgroupspath.release(state)
     assert not (base / "memory/libpod_parent/libpod-c1").exists() and not (base / "pids/libpod_parent").exists()
     assert (base / "memory/libpod_parent").is_dir()  # not runv's: it stays
     assert not (base / "memory/runv").exists()
-    cgroups.release(state)  # converges
+    cgroupspath.release(state)  # converges
 
 
 def test_v2_enables_memory_and_pids_on_the_way_down(tmp_path):
     base = fake_cgroup_v2(tmp_path / "cg")
     state = tmp_path / "c1"
     state.mkdir()
-    cgroups.place(state, cgroups.parse_path("machine.slice:libpod:c1", "config.json"), 4242, base)
+    cgroupspath.place(state, cgroupspath.parse_path("machine.slice:libpod:c1", "config.json"), 4242, base)
     scope = base / "machine.slice/libpod-c1.scope"
     for level in (base, base / "machine.slice", scope):
         assert (level / "cgroup.subtree_control").read_text() == "+memory +pids"
-    assert (scope / f"{cgroups.name(state)}.shim/cgroup.procs").read_text() == "4242"
-    vmm = cgroups.for_vm(state, base)
+    assert (scope / f"{vmmcgroup.name(state)}.shim/cgroup.procs").read_text() == "4242"
+    vmm = vmmcgroup.for_vm(state, base)
     vmm.create(512 << 20, 130)
-    assert vmm.dirs() == [scope / cgroups.name(state)] and (vmm.dirs()[0] / "memory.max").read_text() == str(512 << 20)
+    assert vmm.dirs() == [scope / vmmcgroup.name(state)] and (vmm.dirs()[0] / "memory.max").read_text() == str(512 << 20)
     emptied(base / "machine.slice")
-    cgroups.release(state)
+    cgroupspath.release(state)
     assert not (base / "machine.slice").exists() and (base / "cgroup.controllers").exists()
 
 
 def test_a_relative_path_is_below_the_runtimes_own_cgroup(tmp_path):
     base = fake_cgroup_v1(tmp_path / "cg")
     proc = proc_self(tmp_path, "12:pids:/user.slice/u1\n11:cpu,cpuacct:/\n7:memory:/user.slice\n0::/user.slice\n")
-    assert cgroups.resolve("./k8s/pod1", base, proc) == [base / "memory/user.slice/k8s/pod1", base / "pids/user.slice/u1/k8s/pod1"]
+    assert cgroupspath.resolve("./k8s/pod1", base, proc) == [base / "memory/user.slice/k8s/pod1", base / "pids/user.slice/u1/k8s/pod1"]
     v2 = fake_cgroup_v2(tmp_path / "v2")
-    assert cgroups.resolve("./k8s", v2, proc_self(tmp_path, "0::/init.scope\n")) == [v2 / "init.scope/k8s"]
+    assert cgroupspath.resolve("./k8s", v2, proc_self(tmp_path, "0::/init.scope\n")) == [v2 / "init.scope/k8s"]
 
 
 def test_the_shims_own_teardown_leaves_its_leaf_to_delete(tmp_path):
     base = fake_cgroup_v1(tmp_path / "cg")
     state = tmp_path / "c1"
     state.mkdir()
-    cgroups.place(state, "runv-test/c1", os.getpid(), base)  # this process plays the shim
-    emptied_vmm = cgroups.for_vm(state, base)
+    cgroupspath.place(state, "runv-test/c1", os.getpid(), base)  # this process plays the shim
+    emptied_vmm = vmmcgroup.for_vm(state, base)
     emptied_vmm.create(1 << 30, 130)
     for directory in emptied_vmm.dirs():
         emptied(directory)
-    cgroups.release(state)
+    cgroupspath.release(state)
     assert not any(d.exists() for d in emptied_vmm.dirs())  # the VMM's leaf went
-    shim = base / "memory/runv-test/c1" / f"{cgroups.name(state)}.shim"
+    shim = base / "memory/runv-test/c1" / f"{vmmcgroup.name(state)}.shim"
     assert shim.is_dir()  # the shim is still in it: `delete` removes it, once the shim is gone
 
 
@@ -123,8 +124,8 @@ def test_a_missing_hierarchy_is_one_line(tmp_path):
     base = tmp_path / "cg"
     (base / "memory").mkdir(parents=True)
     with pytest.raises(RunvError, match=f"^no cgroup v1 pids hierarchy at {base / 'pids'}"):
-        cgroups.place(tmp_path, "a/b", 1, base)
+        cgroupspath.place(tmp_path, "a/b", 1, base)
 
 
 def test_an_old_records_bare_name_is_in_runvs_parent():
-    assert cgroups.from_record("c1-abc").dirs() == [p / "c1-abc" for p in cgroups.Cgroup("c1-abc").parents()]
+    assert vmmcgroup.from_record("c1-abc").dirs() == [p / "c1-abc" for p in vmmcgroup.Cgroup("c1-abc").parents()]

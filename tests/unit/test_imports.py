@@ -15,6 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "core"
 PLUGINS = REPO / "plugins"
+EXAMPLES = REPO / "examples"
 MAX_LINES = 400
 API = "runv.api"
 API_MAY_IMPORT = {"pluggy"}  # beyond the standard library
@@ -27,6 +28,7 @@ KNOWN_CYCLES: set[frozenset[str]] = set()  # cycles the tree is known to have; i
 def module_files() -> dict[str, Path]:
     """Every module of the core and of the plugins' packages, by dotted name."""
     roots = [(CORE, CORE / "runv")] + [(package.parent, package) for package in sorted(PLUGINS.glob("*/runv_*"))]
+    roots += [(package.parent, package) for package in sorted(EXAMPLES.glob("*/runv_*"))]
     found = {}
     for base, package in roots:
         for path in sorted(package.rglob("*.py")):

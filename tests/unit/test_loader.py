@@ -126,9 +126,10 @@ def test_in_process_registration_lasts_for_the_block():
 
 
 def test_in_process_registration_wins_over_an_installed_plugin_of_the_same_name():
-    with registered("storage", "overlay", object()):
-        assert loader.choose("storage", "overlay").distribution == IN_PROCESS
-    assert loader.choose("storage", "overlay").distribution == "runv-overlay"
+    with registered("storage", "bundle", object()):
+        assert loader.choose("storage", "bundle").distribution == IN_PROCESS
+    assert loader.choose("storage", "bundle").distribution == "runv-bundle"
+    assert loader.choose("storage", "overlay").name == "bundle"  # its name before 0.2, in older records
 
 
 def test_unknown_kinds_are_refused():
@@ -197,8 +198,8 @@ def test_reattach_uses_the_plugin_s_vm_class():
 
 def test_selection_puts_hypervisor_storage_and_extras_on_one_set_of_hooks():
     with registered("hypervisor", "fake", fakevmm):
-        selection = loader.load("fake", "overlay")
-    assert selection.hypervisor.name == "fake" and selection.storage == "overlay"
+        selection = loader.load("fake", "bundle")
+    assert selection.hypervisor.name == "fake" and selection.storage == "bundle"
     names = {name for name, _ in selection.hooks.pm.list_name_plugin()}
-    assert {"fake", "overlay", "runv.builtin"} <= names
+    assert {"fake", "bundle", "runv.builtin"} <= names
     assert selection.hypervisor.info.capabilities == fakevmm.CAPABILITIES

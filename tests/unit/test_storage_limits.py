@@ -1,7 +1,7 @@
 """Storage sizes an image may choose (annotations) are capped, malformed ones refused, in one
 line; a container's disk files live in its own directory under ``containers_dir`` (not in
 ``--root``'s RAM), unique per (root, id), and nothing of it survives a failed create or a
-detach. Whole creates run on the fake VMM; the overlay plugin's hooks are also called as the
+detach. Whole creates run on the fake VMM; the bundle plugin's hooks are also called as the
 core calls them."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import stat
 import pytest
 from test_bundle_safety import one_line_error
 
-import runv_overlay
+import runv_bundle
 from runv.api import images
 from runv.api import storage as storage_config
 from runv.api.errors import RunvError
@@ -120,7 +120,7 @@ def test_an_image_cannot_set_the_limits_or_the_directories(config, key):
 def test_overlay_upper_lives_in_its_own_0700_directory_until_detach(tmp_path, config):
     box = container(tmp_path, annotations={"io.runv.storage.mode": "overlay", "io.runv.storage.upper-size": "64M"})
     box.state_dir.mkdir()
-    hooks = hooks_with(runv_overlay)
+    hooks = hooks_with(runv_bundle)
     attachment = hooks.attach_storage(container=box)
     (disk,) = attachment.disks
     directory = disk.path.parent
@@ -138,7 +138,7 @@ def test_block_qcow2_in_its_own_directory_base_in_the_cache(tmp_path, config):
     box = container(tmp_path, annotations={"io.runv.storage.mode": "block"})
     (box.rootfs / "etc").mkdir()
     box.state_dir.mkdir()
-    hooks = hooks_with(runv_overlay)
+    hooks = hooks_with(runv_bundle)
     attachment = hooks.attach_storage(container=box)
     (disk,) = attachment.disks
     assert disk.path.parent.parent == tmp_path / "containers" and disk.path.name == "rootfs.qcow2"
@@ -150,7 +150,7 @@ def test_block_qcow2_in_its_own_directory_base_in_the_cache(tmp_path, config):
 def test_two_roots_with_the_same_id_never_share_a_directory(tmp_path, config):
     one = container(tmp_path / "one", cid="same", annotations={"io.runv.storage.overlay": "true"})
     two = container(tmp_path / "two", cid="same", annotations={"io.runv.storage.overlay": "true"})
-    hooks = hooks_with(runv_overlay)
+    hooks = hooks_with(runv_bundle)
     for box in (one, two):
         box.state_dir.mkdir()
     first, second = (hooks.attach_storage(container=box) for box in (one, two))
@@ -171,7 +171,7 @@ def test_a_failing_format_leaves_no_directory(tmp_path, config, monkeypatch):
     (tools / images.MKFS).chmod(0o755)
     monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     with pytest.raises(RunvError, match="cannot format .*upper.img.*No space left on device"):
-        hooks_with(runv_overlay).attach_storage(container=box)
+        hooks_with(runv_bundle).attach_storage(container=box)
     assert leftovers(tmp_path) == []
 
 
@@ -181,7 +181,7 @@ def test_what_a_crashed_create_left_is_replaced(tmp_path, config):
     stale = tmp_path / "containers" / storage_config.container_key(box)
     stale.mkdir(parents=True)
     (stale / "junk").write_bytes(b"x")
-    hooks = hooks_with(runv_overlay)
+    hooks = hooks_with(runv_bundle)
     attachment = hooks.attach_storage(container=box)
     assert sorted(os.listdir(stale)) == ["upper.img"]
     hooks.detach_storage(container=box, attachment=attachment)

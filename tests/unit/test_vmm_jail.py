@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import emptied, fake_cgroup_v1, fake_cgroup_v2
 
-from runv.api import RunvError, cgroups, jail
+from runv.api import RunvError, jail, vmmcgroup
 from runv.api.vm import Disk, Share, VMSpec
 from runv.testing import container
 
@@ -116,16 +116,16 @@ def test_a_jail_failure_is_one_line(tmp_path):
 
 def test_the_name_is_the_state_directorys_and_unique_per_root(tmp_path):
     a, b = tmp_path / "root-a/c1", tmp_path / "root-b/c1"
-    assert cgroups.name(a) == cgroups.name(a) != cgroups.name(b)
-    assert cgroups.name(a).startswith("c1-") and cgroups.name(tmp_path / ".making-7").startswith("making-7-")
-    assert cgroups.name(tmp_path / "x/../c1") == cgroups.name(tmp_path / "c1")
+    assert vmmcgroup.name(a) == vmmcgroup.name(a) != vmmcgroup.name(b)
+    assert vmmcgroup.name(a).startswith("c1-") and vmmcgroup.name(tmp_path / ".making-7").startswith("making-7-")
+    assert vmmcgroup.name(tmp_path / "x/../c1") == vmmcgroup.name(tmp_path / "c1")
 
 
 def test_v2_layout_limits_and_removal(tmp_path):
     base = fake_cgroup_v2(tmp_path / "cg")
-    group = cgroups.for_vm(tmp_path / "state/c1", base)
-    memory, pids = cgroups.limits(256, 2)
-    assert (memory, pids) == ((256 + cgroups.OVERHEAD_MIB) << 20, cgroups.PIDS_BASE + 4)
+    group = vmmcgroup.for_vm(tmp_path / "state/c1", base)
+    memory, pids = vmmcgroup.limits(256, 2)
+    assert (memory, pids) == ((256 + vmmcgroup.OVERHEAD_MIB) << 20, vmmcgroup.PIDS_BASE + 4)
     group.create(memory, pids)
     directory = base / "runv" / group.name
     assert group.dirs() == [directory] and group.procs() == [str(directory / "cgroup.procs")]
@@ -142,7 +142,7 @@ def test_v2_layout_limits_and_removal(tmp_path):
 
 def test_v1_layout_one_directory_per_controller(tmp_path):
     base = fake_cgroup_v1(tmp_path / "cg")
-    group = cgroups.for_vm(tmp_path / "c1", base)
+    group = vmmcgroup.for_vm(tmp_path / "c1", base)
     group.create(1 << 30, 200)
     memory, pids = base / "memory/runv" / group.name, base / "pids/runv" / group.name
     assert group.dirs() == [memory, pids]
@@ -158,19 +158,19 @@ def test_a_missing_controller_is_one_line_and_leaves_nothing(tmp_path):
     base = tmp_path / "cg"
     (base / "memory").mkdir(parents=True)
     with pytest.raises(RunvError, match=f"^no cgroup v1 pids hierarchy at {base / 'pids'}") as err:
-        cgroups.for_vm(tmp_path / "c1", base).create(1 << 30, 10)
+        vmmcgroup.for_vm(tmp_path / "c1", base).create(1 << 30, 10)
     assert "\n" not in str(err.value) and list((base / "memory").iterdir()) == []
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "cgroup.controllers").write_text("cpu io\n")
     with pytest.raises(RunvError, match="lacks the memory, pids controller"):
-        cgroups.for_vm(tmp_path / "c1", v2).create(1 << 30, 10)
+        vmmcgroup.for_vm(tmp_path / "c1", v2).create(1 << 30, 10)
 
 
 # ---------------------------------------------------------------- a real cgroup, the real teardown
 
 
-@pytest.mark.skipif(not ROOT or not (cgroups.BASE / "pids").is_dir() and not (cgroups.BASE / "cgroup.controllers").exists(),
+@pytest.mark.skipif(not ROOT or not (vmmcgroup.BASE / "pids").is_dir() and not (vmmcgroup.BASE / "cgroup.controllers").exists(),
                     reason="needs root and a writable cgroupfs")
 def test_teardown_kills_what_is_left_in_the_vms_cgroup_without_a_record(tmp_path):
     from runv.hooks import Hooks
@@ -178,7 +178,7 @@ def test_teardown_kills_what_is_left_in_the_vms_cgroup_without_a_record(tmp_path
 
     box = container(tmp_path)
     box.state_dir.mkdir()
-    group = cgroups.for_vm(box.state_dir)
+    group = vmmcgroup.for_vm(box.state_dir)
     group.create(64 << 20, 16)
     stray = subprocess.Popen(["sleep", "1000"])
     try:

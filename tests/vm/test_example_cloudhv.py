@@ -1,5 +1,5 @@
 """The example hypervisor plugin (examples/runv-cloudhv) as a third party ships it: a wheel
-built with ``pip wheel``, installed next to runv's own wheel (and runv-overlay's) into a
+built with ``pip wheel``, installed next to runv's own wheel (and runv-bundle's) into a
 fresh virtualenv, found by `runv plugins` from its entry point, and reported by `runv check`
 as unusable with its probe's reason (Cloud Hypervisor is not installed here); in the same
 environment a container runs on the fake VMM that the runv wheel ships (runv.testing). Its unit tests run in runv's own
@@ -36,9 +36,9 @@ def wheel(source: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
-    """A fresh virtualenv with the runv, runv-cloudhv and runv-overlay wheels installed; returns its python."""
+    """A fresh virtualenv with the runv, runv-cloudhv and runv-bundle wheels installed; returns its python."""
     base = tmp_path_factory.mktemp("cloudhv")
-    wheels = [wheel(REPO, base / "core"), wheel(EXAMPLE, base / "example"), wheel(REPO / "plugins" / "overlay", base / "overlay")]
+    wheels = [wheel(REPO, base / "core"), wheel(EXAMPLE, base / "example"), wheel(REPO / "plugins" / "bundle", base / "bundle")]
     subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True, timeout=120)
     python = base / "venv" / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

@@ -113,9 +113,9 @@ def test_qemu_plugin_reports_qemus_own_words_when_kvm_refuses(tmp_path, monkeypa
     assert "Host doesn't support requested features" in message and "\n" not in message
     assert message.startswith("qemu-system-x86_64 ")
     assert vm_processes_in(tmp_path) == []
-    from runv.api import cgroups
+    from runv.api import vmmcgroup
 
-    assert all(not d.exists() for d in cgroups.for_vm(tmp_path).dirs())  # its cgroup went with it
+    assert all(not d.exists() for d in vmmcgroup.for_vm(tmp_path).dirs())  # its cgroup went with it
 
 
 def test_tcg_reuses_the_qemu_plugins_hooks():
@@ -277,7 +277,7 @@ def test_xen_boot_fails_with_xls_own_words(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     with pytest.raises(RunvError) as err:
         runv_xen.boot(vm=spec(tmp_path))
-    assert str(err.value) == "xl create runv-c1 failed: libxl: error: cannot connect to xenstore"
+    assert str(err.value) == "xl create runv-c1 failed to start (exit 1): libxl: error: cannot connect to xenstore"
 
 
 @pytest.mark.skipif(not HAS_XEN, reason="xl needs a running Xen hypervisor (dom0), even for `xl -N create`")

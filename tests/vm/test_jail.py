@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runv.api import cgroups
+from runv.api import vmmcgroup
 from runv.testing import vm_processes_in
 from runv_qemu import driver
 
@@ -126,7 +126,7 @@ def test_qemu_has_its_own_cgroup_with_limits_and_a_template_start_is_jailed(runv
     limits come from the VM; the container started from the test template (jailed too);
     delete removes the cgroup."""
     assert runv("create", "--bundle", make_bundle(["sleep", "1000"]), "j1").returncode == 0
-    group = cgroups.for_vm(root / "j1")
+    group = vmmcgroup.for_vm(root / "j1")
     try:
         [qemu] = vm_processes_in(root / "j1")
         lines = open(f"/proc/{qemu}/cgroup").read().splitlines()
@@ -137,7 +137,7 @@ def test_qemu_has_its_own_cgroup_with_limits_and_a_template_start_is_jailed(runv
         accel = qemu_option(qemu, "-accel").split(",")[0]
         assert qemu_option(qemu, "-accel") == driver.accel_option(accel)  # TCG's code cache is bounded: the cgroup counts it
         boot_memory, vcpus = int(qemu_option(qemu, "-m").split("M")[0]), int(qemu_option(qemu, "-smp").split(",")[0])
-        memory, pids = cgroups.limits(boot_memory, vcpus, driver.code_cache_mib(accel))  # at boot: nothing hot-plugged
+        memory, pids = vmmcgroup.limits(boot_memory, vcpus, driver.code_cache_mib(accel))  # at boot: nothing hot-plugged
         limit_file = "memory.max" if group.v2 else "memory.limit_in_bytes"
         assert int((group.dirs()[0] / limit_file).read_text()) == memory
         assert int((group.dirs()[-1] / "pids.max").read_text()) == pids
@@ -161,7 +161,7 @@ def test_delete_force_kills_what_is_left_in_the_vms_cgroup(runv, make_bundle, ro
     container's delete --force, and the cgroup is removed; also when state.json is
     unreadable (the shim killed first: QEMU goes with it)."""
     assert runv("create", "--bundle", make_bundle(["sleep", "1000"]), "j4").returncode == 0
-    group = cgroups.for_vm(root / "j4")
+    group = vmmcgroup.for_vm(root / "j4")
     stray = subprocess.Popen(["sleep", "1000"])
     try:
         for procs in group.procs():

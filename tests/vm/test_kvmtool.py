@@ -136,7 +136,7 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
     devpts; re-attach, pause/resume and stop go through lkvm's own commands with its $HOME;
     stop takes the relay, the cgroup and the jail's mount point down."""
     import runv_kvmtool
-    from runv.api import cgroups
+    from runv.api import vmmcgroup
 
     fake = tmp_path / "bin/lkvm"
     fake.parent.mkdir()
@@ -148,7 +148,7 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
     vm_spec = spec(state, kernel_args=runv_kvmtool.CAPABILITIES.agent.kernel_args(),
                    shares=(Share("rootfs", tmp_path / "rootfs", readonly=True),)).evolve(**image(tmp_path))
     (tmp_path / "rootfs").mkdir()
-    group = cgroups.for_vm(state)
+    group = vmmcgroup.for_vm(state)
     vm = runv_kvmtool.boot(vm=vm_spec)
     try:
         assert isinstance(vm, runv_kvmtool.KvmtoolVM) and vm.alive()
@@ -193,7 +193,7 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
 
 def test_kvmtool_boot_fails_with_lkvms_own_words(tmp_path, monkeypatch):
     import runv_kvmtool
-    from runv.api import cgroups
+    from runv.api import vmmcgroup
 
     (tmp_path / "bin").mkdir()
     fake = fake_tool(tmp_path / "bin/lkvm", "echo '  Error: /dev/kvm: KVM_CREATE_VM failed' >&2; exit 1\n")
@@ -201,7 +201,7 @@ def test_kvmtool_boot_fails_with_lkvms_own_words(tmp_path, monkeypatch):
     with pytest.raises(RunvError) as err:
         runv_kvmtool.boot(vm=spec(tmp_path).evolve(**image(tmp_path)))
     assert str(err.value) == "lkvm failed to start (exit 1): Error: /dev/kvm: KVM_CREATE_VM failed"
-    assert all(not d.exists() for d in cgroups.for_vm(tmp_path).dirs()) and not (tmp_path / "jail").exists()
+    assert all(not d.exists() for d in vmmcgroup.for_vm(tmp_path).dirs()) and not (tmp_path / "jail").exists()
 
 
 @pytest.mark.skipif(shutil.which("lkvm") is None, reason="lkvm is not installed (kvmtool has no Debian package)")

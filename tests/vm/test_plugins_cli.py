@@ -36,12 +36,12 @@ def broken_env(env, tmp_path):
 def test_plugins_lists_every_installed_plugin_with_its_hooks(runv, env):
     result = runv("plugins", "--json", env=env, check=True)
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert {"qemu", "tcg", "kvmtool", "xen", "overlay"} <= set(rows)
+    assert {"qemu", "tcg", "kvmtool", "xen", "bundle"} <= set(rows)
     assert rows["qemu"]["kind"] == "hypervisor" and rows["qemu"]["distribution"] == "runv-qemu"
     assert rows["tcg"]["hooks"] == ["boot", "hypervisor_info", "probe"]  # the VM that boot returns does the rest
     assert rows["tcg"]["capabilities"]["pause"] and rows["tcg"]["capabilities"]["nic_hotplug"] and rows["tcg"]["templates"]
     assert not rows["kvmtool"]["capabilities"]["nics"] and not rows["xen"]["capabilities"]["nics"]
-    assert rows["overlay"]["hooks"] == ["attach_storage", "detach_storage", "probe"]
+    assert rows["bundle"]["hooks"] == ["attach_storage", "detach_storage", "guest_modules", "probe"]
     assert rows["qemu"]["priority"] > rows["tcg"]["priority"]
     assert all(row["error"] is None and row["disabled"] is None for row in rows.values())
     table = runv("plugins", env=env, check=True).stdout
@@ -102,13 +102,13 @@ def test_check_on_this_host(runv, env):
     report = json.loads(result.stdout)
     entries = {e["name"]: e for e in report["entries"]}
     assert entries["qemu"]["status"] == "unusable" and "KVM is software-only here (PVM" in entries["qemu"]["reason"]
-    assert entries["tcg"]["status"] == "ok" and entries["overlay"]["status"] == "ok"
+    assert entries["tcg"]["status"] == "ok" and entries["bundle"]["status"] == "ok"
     assert entries["kvmtool"]["status"] == "unusable" and "lkvm not found" in entries["kvmtool"]["reason"]
     assert entries["xen"]["status"] == "unusable"
-    assert report["default"] == {"hypervisor": "tcg", "requested_hypervisor": "auto", "storage": "overlay",
+    assert report["default"] == {"hypervisor": "tcg", "requested_hypervisor": "auto", "storage": "bundle",
                                  "can_run": True, "problems": []}
     text = runv("--kernel", KERNEL, "--initrd", INITRD, "check", env=env).stdout
-    assert text.splitlines()[-1] == "default: hypervisor tcg (auto), storage overlay: can run"
+    assert text.splitlines()[-1] == "default: hypervisor tcg (auto), storage bundle: can run"
 
 
 def test_check_fails_without_a_guest_image(runv, env, tmp_path):
@@ -125,7 +125,7 @@ def test_hot_commands_import_no_plugin_machinery(args, tmp_path, env):
     imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
     assert imported, out.stderr
     heavy = [m for m in imported if m.split(".")[0] in ("pluggy", "qemu", "runv_qemu", "runv_tcg", "runv_kvmtool",
-                                                        "runv_xen", "runv_overlay", "tomllib")
+                                                        "runv_xen", "runv_bundle", "tomllib")
              or m in ("runv.loader", "runv.cli.check.", "runv.hookspecs")]
     assert heavy == []
 

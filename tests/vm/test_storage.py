@@ -1,4 +1,4 @@
-"""Storage: the overlay plugin's share/overlay/block modes, the ext4 base-image cache, and
+"""Storage: the bundle plugin's share/overlay/block modes, the ext4 base-image cache, and
 volumes (the spec's mounts). VM tests boot real TCG guests, at most two at a time."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from support import RUNV
 
+import runv_bundle
 from runv.api import NINEP_VIRTIO, VIRTIOFS, Capabilities, GuestMount, images
 from runv.api import storage as storage_config
 from runv.api.errors import RunvError
@@ -111,12 +112,12 @@ def test_volume_plan_refuses_what_it_cannot_honour(entry, words, tmp_path):
 
 
 def test_storage_settings_from_annotations(storage_env):
-    assert storage_config.settings({})["mode"] == "share"
+    assert storage_config.settings({})["mode"] is None and runv_bundle.options_for({})["mode"] == "share"
     assert storage_config.settings({"io.runv.storage.overlay": "true"})["mode"] == "overlay"
-    got = storage_config.settings({"io.runv.storage.mode": "block", "io.runv.storage.base-size": "512M"})
+    got = runv_bundle.options_for({"io.runv.storage.mode": "block", "io.runv.storage.base-size": "512M"})
     assert got["mode"] == "block" and got["base_size"] == 512 << 20 and got["cache_dir"] == storage_env
-    with pytest.raises(RunvError, match="not one of"):
-        storage_config.settings({"io.runv.storage.mode": "zfs"})
+    with pytest.raises(RunvError, match="^annotation io.runv.storage.mode: storage mode 'zfs' is not one of share, overlay, block$"):
+        runv_bundle.options_for({"io.runv.storage.mode": "zfs"})
     with pytest.raises(RunvError, match="invalid size"):
         storage_config.settings({"io.runv.storage.upper-size": "lots"})
 

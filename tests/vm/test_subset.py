@@ -1,5 +1,5 @@
 """What a distro packager ships: only runv, runv-tcg (with the runv-qemu driver it needs)
-and runv-overlay, installed as plain wheels into an environment of their own."""
+and runv-bundle, installed as plain wheels into an environment of their own."""
 
 import json
 import subprocess
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def subset(tmp_path_factory):
     venv = tmp_path_factory.mktemp("subset") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    sources = [REPO, REPO / "plugins/qemu", REPO / "plugins/tcg", REPO / "plugins/overlay"]
+    sources = [REPO, REPO / "plugins/qemu", REPO / "plugins/tcg", REPO / "plugins/bundle"]
     result = subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *map(str, sources)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -24,7 +24,7 @@ def subset(tmp_path_factory):
 
 def test_only_the_shipped_plugins_are_there(subset):
     rows = json.loads(subprocess.run([str(subset), "plugins", "--json"], capture_output=True, text=True, check=True).stdout)
-    assert sorted((r["kind"], r["name"]) for r in rows) == [("hypervisor", "qemu"), ("hypervisor", "tcg"), ("storage", "overlay")]
+    assert sorted((r["kind"], r["name"]) for r in rows) == [("hypervisor", "qemu"), ("hypervisor", "tcg"), ("storage", "bundle")]
     assert all(not r.get("error") for r in rows)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from realclients import qemu_of
 
-from runv.api import cgroups
+from runv.api import vmmcgroup
 
 pytestmark = [
     pytest.mark.vm,
@@ -91,5 +91,5 @@ def test_what_cannot_be_honoured_fails_create_in_one_line_leaving_nothing(runv, 
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and str(bundle / "config.json") in result.stderr
     assert not root.is_dir() or os.listdir(root) == []
-    assert not any(d.exists() for d in cgroups.for_vm(root / "bad1").dirs())
+    assert not any(d.exists() for d in vmmcgroup.for_vm(root / "bad1").dirs())
     assert not (hierarchy("memory") / "x").exists() and not (hierarchy("memory") / "machine.slice/libpod").exists()

@@ -4,7 +4,7 @@ with :func:`vm_binds`; see docs/security.md and docs/plugins.md.
 
 Before the VMM runs, in this order: a parent-death signal (SIGKILL: the VMM never
 outlives its shim); its own cgroups (it writes its pid to each ``cgroup.procs`` given,
-:mod:`runv.api.cgroups`); its own mount namespace (host mounts arrive as a slave, none it
+:mod:`runv.api.vmmcgroup`); its own mount namespace (host mounts arrive as a slave, none it
 makes leave); a tmpfs at ``root`` holding only the :class:`Bind` list, each at the same
 absolute path as on the host (the command line is unchanged), read-only unless marked
 writable, ``nosuid``/``nodev`` unless a device, and a minimal ``/dev``; ``pivot_root`` into it

@@ -4,7 +4,7 @@ by annotations, and the per-container directory that holds a container's big fil
 ``/etc/runv/config.toml`` (or ``$RUNV_CONFIG``)::
 
     [storage]
-    mode = "share"                 # share | overlay | block  (the overlay plugin's default)
+    mode = "share"                 # the layout a plugin gives the rootfs: the bundle plugin's share | overlay | block
     cache_dir = "/var/cache/runv/storage"        # ext4 base images, shared by containers
     containers_dir = "/var/lib/runv/containers"  # per-container disk files (upper.img, rootfs.qcow2)
     upper_size = "4G"              # overlay mode: the sparse upper-layer disk per container
@@ -13,8 +13,9 @@ by annotations, and the per-container directory that holds a container's big fil
     max_base_size = "64G"
 
 Annotations (``io.runv.storage.*``) win over the file, for the mode and the sizes only:
-``io.runv.storage.mode=overlay|block|share``, ``io.runv.storage.overlay=true`` (same as
-``mode=overlay``), ``io.runv.storage.upper-size``, ``io.runv.storage.base-size``. Annotations
+``io.runv.storage.mode=NAME``, ``io.runv.storage.overlay=true`` (same as ``mode=overlay``),
+``io.runv.storage.upper-size``, ``io.runv.storage.base-size``. Which modes exist, and the
+default, are each storage plugin's own (the bundle plugin's: share, overlay, block). Annotations
 often come from the image (Podman, Docker), so a size above its maximum, a malformed size
 or any other ``io.runv.storage.*`` key is refused in one line.
 """
@@ -29,9 +30,8 @@ from pathlib import Path
 from runv.api.config import config_path, section
 from runv.api.errors import RunvError
 
-MODES = ("share", "overlay", "block")
 ANNOTATION = "io.runv.storage."
-DEFAULTS = {"mode": "share", "cache_dir": "/var/cache/runv/storage", "containers_dir": "/var/lib/runv/containers",
+DEFAULTS = {"mode": None, "cache_dir": "/var/cache/runv/storage", "containers_dir": "/var/lib/runv/containers",
             "upper_size": "4G", "base_size": "2G", "max_upper_size": "64G", "max_base_size": "64G"}
 ANNOTATED = ("mode", "overlay", "upper_size", "base_size")  # what a container's annotations may set
 MAXIMUM = {"upper_size": "max_upper_size", "base_size": "max_base_size"}
@@ -52,7 +52,8 @@ def parse_size(text: str | int, where: str) -> int:
 
 def settings(annotations: dict[str, str] | None = None) -> dict:
     """The effective storage settings for one container (file, then annotations), sizes
-    in bytes and checked against their maxima."""
+    in bytes and checked against their maxima; ``mode`` as asked (None: the plugin's
+    default), ``sources`` naming where each setting came from, for a plugin's errors."""
     result = {**DEFAULTS, **section("storage")}
     where = {name: f"[storage] {name} in {config_path()}" for name in result}
     for key, value in (annotations or {}).items():
@@ -69,8 +70,6 @@ def settings(annotations: dict[str, str] | None = None) -> dict:
                 raise RunvError(f"annotation {key}: expected true or false, not {value!r}")
         else:
             result[name], where[name] = value, f"annotation {key}"
-    if result["mode"] not in MODES:
-        raise RunvError(f"{where['mode']}: storage mode {result['mode']!r} is not one of {', '.join(MODES)}")
     for name in ("cache_dir", "containers_dir"):
         result[name] = Path(result[name])
         if not result[name].is_absolute():
@@ -83,6 +82,7 @@ def settings(annotations: dict[str, str] | None = None) -> dict:
             raise RunvError(f"{where[name]}: size {text} is above the maximum {maximum} ({where[limit]})")
     if result["upper_size"] < MIN_UPPER:
         raise RunvError(f"{where['upper_size']}: size {text_of(result['upper_size'])} is below the minimum 16M")
+    result["sources"] = where
     return result
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from runv.api.errors import RunvError
+
+T = TypeVar("T")
 
 
 def run_tool(argv: Sequence[str], what: str, hint: str = "", *, install: str = "", cwd: Path | None = None,
@@ -44,3 +47,22 @@ def last_words(log: Path, lines: int = 5) -> str:
         text = ""
     kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line[:500]) for line in kept) or "no output"
+
+
+def await_start(proc: subprocess.Popen, ready: Callable[[], T | None], console_log: Path, what: str, timeout: float, *,
+                expected: str = "start", every: float = 0.01) -> T:
+    """Waits for a VMM (or its helper) just started as ``proc``: returns the first true
+    value of ``ready()``, polled every ``every`` seconds. A process that exits first fails as
+    ``WHAT failed to start (exit N): ...``; one that takes longer than ``timeout`` seconds is
+    killed and fails as ``WHAT did not EXPECTED within T s: ...``; both quote the last
+    words of ``console_log`` (where the VMM's stderr goes), as RunvError."""
+    deadline = time.monotonic() + timeout
+    while not (found := ready()):
+        if proc.poll() is not None:
+            raise RunvError(f"{what} failed to start (exit {proc.returncode}): {last_words(console_log)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RunvError(f"{what} did not {expected} within {timeout:.0f} s: {last_words(console_log)}")
+        time.sleep(every)
+    return found

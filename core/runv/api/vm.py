@@ -139,3 +139,19 @@ def attachment_from_json(data: dict) -> StorageAttachment:
         data=data["data"],
         mounts=tuple(GuestMount(**m) for m in data.get("mounts", ())),
     )
+
+
+class GuestModules(Frozen):
+    """Kernel modules a plugin needs in the guest image (its ``guest_modules`` hook), by name.
+    ``at_boot``: loaded by the guest's ``/init`` at every boot, in this order after their
+    dependencies (device drivers and whatever must be there before the agent runs: no udev
+    loads a driver when a device appears); ``on_demand``: shipped, and loaded by the kernel
+    when a mount or a device-mapper table first asks for them (filesystems, dm targets)."""
+
+    at_boot: tuple[str, ...] = ()
+    on_demand: tuple[str, ...] = ()
+
+    def plus(self, other: GuestModules) -> GuestModules:
+        """Both plugins' modules, each once, in order."""
+        return GuestModules(tuple(dict.fromkeys(self.at_boot + other.at_boot)),
+                            tuple(dict.fromkeys(self.on_demand + other.on_demand)))

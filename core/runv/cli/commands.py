@@ -51,7 +51,7 @@ def main_options(
     kernel: Annotated[Path, typer.Option(help="Guest kernel (built by `runv guest build`).")] = DEFAULT_KERNEL,
     initrd: Annotated[Path, typer.Option(help="Guest initrd (built by `runv guest build`).")] = DEFAULT_INITRD,
     hypervisor: Annotated[str, typer.Option(help="Hypervisor plugin, or auto.")] = "auto",
-    storage: Annotated[str, typer.Option(help="Storage plugin for the container rootfs.")] = "overlay",
+    storage: Annotated[str, typer.Option(help="Storage plugin for the container rootfs.")] = "bundle",
     template: Annotated[str, typer.Option(
         help="Start VMs from a saved VM template: auto (one that matches, if any), off, or a name (see `runv template`).")] = "auto",
     systemd_cgroup: Annotated[bool, typer.Option("--systemd-cgroup", hidden=True)] = False,

@@ -8,7 +8,8 @@ The initrd holds:
   (what ``-m runv.agent`` runs, without runpy's imports).
 * ``/sbin/runv-halt``: powers off at once (``rdinit=/sbin/runv-halt`` measures a bare boot).
 * ``/bin/busybox`` from Debian's busybox-static, with a symlink for each applet.
-* the kernel modules of ``GUEST_MODULES`` and ``ON_DEMAND_MODULES`` with their dependencies under
+* the kernel modules the installed plugins ask for (their ``guest_modules`` hook: those loaded at
+  boot and those the kernel loads on demand), with their dependencies under
   ``/usr/lib/modules/<release>/``, with the ``modules.dep`` and ``modules.alias`` that busybox's
   ``/sbin/modprobe`` reads when the kernel asks for an on-demand module (a filesystem type or a
   device-mapper target it does not have yet).
@@ -37,6 +38,7 @@ from pathlib import Path
 import runv
 from runv.api.errors import RunvError
 from runv.api.tools import run_tool
+from runv.api.vm import GuestModules
 from runv.guest import kernel
 from runv.guest.cpio import Archive
 
@@ -75,34 +77,6 @@ GUEST_AGENT_ROOT = "/usr/lib/runv-agent"
 GUEST_STDLIB = "/usr/lib/python3.11"
 # The environment the kernel gives /init, plus the PATH /init sets: the agent's imports are found in the same one.
 GUEST_ENVIRONMENT = {"HOME": "/", "TERM": "linux", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-# Loaded by /init at every boot: what the VM's devices and the default rootfs share need (a hot-plugged
-# NIC or a cold-plugged disk does not make the kernel ask for its driver: there is no udev).
-GUEST_MODULES = (
-    # crc32c is requested through the crypto API (ext4, libcrc32c), not as a symbol, so no module lists it
-    # as a dependency; the generic one, as TCG's default CPU lacks the SSE4.2 that crc32c_intel needs.
-    "crc32c_generic",
-    "virtio",
-    "virtio_ring",
-    "virtio_pci",
-    "virtio_console",
-    "virtio_blk",
-    "virtio_net",
-    "virtio_rng",
-    "9pnet_virtio",
-    "9p",
-    "dm_mod",  # dmsetup opens /dev/mapper/control, which exists only once dm_mod is loaded
-    "loop",  # loop-backed thin pools (the devicemapper plugin's tests run its host side in a guest)
-    "virtio_mem",  # `runv update`'s memory hot-plug: it must be bound before the host plugs any
-)
-# Loaded only when the kernel asks for them (``request_module``: the first mount of the filesystem type,
-# the first table with the device-mapper target), so the boots that never use them do not pay the
-# ≈0.6 s under TCG their insmods cost (ext4 alone ≈0.3 s).
-ON_DEMAND_MODULES = (
-    "ext4",  # the overlay plugin's overlay and block modes, the devicemapper plugin
-    "overlay",
-    "virtiofs",  # not used by runv's storage plugins; bench/sharefs.py compares it with 9p
-    "dm_thin_pool",
-)
 EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "etc", "rootfs", "mnt")
 HALT_SCRIPT = b"#!/bin/sh\nexec poweroff -f\n"
 
@@ -148,14 +122,20 @@ def build_guest(
     force: bool = False,
     progress: Callable[[str], None] = print_to_stderr,
     agent_root: Path = AGENT_ROOT,
+    modules: GuestModules | None = None,
 ) -> bool:
     """Build the guest kernel and initrd; return False (doing nothing) if they are already up to date.
 
-    ``agent_root`` is the directory holding the ``runv`` package the agent is taken from.
+    ``agent_root`` is the directory holding the ``runv`` package the agent is taken from;
+    ``modules`` what the guest must carry (default: what the installed plugins ask for).
     """
     started = time.monotonic()
+    if modules is None:
+        from runv import loader
+
+        modules = loader.guest_modules(progress)
     package, version = kernel.resolve_package(kernel_package)
-    manifest = build_manifest(package, version, agent_root)
+    manifest = build_manifest(package, version, agent_root, modules)
     manifest_path = initrd_path.with_name(initrd_path.name + ".manifest.json")
     if not force and kernel_path.exists() and initrd_path.exists() and read_manifest(manifest_path) == manifest:
         progress(f"guest image up to date: {package} {version}, {initrd_path}")
@@ -168,7 +148,7 @@ def build_guest(
     archive = Archive()
     _add_base(archive)
     _add_busybox(archive)
-    _add_modules(archive, unpacked / "lib" / "modules" / release, f"/usr/lib/modules/{release}", progress)
+    _add_modules(archive, unpacked / "lib" / "modules" / release, f"/usr/lib/modules/{release}", modules, progress)
     _add_python(archive, agent_root, progress)
     initrd = _cpio(archive)
     progress(f"writing {initrd_path.name} ({len(initrd) / 1e6:.1f} MB)")
@@ -177,14 +157,14 @@ def build_guest(
     return True
 
 
-def build_manifest(package: str, version: str, agent_root: Path) -> dict:
+def build_manifest(package: str, version: str, agent_root: Path, modules: GuestModules) -> dict:
     """What an image is built from; a different manifest means the image must be rebuilt."""
     return {
         "builder_version": BUILDER_VERSION,
         "kernel_package": package,
         "kernel_version": version,
-        "modules": list(GUEST_MODULES),
-        "on_demand_modules": list(ON_DEMAND_MODULES),
+        "modules": list(modules.at_boot),
+        "on_demand_modules": list(modules.on_demand),
         "busybox_sha256": _sha256(_read(BUSYBOX, BUSYBOX_HINT)),
         "python_sha256": _sha256(_read(PYTHON, PYTHON_HINT)),
         "agent_sha256": {name: _sha256(_read(agent_root / name)) for name in AGENT_FILES},
@@ -220,7 +200,8 @@ def _add_busybox(archive: Archive) -> None:
             archive.add_symlink(applet, "/bin/busybox")
 
 
-def _add_modules(archive: Archive, modules_dir: Path, guest_dir: str, progress: Callable[[str], None]) -> None:
+def _add_modules(archive: Archive, modules_dir: Path, guest_dir: str, modules: GuestModules,
+                 progress: Callable[[str], None]) -> None:
     """The guest modules with their dependencies; /etc/runv/modules naming those /init loads, in load
     order; and the modules.dep and modules.alias with which busybox's modprobe loads the others when
     the kernel asks for them (it runs /sbin/modprobe with a module name or an alias such as fs-ext4).
@@ -232,8 +213,8 @@ def _add_modules(archive: Archive, modules_dir: Path, guest_dir: str, progress: 
     depends = functools.cache(lambda relative: kernel.modinfo_depends(read_module(relative)))
     available = read_module("modules.order").decode().split()
     builtin = read_module("modules.builtin").decode().split()
-    at_boot = kernel.module_load_order(GUEST_MODULES, available, builtin, depends)
-    shipped = kernel.module_load_order(GUEST_MODULES + ON_DEMAND_MODULES, available, builtin, depends)
+    at_boot = kernel.module_load_order(modules.at_boot, available, builtin, depends)
+    shipped = kernel.module_load_order(modules.at_boot + modules.on_demand, available, builtin, depends)
     progress(f"adding {len(shipped)} kernel modules ({len(at_boot)} loaded at boot)")
     aliases = []
     for relative in shipped:

@@ -109,9 +109,9 @@ def main(request: dict) -> int:
     (unless the directory is full, or a current one of that shape exists by now). Everything
     it does or fails to do goes to ``background.log`` in the template directory."""
     from runv import log
-    from runv.api import cgroups
     from runv.settings import Settings
     from runv.templates import make, store
+    from runv.vm import cgroupspath
 
     base = store.directory()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -121,7 +121,7 @@ def main(request: dict) -> int:
     fd = -1
     try:
         try:
-            cgroups.to_root(os.getpid())  # what runv keeps for later is not charged to the container's caller
+            cgroupspath.to_root(os.getpid())  # what runv keeps for later is not charged to the container's caller
         except RunvError as exc:  # a cgroup namespace's root may refuse processes: the caller pays, the template is made
             log.logger.warning("the background template maker stays in the container's cgroups: %s", exc)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # its VMM inherits both

@@ -8,7 +8,12 @@
   needed), to call ``attach_storage``/``probe``/... exactly as the core does.
 - :func:`registered` — your plugin installed for this process while a ``with`` block
   runs (:func:`runv.loader.register_local`), so the core's own selection finds it:
-  ``with registered("hypervisor", "fake", fakevmm): verbs.create(...)``.
+  ``with registered("hypervisor", "fake", fakevmm): verbs.create(...)``;
+  :func:`load_hypervisor` — your hypervisor plugin loaded as ``runv plugins``, ``check`` and
+  ``create`` load it (its declaration checked whole).
+- What the core does with a hypervisor's VMs, to test a plugin against it:
+  :func:`check_vm` (what it refuses before boot), :func:`guest_mount` (how the guest mounts
+  a share or disk), :func:`attach_nic` (a hot-plug), :func:`kernel_args` (every VM's).
 - :func:`fake_distribution` — an installed-looking distribution (``dist-info`` with entry
   points) in a directory you put on ``PYTHONPATH``, for ``runv`` subprocesses, discovery
   and broken plugins; :func:`fake_vmm_path` is one that installs the fake VMM.
@@ -30,9 +35,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from runv.vm.bringup import attach_nic as attach_nic
+from runv.vm.bringup import check_vm as check_vm
+from runv.vm.bringup import guest_mount as guest_mount
+from runv.vm.bringup import kernel_args as kernel_args
+
 if TYPE_CHECKING:
     from runv.api import Container, VMSpec
     from runv.hooks import Hooks
+    from runv.loader import Hypervisor
 
 FAKE_VMM_DISTRIBUTION = "runv-fakevmm"
 
@@ -83,6 +94,15 @@ def registered(kind: str, name: str, plugin: Any) -> Iterator[Any]:
         yield plugin
     finally:
         loader.unregister_local(kind, name)
+
+
+def load_hypervisor(name: str, plugin: Any) -> Hypervisor:
+    """``plugin`` loaded as the core loads the hypervisor plugin ``name``: its hooks, and its
+    declaration checked whole (:class:`runv.loader.LoadError` when it is not)."""
+    from runv import loader
+
+    with registered("hypervisor", name, plugin):
+        return loader.load_hypervisor(name)
 
 
 def fake_distribution(directory: Path, name: str, entry_points: dict[str, dict[str, str]],

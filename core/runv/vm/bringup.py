@@ -7,7 +7,7 @@ guest mounts (9p, virtio-fs, a device path), so no plugin hard-codes a transport
 
 The VM's size comes from the container's ``linux.resources`` (:mod:`runv.vm.sizing`),
 and the shim moves into the container's ``linux.cgroupsPath`` on the host before the VMM
-starts, which then makes its own cgroup there (:mod:`runv.api.cgroups`).
+starts, which then makes its own cgroup there (:mod:`runv.api.vmmcgroup`).
 """
 
 from __future__ import annotations
@@ -95,15 +95,15 @@ def enter_cgroups_path(container: Container) -> None:
     host, made where missing; nothing when the spec has none."""
     import os
 
-    from runv.api import cgroups
+    from runv.vm import cgroupspath
 
     value = container.spec.linux.get("cgroupsPath") or ""
     source = str(container.bundle / "config.json")
     if not isinstance(value, str):
         raise RunvError(f"{source}: linux.cgroupsPath must be a string, not {value!r}")
-    path = cgroups.parse_path(value, source)
+    path = cgroupspath.parse_path(value, source)
     if path:
-        cgroups.place(container.state_dir, path, os.getpid())
+        cgroupspath.place(container.state_dir, path, os.getpid())
 
 
 def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container: Container,

@@ -2,7 +2,7 @@
 (or its create fails) and ``delete`` runs again on whatever a crash left behind.
 
 Besides what the record names, it empties the VM's own cgroup (found from the state
-directory alone, :mod:`runv.api.cgroups`): whatever is left in it dies, whatever the
+directory alone, :mod:`runv.api.vmmcgroup`): whatever is left in it dies, whatever the
 record says; and it removes what it made of the container's cgroupsPath once the shim has
 left it."""
 
@@ -55,7 +55,7 @@ def teardown(container: Container, hooks: Hooks, vm: VM | None, attachment: Stor
 
 def empty_cgroup(state_dir: Path) -> None:
     """Kills every process in the VM's cgroup and removes it, then the shim's and what runv
-    made of the cgroupsPath (:func:`runv.api.cgroups.release`); converges when there is none."""
-    from runv.api import cgroups
+    made of the cgroupsPath (:func:`runv.api.vmmcgrouppath.release`); converges when there is none."""
+    from runv.vm import cgroupspath
 
-    cgroups.release(state_dir)
+    cgroupspath.release(state_dir)

@@ -32,8 +32,9 @@ How the guest meets runv's contract:
   sockets, vsock socket, tap fds, disk paths), so per-container clones need more than
   this example shows.
 
-The guest image must carry the guest drivers: ``virtiofs`` and the vsock transport
-(``vmw_vsock_virtio_transport``), and Cloud Hypervisor boots the ELF ``vmlinux`` through
+The guest image carries its guest drivers, ``virtiofs`` and the vsock transport
+(``vmw_vsock_virtio_transport``) among them, once ``runv guest build`` has run with this
+plugin installed (``guest_modules``); Cloud Hypervisor boots the ELF ``vmlinux`` through
 its PVH entry (what ``runv guest build`` installs). It needs hardware KVM (or MSHV).
 
 Configure the binaries with ``RUNV_CLOUDHV`` / ``RUNV_VIRTIOFSD`` or in runv's config file::
@@ -43,7 +44,7 @@ Configure the binaries with ``RUNV_CLOUDHV`` / ``RUNV_VIRTIOFSD`` or in runv's c
     virtiofsd = "/usr/libexec/virtiofsd"
 """
 
-from runv.api import VIRTIOFS, AgentChannel, Capabilities, HypervisorInfo, hookimpl, kvm_verdict
+from runv.api import VIRTIOFS, AgentChannel, Capabilities, GuestModules, HypervisorInfo, hookimpl, kvm_verdict
 from runv_cloudhv import command
 from runv_cloudhv.vm import CloudHvVM, start
 
@@ -62,6 +63,14 @@ CAPABILITIES = Capabilities(
 @hookimpl
 def hypervisor_info():
     return HypervisorInfo(capabilities=CAPABILITIES, vm=CloudHvVM, priority=PRIORITY)
+
+
+@hookimpl
+def guest_modules():
+    """The guest drivers of Cloud Hypervisor's devices: virtio-pci disks and NICs, the vsock
+    transport of the agent's channel, and virtio-fs for the shares."""
+    return GuestModules(at_boot=("virtio_pci", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport"),
+                        on_demand=("virtiofs",))
 
 
 @hookimpl

@@ -9,16 +9,16 @@ Pause, resume and shutdown are ``PUT /api/v1/vm.pause``, ``vm.resume`` and
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from runv.api import VM, RunvError, VMSpec, connect_unix, is_running, process_start_time, stop_process
+from runv.api import VM, RunvError, VMSpec, await_start, connect_unix, is_running, process_start_time, stop_process
 from runv_cloudhv import command
 
 NAME = "cloudhv"  # the entry-point name: the VM record names its plugin by it
@@ -89,8 +89,7 @@ class CloudHvVM(VM):
         processes it used. Converges when any of them is already gone."""
         stop_process(self.pid, self.start_time, ask=self._shutdown, grace=QUIT_TIMEOUT, force=force)
         for pid, start_time in self.data.get("virtiofsd", ()):
-            stop_process(pid, start_time, ask=lambda pid=pid, start_time=start_time: _terminate(pid, start_time),
-                         grace=FS_GRACE, force=force)
+            stop_process(pid, start_time, ask=functools.partial(_terminate, pid, start_time), grace=FS_GRACE, force=force)
 
     def _shutdown(self) -> None:
         try:
@@ -113,15 +112,7 @@ def _spawn(argv: list[str], vm: VMSpec, pass_fds: tuple[int, ...] = ()) -> subpr
 
 def _wait_for(path: Path, proc: subprocess.Popen, what: str, vm: VMSpec) -> None:
     """Returns once ``proc`` has made the socket ``path``; fails with the log's last words."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while not path.is_socket():
-        if proc.poll() is not None:
-            raise RunvError(f"{what} failed to start (exit {proc.returncode}): {vm.last_words()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RunvError(f"{what} did not make {path.name} within {START_TIMEOUT:.0f} s: {vm.last_words()}")
-        time.sleep(0.01)
+    await_start(proc, path.is_socket, vm.console_log, what, START_TIMEOUT, expected=f"make {path.name}")
 
 
 def start(vm: VMSpec, plugin: str = NAME) -> CloudHvVM:
@@ -132,7 +123,7 @@ def start(vm: VMSpec, plugin: str = NAME) -> CloudHvVM:
     if binary is None or (vm.shares and server is None):
         raise RunvError(f"cannot boot the VM of container {vm.name}: {command.missing()}")
     argv = command.command(vm, binary)  # refuses what the programs could not parse, before anything runs
-    servers_argv = [command.virtiofsd_command(vm, index, server) for index in range(len(vm.shares))]
+    servers_argv = [command.virtiofsd_command(vm, index, server) for index in range(len(vm.shares))] if server else []
     sockets = [vm.state_dir / command.fs_socket(i) for i in range(len(vm.shares))] + [vm.state_dir / command.API_SOCKET]
     for path in sockets:  # a socket left by an earlier VM would look like this one's
         path.unlink(missing_ok=True)

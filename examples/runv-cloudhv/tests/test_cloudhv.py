@@ -25,10 +25,8 @@ except ImportError:  # collected by runv's own test run from a checkout, without
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import runv_cloudhv
 
-from runv import loader
 from runv.api import Disk, GuestMount, Nic, RunvError, Share, is_running
-from runv.testing import hooks_with, leftovers_in, vm_spec
-from runv.vm.bringup import attach_nic, check_vm, guest_mount, kernel_args
+from runv.testing import attach_nic, check_vm, guest_mount, hooks_with, kernel_args, leftovers_in, load_hypervisor, vm_spec
 from runv_cloudhv import command
 from runv_cloudhv.vm import CloudHvVM
 
@@ -108,13 +106,9 @@ def test_the_declaration_is_whole():
 
 
 def test_the_core_loads_it_as_a_hypervisor():
-    loader.register_local("hypervisor", "cloudhv", runv_cloudhv)
-    try:
-        hypervisor = loader.load_hypervisor("cloudhv")  # what `runv plugins`, `check` and `create` do
-    finally:
-        loader.unregister_local("hypervisor", "cloudhv")
+    hypervisor = load_hypervisor("cloudhv", runv_cloudhv)  # what `runv plugins`, `check` and `create` do
     assert hypervisor.info.capabilities == CAPS
-    assert hypervisor.hooks.implemented("cloudhv") == ["boot", "hypervisor_info", "probe"]
+    assert hypervisor.hooks.implemented("cloudhv") == ["boot", "guest_modules", "hypervisor_info", "probe"]
     vm = hypervisor.reattach({"hypervisor": "cloudhv", "pid": 1, "start_time": None, "data": {"api": "/x"}})
     assert isinstance(vm, CloudHvVM) and vm.data == {"api": "/x"}
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from runv.api import Disk, GuestMount, RunvError, StorageAttachment, hookimpl
+from runv.api import Disk, GuestModules, GuestMount, RunvError, StorageAttachment, hookimpl
 
 SERIAL = "rootfs"
 DEFAULTS = {"dm_pool": "runv-pool", "dm_dir": "/var/lib/runv/devicemapper", "dm_data_size": "20G",
@@ -51,6 +51,14 @@ def kernel_has_device_mapper() -> str | None:
     if not Path("/dev/mapper/control").exists():
         return "/dev/mapper/control is missing: load dm_mod (`modprobe dm_mod`) or mount devtmpfs"
     return None
+
+
+@hookimpl
+def guest_modules():
+    """ext4 on the snapshots (crc32c_generic at boot: see runv_bundle), and the guest's own
+    device-mapper: dm_mod at boot, as dmsetup opens /dev/mapper/control, which exists only once
+    it is loaded; loop for loop-backed pools (this plugin's tests run its host side in a guest)."""
+    return GuestModules(at_boot=("crc32c_generic", "dm_mod", "loop"), on_demand=("ext4", "dm_thin_pool"))
 
 
 @hookimpl

@@ -29,7 +29,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from runv.api import (
@@ -37,16 +36,18 @@ from runv.api import (
     VM,
     AgentChannel,
     Capabilities,
+    GuestModules,
     HypervisorInfo,
     RunvError,
     VMSpec,
-    cgroups,
+    await_start,
     hookimpl,
     jail,
     kvm_verdict,
     process_start_time,
     run_tool,
     stop_process,
+    vmmcgroup,
 )
 from runv.api.config import section
 
@@ -112,7 +113,7 @@ def environment(home: str) -> dict[str, str]:
     return {**os.environ, "HOME": home}
 
 
-def jailed(vm: VMSpec, binary: str, cgroup: cgroups.Cgroup) -> list[str]:
+def jailed(vm: VMSpec, binary: str, cgroup: vmmcgroup.Cgroup) -> list[str]:
     """``lkvm run`` for ``vm`` in its jail (:mod:`runv.api.jail`)."""
     home = os.path.abspath(vm.state_dir / HOME)
     return jail.command(command(vm, binary), root=vm.state_dir / JAIL_DIR, cwd=vm.state_dir,
@@ -130,7 +131,7 @@ class KvmtoolVM(VM):
         """Stops lkvm (``lkvm stop``, or SIGKILL) and the relay; removes lkvm's cgroup and jail mount point."""
         stop_process(self.pid, self.start_time, ask=lambda: self.lkvm("stop"), force=force)
         stop_process(self.data.get("relay"), self.data.get("relay_start_time"), force=True)
-        cgroups.from_record(self.data["cgroup"]).remove()
+        vmmcgroup.from_record(self.data["cgroup"]).remove()
         _remove_dir(Path(self.data["jail"]))
 
     def pause(self) -> None:
@@ -143,6 +144,12 @@ class KvmtoolVM(VM):
 @hookimpl
 def hypervisor_info():
     return HypervisorInfo(capabilities=CAPABILITIES, vm=KvmtoolVM, priority=PRIORITY)
+
+
+@hookimpl
+def guest_modules():
+    """The drivers of lkvm's virtio-pci devices: disks, the 9p shares, entropy (--rng)."""
+    return GuestModules(at_boot=("virtio_pci", "virtio_blk", "9pnet_virtio", "9p", "virtio_rng"))
 
 
 @hookimpl
@@ -162,8 +169,8 @@ def boot(vm):
     home = vm.state_dir / HOME
     (home / ".lkvm").mkdir(parents=True, exist_ok=True)
     (vm.state_dir / JAIL_DIR).mkdir(exist_ok=True)
-    cgroup = cgroups.for_vm(vm.state_dir)
-    cgroup.create(*cgroups.limits(vm.memory_mib, vm.vcpus))
+    cgroup = vmmcgroup.for_vm(vm.state_dir)
+    cgroup.create(*vmmcgroup.limits(vm.memory_mib, vm.vcpus))
     try:
         return _start(vm, binary, cgroup, home)
     except BaseException:
@@ -172,24 +179,18 @@ def boot(vm):
         raise
 
 
-def _start(vm: VMSpec, binary: str, cgroup: cgroups.Cgroup, home: Path) -> KvmtoolVM:
+def _start(vm: VMSpec, binary: str, cgroup: vmmcgroup.Cgroup, home: Path) -> KvmtoolVM:
     with open(vm.console_log, "ab") as log:
         proc = subprocess.Popen(jailed(vm, binary, cgroup), cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, start_new_session=True, env=environment(str(home.absolute())))
-    deadline = time.monotonic() + START_TIMEOUT
-    pty = None
-    while pty is None:
+
+    def agent_pty() -> str | None:
         match = PTY_LINE.search(vm.console_log.read_text(errors="replace"))
         if match and int(match.group(1)) == AGENT_TTY:
-            pty = f"/proc/{proc.pid}/root{match.group(2)}"  # in lkvm's private devpts
-        elif proc.poll() is not None:
-            raise RunvError(f"lkvm failed to start (exit {proc.returncode}): {vm.last_words()}")
-        elif time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RunvError(f"lkvm did not report its agent pty within {START_TIMEOUT:.0f} s: {vm.last_words()}")
-        else:
-            time.sleep(0.02)
+            return f"/proc/{proc.pid}/root{match.group(2)}"  # in lkvm's private devpts
+        return None
+
+    pty = await_start(proc, agent_pty, vm.console_log, "lkvm", START_TIMEOUT, expected="report its agent pty", every=0.02)
     with open(vm.console_log, "ab") as log:  # the relay's errors go with the VM's
         relay = subprocess.Popen([sys.executable, "-m", "runv_kvmtool.relay", pty, str(vm.agent_socket)],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)

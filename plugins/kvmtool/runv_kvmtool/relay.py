@@ -30,7 +30,7 @@ def serve(pty: str, path: str) -> None:
         conn, _ = server.accept()
         with conn:
             while True:
-                ready, _, _ = select.select([tty, conn], [], [])
+                ready, _, _ = select.select([tty, conn.fileno()], [], [])
                 if tty in ready:
                     try:
                         data = os.read(tty, 65536)
@@ -39,7 +39,7 @@ def serve(pty: str, path: str) -> None:
                     if not data:
                         return
                     conn.sendall(data)
-                if conn in ready:
+                if conn.fileno() in ready:
                     data = conn.recv(65536)
                     if not data:
                         break

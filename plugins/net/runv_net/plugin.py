@@ -95,7 +95,7 @@ def sync(container, agent, attach: Callable[[Nic], None]) -> None:
             os.close(session.fds.pop(nic.id))
     if session.guest_ready and not session.unconfigured:
         return
-    request = {"interfaces": [iface.guest_request() for iface in session.unconfigured]}
+    request: dict[str, object] = {"interfaces": [iface.guest_request() for iface in session.unconfigured]}
     if not session.guest_ready:
         request["files"] = etc_files(container)
     if request["interfaces"] or request.get("files"):  # lo is up from the agent's start: no round trip for nothing

@@ -127,7 +127,7 @@ def scan(path: str, skip: set[int]) -> list[Interface]:
 
 def _link_local(family: int, address: str | None) -> bool:
     """fe80::/10 (the guest makes its own from the same MAC)."""
-    return family == socket.AF_INET6 and bool(address) and address.lower().startswith("fe8")
+    return family == socket.AF_INET6 and address is not None and address.lower().startswith("fe8")
 
 
 # ------------------------------------------------------------------ wiring

@@ -19,9 +19,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from runv.api import VM, Nic, RunvError, VMSpec, cgroups, connect_unix, jail, process_start_time, socket_name, stop_process
+from runv.api import VM, Nic, RunvError, VMSpec, await_start, connect_unix, jail, process_start_time, socket_name, stop_process, vmmcgroup
 
 BINARY = "qemu-system-x86_64"
 QMP_SOCKET = "qmp.sock"
@@ -87,7 +88,7 @@ def accel_option(accel: str) -> str:
     return f"tcg,tb-size={TCG_CODE_CACHE_MIB}" if accel == "tcg" else accel
 
 
-def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, int] | None = None) -> list[str]:
+def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, ...] | None = None) -> list[str]:
     """The QEMU command line for ``vm``; ``fds``: the listening QMP and agent sockets it
     inherits (None: placeholders, for a template's shape)."""
     qmp_fd, agent_fd = fds or ("QMP", "AGENT")
@@ -181,15 +182,15 @@ def greeted(path: Path, timeout: float) -> bool:
         return False
 
 
-def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: list[str] = (), cls: type[QemuVM] | None = None,
-          binds: list[jail.Bind] = ()) -> QemuVM:
+def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: Sequence[str] = (), cls: type[QemuVM] | None = None,
+          binds: Sequence[jail.Bind] = ()) -> QemuVM:
     """Starts QEMU jailed and returns once QMP answers (as a ``cls``, default QemuVM);
     fails with QEMU's own words, leaving no cgroup behind. ``extra`` goes at the end of the
     command line (templates: memory backend, -incoming), ``binds`` are what it needs in the
     jail beyond the VM's own files."""
     program = binary() or BINARY
-    cgroup = cgroups.for_vm(vm.state_dir)
-    cgroup.create(*cgroups.limits(vm.memory_mib, vm.vcpus, code_cache_mib(accel)))
+    cgroup = vmmcgroup.for_vm(vm.state_dir)
+    cgroup.create(*vmmcgroup.limits(vm.memory_mib, vm.vcpus, code_cache_mib(accel)))
     root = vm.state_dir / JAIL_DIR
     qmp = vm.state_dir / QMP_SOCKET
     try:
@@ -206,15 +207,7 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: li
         finally:
             for sock in sockets:
                 sock.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not greeted(qmp, 1.0):
-            if proc.poll() is not None:
-                raise RunvError(f"{BINARY} failed to start (exit {proc.returncode}): {vm.last_words()}")
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise RunvError(f"{BINARY} did not start within {START_TIMEOUT:.0f} s: {vm.last_words()}")
-            time.sleep(0.01)
+        await_start(proc, lambda: greeted(qmp, 1.0), vm.console_log, BINARY, START_TIMEOUT)
     except BaseException:
         cgroup.remove()
         _remove_jail_dir(root)
@@ -267,12 +260,16 @@ class QemuVM(VM):
         run_state, kvm = self.qmp("query-status", "query-kvm")
         return {**run_state, "kvm": kvm}
 
+    def quit(self) -> None:
+        """Asks QEMU to exit (QMP ``quit``)."""
+        self.qmp("quit")
+
     def stop(self, force: bool = False) -> None:
         """Asks QEMU to quit (or kills it), waits for it to be gone, and removes its cgroup
         (killing anything left in it) and the jail's mount point."""
-        stop_process(self.pid, self.start_time, ask=lambda: self.qmp("quit"), grace=QUIT_TIMEOUT, force=force)
+        stop_process(self.pid, self.start_time, ask=self.quit, grace=QUIT_TIMEOUT, force=force)
         if "cgroup" in self.data:
-            cgroups.from_record(self.data["cgroup"]).remove()
+            vmmcgroup.from_record(self.data["cgroup"]).remove()
             _remove_jail_dir(Path(self.data["jail"]))
 
     def pause(self) -> None:
@@ -294,10 +291,10 @@ class QemuVM(VM):
         target = -(-(memory_mib - base) // BLOCK_MIB) * BLOCK_MIB
         plugged, slots = self.plugged_memory(), self.cpu_slots()
         used = [slot for slot in slots if "qom-path" in slot]
-        cgroup = cgroups.from_record(self.data["cgroup"]) if "cgroup" in self.data else None
+        cgroup = vmmcgroup.from_record(self.data["cgroup"]) if "cgroup" in self.data else None
         code_cache = size.get("code_cache_mib", 0)
         if cgroup is not None:
-            cgroup.set_limits(*cgroups.limits(base + max(target, plugged), max(vcpus, len(used)), code_cache))
+            cgroup.set_limits(*vmmcgroup.limits(base + max(target, plugged), max(vcpus, len(used)), code_cache))
         if target != plugged:
             self.qmp(("qom-set", {"path": HOT_MEMORY_PATH, "property": "requested-size", "value": target << 20}))
             self._wait(lambda: self.plugged_memory() == target,
@@ -310,7 +307,7 @@ class QemuVM(VM):
         self._wait(lambda: len([s for s in self.cpu_slots() if "qom-path" in s]) == vcpus,
                    lambda: f"the guest has {len([s for s in self.cpu_slots() if 'qom-path' in s])} vCPUs, not {vcpus}")
         if cgroup is not None:
-            cgroup.set_limits(*cgroups.limits(base + target, vcpus, code_cache))
+            cgroup.set_limits(*vmmcgroup.limits(base + target, vcpus, code_cache))
 
     def plugged_memory(self) -> int:
         """MiB of virtio-mem the guest has plugged (0 without the device)."""

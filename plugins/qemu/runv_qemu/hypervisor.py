@@ -6,7 +6,7 @@ name the instance, which pluggy registers like a module.
 
 from __future__ import annotations
 
-from runv.api import NINEP_VIRTIO, AgentChannel, Capabilities, HypervisorInfo, hookimpl
+from runv.api import NINEP_VIRTIO, AgentChannel, Capabilities, GuestModules, HypervisorInfo, hookimpl
 from runv_qemu import driver
 from runv_qemu.template import QemuTemplates, TemplatedQemuVM
 
@@ -18,6 +18,14 @@ CAPABILITIES = Capabilities(
     nic_hotplug=True,  # device_add on a free pcie-root-port (VMSpec.hotplug_slots of them)
     pause=True,  # QMP stop / cont
     resize=True,  # virtio-mem and vCPU hot-plug (QemuVM.resize)
+)
+
+GUEST_MODULES = GuestModules(
+    # the drivers of the devices every QEMU VM has: the agent's virtio-serial port, disks, NICs,
+    # entropy (virtio-rng), the 9p shares, and virtio-mem, which must be bound before the host
+    # plugs memory (`runv update`); the kernel loads the modules they depend on first
+    at_boot=("virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "virtio_rng", "9pnet_virtio", "9p", "virtio_mem"),
+    on_demand=("virtiofs",),  # QEMU serves it with virtiofsd (bench/sharefs.py compares it with 9p)
 )
 
 
@@ -36,6 +44,10 @@ class QemuHypervisor:
     def hypervisor_info(self):
         return HypervisorInfo(capabilities=CAPABILITIES, vm=TemplatedQemuVM, priority=self.priority,
                               templates=QemuTemplates(self.name, self.accel, self.cpu))
+
+    @hookimpl
+    def guest_modules(self):
+        return GUEST_MODULES
 
     @hookimpl
     def probe(self):

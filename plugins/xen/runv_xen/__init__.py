@@ -17,9 +17,21 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
-from runv.api import VM, AgentChannel, Capabilities, HypervisorInfo, RunvError, SharedFs, VMSpec, hookimpl, process_start_time, run_tool, stop_process
+from runv.api import (
+    VM,
+    AgentChannel,
+    Capabilities,
+    HypervisorInfo,
+    RunvError,
+    SharedFs,
+    VMSpec,
+    await_start,
+    hookimpl,
+    process_start_time,
+    run_tool,
+    stop_process,
+)
 
 PRIORITY = 18  # a Xen dom0 has no KVM; where it works it beats tcg
 CAPABILITIES = Capabilities(
@@ -142,11 +154,6 @@ def boot(vm):
         proc = subprocess.Popen(create_command(path), cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, start_new_session=True)
     name = domain_name(vm)
-    deadline = time.monotonic() + START_TIMEOUT
-    while subprocess.run(xl("list", name), capture_output=True).returncode != 0:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RunvError(f"xl create {name} failed: {vm.last_words()}")
-        time.sleep(0.1)
+    await_start(proc, lambda: subprocess.run(xl("list", name), capture_output=True).returncode == 0, vm.console_log,
+                f"xl create {name}", START_TIMEOUT, expected="list the domain", every=0.1)
     return XenVM("xen", proc.pid, process_start_time(proc.pid), {"domain": name, "config": str(path)})

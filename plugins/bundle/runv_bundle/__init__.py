@@ -1,4 +1,5 @@
-"""runv storage plugin ``overlay``: the bundle's rootfs for the guest, in one of three modes.
+"""runv storage plugin ``bundle`` (the default): the bundle's rootfs for the guest, in one of
+three modes (``[storage] mode`` in runv's config file, or per container ``io.runv.storage.mode``).
 
 ``share`` (the default): the rootfs shared with the guest (over virtio-9p with QEMU: the
 hypervisor's shared filesystem); writes land in the bundle, as with runc.
@@ -19,12 +20,16 @@ access is local ext4 in the guest (several times faster than 9p for file-heavy w
 ``root.readonly`` makes every mode read-only (no upper, no overlay file: the share or the
 base image itself, read-only). Sizes are checked against ``max_upper_size`` /
 ``max_base_size`` (:func:`runv.api.storage.settings`). See docs/storage.md for the
-measurements behind the choices.
+measurements behind the choices. (The plugin was called ``overlay`` before runv 0.2;
+records and ``--storage`` still take that name: :data:`runv.loader.RENAMED`.)
 """
 
 import shutil
 
-from runv.api import Disk, GuestMount, Share, StorageAttachment, hookimpl
+from runv.api import Disk, GuestModules, GuestMount, RunvError, Share, StorageAttachment, hookimpl
+
+MODES = ("share", "overlay", "block")
+DEFAULT_MODE = "share"
 
 TAG = "rootfs"
 LOWER = "/run/runv/lower"
@@ -34,25 +39,42 @@ ROOT_SERIAL = "rootfs"
 
 
 @hookimpl
+def guest_modules():
+    """ext4 (the overlay's upper layer, block mode's image) and overlayfs, loaded when first
+    mounted; crc32c_generic at boot: ext4 asks for crc32c through the crypto API, so no module
+    lists it as a dependency, and TCG's default CPU lacks the SSE4.2 crc32c_intel needs."""
+    return GuestModules(at_boot=("crc32c_generic",), on_demand=("ext4", "overlay"))
+
+
+@hookimpl
 def probe():
     """The share mode needs nothing beyond QEMU; overlay and block need e2fsprogs and
     qemu-img: unusable only when the configured default mode needs what is missing."""
     from runv.api.images import MKFS, QEMU_IMG, missing_tools
-    from runv.api.storage import settings
 
     missing = missing_tools(MKFS, QEMU_IMG)
-    mode = settings()["mode"]
+    mode = options_for({})["mode"]
     if missing and mode != "share":
         return f"storage mode {mode!r} (runv config) needs {missing}"
     return None
 
 
-@hookimpl
-def attach_storage(container):
+def options_for(annotations: dict[str, str]) -> dict:
+    """The storage settings of a container with these annotations (:func:`runv.api.storage.settings`),
+    its ``mode`` one of MODES."""
     from runv.api.storage import settings
 
+    options = settings(annotations)
+    mode = options["mode"] or DEFAULT_MODE
+    if mode not in MODES:
+        raise RunvError(f"{options['sources']['mode']}: storage mode {mode!r} is not one of {', '.join(MODES)}")
+    return {**options, "mode": mode}
+
+
+@hookimpl
+def attach_storage(container):
     readonly = container.spec.root.readonly
-    options = settings(container.annotations)
+    options = options_for(container.annotations)
     mode = options["mode"]
     if mode == "block":
         return _block(container, options, readonly)
