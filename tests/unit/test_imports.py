@@ -1,6 +1,7 @@
 """The shape of the code, read from its import graph (the AST of every module, nothing
-imported): no cycles, ``runv.api`` a leaf, plugins that reach runv only through it, and
-modules small enough to read.
+imported): the layers docs/architecture.md draws, no cycles between modules or between
+packages, ``runv.api`` a leaf, plugins that reach runv only through it, and modules small
+enough to read.
 
 Function-level imports count (a lazy import is still a dependency); imports under
 ``if TYPE_CHECKING:`` do not (they never run).
@@ -141,6 +142,45 @@ def test_no_import_cycles():
     assert [describe(c, graph) for c in found if frozenset(c) not in KNOWN_CYCLES] == []
     gone = KNOWN_CYCLES - {frozenset(c) for c in found}
     assert not gone, f"untied: remove {sorted(map(sorted, gone))} from KNOWN_CYCLES"
+
+
+def package(module: str) -> str:
+    """The core package (``runv.vm``), plugin (``runv_qemu``) or top module (``runv.loader``) a module is in."""
+    parts = module.split(".")
+    return parts[0] if parts[0] != "runv" else ".".join(parts[:2])
+
+
+def package_edges() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for name, targets in edges().items():
+        graph.setdefault(package(name), set()).update(package(t) for t in targets if package(t) != package(name))
+    return graph
+
+
+def drawn_layers() -> list[set[str]]:
+    """The layers of the picture that opens docs/architecture.md, top first: one line each,
+    its packages separated by `` · `` before the description."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = text.split("```\n", 2)[1]
+    return [{name.strip() for name in line.split("  ")[0].split(" · ")} for line in block.splitlines() if line.strip()]
+
+
+def test_the_architecture_picture_names_every_core_package_once():
+    drawn = [name for layer in drawn_layers() for name in layer]
+    core = {package(name) for name in MODULES if name.startswith("runv.") or name == "runv"}
+    assert sorted(drawn) == sorted(set(drawn)) and set(drawn) == core
+
+
+def test_packages_import_only_their_layer_and_those_below():
+    level = {name: index for index, layer in enumerate(drawn_layers()) for name in layer}
+    upward = [f"{a} -> {b}" for a, targets in package_edges().items() if a in level
+              for b in sorted(targets) if b in level and level[b] < level[a]]
+    assert upward == [], "an import goes up the layers of docs/architecture.md"
+
+
+def test_no_import_cycles_between_packages():
+    graph = package_edges()
+    assert [describe(c, graph) for c in cycles(graph)] == []
 
 
 def test_cycles_are_found():
