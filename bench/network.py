@@ -16,7 +16,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,9 +23,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import RUNV, make_rootfs  # noqa: E402
+from runv.testing.host import RUNV, make_rootfs
 
 NS = "rvbench-net"
 HOST, GUEST = "10.99.0.1", "10.99.0.2"

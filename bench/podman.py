@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests/vm"))
 from realclients import mounts_under, rootfs_tar
-from support import RUNV, make_rootfs
 from test_podman import IMAGE, Podman, host_network_kept
+
+from runv.testing.host import RUNV, make_rootfs
 
 
 def timed(podman: Podman, flags: tuple[str, ...], run_flags: tuple[str, ...]) -> float:

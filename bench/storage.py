@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import RUNV, make_rootfs
+from runv.testing.host import RUNV, make_rootfs
 
 SCRIPT = r"""
 t() { read up idle < /proc/uptime; echo $up; }

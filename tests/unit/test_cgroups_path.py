@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from support import emptied, fake_cgroup_v1, fake_cgroup_v2
 
 from runv.api import RunvError, vmmcgroup
+from runv.testing.host import emptied, fake_cgroup_v1, fake_cgroup_v2
 from runv.vm import cgroupspath
 
 

@@ -14,9 +14,9 @@ from importlib import import_module
 from pathlib import Path
 
 import pytest
-from support import run_captured
 
 from runv.cli import commands, fast, fast_table
+from runv.testing.host import run_captured
 
 FAST = "from runv.cli.app import main; main()"
 TYPER = "from runv.cli.app import main; main(fast=False)"

@@ -13,11 +13,11 @@ import subprocess
 import time
 
 import pytest
-from support import RUNV
 
 from runv.records import Store
 from runv.testing import fake_distribution, leftovers_in, with_path
 from runv.testing.faults import MOMENTS, hold_in_hooks, unrecorded_vms, wait_for_moment, wait_status
+from runv.testing.host import RUNV
 
 SLOW = '''
 """The fake VMM, holding its boot for a while once the agent runs (the window in which a

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support import emptied, fake_cgroup_v1, fake_cgroup_v2
 
 from runv.api import RunvError, jail, vmmcgroup
 from runv.api.vm import Disk, Share, VMSpec
 from runv.testing import container
+from runv.testing.host import emptied, fake_cgroup_v1, fake_cgroup_v2
 
 ROOT = os.geteuid() == 0
 

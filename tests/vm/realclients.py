@@ -18,7 +18,7 @@ import termios
 import time
 from pathlib import Path
 
-from support import RUNV, run_captured
+from runv.testing.host import RUNV, run_captured
 
 
 def run(argv, *, env=None, timeout=180, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from realclients import PtySession, containerd_config, mounts_under, oci_archive, run, runv_ids, stop_daemon, wait_for_daemon
-from support import RUNV
 
 from runv.testing import vm_processes_in
+from runv.testing.host import RUNV
 
 CONTAINERD = shutil.which("containerd")
 CTR = shutil.which("ctr")

@@ -18,9 +18,9 @@ import cri
 import grpc
 import pytest
 from realclients import cgroups_of, containerd_config, mounts_under, oci_archive, run, runv_ids, stop_daemon, wait_for_daemon
-from support import RUNV
 
 from runv.testing import vm_processes_in
+from runv.testing.host import RUNV
 
 CONTAINERD = shutil.which("containerd")
 CTR = shutil.which("ctr")

@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import RUNV, make_rootfs
 
 import runv
 import runv_devicemapper
 from runv.api import images
 from runv.guest.builder import shared_libraries
+from runv.testing.host import RUNV, make_rootfs
 
 ROOT = Path(runv.__file__).parent.parent
 PLUGIN = Path(runv_devicemapper.__file__).parent

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from realclients import PtySession, cgroups_of, docker_archive, mounts_under, qemu_of, run, runv_ids, stop_daemon, wait_for_daemon
-from support import RUNV
 
 from runv.testing import vm_processes_in
+from runv.testing.host import RUNV
 
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER = Path("/usr/bin/docker")  # Debian's client: another docker earlier on PATH may speak another API

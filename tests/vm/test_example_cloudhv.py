@@ -118,9 +118,8 @@ def test_the_examples_own_tests_pass_against_the_wheel(venv, env):
 
 
 def test_a_container_runs_there_on_the_fake_vmm(venv, env, tmp_path):
-    from support import make_rootfs
-
     from runv.testing import fake_vmm_path, leftovers_in, with_path
+    from runv.testing.host import make_rootfs
 
     bundle = tmp_path / "bundle"
     make_rootfs(bundle / "rootfs")

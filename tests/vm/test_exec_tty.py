@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import RUNV
+
+from runv.testing.host import RUNV
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

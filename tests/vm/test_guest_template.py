@@ -9,7 +9,8 @@ import subprocess
 import time
 
 import pytest
-from support import RUNV, run_captured
+
+from runv.testing.host import RUNV, run_captured
 
 pytestmark = pytest.mark.vm
 

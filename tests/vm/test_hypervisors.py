@@ -143,7 +143,7 @@ def test_explicit_qemu_fails_at_create_with_the_probes_reason(runv, make_bundle)
 @pytest.mark.vm
 @pytest.mark.skipif(not PVM, reason="asserts this host's choice")
 def test_auto_chooses_tcg_here_and_says_so(runv, make_bundle, guest_image):
-    from support import INITRD, KERNEL
+    from runv.testing.host import INITRD, KERNEL
 
     result = runv("--debug", "--kernel", KERNEL, "--initrd", INITRD, "run", "-b", make_bundle(["true"]), "c1")
     assert result.returncode == 0, result.stderr

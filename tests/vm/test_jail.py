@@ -82,7 +82,7 @@ def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
     """/ is a read-only tmpfs of its own: /usr, the kernel and initrd read-only, its console
     log and a rw volume writable, a ro volume read-only, no /etc, /home, /run, no other
     container's state directory and nothing of its own but what it opens."""
-    from support import INITRD, KERNEL
+    from runv.testing.host import INITRD, KERNEL
 
     assert runv("create", "--bundle", make_bundle(["true"], name="other-bundle"), "other").returncode == 0
     ro, rw = tmp_path / "ro", tmp_path / "rw"

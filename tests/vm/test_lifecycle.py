@@ -81,7 +81,7 @@ def test_foreground_run_reports_signal_exit(runv, make_bundle, root):
     # signal comes from outside, as `runv kill` sends it.
     import subprocess
 
-    from support import RUNV
+    from runv.testing.host import RUNV
 
     run = subprocess.Popen([RUNV, "--root", str(root), "run", "--bundle", str(make_bundle(["sleep", "1000"])), "c5"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,9 +17,9 @@ import pytest
 
 pyroute2 = pytest.importorskip("pyroute2")
 from pyroute2 import IPRoute, netns  # noqa: E402
-from support import RUNV  # noqa: E402
 
 from runv.api.errors import RunvError  # noqa: E402
+from runv.testing.host import RUNV  # noqa: E402
 
 TUN_TIMEOUT = int(os.environ.get("RUNV_NET_TIMEOUT", 150))  # seconds for a VM test's container to finish (TCG on a shared 2-core host)
 

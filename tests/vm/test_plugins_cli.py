@@ -63,7 +63,7 @@ def test_a_broken_plugin_is_listed_with_its_error(runv, broken_env):
 
 @pytest.mark.vm
 def test_runv_run_works_next_to_a_broken_plugin(runv, broken_env, make_bundle, guest_image):
-    from support import INITRD, KERNEL
+    from runv.testing.host import INITRD, KERNEL
 
     result = runv("--kernel", KERNEL, "--initrd", INITRD, "run", "-b", make_bundle(["echo", "hi"]), "c1", env=broken_env)
     assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
@@ -95,7 +95,7 @@ def test_a_malformed_config_is_one_clear_line(runv, env, tmp_path):
 
 @pytest.mark.skipif(not PVM, reason="asserts this host: software KVM, no lkvm, no Xen")
 def test_check_on_this_host(runv, env):
-    from support import INITRD, KERNEL
+    from runv.testing.host import INITRD, KERNEL
 
     result = runv("--kernel", KERNEL, "--initrd", INITRD, "check", "--json", env=env)
     assert result.returncode == 0, result.stderr
@@ -176,7 +176,7 @@ def test_example_plugins_own_tests_pass(example_venv, env):
 
 @pytest.mark.vm
 def test_example_plugin_runs_a_container(example_venv, env, make_bundle, guest_image, tmp_path):
-    from support import INITRD, KERNEL
+    from runv.testing.host import INITRD, KERNEL
 
     bundle = make_bundle(["cat", "/proc/mounts"])
     result = example_runv(example_venv, "--root", tmp_path / "state", "--kernel", KERNEL, "--initrd", INITRD,

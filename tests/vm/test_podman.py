@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from realclients import PtySession, mounts_under, qemu_of, rootfs_tar, run, runv_ids
-from support import RUNV
 
 from runv.testing import vm_processes_in
+from runv.testing.host import RUNV
 
 PODMAN = shutil.which("podman")
 IMAGE = "localhost/runv-busybox:latest"

@@ -9,12 +9,12 @@ import subprocess
 import time
 
 import pytest
-from support import RUNV
 from test_exec_tty import ConsoleReceiver as Receiver
 from test_exec_tty import read_until
 
 from runv.api.errors import RunvError
 from runv.testing import vm_processes_in
+from runv.testing.host import RUNV
 from runv.verbs.lookpath import check_program
 
 # ---------------------------------------------------------------- no VM needed

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support import RUNV
 
 import runv_bundle
 from runv.api import NINEP_VIRTIO, VIRTIOFS, Capabilities, GuestMount, images
@@ -22,6 +21,7 @@ from runv.api import storage as storage_config
 from runv.api.errors import RunvError
 from runv.api.frozen import to_json as vm_json
 from runv.testing import vm_processes_in, vm_spec
+from runv.testing.host import RUNV
 from runv.vm import bringup, volumes
 
 

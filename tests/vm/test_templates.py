@@ -194,7 +194,7 @@ def test_a_shape_without_a_template_boots_cold_once_and_one_is_made_in_the_backg
     hierarchy, not the container's); the next container of that size starts from it; what
     the maker did is in background.log. The session turns background
     templates off; this test's config file turns them on again."""
-    from support import template_makers, wait_for_template_makers
+    from runv.testing.host import template_makers, wait_for_template_makers
 
     templates = tmp_path / "templates"
     config = tmp_path / "config.toml"

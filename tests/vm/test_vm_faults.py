@@ -12,10 +12,10 @@ import subprocess
 import time
 
 import pytest
-from support import RUNV
 
 from runv.testing import leftovers_in, vm_processes_in
 from runv.testing.faults import MOMENTS, hold_in_hooks, record, unrecorded_vms, wait_for_moment, wait_status
+from runv.testing.host import RUNV
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

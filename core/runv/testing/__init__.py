@@ -24,6 +24,8 @@
   :func:`leftovers_in` — those, any other process and any mount there.
 - :mod:`runv.testing.faults` — the moments of a ``runv create`` as seen from outside,
   to kill or race it at each (and :func:`~runv.testing.faults.unrecorded_vms`).
+- :mod:`runv.testing.host` — what tests need of the host: the ``runv`` command, the
+  guest files, busybox root filesystems, output through files, fake programs and cgroup trees.
 
 Nothing here imports pytest; the helpers work from any test runner.
 """

@@ -1,4 +1,6 @@
-"""Shared fixtures: a private --root per test, busybox bundles, and the runv command itself."""
+"""Fixtures every test directory shares (tests/unit, tests/vm, plugins/*/tests, examples/*/tests):
+a private --root per test, busybox bundles, the runv command itself, the guest image the VM
+tests boot, and the same command on the fake VMM (runv.testing.fakevmm) for tests without QEMU."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from support import INITRD, KERNEL, RUNV, make_rootfs, run_captured, wait_for_template_makers
 
-from runv.testing import vm_processes_in
+from runv.testing import fake_vmm_path, leftovers_in, vm_processes_in, with_path
+from runv.testing.host import INITRD, KERNEL, RUNV, make_rootfs, run_captured, wait_for_template_makers
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +76,48 @@ def guest_image(tmp_path_factory) -> Iterator[None]:
         subprocess.run([RUNV, "template", "create", "test"], check=True, timeout=300)
     yield
     wait_for_template_makers()
+
+
+@pytest.fixture(scope="session")
+def fake_site(tmp_path_factory) -> Path:
+    """A PYTHONPATH directory installing the fake VMM as hypervisor ``fake``."""
+    return fake_vmm_path(tmp_path_factory.mktemp("fakevmm"))
+
+
+@pytest.fixture
+def guest_files(tmp_path) -> tuple[Path, Path]:
+    """Stand-ins for the guest kernel and initrd (`create` checks they exist; the fake VMM boots neither)."""
+    kernel, initrd = tmp_path / "kernel", tmp_path / "initrd.img"
+    kernel.write_bytes(b"")
+    initrd.write_bytes(b"")
+    return kernel, initrd
+
+
+@pytest.fixture
+def hermetic(tmp_path, monkeypatch):
+    """No host config file, no host templates: this process and its children see only the test's."""
+    monkeypatch.setenv("RUNV_CONFIG", str(tmp_path / "no-config.toml"))
+    monkeypatch.setenv("RUNV_TEMPLATE_DIR", str(tmp_path / "templates"))
+    monkeypatch.delenv("RUNV_DISABLE_PLUGINS", raising=False)
+
+
+@pytest.fixture
+def fake(tmp_path, root, fake_site, guest_files, hermetic):
+    """``fake(*args)`` runs ``runv --root ROOT --hypervisor fake ARGS`` (a subprocess, output
+    through files as a shim holds its caller's stdio); afterwards, whatever the test did,
+    every container is deleted and nothing may be left: no process, no mount."""
+    kernel, initrd = guest_files
+    env = with_path(None, fake_site)
+
+    def call(*args, check=False, timeout=30, **kwargs):
+        argv = [RUNV, "--root", str(root), "--kernel", str(kernel), "--initrd", str(initrd), "--hypervisor", "fake",
+                *map(str, args)]
+        kwargs.setdefault("env", env)
+        return run_captured(argv, check=check, timeout=timeout, **kwargs)
+
+    call.env = env
+    yield call
+    if root.is_dir():
+        for cid in os.listdir(root):
+            call("delete", "--force", cid)
+    assert leftovers_in(tmp_path) == []

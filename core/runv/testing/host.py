@@ -1,5 +1,10 @@
-"""What the test layers share besides fixtures: the runv command, the guest files, busybox
-root filesystems, fake cgroup trees. (A module of its own: ``from conftest import`` is ambiguous with two layers.)"""
+"""What tests need of the host: the ``runv`` command beside this Python, the guest files the VM
+tests boot, busybox root filesystems, commands run with their output through files, fake
+programs and cgroup trees, and the background template makers a test must not leave running.
+
+Nothing here imports pytest; runv's own test layers (``tests/``) and the plugins' and
+examples' tests (``plugins/*/tests``, ``examples/*/tests``) share these.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-RUNV = str(Path(sys.executable).with_name("runv"))
+RUNV = str(Path(sys.executable).with_name("runv"))  # the console script installed with this Python's runv
 BUSYBOX = "/bin/busybox"
-KERNEL = Path(os.environ.get("RUNV_TEST_KERNEL", "/var/lib/runv/kernel"))
+KERNEL = Path(os.environ.get("RUNV_TEST_KERNEL", "/var/lib/runv/kernel"))  # what `runv guest build` makes
 INITRD = Path(os.environ.get("RUNV_TEST_INITRD", "/var/lib/runv/initrd.img"))
 
 
 def make_rootfs(path: Path) -> Path:
-    """A minimal busybox root filesystem (statically linked, so nothing else is needed)."""
+    """A minimal busybox root filesystem at ``path`` (busybox is static: nothing else is needed)."""
     for sub in ("bin", "proc", "sys", "dev", "tmp", "etc", "root"):
         (path / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, path / "bin/busybox")
@@ -28,6 +34,17 @@ def make_rootfs(path: Path) -> Path:
             link.symlink_to("busybox")
     (path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     return path
+
+
+def add_host_binary(binary: Path, rootfs: Path) -> None:
+    """``binary`` (a host program or shared library) and every library it loads, each at its
+    own path in ``rootfs``, symlinks resolved: enough to run it there."""
+    from runv.guest.builder import shared_libraries
+
+    for path in (binary, *shared_libraries(binary)):
+        target = rootfs / str(path).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path.resolve(), target)
 
 
 def run_captured(argv: list[str], *, check: bool = False, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
@@ -44,6 +61,15 @@ def run_captured(argv: list[str], *, check: bool = False, timeout: float = 180, 
     if check and result.returncode != 0:
         raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+def fake_program(path: Path, script: str, interpreter: str = "/bin/sh") -> Path:
+    """An executable at ``path`` running ``script`` with ``interpreter`` (its ``#!`` line): a
+    stand-in for a VMM or tool that behaves as the real one does towards runv."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!{interpreter}\n{script}")
+    path.chmod(0o755)
+    return path
 
 
 def fake_cgroup_v2(base: Path) -> Path:
@@ -82,8 +108,6 @@ def template_makers() -> list[int]:
 
 def wait_for_template_makers(timeout: float = 180) -> None:
     """Waits until no template is being made in the background (its VM must not outlive a test)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while template_makers():
         assert time.monotonic() < deadline, f"template makers still running after {timeout} s: {template_makers()}"
