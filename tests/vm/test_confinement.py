@@ -15,7 +15,7 @@ import pytest
 from runv.oci.default_spec import default_spec
 from runv.testing import vm_processes_in
 
-pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+pytestmark = pytest.mark.usefixtures("guest_image")
 
 REPORT = r"""
 grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Groups)' /proc/self/status

@@ -24,7 +24,6 @@ IMAGE = "localhost/runv-busybox:latest"
 NAMESPACE = "runv-test"
 
 pytestmark = [
-    pytest.mark.vm,
     pytest.mark.usefixtures("guest_image"),
     pytest.mark.skipif(
         CONTAINERD is None or CTR is None or os.geteuid() != 0, reason="needs root and containerd (scripts/install installs Debian's containerd)"

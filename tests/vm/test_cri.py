@@ -31,7 +31,6 @@ BRIDGE, SUBNET, GATEWAY = "runvcri0", "10.89.77.0/24", "10.89.77.1"
 CGROUPS = Path("/sys/fs/cgroup")
 
 pytestmark = [
-    pytest.mark.vm,
     pytest.mark.usefixtures("guest_image"),
     pytest.mark.skipif(
         CONTAINERD is None or CTR is None or not (CNI_BIN / "bridge").exists() or os.geteuid() != 0,

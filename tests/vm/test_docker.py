@@ -26,7 +26,6 @@ IMAGE = "localhost/runv-busybox:latest"
 CGROUPS = Path("/sys/fs/cgroup")
 
 pytestmark = [
-    pytest.mark.vm,
     pytest.mark.usefixtures("guest_image"),
     pytest.mark.skipif(
         not DOCKERD.exists() or not DOCKER.exists() or os.geteuid() != 0,

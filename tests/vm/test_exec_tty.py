@@ -18,7 +18,7 @@ import pytest
 
 from runv.testing.host import RUNV
 
-pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+pytestmark = pytest.mark.usefixtures("guest_image")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from test_confinement import bundle_of, default_config
 
-pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+pytestmark = pytest.mark.usefixtures("guest_image")
 
 SHOW = ("cgroup", "cgroup.controllers", "memory.max", "memory.low", "memory.high", "memory.swap.max", "pids.max",
         "cpu.max", "cpu.weight", "cpuset.cpus", "cpuset.mems", "io.weight", "io.max", "hugetlb.2MB.max")

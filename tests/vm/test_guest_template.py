@@ -12,8 +12,6 @@ import pytest
 
 from runv.testing.host import RUNV, run_captured
 
-pytestmark = pytest.mark.vm
-
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the kernel package cache, QEMU's sandbox)")
 def test_guest_build_makes_the_default_template_once(tmp_path, make_bundle):

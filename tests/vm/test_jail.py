@@ -18,7 +18,7 @@ from runv.api import vmmcgroup
 from runv.testing import vm_processes_in
 from runv_qemu import driver
 
-pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+pytestmark = pytest.mark.usefixtures("guest_image")
 
 CAPS_KEPT = 0xF  # chown, dac_override, dac_read_search, fowner
 

@@ -10,7 +10,7 @@ import pytest
 
 from runv.testing import vm_processes_in
 
-pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+pytestmark = pytest.mark.usefixtures("guest_image")
 
 
 def state(runv, cid):

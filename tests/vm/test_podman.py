@@ -25,7 +25,6 @@ BRIDGE = "cni-podman0"  # podman 4.3's default CNI network on Debian 12
 IPAM_DIR = Path("/var/lib/cni/networks/podman")  # host-local IPAM state of that network
 
 pytestmark = [
-    pytest.mark.vm,
     pytest.mark.usefixtures("guest_image"),
     pytest.mark.skipif(PODMAN is None or os.geteuid() != 0, reason="needs root and podman (scripts/install installs Debian's podman)"),
 ]

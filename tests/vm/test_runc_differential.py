@@ -16,7 +16,7 @@ from test_confinement import bundle_of, default_config
 
 from runv.oci.resources import cpu_weight
 
-pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image"),
+pytestmark = [pytest.mark.usefixtures("guest_image"),
               pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")]
 
 SYSCTLS = {"kernel.shmmax": "8192", "kernel.msgmnb": "32768", "fs.mqueue.queues_max": "64", "net.ipv4.ip_forward": "1"}

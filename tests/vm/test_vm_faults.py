@@ -17,7 +17,7 @@ from runv.testing import leftovers_in, vm_processes_in
 from runv.testing.faults import MOMENTS, hold_in_hooks, record, unrecorded_vms, wait_for_moment, wait_status
 from runv.testing.host import RUNV
 
-pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+pytestmark = pytest.mark.usefixtures("guest_image")
 
 BOUND = 60.0  # seconds any create or delete here may take (TCG on a loaded 2-core host)
 KILL_MOMENTS = [m for m in MOMENTS if m != "unrecorded"]  # under a second with a template: tested on the fake VMM

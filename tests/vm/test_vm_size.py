@@ -16,7 +16,6 @@ from realclients import qemu_of
 from runv.api import vmmcgroup
 
 pytestmark = [
-    pytest.mark.vm,
     pytest.mark.usefixtures("guest_image"),
     pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup/memory").is_dir()
                        and not Path("/sys/fs/cgroup/cgroup.controllers").exists(),

@@ -8,7 +8,7 @@ import json
 import pytest
 from test_confinement import bundle_of, default_config
 
-pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+pytestmark = pytest.mark.usefixtures("guest_image")
 
 READ = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpu.weight"
 
