@@ -126,10 +126,16 @@ def verdict(timeout: float = TIMEOUT) -> dict:
     return base | {"usable": True, "reason": None}
 
 
+def cache_key() -> dict:
+    """What a cached verdict holds for: this host boot, its KVM module and device node."""
+    return {"boot_id": _read("/proc/sys/kernel/random/boot_id"), "vendor": vendor(), "device": _device_id()}
+
+
 def cached_verdict() -> dict:
     """``verdict()``, measured once per host boot and KVM module (it costs ~0.13 s, and
-    ``--hypervisor auto`` asks on every create); kept in ``CACHE``."""
-    key = {"boot_id": _read("/proc/sys/kernel/random/boot_id"), "vendor": vendor(), "device": _device_id()}
+    ``--hypervisor auto`` asks on every create); kept in ``CACHE`` (``RUNV_KVM_CACHE``)
+    as ``{"key": cache_key(), "verdict": ...}``."""
+    key = cache_key()
     try:
         cached = json.loads(CACHE.read_text())
         if cached["key"] == key:

@@ -14,6 +14,8 @@
 - What the core does with a hypervisor's VMs, to test a plugin against it:
   :func:`check_vm` (what it refuses before boot), :func:`guest_mount` (how the guest mounts
   a share or disk), :func:`attach_nic` (a hot-plug), :func:`kernel_args` (every VM's).
+- :func:`kvm_verdict_cache` — the KVM probe's verdict, written where runv reads it first:
+  tests of what runv does when KVM is (not) usable, on any host.
 - :func:`fake_distribution` — an installed-looking distribution (``dist-info`` with entry
   points) in a directory you put on ``PYTHONPATH``, for ``runv`` subprocesses, discovery
   and broken plugins; :func:`fake_vmm_path` is one that installs the fake VMM.
@@ -32,6 +34,7 @@ Nothing here imports pytest; the helpers work from any test runner.
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,6 +141,22 @@ def with_path(env: dict[str, str] | None, directory: Path) -> dict[str, str]:
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH", "")]))
     return env
+
+
+KVM_SOFTWARE_ONLY = "KVM is software-only here (a verdict written by runv.testing): use --hypervisor tcg"
+
+
+def kvm_verdict_cache(path: Path, reason: str | None = KVM_SOFTWARE_ONLY) -> Path:
+    """Writes a KVM verdict cache at ``path`` that runv takes, on this host as it is now,
+    instead of probing (:func:`runv.api.kvm_verdict`; point ``RUNV_KVM_CACHE`` at it): KVM
+    usable when ``reason`` is None, else unusable for ``reason``, by default a software-only
+    KVM's. Tests of what runv makes of the verdict run so on any host."""
+    from runv.api import kvm
+
+    verdict = {"usable": reason is None, "reason": reason, "vendor": kvm.vendor(), "device": kvm.DEVICE}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": kvm.cache_key(), "verdict": verdict}))
+    return path
 
 
 def vm_processes_in(directory: Path) -> list[int]:
