@@ -1,6 +1,7 @@
 """Fixtures every test directory shares (tests/unit, tests/vm, plugins/*/tests, examples/*/tests):
 a private --root per test, busybox bundles, the runv command itself, the guest image the VM
-tests boot, and the same command on the fake VMM (runv.testing.fakevmm) for tests without QEMU."""
+tests boot, the same command on the fake VMM (runv.testing.fakevmm) for tests without QEMU,
+and storage directories of the test's own."""
 
 from __future__ import annotations
 
@@ -121,3 +122,31 @@ def fake(tmp_path, root, fake_site, guest_files, hermetic):
         for cid in os.listdir(root):
             call("delete", "--force", cid)
     assert leftovers_in(tmp_path) == []
+
+
+class StorageConfig:
+    """A runv config file (``RUNV_CONFIG`` for the test and its children) whose [storage]
+    cache and containers directories lie in the test's tmp_path; call it with more [storage]
+    settings to rewrite it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "config.toml"
+        self.cache = tmp_path / "cache"
+        self.containers = tmp_path / "containers"
+        self()
+
+    def __call__(self, **settings: str) -> None:
+        lines = [f'cache_dir = "{self.cache}"', f'containers_dir = "{self.containers}"']
+        lines += [f'{key} = "{value}"' for key, value in settings.items()]
+        self.path.write_text("[storage]\n" + "\n".join(lines) + "\n")
+
+    def own_dirs(self) -> list[Path]:
+        """The containers' own directories (upper layers, qcow2 overlays) there are now."""
+        return sorted(self.containers.iterdir()) if self.containers.is_dir() else []
+
+
+@pytest.fixture
+def storage_config(tmp_path, monkeypatch) -> StorageConfig:
+    config = StorageConfig(tmp_path)
+    monkeypatch.setenv("RUNV_CONFIG", str(config.path))
+    return config

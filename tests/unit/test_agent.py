@@ -4,6 +4,7 @@ the VM (processes run on the host, without chroot)."""
 
 import contextlib
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -196,6 +197,28 @@ def test_virtio_serial_port_is_found_by_name(tmp_path):
     (tmp_path / "vport0p2" / "name").write_text("other\n")
     with pytest.raises(SystemExit, match="no virtio-serial port named org.runv.agent"):
         find_port(str(tmp_path), timeout=0.1, dev=str(dev))
+
+
+def test_agent_over_a_serial_tty_through_kvmtools_relay(tmp_path):
+    """kvmtool's agent path without kvmtool: the guest agent on one end of a pty (as on
+    ttyS1), kvmtool's relay serving the other end at a unix socket, a host client pinging."""
+    master, slave = pty.openpty()
+    agent = Agent(master, rootfs="/", is_port=True)
+    threading.Thread(target=agent.run, daemon=True).start()
+    sock = tmp_path / "agent.sock"
+    relay = subprocess.Popen([sys.executable, "-m", "runv_kvmtool.relay", os.ttyname(slave), str(sock)])
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client = AgentClient.connect(str(sock), lambda *a: None, lambda m: None, timeout=10, alive=lambda: None)
+        assert client.ready_info["pid"] == os.getpid()
+        assert client.call("ping") is not None
+        client.close()
+    finally:
+        relay.kill()
+        relay.wait()
+        agent.running = False
 
 
 def test_command_line_options():

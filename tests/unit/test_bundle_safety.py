@@ -91,13 +91,6 @@ def test_template_names_are_restricted(name):
         check_name(name)
 
 
-def test_devicemapper_names_live_in_runvs_own_namespace():
-    from runv_devicemapper import snapshot_name
-
-    assert snapshot_name("pool") == "runv-ct-pool" != "runv-pool"
-    assert snapshot_name("pool-base-k1").startswith("runv-ct-")
-
-
 def test_a_read_only_rootfs_gets_its_mount_points_inside_itself_whatever_its_symlinks(tmp_path):
     """The host makes a read-only rootfs's missing mount points (the guest cannot): the
     image's symlinks, absolute, relative or dangling, resolve inside the rootfs."""

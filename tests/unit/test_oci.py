@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from runv.api import netns_path
 from runv.api.errors import RunvError
 from runv.oci.config import load_bundle, parse_process, parse_spec, process_to_exec
 from runv.oci.default_spec import default_spec
@@ -125,3 +126,11 @@ def test_bundle_errors(tmp_path):
 def test_spec_template_is_valid():
     spec = parse_spec(default_spec(), "template")
     assert spec.process.args == ("sh",)
+
+
+def test_netns_path_from_the_spec():
+    assert netns_path({}) is None
+    assert netns_path({"namespaces": [{"type": "pid"}, {"type": "network"}]}) is None
+    assert netns_path({"namespaces": [{"type": "network", "path": "/run/netns/x"}]}) == "/run/netns/x"
+    with pytest.raises(RunvError, match=r"linux.namespaces\[0\].path"):
+        netns_path({"namespaces": [{"type": "network", "path": "relative"}]})

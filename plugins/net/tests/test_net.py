@@ -1,4 +1,5 @@
-"""Networking: real namespaces and veths (made and removed here), wired into real VMs.
+"""The net plugin: real namespaces and veths (made and removed here), wired into real VMs
+(the tests marked vm) or refused before any VM.
 
 The host ends of the veths stay in the root namespace with the first address of each
 subnet; the container's ends carry what a CNI plugin or Docker would give them.
@@ -148,16 +149,6 @@ def talk_to_guest(address: str, port: int, line: bytes, deadline: float) -> byte
 # ---------------------------------------------------------------------------- no VM
 
 
-def test_netns_path_from_the_spec():
-    from runv.api import netns_path
-
-    assert netns_path({}) is None
-    assert netns_path({"namespaces": [{"type": "pid"}, {"type": "network"}]}) is None
-    assert netns_path({"namespaces": [{"type": "network", "path": "/run/netns/x"}]}) == "/run/netns/x"
-    with pytest.raises(RunvError, match=r"linux.namespaces\[0\].path"):
-        netns_path({"namespaces": [{"type": "network", "path": "relative"}]})
-
-
 def test_namespace_validation(tmp_path):
     from runv_net.netns import Namespace
 
@@ -220,18 +211,18 @@ def test_interface_gone_mid_wiring_is_a_clear_error(nets):
 
 
 @pytest.mark.parametrize("kind", ["missing", "file"])
-def test_bad_netns_path_fails_create_cleanly(runv, make_bundle, root, tmp_path, kind):
+def test_bad_netns_path_fails_create_cleanly(fake, make_bundle, root, tmp_path, kind):
     path = tmp_path / "ns"
     if kind == "file":
         path.write_text("not a namespace")
     bundle = make_bundle(["true"], **netns_entry(str(path)))
-    result = runv("create", "--bundle", bundle, "bad", stdout=subprocess.DEVNULL)
+    result = fake("create", "--bundle", bundle, "bad", stdout=subprocess.DEVNULL)
     assert result.returncode != 0
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1, message
     assert str(path) in message and ("does not exist" in message or "is not a network namespace" in message)
     assert not (root / "bad").exists()
-    assert runv("list", "--quiet").stdout.strip() == ""
+    assert fake("list", "--quiet").stdout.strip() == ""
 
 
 # ---------------------------------------------------------------------------- real VMs

@@ -1,6 +1,7 @@
-"""The devicemapper plugin on a real kernel device-mapper.
+"""The devicemapper storage plugin: its refusals where the kernel has no device-mapper (the
+kernel's answer faked, so they run on any host), and its pools on a real kernel device-mapper.
 
-This host's kernel has none, but runv's guest kernel has dm-thin-pool and loop. So the
+This host's kernel may have none, but runv's guest kernel has dm-thin-pool and loop. So the
 plugin's host-side code (runv_devicemapper.thin: pools on loop-backed sparse files, base
 volumes, snapshots, locks, cleanup) runs *inside a helper VM* booted with runv's own guest
 image: a container (block storage mode) whose rootfs carries python3.11 with its stdlib,
@@ -15,17 +16,17 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-import runv
+import runv.api
 import runv_devicemapper
-from runv.api import images
-from runv.guest.builder import shared_libraries
-from runv.testing.host import RUNV, make_rootfs
+from runv.api import RunvError, images
+from runv.testing.host import RUNV, add_host_binary, make_rootfs
 
-ROOT = Path(runv.__file__).parent.parent
+CORE = Path(runv.api.__file__).parents[2]  # the directory holding the runv package
 PLUGIN = Path(runv_devicemapper.__file__).parent
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages", "dist-packages",
                "config-3.11-x86_64-linux-gnu", "pydoc_data", "distutils", "unittest", "asyncio", "email", "xml"}
@@ -139,38 +140,24 @@ print("RESULT " + json.dumps(out), flush=True)
 '''
 
 
-def copy_host_file(path: Path, rootfs: Path) -> None:
-    """``path`` (symlinks resolved) at the same path in ``rootfs``."""
-    target = rootfs / str(path).lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(path.resolve(), target)
-
-
-def add_binary(path: Path, rootfs: Path) -> None:
-    copy_host_file(path, rootfs)
-    for library in shared_libraries(path):
-        copy_host_file(library, rootfs)
-
-
 @pytest.fixture(scope="session")
 def helper_rootfs(tmp_path_factory) -> Path:
     rootfs = make_rootfs(tmp_path_factory.mktemp("dmhelper") / "rootfs")
     for sub in ("run", "mnt", "var/lib"):
         (rootfs / sub).mkdir(parents=True, exist_ok=True)
     for binary in ("/usr/bin/python3.11", "/usr/sbin/dmsetup", "/usr/sbin/losetup"):
-        add_binary(Path(binary), rootfs)
+        add_host_binary(Path(binary), rootfs)
     stdlib = Path("/usr/lib/python3.11")
     shutil.copytree(stdlib, rootfs / "usr/lib/python3.11", symlinks=True,
                     ignore=lambda d, names: [n for n in names if n in STDLIB_SKIP and Path(d) == stdlib])
     for library in (stdlib / "lib-dynload").glob("*.so"):
-        for dependency in shared_libraries(library):
-            copy_host_file(dependency, rootfs)
+        add_host_binary(library, rootfs)
     package = rootfs / "opt/runv"
     (package / "runv").mkdir(parents=True)
     (package / "runv_devicemapper").mkdir(parents=True)
     for name in ("__init__.py", "api/__init__.py", "api/errors.py", "api/tools.py", "api/images.py"):
         (package / "runv" / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / "runv" / name, package / "runv" / name)
+        shutil.copy2(CORE / "runv" / name, package / "runv" / name)
     shutil.copy2(PLUGIN / "thin.py", package / "runv_devicemapper/thin.py")  # the code under test
     (package / "runv_devicemapper/__init__.py").write_text("")  # the hook glue needs pluggy; not tested here
     small = make_rootfs(tmp_path_factory.mktemp("dmbase") / "rootfs")
@@ -181,31 +168,63 @@ def helper_rootfs(tmp_path_factory) -> Path:
     return rootfs
 
 
-def test_probe_says_this_kernel_has_no_device_mapper():
-    reason = runv_devicemapper.probe()
-    if "device-mapper" in Path("/proc/devices").read_text():
-        pytest.skip("this host has a device-mapper")
-    assert "this host's kernel has no device-mapper" in reason
-    check = subprocess.run([RUNV, "check"], capture_output=True, text=True)
-    assert any(line.startswith("storage") and "devicemapper" in line and "no device-mapper" in line
-               for line in check.stdout.splitlines()), check.stdout
+@pytest.fixture
+def kernel(tmp_path, monkeypatch):
+    """``kernel(devices, module, control)``: the kernel's answers kernel_has_device_mapper reads,
+    faked: the block devices /proc/devices lists, whether /sys/module/dm_mod and
+    /dev/mapper/control exist."""
+    files = {name: tmp_path / "kernel" / name for name in runv_devicemapper.KERNEL}
+    monkeypatch.setattr(runv_devicemapper, "KERNEL", {name: str(path) for name, path in files.items()})
+    files["devices"].parent.mkdir()
+
+    def fake(devices: str, module: bool, control: bool) -> None:
+        files["devices"].write_text(devices)
+        for name, there in (("module", module), ("control", control)):
+            if there:
+                files[name].mkdir(exist_ok=True)
+            elif files[name].exists():
+                files[name].rmdir()
+
+    return fake
 
 
-def test_attach_refuses_clearly_without_device_mapper(tmp_path):
-    if "device-mapper" in Path("/proc/devices").read_text():
-        pytest.skip("this host has a device-mapper")
-    from runv.api.errors import RunvError
+NO_DM = "Block devices:\n  7 loop\n  8 sd\n"
 
-    with pytest.raises(RunvError, match="storage devicemapper cannot run here: this host's kernel has no device-mapper"):
+
+def test_probe_and_attach_say_a_kernel_without_device_mapper_has_none(kernel):
+    kernel(NO_DM, module=False, control=False)
+    reason = runv_devicemapper.kernel_has_device_mapper()
+    assert reason.startswith("this host's kernel has no device-mapper (no dm_mod:")
+    assert runv_devicemapper.probe().startswith(reason)
+    with pytest.raises(RunvError) as refused:
         runv_devicemapper.attach_storage(container=None)
+    assert str(refused.value) == f"storage devicemapper cannot run here: {reason}"
+
+
+def test_a_device_mapper_is_found_by_its_device_or_its_module_and_needs_its_control_node(kernel):
+    kernel(NO_DM + "253 device-mapper\n", module=False, control=False)
+    assert runv_devicemapper.kernel_has_device_mapper().startswith("/dev/mapper/control is missing")
+    kernel(NO_DM, module=True, control=True)
+    assert runv_devicemapper.kernel_has_device_mapper() is None
+
+
+def test_snapshot_names_live_in_runvs_own_namespace():
+    assert runv_devicemapper.snapshot_name("pool") == "runv-ct-pool" != "runv-pool"
+    assert runv_devicemapper.snapshot_name("pool-base-k1").startswith("runv-ct-")
+
+
+@pytest.mark.usefixtures("hermetic")
+def test_runv_check_reports_the_probes_reason():
+    reason = runv_devicemapper.probe()
+    check = subprocess.run([RUNV, "check"], capture_output=True, text=True, timeout=60)
+    (line,) = [line for line in check.stdout.splitlines() if line.split()[:2] == ["storage", "devicemapper"]]
+    installed = f"runv-devicemapper {metadata.version('runv-devicemapper')}"
+    assert line.split(None, 3)[2:] == (["unusable", reason] if reason else ["ok", installed]), line
 
 
 @pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
-def test_thin_pool_snapshots_in_a_helper_vm(runv, helper_rootfs, tmp_path, monkeypatch):
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[storage]\ncache_dir = "{tmp_path / "cache"}"\ncontainers_dir = "{tmp_path / "containers"}"\n')
-    monkeypatch.setenv("RUNV_CONFIG", str(cfg))
+def test_thin_pool_snapshots_in_a_helper_vm(runv, helper_rootfs, storage_config, tmp_path):
     bundle = tmp_path / "helper"
     bundle.mkdir()
     (bundle / "rootfs").symlink_to(helper_rootfs)
@@ -238,4 +257,4 @@ def test_thin_pool_snapshots_in_a_helper_vm(runv, helper_rootfs, tmp_path, monke
     assert out["full_write_failed"] is True
     assert "thin pool tiny is full" in out["create_on_full_pool"]
     assert out["dm_left"] in ("", "No devices found") and out["loops_left"] == ""
-    assert os.listdir(tmp_path / "containers") == []  # the helper's qcow2 went with it
+    assert os.listdir(storage_config.containers) == []  # the helper's qcow2 went with it

@@ -1,32 +1,30 @@
 """The kvmtool hypervisor plugin without kvmtool (no Debian package): its command line,
-probe and pty parsing, the agent relay over a real pty, and its real boot path, jailed, up
-to a fake lkvm; a real lkvm only where one is installed."""
+probe and pty parsing, and its real boot path, jailed, up to a fake lkvm (the relay's bytes
+included); a real lkvm only where one is installed. The guest agent over a serial tty through
+the relay: tests/unit/test_agent.py."""
 
 from __future__ import annotations
 
 import os
-import pty
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_hypervisors import HAS_KVM, fake_tool, spec
 
-from runv.api.errors import RunvError
-from runv.api.vm import Disk, GuestMount, Share
-from runv.vm.bringup import check_vm, guest_mount, kernel_args
+import runv_kvmtool
+from runv.api import Disk, GuestMount, Nic, RunvError, Share, connect_unix, vmmcgroup
+from runv.testing import check_vm, guest_mount, kernel_args, vm_spec
+from runv.testing.host import fake_program
+
+CAPS = runv_kvmtool.CAPABILITIES
 
 
 def test_kvmtool_command_line(tmp_path):
-    import runv_kvmtool
-
-    caps = runv_kvmtool.CAPABILITIES
-    vm = spec(tmp_path, memory_mib=512, vcpus=2, kernel_args=caps.agent.kernel_args() + ("quiet",),
-              shares=(Share("rootfs", Path("/b/rootfs")),), disks=(Disk("d0", Path("/img/a.raw"), readonly=True),))
-    check_vm(vm, caps, "kvmtool")
+    vm = vm_spec(tmp_path, name="c1", memory_mib=512, vcpus=2, kernel_args=CAPS.agent.kernel_args() + ("quiet",),
+                 shares=(Share("rootfs", Path("/b/rootfs")),), disks=(Disk("d0", Path("/img/a.raw"), readonly=True),))
+    check_vm(vm, CAPS, "kvmtool")
     assert runv_kvmtool.command(vm, "/opt/lkvm") == [
         "/opt/lkvm", "run", "--name", "runv-c1", "--cpus", "2", "--mem", "512",
         "--kernel", "/var/lib/runv/kernel", "--initrd", "/var/lib/runv/initrd.img",
@@ -37,66 +35,40 @@ def test_kvmtool_command_line(tmp_path):
     assert runv_kvmtool.control("pause", "runv-c1") == ["lkvm", "pause", "--name", "runv-c1"]
     # the core refuses what kvmtool cannot honour before boot, in one line
     with pytest.raises(RunvError, match="cannot attach qcow2 disks") as err:
-        check_vm(spec(tmp_path, disks=(Disk("d0", Path("/a.qcow2"), format="qcow2"),)), caps, "kvmtool")
+        check_vm(vm_spec(tmp_path, disks=(Disk("d0", Path("/a.qcow2"), format="qcow2"),)), CAPS, "kvmtool")
     assert "\n" not in str(err.value)
     # the agent channel is the second UART; kvmtool's disks have no serial: the guest finds them by order
-    assert "runv.agent=/dev/ttyS1" in kernel_args(False, caps)
-    assert guest_mount(GuestMount.of_disk("d0", "ext4"), vm, caps)["source"] == "/dev/vda"
+    assert "runv.agent=/dev/ttyS1" in kernel_args(False, CAPS)
+    assert guest_mount(GuestMount.of_disk("d0", "ext4"), vm, CAPS)["source"] == "/dev/vda"
+
+
+def test_a_vm_with_a_nic_is_refused_in_one_line(tmp_path):
+    """kvmtool cannot take the net plugin's open taps: the core refuses the VM before boot."""
+    assert not CAPS.nics and runv_kvmtool.hypervisor_info().problems() == []
+    with pytest.raises(RunvError) as err:
+        check_vm(vm_spec(tmp_path, name="c1", nics=(Nic(id="eth0", fd=7, mac="02:00:00:00:00:01"),)), CAPS, "kvmtool")
+    assert str(err.value).startswith("hypervisor 'kvmtool' cannot give a VM network interfaces, and the network "
+                                     "namespace of container c1 has 1") and "\n" not in str(err.value)
 
 
 def test_kvmtool_pty_line_is_parsed():
-    import runv_kvmtool
-
     match = runv_kvmtool.PTY_LINE.search("  Info: Assigned terminal 1 to pty /dev/pts/7\n")
     assert match.groups() == ("1", "/dev/pts/7")
 
 
 def test_kvmtool_probe_names_the_missing_lkvm(monkeypatch, tmp_path):
-    import runv_kvmtool
-
     monkeypatch.setenv("RUNV_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(tmp_path / "lkvm"))
     assert "lkvm not found" in runv_kvmtool.probe()
     config = tmp_path / "config.toml"
-    fake = tmp_path / "bin-lkvm"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o755)
+    fake = fake_program(tmp_path / "bin-lkvm", "")
     config.write_text(f'[kvmtool]\npath = "{fake}"\n')
     monkeypatch.delenv(runv_kvmtool.PATH_ENV)
     monkeypatch.setenv("RUNV_CONFIG", str(config))
     assert runv_kvmtool.lkvm() == str(fake)
 
 
-def test_agent_over_a_serial_tty_through_the_relay(tmp_path):
-    """The kvmtool agent path without kvmtool: the guest agent on one end of a pty (as on
-    ttyS1), the relay serving the other end at a unix socket, a host client pinging."""
-    from runv.agent.channel import serial_channel
-    from runv.agent.loop import Agent
-    from runv.vm.agentclient import AgentClient
-
-    assert serial_channel(["quiet", "runv.agent=/dev/ttyS1"]) == "/dev/ttyS1"
-    master, slave = pty.openpty()
-    slave_path = os.ttyname(slave)
-    agent = Agent(master, rootfs="/", is_port=True)
-    threading.Thread(target=agent.run, daemon=True).start()
-    sock = tmp_path / "agent.sock"
-    relay = subprocess.Popen([os.sys.executable, "-m", "runv_kvmtool.relay", slave_path, str(sock)])
-    try:
-        deadline = time.monotonic() + 5
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        client = AgentClient.connect(str(sock), lambda *a: None, lambda m: None, timeout=10, alive=lambda: None)
-        assert client.ready_info["pid"] == os.getpid()
-        assert client.call("ping") is not None
-        client.close()
-    finally:
-        relay.kill()
-        relay.wait()
-        agent.running = False
-
-
-FAKE_LKVM = """#!/usr/bin/python3 -I
-# a fake lkvm: `run` makes its agent pty (in the jail's devpts), records its pid in $HOME/.lkvm as
+FAKE_LKVM = """# a fake lkvm: `run` makes its agent pty (in the jail's devpts), records its pid in $HOME/.lkvm as
 # kvmtool keeps its sockets there, and echoes what arrives on the pty; the others log and act on the host
 import fcntl, os, signal, struct, sys  # 0x80045430: TIOCGPTN
 home = os.environ["HOME"] + "/.lkvm"
@@ -135,26 +107,21 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
     its mode, it runs in its own cgroup, the relay reaches the pty lkvm made in its private
     devpts; re-attach, pause/resume and stop go through lkvm's own commands with its $HOME;
     stop takes the relay, the cgroup and the jail's mount point down."""
-    import runv_kvmtool
-    from runv.api import vmmcgroup
-
-    fake = tmp_path / "bin/lkvm"
-    fake.parent.mkdir()
-    fake_tool(fake, "").write_text(FAKE_LKVM)
+    fake = fake_program(tmp_path / "bin/lkvm", FAKE_LKVM, interpreter="/usr/bin/python3 -I")
     monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(fake))
     state = tmp_path / "state"
     state.mkdir()
     (tmp_path / "secret").write_text("host\n")
-    vm_spec = spec(state, kernel_args=runv_kvmtool.CAPABILITIES.agent.kernel_args(),
+    spec = vm_spec(state, name="c1", kernel_args=CAPS.agent.kernel_args(),
                    shares=(Share("rootfs", tmp_path / "rootfs", readonly=True),)).evolve(**image(tmp_path))
     (tmp_path / "rootfs").mkdir()
     group = vmmcgroup.for_vm(state)
-    vm = runv_kvmtool.boot(vm=vm_spec)
+    vm = runv_kvmtool.boot(vm=spec)
     try:
         assert isinstance(vm, runv_kvmtool.KvmtoolVM) and vm.alive()
         # the jail exec'd lkvm (same pid) with its own command line, unchanged (here behind the fake's interpreter)
         argv = open(f"/proc/{vm.pid}/cmdline").read().split("\0")[:-1]
-        assert argv == ["/usr/bin/python3", "-I", *runv_kvmtool.command(vm_spec, str(fake))]
+        assert argv == ["/usr/bin/python3", "-I", *runv_kvmtool.command(spec, str(fake))]
         assert "run --name runv-c1" in (state / "console.log").read_text()
         # its / is the jail: the binds and nothing else of the host
         top = set(os.listdir(f"/proc/{vm.pid}/root"))
@@ -165,7 +132,7 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
         assert mounts["/"].startswith("ro,") and mounts["/usr"].startswith("ro,")
         assert mounts[str(tmp_path / "kernel")].startswith("ro,") and mounts[str(tmp_path / "rootfs")].startswith("ro,")
         assert mounts[str(state / "lkvm")].startswith("rw,") and mounts[str(state / "console.log")].startswith("rw,")
-        assert "/dev/pts" in mounts and (not HAS_KVM or "/dev/kvm" in mounts)
+        assert "/dev/pts" in mounts and (not os.path.exists("/dev/kvm") or "/dev/kvm" in mounts)
         # its own cgroup, entered before the exec
         assert all(str(vm.pid) in open(procs).read().split() for procs in group.procs())
         # a later CLI call drives it with the same $HOME
@@ -177,8 +144,6 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
         deadline = time.monotonic() + 10
         while not (state / "agent.sock").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        from runv.api import connect_unix
-
         with connect_unix(state / "agent.sock") as sock:
             sock.settimeout(5)
             sock.sendall(b"through the jail")
@@ -192,14 +157,10 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
 
 
 def test_kvmtool_boot_fails_with_lkvms_own_words(tmp_path, monkeypatch):
-    import runv_kvmtool
-    from runv.api import vmmcgroup
-
-    (tmp_path / "bin").mkdir()
-    fake = fake_tool(tmp_path / "bin/lkvm", "echo '  Error: /dev/kvm: KVM_CREATE_VM failed' >&2; exit 1\n")
+    fake = fake_program(tmp_path / "bin/lkvm", "echo '  Error: /dev/kvm: KVM_CREATE_VM failed' >&2; exit 1\n")
     monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(fake))
     with pytest.raises(RunvError) as err:
-        runv_kvmtool.boot(vm=spec(tmp_path).evolve(**image(tmp_path)))
+        runv_kvmtool.boot(vm=vm_spec(tmp_path, name="c1").evolve(**image(tmp_path)))
     assert str(err.value) == "lkvm failed to start (exit 1): Error: /dev/kvm: KVM_CREATE_VM failed"
     assert all(not d.exists() for d in vmmcgroup.for_vm(tmp_path).dirs()) and not (tmp_path / "jail").exists()
 
