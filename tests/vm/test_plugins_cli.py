@@ -158,7 +158,7 @@ def example_runv(python, *args, env, timeout=180):
 def test_example_plugin_is_discovered_after_pip_install(example_venv, env):
     rows = {r["name"]: r for r in json.loads(example_runv(example_venv, "plugins", "--json", env=env).stdout)}
     assert rows["plainfs"]["kind"] == "storage" and rows["plainfs"]["distribution"] == "runv-plainfs"
-    assert rows["plainfs"]["hooks"] == ["attach_storage", "detach_storage", "probe"]
+    assert rows["plainfs"]["hooks"] == ["attach_storage", "detach_storage"]
     check = json.loads(example_runv(example_venv, "--storage", "plainfs", "check", "--json", env=env).stdout)
     assert next(e for e in check["entries"] if e["name"] == "plainfs")["status"] == "ok"
     assert check["default"]["storage"] == "plainfs"

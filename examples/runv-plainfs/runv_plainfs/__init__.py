@@ -1,22 +1,18 @@
 """Example runv storage plugin ``plainfs``: shares the bundle's rootfs into the VM under the
-tag ``plainroot`` (runv's own ``overlay`` plugin uses ``rootfs``), over whatever shared
+tag ``plainroot`` (runv's own ``bundle`` plugin uses ``rootfs``), over whatever shared
 filesystem the hypervisor serves (virtio-9p with QEMU).
 
-Select it with ``runv --storage plainfs ...``. It implements three hooks:
+Select it with ``runv --storage plainfs ...``. It implements two hooks:
 
-- ``probe``: can it run here? (9p needs nothing on the host, so only a sanity check.)
 - ``attach_storage``: the share to add to the VM and how the guest agent mounts it.
 - ``detach_storage``: undo (nothing: the share lives and dies with the VM).
+
+It has no ``probe``: a share needs nothing on the host, and a plugin without one is usable.
 """
 
 from runv.api import GuestMount, Share, StorageAttachment, hookimpl
 
 TAG = "plainroot"
-
-
-@hookimpl
-def probe():
-    return None
 
 
 @hookimpl
