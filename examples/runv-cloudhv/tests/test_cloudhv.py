@@ -5,7 +5,8 @@ package), so these tests check what the plugin decides on any host: its command 
 against golden files, its probe's words, its declaration against the core's checks, and
 its process handling with stand-ins for ``cloud-hypervisor`` and ``virtiofsd``
 (``tests/fakes/``) that run no guest but behave as those programs do towards runv.
-``RUNV_UPDATE_GOLDEN=1`` rewrites the golden files from the code.
+``python tests/test_cloudhv.py`` (or runv's scripts/regenerate-golden) rewrites the golden
+files from the code: review the diff before committing it.
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ def rendered(vm) -> str:
     return text
 
 
+def regenerate() -> None:
+    """Rewrites every golden file from the code."""
+    for name, vm in golden_vms().items():
+        (GOLDEN / f"{name}.args").write_text(rendered(vm))
+
+
 @pytest.mark.parametrize("name", sorted(golden_vms()))
 def test_command_lines_match_golden(name):
-    path = GOLDEN / f"{name}.args"
-    text = rendered(golden_vms()[name])
-    if os.environ.get("RUNV_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text()
+    assert rendered(golden_vms()[name]) == (GOLDEN / f"{name}.args").read_text()
 
 
 def test_the_core_tells_the_agent_to_listen_on_vsock_1024():
@@ -283,3 +286,7 @@ def test_boot_without_the_programs_says_what_is_missing(bare_host):
     vm = vm_spec(bare_host, name="c1", shares=(Share("rootfs", bare_host),))
     with pytest.raises(RunvError, match="cannot boot the VM of container c1: cloud-hypervisor not found on PATH"):
         hooks_with(runv_cloudhv).boot(vm=vm)
+
+
+if __name__ == "__main__":
+    regenerate()
