@@ -1,6 +1,6 @@
 """runc behaviours that Podman (conmon) and containerd (go-runc) rely on, found by running
-them against runv (tests/test_podman.py, tests/test_containerd.py), pinned here at runv's
-own command line."""
+them against runv (tests/vm/test_podman.py, tests/vm/test_containerd.py), pinned here at runv's
+own command line with VMs (those answered before any VM: tests/unit/test_runc_compat_cli.py)."""
 
 from __future__ import annotations
 
@@ -12,56 +12,11 @@ import pytest
 from test_exec_tty import ConsoleReceiver as Receiver
 from test_exec_tty import read_until
 
-from runv.api.errors import RunvError
 from runv.testing import vm_processes_in
 from runv.testing.host import RUNV
-from runv.verbs.lookpath import check_program
-
-# ---------------------------------------------------------------- no VM needed
 
 
-def test_delete_force_of_an_unknown_container_succeeds_silently(runv):
-    result = runv("delete", "--force", "ghost")
-    assert result.returncode == 0 and result.stderr == ""  # runc's answer: Podman and containerd retry deletes
-    result = runv("delete", "ghost")
-    assert result.returncode == 1 and "does not exist" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["/no/such"], 'exec: "/no/such": stat /no/such: no such file or directory'),
-        (["no-such"], 'exec: "no-such": executable file not found in $PATH'),
-        (["/etc/passwd"], 'exec: "/etc/passwd": permission denied'),
-        (["/bin"], 'exec: "/bin": permission denied'),
-    ],
-)
-def test_missing_program_is_refused_at_create_before_a_vm_boots(runv, make_bundle, root, args, message):
-    result = runv("create", "--bundle", make_bundle(args), "c1")
-    assert result.returncode == 1
-    assert result.stderr == f"runv: {message}\n"  # runc's words: podman maps them to exit status 127/126
-    assert not (root / "c1").exists() and not vm_processes_in(root)
-
-
-def test_program_lookup_follows_the_rootfs_and_its_path(tmp_path):
-    rootfs = tmp_path / "rootfs"
-    (rootfs / "usr/bin").mkdir(parents=True)
-    (rootfs / "usr/bin/tool").write_text("#!/bin/sh\n")
-    (rootfs / "usr/bin/tool").chmod(0o755)
-    (rootfs / "bin").symlink_to("/usr/bin")  # absolute: resolved inside the rootfs, not on the host
-    (rootfs / "usr/bin/loop").symlink_to("loop")
-    env = ["PATH=/bin"]
-    check_program(str(rootfs), ["tool"], env, "/", [])
-    check_program(str(rootfs), ["/bin/tool"], env, "/", [])
-    check_program(str(rootfs), ["./bin/tool"], env, "/", [])
-    check_program(str(rootfs), ["tool"], [], "/", [])  # no PATH: the usual default
-    check_program(str(rootfs), ["/opt/app/run"], env, "/", ["/opt/app"])  # under a mount: the guest decides
-    check_program(str(rootfs), ["run"], ["PATH=/opt/app"], "/", ["/opt/app"])
-    for args in (["/bin/loop"], ["sh"]):
-        with pytest.raises(RunvError):
-            check_program(str(rootfs), args, env, "/", [])
-
-
+@pytest.mark.usefixtures("guest_image")  # the initrd it boots with the broken kernel
 def test_vm_that_exits_during_boot_says_why(runv, make_bundle, root, tmp_path):
     broken = tmp_path / "kernel"
     broken.write_bytes(os.urandom(4096))
@@ -71,8 +26,6 @@ def test_vm_that_exits_during_boot_says_why(runv, make_bundle, root, tmp_path):
     assert "exited during boot: qemu" in result.stderr, result.stderr
     assert not (root / "c1").exists()
 
-
-# ---------------------------------------------------------------- with VMs
 
 DEVPTS = {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
 
@@ -84,7 +37,6 @@ def with_devpts(runv, make_bundle):
     return "pts"
 
 
-@pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
 def test_exec_tty_is_on_the_containers_devpts_and_sized_early(runv, with_devpts, tmp_path):
     receiver = Receiver(tmp_path / "console.sock", size=(41, 121))  # sized the moment it arrives
@@ -101,7 +53,6 @@ def test_exec_tty_is_on_the_containers_devpts_and_sized_early(runv, with_devpts,
         os.close(master)
 
 
-@pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
 def test_terminal_create_and_exec_let_go_of_the_callers_stdio(root, make_bundle, tmp_path):
     """go-runc (containerd) reads create's and exec's output until end-of-file when there
@@ -134,7 +85,6 @@ def test_terminal_create_and_exec_let_go_of_the_callers_stdio(root, make_bundle,
 
 
 
-@pytest.mark.vm
 @pytest.mark.usefixtures("guest_image")
 def test_deep_root_and_long_id(make_bundle, tmp_path):
     """Podman's and containerd's roots plus 64-character ids make socket paths longer

@@ -1,6 +1,7 @@
 """What tests need of the host: the ``runv`` command beside this Python, the guest files the VM
-tests boot, busybox root filesystems, commands run with their output through files, fake
-programs and cgroup trees, and the background template makers a test must not leave running.
+tests boot (and the members of an initrd), busybox root filesystems, commands run with their
+output through files, fake programs and cgroup trees, and the background template makers a
+test must not leave running.
 
 Nothing here imports pytest; runv's own test layers (``tests/``) and the plugins' and
 examples' tests (``plugins/*/tests``, ``examples/*/tests``) share these.
@@ -15,11 +16,46 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 RUNV = str(Path(sys.executable).with_name("runv"))  # the console script installed with this Python's runv
 BUSYBOX = "/bin/busybox"
 KERNEL = Path(os.environ.get("RUNV_TEST_KERNEL", "/var/lib/runv/kernel"))  # what `runv guest build` makes
 INITRD = Path(os.environ.get("RUNV_TEST_INITRD", "/var/lib/runv/initrd.img"))
+
+
+class Member(NamedTuple):
+    """One entry of a newc cpio archive."""
+
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    data: bytes
+    rdev: tuple[int, int]
+
+
+def read_newc(archive: bytes) -> list[Member]:
+    """The members of a newc cpio archive (an initrd ``runv guest build`` wrote) up to its
+    trailer; ValueError where its magic, its 4-byte alignment or its end is wrong."""
+    members, position = [], 0
+    while True:
+        if archive[position : position + 6] != b"070701":
+            raise ValueError(f"no newc header at offset {position}")
+        fields = [int(archive[position + 6 + 8 * i : position + 14 + 8 * i], 16) for i in range(13)]
+        _ino, mode, uid, gid, _nlink, _mtime, size, _maj, _min, rmajor, rminor, namesize, _check = fields
+        name = archive[position + 110 : position + 110 + namesize - 1].decode()
+        position += 110 + namesize
+        if archive[position : position + (-position % 4)] != b"\0" * (-position % 4):
+            raise ValueError(f"{name}: its name is not padded with NULs to 4 bytes")
+        position += -position % 4
+        data = archive[position : position + size]
+        position += size + (-size % 4)
+        if name == "TRAILER!!!":
+            if position != len(archive):
+                raise ValueError(f"{len(archive) - position} bytes after the trailer")
+            return members
+        members.append(Member(name, mode, uid, gid, data, (rmajor, rminor)))
 
 
 def make_rootfs(path: Path) -> Path:

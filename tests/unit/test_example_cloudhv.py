@@ -6,7 +6,7 @@ environment a container runs on the fake VMM that the runv wheel ships (runv.tes
 test run too (pyproject's testpaths); here they run once more against the installed wheel.
 
 The virtualenv borrows the dependencies (attrs, pluggy, typer, pytest) from this
-environment through a ``.pth`` file, as tests/test_plugins_cli.py's example_venv does, but
+environment through a ``.pth`` file, as tests/conftest.py's plainfs_venv does, but
 runv itself comes from the wheel, so the core's packaging is what is tested.
 """
 
@@ -80,7 +80,7 @@ def test_runv_plugins_lists_cloudhv_with_its_hooks(venv, env):
     row = {r["name"]: r for r in json.loads(result.stdout)}["cloudhv"]
     assert (row["kind"], row["distribution"], row["version"], row["module"]) == ("hypervisor", "runv-cloudhv", "0.1.0",
                                                                                  "runv_cloudhv")
-    assert row["hooks"] == ["boot", "hypervisor_info", "probe"]
+    assert row["hooks"] == ["boot", "guest_modules", "hypervisor_info", "probe"]
     assert row["error"] is None and row["disabled"] is None and row["priority"] == 16 and row["templates"] is False
     caps = row["capabilities"]
     assert caps["shared_fs"]["fstype"] == "virtiofs" and caps["disk_formats"] == ["raw"]
@@ -88,7 +88,7 @@ def test_runv_plugins_lists_cloudhv_with_its_hooks(venv, env):
     assert (caps["nics"], caps["nic_hotplug"], caps["pause"]) == (True, False, True)
     table = runv(venv, "plugins", env=env).stdout
     assert any(line.split()[:5] == ["hypervisor", "cloudhv", "runv-cloudhv", "0.1.0", "enabled"]
-               and line.endswith("boot,hypervisor_info,probe") for line in table.splitlines()), table
+               and line.endswith("boot,guest_modules,hypervisor_info,probe") for line in table.splitlines()), table
     # and it is not visible outside the throwaway environment
     outside = subprocess.run([str(Path(sys.executable).with_name("runv")), "plugins"], capture_output=True, text=True,
                              env=env, timeout=60)

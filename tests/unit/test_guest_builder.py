@@ -1,53 +1,22 @@
-"""The guest image builder: the cpio writer, module ordering, vmlinux extraction, and a real build and boot."""
+"""The guest image builder's parts: the cpio writer, module ordering, vmlinux extraction, the
+init script, the kernel package it picks (a real build and boot: tests/vm/test_guest_image.py)."""
 
 from __future__ import annotations
 
 import io
 import lzma
 import os
-import shutil
 import stat
 import struct
 import subprocess
-import time
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 
 from runv.api.errors import RunvError
 from runv.guest import builder, kernel
 from runv.guest.cpio import Archive
-
-
-class Member(NamedTuple):
-    """One entry read back from a newc archive."""
-
-    name: str
-    mode: int
-    uid: int
-    gid: int
-    data: bytes
-    rdev: tuple[int, int]
-
-
-def read_newc(archive: bytes) -> list[Member]:
-    """Parse a newc cpio archive up to its trailer, checking magic and 4-byte alignment."""
-    members, position = [], 0
-    while True:
-        assert archive[position : position + 6] == b"070701"
-        fields = [int(archive[position + 6 + 8 * i : position + 14 + 8 * i], 16) for i in range(13)]
-        _ino, mode, uid, gid, _nlink, _mtime, size, _maj, _min, rmajor, rminor, namesize, _check = fields
-        name = archive[position + 110 : position + 110 + namesize - 1].decode()
-        position += 110 + namesize
-        assert archive[position : position + (-position % 4)] == b"\0" * (-position % 4)
-        position += -position % 4
-        data = archive[position : position + size]
-        position += size + (-size % 4)
-        if name == "TRAILER!!!":
-            assert position == len(archive)
-            return members
-        members.append(Member(name, mode, uid, gid, data, (rmajor, rminor)))
+from runv.testing.host import read_newc
 
 
 def test_cpio_round_trip() -> None:
@@ -206,71 +175,3 @@ def test_resolve_package_reads_the_exact_dependency(monkeypatch: pytest.MonkeyPa
 def test_init_script_parses() -> None:
     init = Path(builder.__file__).with_name("init.sh")
     subprocess.run([str(builder.BUSYBOX), "sh", "-n", str(init)], check=True)
-
-
-needs_host_tools = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb")) or os.geteuid() != 0,
-    reason="needs root, apt, dpkg-deb and qemu-system-x86_64",
-)
-
-
-@pytest.fixture(scope="module")
-def built_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A guest image built into a temporary directory (the kernel package comes from /var/cache/runv)."""
-    directory = tmp_path_factory.mktemp("guest")
-    kernel_path, initrd_path = directory / "vmlinux", directory / "initrd.img"
-    assert builder.build_guest(kernel_path, initrd_path, progress=lambda line: None)
-    return kernel_path, initrd_path
-
-
-@pytest.mark.vm
-@needs_host_tools
-def test_built_image_is_complete_and_up_to_date(built_image: tuple[Path, Path]) -> None:
-    kernel_path, initrd_path = built_image
-    assert kernel_path.read_bytes()[:4] == b"\x7fELF"
-    members = {member.name: member for member in read_newc(initrd_path.read_bytes())}
-    listed = members["etc/runv/modules"].data.decode().split()  # loaded by /init with modprobe -a
-    modules_dir = next(name for name in members if name.startswith("usr/lib/modules/") and name.count("/") == 3)
-    dep = dict(line.split(":", 1) for line in members[f"{modules_dir}/modules.dep"].data.decode().splitlines())
-    shipped = {kernel.module_name(path): path for path in dep}
-    assert "virtio_pci" in listed and "ext4" not in listed and set(listed) <= set(shipped)
-    assert all(f"{modules_dir}/{path}" in members for path in dep)
-    # ext4 is loaded when the kernel asks for it: modprobe finds it by its alias, after its dependencies
-    assert "alias fs-ext4 ext4" in members[f"{modules_dir}/modules.alias"].data.decode().splitlines()
-    assert {kernel.module_name(path) for path in dep[shipped["ext4"]].split()} == {"jbd2", "mbcache", "crc16"}
-    assert members["init"].mode == stat.S_IFREG | 0o755
-    assert members["dev/console"].rdev == (5, 1)
-    agent = builder.GUEST_AGENT_ROOT.lstrip("/")
-    assert "runv/agent/__main__.py" in builder.AGENT_FILES and "runv/agent/loop.py" in builder.AGENT_FILES
-    for source in builder.AGENT_FILES:  # every module `python3.11 -m runv.agent` imports, and its .pyc
-        folder, _, module = source.rpartition("/")
-        assert f"{agent}/{source}" in members, source
-        assert f"{agent}/{folder}/__pycache__/{module.removesuffix('.py')}.cpython-311.pyc" in members, source
-    lines: list[str] = []
-    assert not builder.build_guest(kernel_path, initrd_path, progress=lines.append)
-    assert lines[0].startswith("guest image up to date")
-
-
-@pytest.mark.vm
-@needs_host_tools
-def test_build_is_reproducible(built_image: tuple[Path, Path], tmp_path: Path) -> None:
-    kernel_path, initrd_path = built_image
-    assert builder.build_guest(tmp_path / "vmlinux", tmp_path / "initrd.img", force=True, progress=lambda line: None)
-    assert (tmp_path / "initrd.img").read_bytes() == initrd_path.read_bytes()
-    assert (tmp_path / "vmlinux").read_bytes() == kernel_path.read_bytes()
-
-
-@pytest.mark.vm
-@needs_host_tools
-def test_built_image_boots_to_halt(built_image: tuple[Path, Path]) -> None:
-    kernel_path, initrd_path = built_image
-    started = time.monotonic()
-    result = subprocess.run(
-        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "256", "-smp", "1", "-nodefaults",
-         "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel_path), "-initrd", str(initrd_path),
-         "-append", "console=ttyS0 panic=-1 rdinit=/sbin/runv-halt"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    assert "reboot: Power down" in result.stdout, result.stdout[-2000:]
-    print(f"boot to halt: {time.monotonic() - started:.1f} s")
