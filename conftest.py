@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from runv.testing import fake_vmm_path, leftovers_in, vm_processes_in, with_path
+from runv.testing import fake_vmm_path, leftovers_in, with_path
 from runv.testing.host import INITRD, KERNEL, RUNV, make_rootfs, run_captured, wait_for_template_makers
 
 
@@ -50,15 +50,17 @@ def root(tmp_path) -> Path:
 
 @pytest.fixture
 def runv(root):
-    """Runs the installed ``runv`` binary with this test's --root; returns CompletedProcess."""
+    """Runs the installed ``runv`` binary with this test's --root; returns CompletedProcess.
+    Afterwards every container is deleted and nothing may be left under the root: no process
+    working there (a VMM, its helpers, a shim), no mount, no VM."""
     def call(*args, check=False, timeout=180, **kwargs):
         return run_captured([RUNV, "--root", str(root), *map(str, args)], check=check, timeout=timeout, **kwargs)
 
     yield call
-    if root.is_dir():  # leave nothing behind, whatever the test did
+    if root.is_dir():  # whatever the test did, every container goes
         for cid in os.listdir(root):
             subprocess.run([RUNV, "--root", str(root), "delete", "--force", cid], capture_output=True, timeout=60)
-        assert not vm_processes_in(root), "VM processes left behind"
+    assert leftovers_in(root) == []  # and with them every process, mount and VM of theirs
 
 
 @pytest.fixture(scope="session")

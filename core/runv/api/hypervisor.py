@@ -187,12 +187,19 @@ class TemplateSupport:
 
 
 class HypervisorInfo(Frozen):
-    """What a hypervisor plugin is, returned by its ``hypervisor_info`` hook."""
+    """What a hypervisor plugin is, returned by its ``hypervisor_info`` hook.
+
+    ``programs`` names the host processes its VMs run, each by its ``comm`` (the program's
+    file name, of which the kernel keeps 15 characters: ``qemu-system-x86_64``) or, for a
+    Python helper started with ``python -m``, by its module (``runv_kvmtool.relay``); they
+    run in the container's state directory. Tests find the VMs a test left behind by them
+    (:func:`runv.testing.vm_processes_in`); the core itself needs none."""
 
     capabilities: Capabilities
     vm: type[VM] = VM  # the class the plugin's VMs are, for re-attaching from a record
     priority: int = 0  # `--hypervisor auto` takes the usable plugin with the highest
     templates: TemplateSupport | None = None
+    programs: tuple[str, ...] = ()  # the host processes its VMs run: comm names, or modules run with python -m
 
     def problems(self) -> list[str]:
         """Why this declaration is not whole (empty when it is): templates without every

@@ -21,9 +21,10 @@
   and broken plugins; :func:`fake_vmm_path` is one that installs the fake VMM.
 - :mod:`runv.testing.fakevmm` — a hypervisor plugin that runs the real guest agent as a
   host process instead of a VM: whole containers in seconds, without QEMU.
-- :func:`vm_processes_in` — VM processes (QEMU's, or the fake VMM's agents) whose state
-  directory is under a directory, to check that a test left no VM behind;
-  :func:`leftovers_in` — those, any other process and any mount there.
+- :func:`vm_processes_in` — VM processes (what the installed hypervisor plugins declare
+  their VMs run, :func:`vm_programs`, and the fake VMM's agents) whose state directory is
+  under a directory, to check that a test left no VM behind; :func:`leftovers_in` — those,
+  any other process and any mount there.
 - :mod:`runv.testing.faults` — the moments of a ``runv create`` as seen from outside,
   to kill or race it at each (and :func:`~runv.testing.faults.unrecorded_vms`).
 - :mod:`runv.testing.host` — what tests need of the host: the ``runv`` command, the
@@ -34,6 +35,7 @@ Nothing here imports pytest; the helpers work from any test runner.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from contextlib import contextmanager
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from runv.loader import Hypervisor
 
 FAKE_VMM_DISTRIBUTION = "runv-fakevmm"
+COMM_MAX = 15  # characters of a program's name the kernel keeps as its comm
 
 
 def vm_spec(state_dir: Path, **fields) -> VMSpec:
@@ -159,9 +162,31 @@ def kvm_verdict_cache(path: Path, reason: str | None = KVM_SOFTWARE_ONLY) -> Pat
     return path
 
 
+@functools.cache
+def vm_programs() -> frozenset[str]:
+    """What VMs run on the host (:attr:`runv.api.HypervisorInfo.programs`): those of every
+    installed hypervisor plugin, disabled ones too (a VM outlives its plugin's disabling), and
+    the fake VMM's; read once per process, leaving out a plugin that cannot load."""
+    from runv import loader
+    from runv.testing import fakevmm
+
+    programs = set(fakevmm.hypervisor_info().programs)
+    for plugin in loader.installed():
+        if plugin.kind == "hypervisor":
+            try:
+                info = loader.hooks_of(plugin).hypervisor_info()
+            except loader.LoadError:
+                continue
+            programs.update(info.programs if info is not None else ())
+    return frozenset(programs)
+
+
 def vm_processes_in(directory: Path) -> list[int]:
     """PIDs of VM processes whose working directory (a container's state directory) is
-    under ``directory``: QEMU's, and the agents :mod:`runv.testing.fakevmm` started."""
+    under ``directory``: processes running one of :func:`vm_programs`, by their ``comm`` or,
+    for a Python helper, the module they run with ``-m``."""
+    programs = vm_programs()
+    names = {program[:COMM_MAX] for program in programs}
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -170,12 +195,13 @@ def vm_processes_in(directory: Path) -> list[int]:
             if not os.readlink(f"/proc/{entry}/cwd").startswith(str(directory)):
                 continue
             with open(f"/proc/{entry}/comm") as f:
-                qemu = f.read().startswith("qemu-system")
+                comm = f.read().rstrip("\n")
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                agent = b"\0runv.agent\0--socket\0" in f.read()
+                argv = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if qemu or agent:
+        modules = {argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "-m"}
+        if comm in names or modules & programs:
             found.append(int(entry))
     return found
 

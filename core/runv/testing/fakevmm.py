@@ -52,6 +52,7 @@ from runv.api import (
 )
 
 NAME = "fake"
+AGENT = "runv.agent"  # the module its VMs run: python -m runv.agent --socket ...
 ROOTFS = "fake-root"  # under the VM's state directory: where the agent mounts the container's rootfs
 CAPABILITIES = Capabilities(
     shared_fs=SharedFs("bind", options="rbind", source="path"),  # the agent bind-mounts the share's host path, submounts too
@@ -113,7 +114,8 @@ class FakeVM(VM):
 
 @hookimpl
 def hypervisor_info() -> HypervisorInfo:
-    return HypervisorInfo(capabilities=CAPABILITIES, vm=FakeVM, priority=-1000)  # never chosen by `auto` over a real one
+    return HypervisorInfo(capabilities=CAPABILITIES, vm=FakeVM, priority=-1000,  # never chosen by `auto` over a real one
+                          programs=(AGENT,))
 
 
 @hookimpl
@@ -135,7 +137,7 @@ def boot(vm: VMSpec) -> FakeVM:
     if len(os.fsencode(socket)) >= SOCKET_MAX:  # deep --root: the agent binds it relative to its cwd
         socket = os.path.relpath(socket, vm.state_dir)
     argv = [shutil.which("unshare") or "unshare", "--mount", "--uts", "--ipc", "--propagation", "slave", "--",
-            sys.executable, "-S", "-B", "-m", "runv.agent", "--socket", socket, "--rootfs", str(rootfs),
+            sys.executable, "-S", "-B", "-m", AGENT, "--socket", socket, "--rootfs", str(rootfs),
             "--private", str(vm.state_dir / PRIVATE)]
     if vm.debug:
         argv.append("--debug")

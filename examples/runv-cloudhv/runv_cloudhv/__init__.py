@@ -62,7 +62,8 @@ CAPABILITIES = Capabilities(
 
 @hookimpl
 def hypervisor_info():
-    return HypervisorInfo(capabilities=CAPABILITIES, vm=CloudHvVM, priority=PRIORITY)
+    return HypervisorInfo(capabilities=CAPABILITIES, vm=CloudHvVM, priority=PRIORITY,
+                          programs=(command.BINARY, command.VIRTIOFSD))
 
 
 @hookimpl

@@ -14,6 +14,7 @@ from runv.api import RunvError, VMSpec
 
 BINARY = "cloud-hypervisor"
 PATH_ENV = "RUNV_CLOUDHV"  # the cloud-hypervisor binary, when it is not on PATH
+VIRTIOFSD = "virtiofsd"  # the program serving each share over virtio-fs
 VIRTIOFSD_ENV = "RUNV_VIRTIOFSD"  # the virtiofsd binary
 CONFIG_SECTION = "cloudhv"  # [cloudhv] path = "...", virtiofsd = "..." in runv's config file
 # Where distributions put virtiofsd: the Rust one (its own package; on PATH or in libexec)
@@ -48,7 +49,7 @@ def virtiofsd() -> str | None:
     configured = _configured("virtiofsd", VIRTIOFSD_ENV)
     if configured:
         return configured if os.access(configured, os.X_OK) else None
-    found = shutil.which("virtiofsd")
+    found = shutil.which(VIRTIOFSD)
     if found:
         return found
     return next((path for path in VIRTIOFSD_CANDIDATES if os.access(path, os.X_OK)), None)
@@ -125,7 +126,7 @@ def command(vm: VMSpec, binary: str = BINARY) -> list[str]:
     return args
 
 
-def virtiofsd_command(vm: VMSpec, index: int, binary: str = "virtiofsd") -> list[str]:
+def virtiofsd_command(vm: VMSpec, index: int, binary: str = VIRTIOFSD) -> list[str]:
     """One share's virtiofsd: ``--socket-path`` and ``-o source=``, the spelling both the
     C virtiofsd (QEMU's, Debian 12) and the Rust one accept. The C one cannot export a
     directory read-only, so a read-only share is read-only through the guest's ``ro`` mount."""

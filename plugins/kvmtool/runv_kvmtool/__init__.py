@@ -53,6 +53,7 @@ from runv.api.config import section
 
 PRIORITY = 15  # below qemu (20), above tcg (10)
 BINARY = "lkvm"
+RELAY = "runv_kvmtool.relay"  # the module of the relay process: python -m RELAY PTY SOCKET
 PATH_ENV = "RUNV_LKVM"
 AGENT_TTY = 1  # ttyS1; ttyS0 is the console
 CAPABILITIES = Capabilities(
@@ -143,7 +144,7 @@ class KvmtoolVM(VM):
 
 @hookimpl
 def hypervisor_info():
-    return HypervisorInfo(capabilities=CAPABILITIES, vm=KvmtoolVM, priority=PRIORITY)
+    return HypervisorInfo(capabilities=CAPABILITIES, vm=KvmtoolVM, priority=PRIORITY, programs=(BINARY, RELAY))
 
 
 @hookimpl
@@ -192,7 +193,7 @@ def _start(vm: VMSpec, binary: str, cgroup: vmmcgroup.Cgroup, home: Path) -> Kvm
 
     pty = await_start(proc, agent_pty, vm.console_log, "lkvm", START_TIMEOUT, expected="report its agent pty", every=0.02)
     with open(vm.console_log, "ab") as log:  # the relay's errors go with the VM's
-        relay = subprocess.Popen([sys.executable, "-m", "runv_kvmtool.relay", pty, str(vm.agent_socket)],
+        relay = subprocess.Popen([sys.executable, "-m", RELAY, pty, str(vm.agent_socket)],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     return KvmtoolVM("kvmtool", proc.pid, process_start_time(proc.pid), {
         "name": vm_name(vm), "lkvm": binary, "relay": relay.pid, "relay_start_time": process_start_time(relay.pid),

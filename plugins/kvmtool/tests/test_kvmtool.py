@@ -15,7 +15,7 @@ import pytest
 
 import runv_kvmtool
 from runv.api import Disk, GuestMount, Nic, RunvError, Share, connect_unix, vmmcgroup
-from runv.testing import check_vm, guest_mount, kernel_args, vm_spec
+from runv.testing import check_vm, guest_mount, kernel_args, vm_processes_in, vm_spec
 from runv.testing.host import fake_program
 
 CAPS = runv_kvmtool.CAPABILITIES
@@ -106,7 +106,8 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
     """The real boot path up to the binary, jailed: lkvm's / holds only its binds, each with
     its mode, it runs in its own cgroup, the relay reaches the pty lkvm made in its private
     devpts; re-attach, pause/resume and stop go through lkvm's own commands with its $HOME;
-    stop takes the relay, the cgroup and the jail's mount point down."""
+    stop takes the relay, the cgroup and the jail's mount point down. Both processes are what
+    the plugin declares (HypervisorInfo.programs), so a test finds them if left behind."""
     fake = fake_program(tmp_path / "bin/lkvm", FAKE_LKVM, interpreter="/usr/bin/python3 -I")
     monkeypatch.setenv(runv_kvmtool.PATH_ENV, str(fake))
     state = tmp_path / "state"
@@ -116,9 +117,12 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
                    shares=(Share("rootfs", tmp_path / "rootfs", readonly=True),)).evolve(**image(tmp_path))
     (tmp_path / "rootfs").mkdir()
     group = vmmcgroup.for_vm(state)
+    monkeypatch.chdir(state)  # where the shim boots it
     vm = runv_kvmtool.boot(vm=spec)
     try:
         assert isinstance(vm, runv_kvmtool.KvmtoolVM) and vm.alive()
+        # what the plugin declares its VMs run is what a test finds left behind: lkvm and the relay
+        assert sorted(vm_processes_in(state)) == sorted([vm.pid, vm.data["relay"]])
         # the jail exec'd lkvm (same pid) with its own command line, unchanged (here behind the fake's interpreter)
         argv = open(f"/proc/{vm.pid}/cmdline").read().split("\0")[:-1]
         assert argv == ["/usr/bin/python3", "-I", *runv_kvmtool.command(spec, str(fake))]
@@ -151,6 +155,7 @@ def test_kvmtool_vm_life_with_a_fake_lkvm(tmp_path, monkeypatch):
         again.stop()
         assert (state / "lkvm/.lkvm/calls").read_text().splitlines()[-1] == "stop --name runv-c1"
         assert not vm.alive() and not runv_kvmtool.KvmtoolVM("kvmtool", vm.data["relay"], vm.data["relay_start_time"]).alive()
+        assert vm_processes_in(state) == []
         assert all(not d.exists() for d in group.dirs()) and not (state / "jail").exists()
     finally:
         vm.stop(force=True)

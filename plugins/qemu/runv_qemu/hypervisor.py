@@ -43,7 +43,7 @@ class QemuHypervisor:
     @hookimpl
     def hypervisor_info(self):
         return HypervisorInfo(capabilities=CAPABILITIES, vm=TemplatedQemuVM, priority=self.priority,
-                              templates=QemuTemplates(self.name, self.accel, self.cpu))
+                              templates=QemuTemplates(self.name, self.accel, self.cpu), programs=(driver.BINARY,))
 
     @hookimpl
     def guest_modules(self):

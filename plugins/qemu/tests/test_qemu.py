@@ -42,6 +42,7 @@ def test_qemu_starts_with_kvm(tmp_path, monkeypatch):
     vm = plugin.boot(vm=vm_spec(tmp_path, name="c1", kernel=KERNEL, initrd=INITRD))
     try:
         assert isinstance(vm, QemuVM) and vm.alive()
+        assert vm_processes_in(tmp_path) == [vm.pid]  # QEMU, as the plugin declares it (HypervisorInfo.programs)
         status = vm.status()
         assert status["status"] == "running" and status["running"]
         assert status["kvm"] == {"enabled": True, "present": True}

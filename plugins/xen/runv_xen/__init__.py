@@ -129,7 +129,7 @@ class XenVM(VM):
 
 @hookimpl
 def hypervisor_info():
-    return HypervisorInfo(capabilities=CAPABILITIES, vm=XenVM, priority=PRIORITY)
+    return HypervisorInfo(capabilities=CAPABILITIES, vm=XenVM, priority=PRIORITY, programs=(XL,))  # xl create -F lives with the domain
 
 
 @hookimpl
