@@ -12,8 +12,8 @@ container (TCG) that, timed with /proc/uptime inside the guest:
   bundle's rootfs (reads from the shared base / lower layer).
 
 devicemapper is left out where the host kernel has no device-mapper (see
-tests/vm/test_devicemapper.py for where its code runs); its guest side is the block mode's
-(ext4 on virtio-blk). Prints a markdown table.
+plugins/devicemapper/tests/test_devicemapper.py for where its code runs); its guest side is
+the block mode's (ext4 on virtio-blk). Prints a markdown table.
 """
 
 from __future__ import annotations
