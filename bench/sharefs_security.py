@@ -5,7 +5,8 @@ For virtio-9p (QEMU's own server) with ``security_model=passthrough`` (runv's), 
 bounding set ``chown, dac_override, dac_read_search, fowner``, the setuid/setgid seccomp
 filter, its private root, QEMU's ``-sandbox``: :mod:`runv.api.jail`), plus passthrough unjailed for reference — and for virtio-fs
 (Debian's C ``virtiofsd -o sandbox=namespace``, with and without ``-o xattr`` and
-``-o modcaps=-mknod:-setfcap,killpriv_v2``), one VM each boots runv's kernel and initrd into
+``-o modcaps=-mknod:-setfcap,killpriv_v2``; and as runv runs it, :mod:`runv_qemu.virtiofs`:
+jailed, its filter, chrooted in the share), one VM each boots runv's kernel and initrd into
 a busybox script (no agent) that mounts the share read-write and
 
 * times ``find`` over, then reading every file of (``tar c``), a tree of 1 KiB files;
@@ -38,9 +39,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sharefs import INITRD, KERNEL, VIRTIOFSD, make_tree
 
-from runv.api import NINEP_VIRTIO, jail
+from runv.api import NINEP_VIRTIO, Share, jail, vmmcgroup
 from runv.guest.cpio import Archive
-from runv_qemu.driver import SANDBOX
+from runv.testing import vm_spec
+from runv_qemu import virtiofs
+from runv_qemu.command import SANDBOX
 
 PROBE = r"""
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
@@ -71,6 +74,7 @@ VIRTIOFS_OPTIONS = {  # name: virtiofsd -o options
     "virtio-fs sandbox=namespace,xattr,modcaps=-mknod:-setfcap,killpriv_v2":
         ["sandbox=namespace", "xattr", "modcaps=-mknod:-setfcap", "killpriv_v2"],
 }
+RUNV_VIRTIOFS = "virtio-fs as runv runs it (jailed, its filter, chroot, xattr, modcaps=-mknod:-setfcap:-fsetid)"
 CAPABILITY = "security.capability"
 
 
@@ -143,6 +147,26 @@ def run_virtiofs(tmp: Path, options: list[str]) -> dict:
     return parse(result.stdout + result.stderr, share)
 
 
+def run_runv_virtiofs(tmp: Path) -> dict:
+    """The probe over the virtiofsd runv starts (runv_qemu.virtiofs.start), in a cgroup of its own."""
+    share = fresh_share(tmp)
+    (tmp / "jail").mkdir(exist_ok=True)
+    vm = vm_spec(tmp, name="bench")
+    cgroup = vmmcgroup.for_vm(tmp)
+    cgroup.create(*vmmcgroup.limits(256, 1))
+    try:
+        server = virtiofs.start(vm, 0, Share("share", share), cgroup, tmp / "jail")
+        fd = server.connection.fileno()
+        initrd = initrd_with_probe(tmp / "initrd.img", "virtiofs", "rw")
+        extra = ["-chardev", f"socket,id=vfs,fd={fd}", "-device", "vhost-user-fs-pci,chardev=vfs,tag=share",
+                 "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-machine", "memory-backend=mem"]
+        result = subprocess.run(qemu(initrd, extra), capture_output=True, text=True, timeout=900, pass_fds=[fd])
+        server.connection.close()
+    finally:
+        cgroup.remove()
+    return parse(result.stdout + result.stderr, share)
+
+
 def parse(console: str, share: Path) -> dict:
     """The guest's timings and answers, and what the host sees in the probe directory."""
     match = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", console)
@@ -199,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the 9p and virtio-fs servers run as root under runv")
-    runs: dict[str, list[dict]] = {name: [] for name in (*NINEP_MODELS, *VIRTIOFS_OPTIONS)}
+    runs: dict[str, list[dict]] = {name: [] for name in (*NINEP_MODELS, *VIRTIOFS_OPTIONS, RUNV_VIRTIOFS)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_tree(tmp / "share" / "tree", args.files)
@@ -208,6 +232,7 @@ def main() -> None:
                 runs[name].append(run_9p(tmp, model, jailed))
             for name, options in VIRTIOFS_OPTIONS.items():
                 runs[name].append(run_virtiofs(tmp, options))
+            runs[RUNV_VIRTIOFS].append(run_runv_virtiofs(tmp))
     print(f"## sharefs security: {args.files} files of 1 KiB, median of {args.n}, seconds in the guest; "
           "guest root's answer → what the host has afterwards")
     print("| share | find | read all (tar) | mknod c 1 3 | chmod u+s | security.capability xattr | chown 1234:1234 |")

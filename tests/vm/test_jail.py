@@ -1,7 +1,7 @@
 """QEMU's jail, seen from outside (docs/security.md): seccomp, no_new_privs, the capability
 bounding set, its own mount namespace with a root of its own, its own cgroup, death with
-its shim, QEMU's sandbox killing it when it tries to spawn; and from inside, what the
-shared rootfs refuses a guest root (device nodes, setuid bits)."""
+its shim, QEMU's sandbox killing it when it tries to spawn; and what the VM's file server
+may do in the pod directory. (What a guest root gets through a share: tests/vm/test_sharefs.py.)"""
 
 import errno
 import json
@@ -16,7 +16,7 @@ import pytest
 
 from runv.api import vmmcgroup
 from runv.testing import vm_processes_in
-from runv_qemu import driver
+from runv_qemu import command
 
 pytestmark = pytest.mark.usefixtures("guest_image")
 
@@ -80,8 +80,9 @@ def qemu_option(pid, name):
 
 def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
     """/ is a read-only tmpfs of its own: /usr, the kernel and initrd read-only, its console
-    log and a rw volume writable, a ro volume read-only, no /etc, /home, /run, no other
-    container's state directory and nothing of its own but what it opens."""
+    log writable, no /etc, /home, /run, no share (the VM's file server serves them: in its
+    view a rw volume is writable, a ro volume read-only), no other container's state
+    directory and nothing of its own but what it opens."""
     from runv.testing.host import INITRD, KERNEL
 
     assert runv("create", "--bundle", make_bundle(["true"], name="other-bundle"), "other").returncode == 0
@@ -99,20 +100,23 @@ def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
         assert top <= wanted | {tmp_path.parts[1]}, top
         assert not top & {"etc", "home", "root", "sys", "tmp" if root.parts[1] != "tmp" else "run"}, top
         assert sorted(os.listdir(f"/proc/{qemu}/root/dev")) == ["full", "null", "random", "urandom", "zero"]
-        # its own descriptors (9p needs them) and, read-only, the overcommit mode (its hot-plug memory's reserve=off)
-        assert sorted(os.listdir(f"/proc/{qemu}/root/proc")) == ["self", "sys"]
+        # read-only, the overcommit mode (its hot-plug memory's reserve=off); no descriptors of its own: only
+        # QEMU's 9p server needs them, and virtiofsd serves the shares
+        assert sorted(os.listdir(f"/proc/{qemu}/root/proc")) == ["sys"]
         assert os.listdir(f"/proc/{qemu}/root/proc/sys/vm") == ["overcommit_memory"]
         assert not os.path.exists(f"/proc/{qemu}/root{root}/other")  # another container's state: not there
         mine = set(os.listdir(f"/proc/{qemu}/root{root}/j0"))
         assert "console.log" in mine and not mine & {"state.json", "qmp.sock", "agent.sock", "jail"}, mine
         mounts = mounts_of(qemu)
-        for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/self/fd", "/proc/sys/vm/overcommit_memory"):
+        for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/sys/vm/overcommit_memory"):
             assert "ro" in mounts[point] and "nosuid" in mounts[point], (point, mounts[point])
         assert "rw" in mounts[f"{root}/j0/console.log"]
-        staged = {point: options for point, options in mounts.items() if point.startswith(f"{root}/j0/pod/j0/vol")}
+        assert not any(point.startswith(f"{root}/j0/pod") for point in mounts)
+        [server] = [pid for pid in vmmcgroup.for_vm(root / "j0").members() if open(f"/proc/{pid}/comm").read() == "virtiofsd\n"]
+        staged = {point: options for point, options in mounts_of(server).items() if point.startswith("/j0/vol")}
         assert sorted("ro" in options for options in staged.values()) == [False, True], staged
         assert all("nodev" in options for point, options in mounts.items() if not point.startswith("/dev/"))
-        outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/self/fd", "/proc/sys/vm/overcommit_memory", str(root), str(tmp_path)))
+        outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/sys/vm/overcommit_memory", str(root), str(tmp_path)))
                    and p not in ("/", str(KERNEL), str(INITRD)) and not p.startswith(os.environ.get("RUNV_TEMPLATE_DIR", "//"))]
         assert outside == [], outside
     finally:
@@ -135,9 +139,9 @@ def test_qemu_has_its_own_cgroup_with_limits_and_a_template_start_is_jailed(runv
         else:
             assert {f"memory:/runv/{group.name}", f"pids:/runv/{group.name}"} <= {line.split(":", 1)[1] for line in lines}
         accel = qemu_option(qemu, "-accel").split(",")[0]
-        assert qemu_option(qemu, "-accel") == driver.accel_option(accel)  # TCG's code cache is bounded: the cgroup counts it
+        assert qemu_option(qemu, "-accel") == command.accel_option(accel)  # TCG's code cache is bounded: the cgroup counts it
         boot_memory, vcpus = int(qemu_option(qemu, "-m").split("M")[0]), int(qemu_option(qemu, "-smp").split(",")[0])
-        memory, pids = vmmcgroup.limits(boot_memory, vcpus, driver.code_cache_mib(accel))  # at boot: nothing hot-plugged
+        memory, pids = vmmcgroup.limits(boot_memory, vcpus, command.code_cache_mib(accel))  # at boot: nothing hot-plugged
         limit_file = "memory.max" if group.v2 else "memory.limit_in_bytes"
         assert int((group.dirs()[0] / limit_file).read_text()) == memory
         assert int((group.dirs()[-1] / "pids.max").read_text()) == pids
@@ -231,33 +235,18 @@ def test_kill_stops_the_vm_from_the_host_with_137(runv, make_bundle, root):
     assert vm_processes_in(root) == []
 
 
-@pytest.mark.parametrize("where", ["", "/vol"])
-def test_a_guest_root_cannot_make_device_nodes_or_setuid_files_in_a_share(runv, make_bundle, tmp_path, where):
-    """In the rootfs share and in a volume: mknod, chmod u+s/g+s refused; chown still lands."""
-    script = (f"touch {where}/suid; chmod 4755 {where}/suid; echo chmod=$?; chmod 2755 {where}/suid; echo sgid=$?; "
-              f"mknod {where}/node c 1 3; echo mknod=$?; touch {where}/owned; chown 1234:1234 {where}/owned; echo chown=$?")
-    volume = tmp_path / "volume"
-    volume.mkdir()
-    bundle = make_bundle(["sh", "-c", script],
-                         mounts=[{"destination": "/vol", "type": "bind", "source": str(volume), "options": ["bind"]}])
-    result = runv("run", "--bundle", bundle, "j3")
-    host = volume if where else bundle / "rootfs"
-    assert not (host / "node").exists(), result.stdout
-    assert not os.stat(host / "suid").st_mode & 0o6000, result.stdout
-    assert "chmod=0" not in result.stdout and "sgid=0" not in result.stdout and "mknod=0" not in result.stdout
-    owned = os.stat(host / "owned")
-    assert (owned.st_uid, owned.st_gid) == (1234, 1234)  # ownership still lands on the host (podman diff sees it)
-
-
-def test_the_vmm_cannot_rename_or_plant_entries_in_the_pod_directory(runv, make_bundle, root):
-    """What QEMU may do in the pod directory, its view of which is all a guest reaches through
-    the VM's one share (tried through /proc/<qemu>/root, in QEMU's own mount namespace): the
-    directory's own entries are read-only (the host unmounts by them: a symlink planted there
-    must not lead it astray), the container's writable rootfs mounted below stays writable."""
+def test_the_file_server_cannot_rename_or_plant_entries_in_the_pod_directory(runv, make_bundle, root):
+    """What the VM's file server (virtiofsd, chrooted in the pod directory inside its jail)
+    may do there, its view of which is all a guest reaches through the VM's one share (tried
+    through /proc/<server>/root): the directory's own entries are read-only (the host unmounts
+    by them: a symlink planted there must not lead it astray), the container's writable rootfs
+    mounted below stays writable. QEMU itself has no pod directory at all in its jail."""
     assert runv("create", "--bundle", make_bundle(["sleep", "1000"]), "j6").returncode == 0
     try:
         [qemu] = vm_processes_in(root / "j6")
-        pod = Path(f"/proc/{qemu}/root{root}/j6/pod")
+        assert not Path(f"/proc/{qemu}/root{root}/j6/pod").exists()
+        [server] = [pid for pid in vmmcgroup.for_vm(root / "j6").members() if open(f"/proc/{pid}/comm").read() == "virtiofsd\n"]
+        pod = Path(f"/proc/{server}/root")
         for attempt in (lambda: (pod / "j6").rename(pod / "moved"), lambda: (pod / "planted").symlink_to("/run"),
                         lambda: (pod / "j6/made").mkdir(), lambda: (pod / "j6/rootfs").rename(pod / "j6/moved")):
             with pytest.raises(OSError) as refused:
@@ -265,7 +254,7 @@ def test_the_vmm_cannot_rename_or_plant_entries_in_the_pod_directory(runv, make_
             assert refused.value.errno in (errno.EROFS, errno.EBUSY), refused.value
         (pod / "j6/rootfs/through-the-pod").write_text("x")
         assert (root.parent / "bundle/rootfs/through-the-pod").exists()
-        assert "ro" in mounts_of(qemu)[f"{root}/j6/pod"] and "rw" in mounts_of(qemu)[f"{root}/j6/pod/j6/rootfs"]
+        assert "ro" in mounts_of(server)["/"] and "rw" in mounts_of(server)["/j6/rootfs"]
     finally:
         assert runv("delete", "--force", "j6").returncode == 0
     assert not any(point.startswith(str(root)) for point in mounts_of(os.getpid()))

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import stat
+import struct
 import threading
 import time
 from pathlib import Path
@@ -144,23 +145,31 @@ def test_template_names_are_checked(runv):
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
 
-def guest_ram_shared_mib(pid: int) -> float:
-    """MiB of the QEMU process's guest RAM (its mappings of 256 MiB and more) that another
-    process maps too (``Shared_Clean`` + ``Shared_Dirty`` in /proc/PID/smaps)."""
-    shared, size = 0, 0
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key == "Size":
-                size = int(value.split()[0])
-            elif key in ("Shared_Clean", "Shared_Dirty") and size >= 256 << 10:
-                shared += int(value.split()[0])
-    return shared / 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def guest_ram_frames(pid: int) -> set[int]:
+    """The physical page frames behind the QEMU process's guest RAM (its mappings of 256 MiB
+    and more) that are present, from /proc/PID/pagemap (root reads the frame numbers). Two
+    VMs share a page of guest RAM exactly when they share a frame; the VM's own file server,
+    which maps its RAM too, is not another VM."""
+    frames = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if end - start < 256 << 20:
+                continue
+            pagemap.seek(start // PAGE * 8)
+            entries = pagemap.read((end - start) // PAGE * 8)
+            for (entry,) in struct.iter_unpack("<Q", entries):
+                if entry >> 63:  # present
+                    frames.add(entry & ((1 << 55) - 1))
+    return frames
 
 
 def test_private_clones_share_no_guest_memory_and_shared_ones_do(runv, root, make_bundle, template_dir):
     """The session template is private (the default): two idle clones share no page of guest
-    RAM; clones of a ``--clones shared`` template share the template's pages."""
+    RAM (no physical frame); clones of a ``--clones shared`` template share the template's pages."""
     from runv.testing import vm_processes_in
 
     assert json.loads((template_dir / "test" / "template.json").read_text())["clones"] == "private"
@@ -169,23 +178,24 @@ def test_private_clones_share_no_guest_memory_and_shared_ones_do(runv, root, mak
     listed = {t["name"]: t["clones"] for t in json.loads(runv("template", "list", "--format", "json", check=True).stdout)}
     assert listed["test"] == "private" and listed["dense"] == "shared"
     bundle = make_bundle(["sleep", "1000"])
-    shared = {}
+    shared: dict[str, float] = {}
+    seen: set[int] = set()
     try:
         for template in ("test", "dense"):
             for i in range(2):
                 assert runv("--template", template, "run", "-d", "--bundle", bundle, f"{template}-{i}").returncode == 0
             time.sleep(2)
-            pids = [pid for pid in vm_processes_in(root) if pid not in shared]
-            shared.update({pid: (template, guest_ram_shared_mib(pid)) for pid in pids})
+            clones = [pid for pid in vm_processes_in(root) if pid not in seen]
+            seen.update(clones)
+            one, other = (guest_ram_frames(pid) for pid in clones)
+            shared[template] = len(one & other) * PAGE / (1 << 20)
     finally:
         for template in ("test", "dense"):
             for i in range(2):
                 runv("delete", "--force", f"{template}-{i}")
         runv("template", "rm", "dense")
-    private_mib = max(mib for template, mib in shared.values() if template == "test")
-    dense_mib = min(mib for template, mib in shared.values() if template == "dense")
-    print(f"guest RAM shared with another process, MiB per clone: private {private_mib:.1f}, shared {dense_mib:.1f}")
-    assert private_mib == 0 and dense_mib > 10, shared
+    print(f"guest RAM two clones share, MiB: private {shared['test']:.1f}, shared {shared['dense']:.1f}")
+    assert shared["test"] == 0 and shared["dense"] > 10, shared
 
 
 def test_a_shape_without_a_template_boots_cold_once_and_one_is_made_in_the_background(runv, make_bundle, root, tmp_path):

@@ -36,10 +36,11 @@ def test_check_where_kvm_is_software_only(runv, plugin_env, tmp_path):
     xen = runv_xen.probe() is None
     assert entries["xen"]["status"] == ("ok" if xen else "unusable")
     chosen = "xen" if xen else "tcg"
+    shares = "virtiofs" if chosen == "tcg" else "9p"  # QEMU's shares go over virtio-fs where virtiofsd is (Debian's QEMU has it)
     assert report["default"] == {"hypervisor": chosen, "requested_hypervisor": "auto", "storage": "bundle",
-                                 "can_run": True, "problems": []}
+                                 "shares": shares, "can_run": True, "problems": []}
     text = runv("--kernel", KERNEL, "--initrd", INITRD, "check", env=env).stdout
-    assert text.splitlines()[-1] == f"default: hypervisor {chosen} (auto), storage bundle: can run"
+    assert text.splitlines()[-1] == f"default: hypervisor {chosen} (auto), storage bundle, shares over {shares}: can run"
 
 
 @pytest.mark.usefixtures("guest_image")
@@ -50,6 +51,6 @@ def test_example_plugin_runs_a_container(plainfs_venv, plugin_env, make_bundle, 
     try:
         assert result.returncode == 0, result.stderr
         # plainfs's rootfs share, as every share, through the VM's one share (the pod directory)
-        assert any(line.startswith("pod / 9p ") for line in result.stdout.splitlines()), result.stdout
+        assert any(line.split()[1:3] == ["/", "virtiofs"] for line in result.stdout.splitlines()), result.stdout
     finally:
         plainfs_venv.runv("--root", tmp_path / "state", "delete", "--force", "c1", env=plugin_env)

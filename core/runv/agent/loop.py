@@ -5,7 +5,7 @@ import os
 import select
 import signal
 
-from runv.agent import cgroups, confine, identity, network, pods, processes, stats, terminal
+from runv.agent import cgroups, confine, identity, network, pods, pressure, processes, stats, terminal
 from runv.agent.channel import Port, Stream
 from runv.agent.debug import log
 from runv.agent.errors import RequestError
@@ -74,6 +74,8 @@ class Agent:
         self.processes = ProcessTable(rootfs, self.send)
         self.running = True
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # memory stalls, where the agent is a VM's PID 1 (never on the host: the OOM killer is the host's there)
+        self.stalls = pressure.watch() if os.getpid() == 1 else None
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
 
@@ -100,6 +102,8 @@ class Agent:
             channel_fd, mask = channel.waiting()
             poller.register(channel_fd, mask)
         poller.register(self.wake_r, select.POLLIN)
+        if self.stalls is not None:
+            poller.register(self.stalls, select.POLLPRI)
         self.processes.register(poller, read_output=len(self.outbuf) <= HIGH_WATER)
         timeout = IDLE_POLL_MS if (not channel.connected or self.processes.pending_exits()) else None
         try:
@@ -111,6 +115,8 @@ class Agent:
                 self.on_channel(mask)
             elif fd == self.wake_r:
                 self.drain_wakeups()
+            elif fd == self.stalls:
+                pressure.on_stall()
             else:
                 self.processes.on_ready(fd)
         self.processes.reap()

@@ -1,8 +1,10 @@
 """Mounting: mount(2) through ctypes, the container's rootfs, /dev and the host's mount plan (op_prepare)."""
 
 import ctypes
+import errno
 import os
 import stat
+import time
 
 from runv.agent.errors import RequestError
 from runv.agent.sysfs import wait_for_device
@@ -12,6 +14,9 @@ PRIVATE = "/run/runv"  # the guest's staging area (shares mounted before the roo
 BINDS = PRIVATE + "/binds"  # in a VM: the shares the container's binds come from, one directory per bind
 SYSFS = PRIVATE + "/sysfs"  # in a VM: a sysfs with nothing mounted below it, for a user namespace's /sys
 DISK_TIMEOUT = 10.0  # seconds a hot-plugged disk may take to show up in /sys/block
+SHARE_TIMEOUT = 10.0  # seconds a hot-plugged share (a template clone's) may take to show its tag
+SHARE_FSTYPES = ("9p", "virtiofs")
+NO_TAG = (errno.ENOENT, errno.EINVAL)  # what 9p and virtio-fs answer for a tag no device has (yet)
 MOUNT_FLAGS = {  # <sys/mount.h>: options that are flags, not filesystem data
     "ro": 1, "rw": 0, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "remount": 32, "mand": 64,
     "dirsync": 128, "noatime": 1024, "nodiratime": 2048, "bind": 4096, "rbind": 4096 | 16384,
@@ -254,4 +259,20 @@ def plan_mount(entry: dict, target: str) -> None:
         return
     if entry.get("readonly"):
         options = ",".join(filter(None, [options, "ro"]))
+    if entry["fstype"] in SHARE_FSTYPES:
+        return mount_share(source, target, entry["fstype"], options)
     mount(source, target, entry["fstype"], options)
+
+
+def mount_share(tag: str, target: str, fstype: str, options: str, timeout: float = SHARE_TIMEOUT) -> None:
+    """Mounts the share ``tag``, waiting for its device: a template's clone gets its shares
+    hot-plugged as it wakes up, and the PCI bus may not have shown them yet."""
+    flags, data, _ = parse_options(options)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return raw_mount(tag, target, fstype, flags, "mount", data)
+        except OSError as exc:
+            if exc.errno not in NO_TAG or time.monotonic() > deadline:
+                raise RequestError(f"mount {tag} on {target} ({fstype}): {os.strerror(exc.errno)}") from None
+        time.sleep(0.02)

@@ -130,6 +130,12 @@ class VM:
     def alive(self) -> bool:
         return is_running(self.pid, self.start_time)
 
+    def shared_fs(self) -> SharedFs | None:
+        """How this VM serves its shares, where the hypervisor decides it per VM (the QEMU
+        plugins: virtio-fs, or 9p where there is no virtiofsd or for a clone that shares its
+        template's memory); None: as the hypervisor's capabilities say."""
+        return None
+
     def stop(self, force: bool = False) -> None:
         """Stops the VM and returns once its VMM has exited; must converge when it is
         already gone. The default kills the VMM process."""

@@ -23,6 +23,7 @@ import signal
 import stat
 import struct
 import sys
+from collections.abc import Sequence
 from typing import NamedTuple
 
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 22, 24, 38
@@ -39,6 +40,10 @@ CAP_LAST = 63
 # Not kept, so refused to a guest through the share: mknod (device nodes), setfcap (file
 # capabilities), sys_admin (trusted.* xattrs, mounts), fsetid, setuid/setgid, net_*, ...
 KEEP = {"chown": 0, "dac_override": 1, "dac_read_search": 2, "fowner": 3}
+# What a VMM's helper may keep on top, by name (``command(caps=...)``): a file server that
+# switches to each request's owner (setuid, setgid), chroots into its share (sys_chroot) and
+# then narrows its own capabilities, bounding set included (setpcap)
+EXTRA = {"setgid": 6, "setuid": 7, "setpcap": 8, "sys_chroot": 18}
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 SYSTEM = ("/usr", "/lib", "/lib64", "/bin", "/sbin")  # a merged-/usr host: the last four are symlinks
 
@@ -132,16 +137,21 @@ def vm_binds(vm, binary: str, writable: tuple[str, ...] = (), readonly: tuple[st
     return binds
 
 
-def command(argv: list[str], *, root, cwd, binds: list[Bind], cgroups: list[str] = (), kvm: bool = False,
-            devpts: bool = False, fd_dir: bool = False) -> list[str]:
+def command(argv: list[str], *, root, cwd, binds: list[Bind], cgroups: Sequence[str] = (), kvm: bool = False,
+            devpts: bool = False, fd_dir: bool = False, caps: Sequence[str] = ()) -> list[str]:
     """The command that runs ``argv`` jailed: ``root`` is an empty directory the jail's tmpfs
     is mounted on (in the VMM's own mount namespace only), ``cwd`` where the VMM starts,
     ``cgroups`` the ``cgroup.procs`` files it enters, ``kvm`` adds /dev/kvm, ``devpts`` a
     private /dev/pts and /dev/ptmx (ptys the VMM makes; the host reaches them through
     ``/proc/PID/root``), ``fd_dir`` its own ``/proc/self/fd`` and nothing else of /proc
-    (QEMU's 9p server changes modes and times through it)."""
+    (QEMU's 9p server changes modes and times through it), ``caps`` the capabilities of
+    :data:`EXTRA` it keeps besides :data:`KEEP`."""
+    unknown = set(caps) - EXTRA.keys()
+    if unknown:
+        raise ValueError(f"capabilities a jail cannot keep: {sorted(unknown)}")
     spec = {"parent": os.getpid(), "root": os.path.abspath(root), "cwd": os.path.abspath(cwd), "binds": [list(b) for b in binds],
-            "cgroups": list(cgroups), "devices": list(DEVICES) + (["/dev/kvm"] if kvm else []), "devpts": devpts, "fd_dir": fd_dir}
+            "cgroups": list(cgroups), "devices": list(DEVICES) + (["/dev/kvm"] if kvm else []), "devpts": devpts, "fd_dir": fd_dir,
+            "caps": sorted(EXTRA[name] for name in caps)}
     return [sys.executable, "-S", "-I", os.path.abspath(__file__), json.dumps(spec), "--", *argv]
 
 
@@ -252,12 +262,13 @@ class Jail:
                    what="making the jail's root read-only")
         os.chdir(spec["cwd"])
 
-    def confine(self) -> None:
-        """no_new_privs, the capability bounding set, the seccomp filter."""
+    def confine(self, extra: list[int]) -> None:
+        """no_new_privs, the capability bounding set (KEEP and ``extra``), the seccomp filter."""
         if self.libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             self.fail("PR_SET_NO_NEW_PRIVS")
+        keep = {*KEEP.values(), *extra}
         for cap in range(CAP_LAST + 1):
-            if cap not in KEEP.values() and self.libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 \
+            if cap not in keep and self.libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 \
                     and ctypes.get_errno() != errno.EINVAL:
                 self.fail(f"dropping capability {cap}")
         program = seccomp_program()
@@ -281,7 +292,7 @@ class Jail:
             self.fail("unshare(CLONE_NEWNS)")
         self.mount(None, "/", None, MS_REC | MS_SLAVE, what="making / a slave mount")
         self.build(spec)
-        self.confine()
+        self.confine(spec["caps"])
         try:
             os.execv(argv[0], argv)
         except OSError as exc:

@@ -8,24 +8,27 @@ import typer
 NAME = "check"
 
 
-def probe_plugin(info) -> tuple[str, str | None, int | None]:
-    """``(status, reason, priority)`` for one enabled plugin: ok, unusable or broken (a
-    hypervisor's priority when it loads)."""
+def probe_plugin(info) -> dict:
+    """``status`` (ok, unusable or broken) and ``reason`` for one enabled plugin, and a
+    hypervisor's ``priority`` and ``shares`` (the filesystem its VMs' shares go over) when it loads."""
     from runv.loader import LoadError, hooks_of, load_hypervisor
 
+    found: dict = {}
     try:
         if info.kind == "hypervisor":
             hypervisor = load_hypervisor(info.name)
-            hooks, priority = hypervisor.hooks, hypervisor.info.priority
+            hooks, shared_fs = hypervisor.hooks, hypervisor.info.capabilities.shared_fs
+            found.update(priority=hypervisor.info.priority, shares=shared_fs.fstype if shared_fs else None)
         else:
-            hooks, priority = hooks_of(info), None
+            hooks = hooks_of(info)
     except LoadError as exc:
-        return "broken", f"{exc.reason}: reinstall {info.distribution}, or disable it ([plugins] disabled in the config file)", None
+        return {"status": "broken",
+                "reason": f"{exc.reason}: reinstall {info.distribution}, or disable it ([plugins] disabled in the config file)"}
     try:
         reason = hooks.probe()
     except Exception as exc:  # noqa: BLE001 - a probe that raises is a finding, not a crash
-        return "broken", f"its probe raised {type(exc).__name__}: {exc}", priority
-    return ("ok", None, priority) if reason is None else ("unusable", reason, priority)
+        return {**found, "status": "broken", "reason": f"its probe raised {type(exc).__name__}: {exc}"}
+    return {**found, "status": "ok" if reason is None else "unusable", "reason": reason}
 
 
 def report(settings) -> dict:
@@ -40,10 +43,10 @@ def report(settings) -> dict:
         if info.name in off:
             entry.update(status="disabled", reason=f"disabled by {off[info.name]}")
         else:
-            status, reason, priority = probe_plugin(info)
-            entry.update(status=status, reason=reason)
-            if info.kind == "hypervisor" and status == "ok":
-                entry["priority"] = priority
+            found = probe_plugin(info)
+            entry.update(status=found["status"], reason=found["reason"])
+            if info.kind == "hypervisor" and found["status"] == "ok":
+                entry.update(priority=found["priority"], shares=found["shares"])
         entries.append(entry)
     for what, path in (("kernel", settings.kernel), ("initrd", settings.initrd)):
         ok = os.path.isfile(path)
@@ -68,10 +71,11 @@ def report(settings) -> dict:
     if not usable("storage", settings.storage):
         problems.append(f"storage {settings.storage!r} cannot run here")
     problems += [f"guest {e['name']} missing" for e in entries if e["kind"] == "guest" and e["status"] != "ok"]
+    chosen = usable("hypervisor", hypervisor) if hypervisor else None
     return {
         "entries": entries,
         "default": {"hypervisor": hypervisor, "requested_hypervisor": settings.hypervisor, "storage": settings.storage,
-                    "can_run": not problems, "problems": problems},
+                    "shares": chosen.get("shares") if chosen else None, "can_run": not problems, "problems": problems},
     }
 
 
@@ -80,13 +84,16 @@ def render(result: dict) -> str:
     for e in result["entries"]:
         label = f"{e['kind']:<10} {e['name']:<10}"
         detail = e["reason"] or (e.get("path") or f"{e['distribution']} {e['version']}")
+        if e.get("shares"):
+            detail += f" (shares over {e['shares']})"
         lines.append(f"{label} {e['status']:<9} {detail}")
     d = result["default"]
     chosen = f"hypervisor {d['hypervisor'] or d['requested_hypervisor']}"
     if d["requested_hypervisor"] == "auto" and d["hypervisor"]:
         chosen += " (auto)"
     verdict = "can run" if d["can_run"] else "cannot run: " + "; ".join(d["problems"])
-    lines.append(f"default: {chosen}, storage {d['storage']}: {verdict}")
+    shares = f", shares over {d['shares']}" if d["shares"] else ""
+    lines.append(f"default: {chosen}, storage {d['storage']}{shares}: {verdict}")
     return "\n".join(lines)
 
 

@@ -5,6 +5,19 @@ import typer
 NAME = "features"
 
 
+def shared_fs(settings) -> str | None:
+    """The filesystem the default hypervisor's VMs get their shares (the rootfs, volumes)
+    over: virtiofs, or 9p where there is no virtiofsd; None when no hypervisor can run."""
+    from runv.api.errors import RunvError
+    from runv.loader import choose_hypervisor
+
+    try:
+        served = choose_hypervisor(settings.hypervisor).info.capabilities.shared_fs
+    except RunvError:
+        return None
+    return served.fstype if served else None
+
+
 def command(ctx: typer.Context) -> None:
     import json
 
@@ -36,7 +49,8 @@ def command(ctx: typer.Context) -> None:
                     "apparmor": {"enabled": False},
                     "selinux": {"enabled": False},
                 },
-                "annotations": {"io.github.runv.isolation": "virtual-machine"},
+                "annotations": {"io.github.runv.isolation": "virtual-machine",
+                                **({"io.github.runv.shared-fs": fs} if (fs := shared_fs(ctx.obj)) else {})},
             },
             indent=2,
         )

@@ -63,6 +63,7 @@ AGENT_FILES = (
     "runv/agent/mounts.py",
     "runv/agent/network.py",
     "runv/agent/pods.py",
+    "runv/agent/pressure.py",
     "runv/agent/processes.py",
     "runv/agent/proctable.py",
     "runv/agent/protocol.py",

@@ -83,6 +83,23 @@ def add_host_binary(binary: Path, rootfs: Path) -> None:
         shutil.copy2(path.resolve(), target)
 
 
+PYTHON = Path("/usr/bin/python3.11")
+
+
+def add_python(rootfs: Path) -> str:
+    """Debian's python3.11 made runnable in ``rootfs`` as ``python3.11 -S -I``: its binary
+    and libraries, the encodings package and the os.py its start looks for (the rest of what
+    a one-line script needs is frozen in): for a test container's system calls busybox has no
+    applet for (``os.setxattr``). Returns its path in the container."""
+    import sysconfig
+
+    add_host_binary(PYTHON, rootfs)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    shutil.copytree(stdlib / "encodings", rootfs / str(stdlib).lstrip("/") / "encodings", dirs_exist_ok=True)
+    shutil.copy2(stdlib / "os.py", rootfs / str(stdlib).lstrip("/") / "os.py")
+    return str(PYTHON)
+
+
 def run_captured(argv: list[str], *, check: bool = False, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
     """Runs ``argv`` with its output through files, not pipes (a shim keeps its caller's
     stdio open for the container's life, as runc's container process does); text output."""

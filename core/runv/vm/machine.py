@@ -91,8 +91,10 @@ class Machine:
         self.vm, self.agent = vm, agent
 
     def prepare(self, spec: VMSpec, confined: dict) -> None:
-        """Has the guest mount the container's rootfs and volumes and make its namespaces ready."""
-        self.agent.call("prepare", **bringup.vm_prepare_request(self.container, self.attachment, spec, self.caps, confined))
+        """Has the guest mount the container's rootfs and volumes (its shares as this VM
+        serves them) and make its namespaces ready."""
+        served = self.caps.evolve(shared_fs=self.vm.shared_fs() or self.caps.shared_fs)
+        self.agent.call("prepare", **bringup.vm_prepare_request(self.container, self.attachment, spec, served, confined))
 
     def attach_nic(self, vm: VM, nic: Nic) -> None:
         bringup.attach_nic(vm, self.caps, nic)

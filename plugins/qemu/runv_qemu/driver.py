@@ -7,155 +7,68 @@ It is controlled through QMP with ``qemu.qmp``.
 It is jailed (docs/security.md): started through :mod:`runv.api.jail` (parent-death
 signal, its own cgroup with limits sized from the VM, its own mount namespace with ``/`` a
 tmpfs holding only what it needs, no_new_privs, a minimal capability bounding set, a
-seccomp filter against setuid bits) and with QEMU's own ``-sandbox`` (:data:`SANDBOX`).
+seccomp filter against setuid bits) and with QEMU's own ``-sandbox`` (:data:`runv_qemu.command.SANDBOX`).
 Its two sockets (QMP, the agent's) are made by the host and passed as listening
 descriptors: the jail has no writable directory to make them in.
+
+Its shares go over virtio-fs, a ``virtiofsd`` each (:mod:`runv_qemu.virtiofs`), with the
+guest's RAM in shared memory (a memfd) the server maps; over QEMU's own 9p server where
+there is no virtiofsd. A VM started from a template gets its shares hot-plugged (the
+template has a free PCIe port for each: vhost-user-fs cannot be migrated), over virtio-fs
+for a private clone and 9p for a clone sharing the template's RAM (:mod:`runv_qemu.template`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from runv.api import VM, Nic, RunvError, VMSpec, await_start, connect_unix, jail, process_start_time, socket_name, stop_process, vmmcgroup
+from runv.api import (
+    VM,
+    Nic,
+    RunvError,
+    SharedFs,
+    VMSpec,
+    await_start,
+    connect_unix,
+    jail,
+    process_start_time,
+    socket_name,
+    stop_process,
+    vmmcgroup,
+)
+from runv_qemu import virtiofs
+from runv_qemu.command import (
+    BINARY,
+    BLOCK_MIB,
+    HOT_MEMORY,
+    HOTPLUG,
+    HOTPLUG_PORT,
+    NINEP,
+    SERVED,
+    VIRTIO_FS,
+    binary,
+    code_cache_mib,
+    command,
+    hot_memory,
+    shares_over,
+    size_record,
+)
 
-BINARY = "qemu-system-x86_64"
 QMP_SOCKET = "qmp.sock"
 START_TIMEOUT = 20.0
 QUIT_TIMEOUT = 5.0
-HOTPLUG_PORT = "hotplug"  # ids of the free PCIe root ports: hotplug0, hotplug1, ...
-SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-TCG_CODE_CACHE_MIB = 256  # -accel tcg,tb-size: ample for a kernel and the agent, and inside the cgroup
 JAIL_DIR = "jail"  # in the state directory: the (empty) mount point of the jail's tmpfs
 # Resizing (VM.resize): memory by virtio-mem (plugs and unplugs in blocks, as the guest
 # agrees; measured in docs/resources.md), vCPUs by CPU hot-plug on q35's ACPI
-HOT_MEMORY = "hotmem"
 HOT_MEMORY_PATH = f"/machine/peripheral/{HOT_MEMORY}-dev"
 HOT_CPU_PATH = "/machine/peripheral/vcpu"  # the hot-plugged vCPUs' QOM paths (ids vcpuN)
-BLOCK_MIB = 2  # virtio-mem's block: the finest the guest's driver manages
-HOTPLUG_ARGS = (
-    "memhp_default_state=online_movable",  # movable: it can be unplugged again
-    "swiotlb=noforce",  # hot-plug space above 4 GiB would make the kernel keep 64 MiB of bounce buffers virtio never uses
-)
 OVERCOMMIT = ("/proc/sys/vm/overcommit_memory",)  # read by QEMU for the hot memory's reserve=off
 RESIZE_TIMEOUT = 10.0  # seconds for the guest to take or give back memory or a vCPU
-
-
-def binary() -> str | None:
-    return shutil.which(BINARY)
-
-
-def firmware(qemu: str) -> list[str]:
-    """``-bios qboot.rom``, QEMU's minimal firmware (0.15 s less than SeaBIOS per cold
-    boot under TCG), where the data directory of ``qemu`` (the binary's path) has it
-    (Debian's qemu-system-data does); else nothing, and QEMU's default firmware."""
-    rom = Path(qemu).resolve().parent.parent / "share/qemu/qboot.rom"
-    return ["-bios", "qboot.rom"] if rom.is_file() else []
-
-
-def missing_binary() -> str | None:
-    """Why QEMU cannot be started at all, or None."""
-    if binary() is None:
-        return f"{BINARY} is not installed: apt-get install qemu-system-x86"
-    return None
-
-
-def opt(value: str | Path) -> str:
-    """A value inside a QEMU ``-option key=value,...`` list (commas are doubled)."""
-    return str(value).replace(",", ",,")
-
-
-def local(path: Path, state_dir: Path) -> str:
-    """``path`` relative to the state directory when it lives there (short socket paths)."""
-    try:
-        return str(path.relative_to(state_dir))
-    except ValueError:
-        return str(path)
-
-
-def code_cache_mib(accel: str) -> int:
-    """The translated-code cache QEMU may fill (counted in its cgroup): TCG's, bounded, or none."""
-    return TCG_CODE_CACHE_MIB if accel == "tcg" else 0
-
-
-def accel_option(accel: str) -> str:
-    """``-accel``'s value: TCG with its code cache bounded (QEMU's default is 1 GiB)."""
-    return f"tcg,tb-size={TCG_CODE_CACHE_MIB}" if accel == "tcg" else accel
-
-
-def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, ...] | None = None) -> list[str]:
-    """The QEMU command line for ``vm``; ``fds``: the listening QMP and agent sockets it
-    inherits (None: placeholders, for a template's shape)."""
-    qmp_fd, agent_fd = fds or ("QMP", "AGENT")
-    qemu = binary() or BINARY
-    args = [
-        qemu,
-        "-name", f"runv-{vm.name}",
-        "-machine", "q35", "-accel", accel_option(accel), *firmware(qemu),
-        "-m", memory_option(vm),
-        "-smp", str(vm.vcpus) + (f",maxcpus={vm.max_vcpus}" if vm.max_vcpus > vm.vcpus else ""),
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-sandbox", SANDBOX,
-        "-kernel", str(vm.kernel),
-        "-initrd", str(vm.initrd),
-        "-append", " ".join(("console=ttyS0",) + vm.kernel_args + (HOTPLUG_ARGS if hot_memory(vm) else ())),
-        "-chardev", f"file,id=console,path={opt(local(vm.console_log, vm.state_dir))},append=on",
-        "-serial", "chardev:console",
-        "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
-        "-mon", "chardev=qmp,mode=control",
-        "-device", "virtio-serial-pci,id=vser0",
-        "-chardev", f"socket,id=agent,fd={agent_fd},server=on,wait=off",
-        "-device", "virtserialport,bus=vser0.0,chardev=agent,name=org.runv.agent",
-        # the host's entropy: without it the guest's CRNG waits for jitter entropy, and its
-        # first reader (Python's start, hashing's seed) for it, ≈1 s of a boot under TCG
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
-        "-device", "virtio-rng-pci,rng=rng0",
-    ]
-    if cpu:
-        args += ["-cpu", cpu]
-    for index, share in enumerate(vm.shares):  # the guest mounts them as NINEP_VIRTIO says
-        readonly = ",readonly=on" if share.readonly else ""
-        args += [
-            "-fsdev", f"local,id=fs{index},path={opt(share.path)},security_model=passthrough,multidevs=remap{readonly}",
-            "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={share.tag}",
-        ]
-    for index, disk in enumerate(vm.disks):
-        readonly = ",readonly=on" if disk.readonly else ""
-        args += [
-            "-drive", f"file={opt(disk.path)},format={disk.format},if=none,id=disk{index}{readonly}",
-            "-device", f"virtio-blk-pci,drive=disk{index},serial={disk.serial}",
-        ]
-    for nic in vm.nics:  # the tap fds are inherited (start passes them): QEMU stays in its namespace
-        args += [
-            "-netdev", f"tap,id={nic.id},fd={nic.fd}",
-            "-device", f"virtio-net-pci,netdev={nic.id},id=dev-{nic.id},mac={nic.mac}",
-        ]
-    for index in range(vm.hotplug_slots):  # q35's root bus cannot hot-plug: free root ports can
-        args += ["-device", f"pcie-root-port,id={HOTPLUG_PORT}{index},bus=pcie.0,chassis={index + 1}"]
-    if hot_memory(vm):  # reserved address space only (reserve=off): RAM is used once plugged
-        args += ["-object", f"memory-backend-ram,id={HOT_MEMORY},size={hot_memory(vm)}M,reserve=off",
-                 "-device", f"virtio-mem-pci,id={HOT_MEMORY}-dev,memdev={HOT_MEMORY},requested-size=0,block-size={BLOCK_MIB}M"]
-    return args
-
-
-def size_record(vm: VMSpec, accel: str) -> dict:
-    """What :meth:`QemuVM.resize` needs to know of the VM's boot size and ceilings."""
-    return {"memory_mib": vm.memory_mib, "max_memory_mib": vm.memory_mib + hot_memory(vm), "vcpus": vm.vcpus,
-            "max_vcpus": max(vm.vcpus, vm.max_vcpus), "code_cache_mib": code_cache_mib(accel)}
-
-
-def hot_memory(vm: VMSpec) -> int:
-    """MiB of virtio-mem the VM can be grown by (0: none), in whole blocks."""
-    return max(0, vm.max_memory_mib - vm.memory_mib) // BLOCK_MIB * BLOCK_MIB
-
-
-def memory_option(vm: VMSpec) -> str:
-    return f"{vm.memory_mib}M,maxmem={vm.memory_mib + hot_memory(vm)}M" if hot_memory(vm) else str(vm.memory_mib)
 
 
 def listen(path: Path) -> socket.socket:
@@ -183,39 +96,53 @@ def greeted(path: Path, timeout: float) -> bool:
 
 
 def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: Sequence[str] = (), cls: type[QemuVM] | None = None,
-          binds: Sequence[jail.Bind] = ()) -> QemuVM:
-    """Starts QEMU jailed and returns once QMP answers (as a ``cls``, default QemuVM);
-    fails with QEMU's own words, leaving no cgroup behind. ``extra`` goes at the end of the
-    command line (templates: memory backend, -incoming), ``binds`` are what it needs in the
-    jail beyond the VM's own files."""
+          binds: Sequence[jail.Bind] = (), shares: str | None = None, memory: Sequence[str] | None = None) -> QemuVM:
+    """Starts QEMU jailed (and a virtiofsd per share, :mod:`runv_qemu.virtiofs`) and returns
+    once QMP answers (as a ``cls``, default QemuVM); fails with QEMU's own words, leaving no
+    process or cgroup behind. ``shares``: how the VM's shares are given (:func:`command`;
+    default :func:`shares_over`), ``memory`` the RAM's backend; ``extra`` goes at the end of
+    the command line (a template's -incoming), ``binds`` are what it needs in the jail beyond
+    the VM's own files."""
+    shares = shares or shares_over()
+    if shares == NINEP and vm.shares and virtiofs.binary() is None:
+        virtiofs.logger.warning("container %s: %s", vm.name, virtiofs.missing())
     program = binary() or BINARY
     cgroup = vmmcgroup.for_vm(vm.state_dir)
     cgroup.create(*vmmcgroup.limits(vm.memory_mib, vm.vcpus, code_cache_mib(accel)))
     root = vm.state_dir / JAIL_DIR
     qmp = vm.state_dir / QMP_SOCKET
+    servers: list[virtiofs.Server] = []
     try:
         root.mkdir(exist_ok=True)
+        if shares == VIRTIO_FS:
+            servers = [virtiofs.start(vm, index, share, cgroup, root) for index, share in enumerate(vm.shares)]
         sockets = [listen(qmp), listen(vm.agent_socket)]
+        fs_fds = [server.connection.fileno() for server in servers]
         try:
-            argv = command(vm, accel, cpu, fds=tuple(s.fileno() for s in sockets)) + list(extra)
-            jail_binds = jail.vm_binds(vm, program, readonly=OVERCOMMIT if hot_memory(vm) else ()) + list(binds)
+            argv = command(vm, accel, cpu, fds=tuple(s.fileno() for s in sockets), shares=shares, fs_fds=fs_fds,
+                           memory=memory) + list(extra)
+            served_here = vm if "-fsdev" in argv else vm.evolve(shares=())  # the jail holds the shares its own 9p server serves
+            jail_binds = jail.vm_binds(served_here, program, readonly=OVERCOMMIT if hot_memory(vm) else ()) + list(binds)
             jailed = jail.command(argv, root=root, cwd=vm.state_dir, binds=jail_binds,
-                                  cgroups=cgroup.procs(), kvm=accel == "kvm", fd_dir=bool(vm.shares))
+                                  cgroups=cgroup.procs(), kvm=accel == "kvm", fd_dir=bool(served_here.shares))
             with open(vm.console_log, "ab") as log:
                 proc = subprocess.Popen(jailed, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                        pass_fds=[nic.fd for nic in vm.nics] + [s.fileno() for s in sockets])
+                                        pass_fds=[nic.fd for nic in vm.nics] + [s.fileno() for s in sockets] + fs_fds)
         finally:
-            for sock in sockets:
+            for sock in sockets + [server.connection for server in servers]:
                 sock.close()
         await_start(proc, lambda: greeted(qmp, 1.0), vm.console_log, BINARY, START_TIMEOUT)
     except BaseException:
-        cgroup.remove()
+        cgroup.remove()  # the file servers too: they are in it
         _remove_jail_dir(root)
         raise
-    return (cls or QemuVM)(plugin, proc.pid, process_start_time(proc.pid),
+    started = process_start_time(proc.pid)
+    for server in servers:
+        virtiofs.supervise(server, proc.pid, started, vm.name, vm.console_log)
+    return (cls or QemuVM)(plugin, proc.pid, started,
                   {"qmp": str(qmp), "argv": argv, "hotplug_slots": vm.hotplug_slots, "console_log": str(vm.console_log),
-                   "size": size_record(vm, accel),
-                   "cgroup": cgroup.record(), "jail": str(root)})
+                   "size": size_record(vm, accel), "cgroup": cgroup.record(), "jail": str(root),
+                   "shared_fs": shares if shares != HOTPLUG else None, "virtiofsd": [server.record() for server in servers]})
 
 
 def _remove_jail_dir(root: Path) -> None:
@@ -264,10 +191,15 @@ class QemuVM(VM):
         """Asks QEMU to exit (QMP ``quit``)."""
         self.qmp("quit")
 
+    def shared_fs(self) -> SharedFs | None:
+        """How this VM serves its shares (``data["shared_fs"]``): virtio-fs, 9p, or none yet."""
+        return SERVED.get(self.data.get("shared_fs") or "")
+
     def stop(self, force: bool = False) -> None:
-        """Asks QEMU to quit (or kills it), waits for it to be gone, and removes its cgroup
-        (killing anything left in it) and the jail's mount point."""
+        """Asks QEMU to quit (or kills it), waits for it to be gone (its file servers then
+        exit too), and removes its cgroup (killing anything left in it) and the jail's mount point."""
         stop_process(self.pid, self.start_time, ask=self.quit, grace=QUIT_TIMEOUT, force=force)
+        virtiofs.stop(self.data.get("virtiofsd", []), force)
         if "cgroup" in self.data:
             vmmcgroup.from_record(self.data["cgroup"]).remove()
             _remove_jail_dir(Path(self.data["jail"]))

@@ -6,12 +6,13 @@ name the instance, which pluggy registers like a module.
 
 from __future__ import annotations
 
-from runv.api import NINEP_VIRTIO, AgentChannel, Capabilities, GuestModules, HypervisorInfo, hookimpl
-from runv_qemu import driver
+from runv.api import AgentChannel, Capabilities, GuestModules, HypervisorInfo, hookimpl
+from runv_qemu import command, driver
 from runv_qemu.template import QemuTemplates, TemplatedQemuVM
 
 CAPABILITIES = Capabilities(
-    shared_fs=NINEP_VIRTIO,  # -fsdev local + virtio-9p-pci, mount tag = the share's tag
+    # shares (their tag the share's tag): virtio-fs, a virtiofsd each, or 9p, QEMU's own server
+    # (capabilities()); a VM says which it got (QemuVM.shared_fs): a clone sharing its template's RAM has 9p
     agent=AgentChannel(),  # a virtserialport named org.runv.agent, served at vm.agent_socket
     disk_formats=("raw", "qcow2"),  # virtio-blk with serial=Disk.serial
     nics=True,  # -netdev tap,fd=N
@@ -22,10 +23,10 @@ CAPABILITIES = Capabilities(
 
 GUEST_MODULES = GuestModules(
     # the drivers of the devices every QEMU VM has: the agent's virtio-serial port, disks, NICs,
-    # entropy (virtio-rng), the 9p shares, and virtio-mem, which must be bound before the host
+    # entropy (virtio-rng), 9p shares, and virtio-mem, which must be bound before the host
     # plugs memory (`runv update`); the kernel loads the modules they depend on first
     at_boot=("virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "virtio_rng", "9pnet_virtio", "9p", "virtio_mem"),
-    on_demand=("virtiofs",),  # QEMU serves it with virtiofsd (bench/sharefs.py compares it with 9p)
+    on_demand=("virtiofs",),  # loaded by the first mount of a virtio-fs share, which binds its device
 )
 
 
@@ -42,8 +43,10 @@ class QemuHypervisor:
 
     @hookimpl
     def hypervisor_info(self):
-        return HypervisorInfo(capabilities=CAPABILITIES, vm=TemplatedQemuVM, priority=self.priority,
-                              templates=QemuTemplates(self.name, self.accel, self.cpu), programs=(driver.BINARY,))
+        capabilities = CAPABILITIES.evolve(shared_fs=command.SERVED[command.shares_over()])
+        return HypervisorInfo(capabilities=capabilities, vm=TemplatedQemuVM, priority=self.priority,
+                              templates=QemuTemplates(self.name, self.accel, self.cpu),
+                              programs=(command.BINARY,))  # (a VM's virtiofsd works in its state directory too: tests' leftovers)
 
     @hookimpl
     def guest_modules(self):
@@ -51,7 +54,7 @@ class QemuHypervisor:
 
     @hookimpl
     def probe(self):
-        return driver.missing_binary()
+        return command.missing_binary()
 
     @hookimpl
     def boot(self, vm):

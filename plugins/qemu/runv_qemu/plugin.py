@@ -12,7 +12,7 @@ import os
 import time
 
 from runv.api import RunvError, hookimpl, kvm_verdict
-from runv_qemu import driver
+from runv_qemu import command, driver
 from runv_qemu.hypervisor import QemuHypervisor
 
 CPU_ENV = "RUNV_QEMU_CPU"
@@ -25,7 +25,7 @@ class KvmHypervisor(QemuHypervisor):
 
     @hookimpl
     def probe(self):
-        return driver.missing_binary() or kvm_verdict()["reason"]
+        return command.missing_binary() or kvm_verdict()["reason"]
 
     @hookimpl
     def boot(self, vm):
@@ -42,10 +42,10 @@ class KvmHypervisor(QemuHypervisor):
             except RunvError as exc:
                 if not booted.alive():
                     booted.stop(force=True)  # gone already: this removes its cgroup and jail mount point
-                    raise RunvError(f"{driver.BINARY} with KVM exited at start: {vm.last_words()}") from None
+                    raise RunvError(f"{command.BINARY} with KVM exited at start: {vm.last_words()}") from None
                 if time.monotonic() > deadline:
                     booted.stop(force=True)
-                    raise RunvError(f"{driver.BINARY} with KVM did not answer QMP within {driver.START_TIMEOUT:.0f} s "
+                    raise RunvError(f"{command.BINARY} with KVM did not answer QMP within {driver.START_TIMEOUT:.0f} s "
                                     f"({exc}): {vm.last_words()}") from None
             time.sleep(QMP_RETRY)
 

@@ -13,12 +13,16 @@ between two clones (so none between tenants). The stream is stored as QEMU write
 start than through an lz4 pipe (a third of the size on disk), measured in docs/performance.md.
 
 The migration stream carries device state but no host paths. So a clone is started with
-the *same device set* as the template (same shares by tag, disks by serial, hot-plug
-ports, agent port), each pointing at the clone's own host paths on the command line, and
-the stream is loaded into it (``-incoming defer`` + ``migrate-incoming``). Hot-plugging the
-rootfs after the restore instead was measured at ≈7 s under TCG (PCIe native hot-plug
-waits out the attention-button delay), against 0.2 s for a whole restore, so it is not
-used. :func:`shape` says which device set a VM has; a template serves only VMs of its shape.
+the *same device set* as the template (disks by serial, hot-plug ports, agent port), each
+pointing at the clone's own host paths on the command line, and the stream is loaded into
+it (``-incoming defer`` + ``migrate-incoming``). Its shares are the exception: a template
+has a free PCIe port for each and no share device (QEMU 7.2 cannot migrate vhost-user-fs),
+and a clone gets them hot-plugged into those ports as soon as it runs: over virtio-fs for a
+private clone (its RAM is a memfd a virtiofsd can map), over 9p for a shared one (its RAM
+maps the template's file privately, which no file server can see) or where there is no
+virtiofsd. The guest finds the device while it wakes up (the agent waits for the share's
+tag at ``prepare``). :func:`shape` says which device set a VM has; a template serves only
+VMs of its shape.
 """
 
 from __future__ import annotations
@@ -27,23 +31,26 @@ import os
 import time
 from pathlib import Path
 
-from runv.api import Disk, RunvError, Share, TemplateSupport, VMSpec, last_words
+from runv.api import Disk, RunvError, Share, TemplateSupport, VMSpec, last_words, vmmcgroup
 from runv.api.jail import Bind
-from runv_qemu import driver
+from runv_qemu import command, driver, virtiofs
 from runv_qemu.driver import QemuVM
 
 MEMORY = "memory"
 STATE = "state"
-RAM_ID = "runv-ram"
 LOAD_TIMEOUT = 60.0
 SAVE_TIMEOUT = 120.0
-FORMAT = 2  # of the saved files (2: a private template's stream uncompressed); part of the shape, so older ones are stale
+# of the saved files (2: a private template's stream uncompressed; 3: shares hot-plugged, RAM a memfd named RAM_ID);
+# part of the shape, so older ones are stale
+FORMAT = 3
 MIGRATION_FD = "runv-migration"  # the getfd name of the stream's descriptor: QEMU runs no commands (spawn=deny)
 
 
 def _memory_args(vm: VMSpec, path: Path, share: bool) -> list[str]:
-    backend = f"memory-backend-file,id={RAM_ID},size={vm.memory_mib}M,mem-path={driver.opt(path)},share={'on' if share else 'off'}"
-    return ["-object", backend, "-machine", f"memory-backend={RAM_ID}"]
+    """The guest RAM in the file ``path``: the template's own (shared), or a clone's private mapping of it."""
+    backend = (f"memory-backend-file,id={command.RAM_ID},size={vm.memory_mib}M,mem-path={command.opt(path)},"
+               f"share={'on' if share else 'off'}")
+    return ["-object", backend, "-machine", f"memory-backend={command.RAM_ID}"]
 
 
 def _disk_size(disk: Disk) -> int:
@@ -69,19 +76,19 @@ def shape(vm: VMSpec, accel: str, cpu: str | None) -> dict | None:
     normal = vm.evolve(
         name="template",
         state_dir=state_dir,
-        agent_socket=state_dir / driver.local(vm.agent_socket, vm.state_dir),
-        console_log=state_dir / driver.local(vm.console_log, vm.state_dir),
+        agent_socket=state_dir / command.local(vm.agent_socket, vm.state_dir),
+        console_log=state_dir / command.local(vm.console_log, vm.state_dir),
         shares=tuple(Share(tag=s.tag, path=Path(f"/share{i}")) for i, s in enumerate(vm.shares)),
         disks=tuple(Disk(serial=d.serial, path=Path(f"/disk{i}"), format=d.format, readonly=d.readonly) for i, d in enumerate(vm.disks)),
     )
-    binary = driver.binary() or driver.BINARY
+    binary = command.binary() or command.BINARY
     try:
         st = os.stat(binary)
         qemu = {"path": binary, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     except OSError:
         qemu = {"path": binary}
     return {
-        "argv": driver.command(normal, accel, cpu)[1:],
+        "argv": command.command(normal, accel, cpu, shares=command.HOTPLUG)[1:],
         "disk_sizes": [_disk_size(d) for d in vm.disks],
         "qemu": qemu,
         "format": FORMAT,
@@ -109,17 +116,18 @@ class QemuTemplates(TemplateSupport):
         return shape(vm, self.accel, self.cpu())
 
     def boot(self, vm: VMSpec, directory: Path, private: bool) -> QemuVM:
-        """Boots ``vm`` with its RAM in ``directory/memory`` (shared: once stopped, the file
-        is its memory), or in anonymous memory when ``private`` (the RAM goes into the stream)."""
-        extra, binds = [], []
+        """Boots ``vm`` with a free port for each share and its RAM in ``directory/memory``
+        (shared: once stopped, the file is its memory), or in a memfd when ``private`` (the
+        RAM goes into the stream)."""
+        memory_args, binds = None, []
         if not private:
             memory = directory / MEMORY
             fd = os.open(memory, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             os.ftruncate(fd, vm.memory_mib << 20)
             os.close(fd)
-            extra, binds = _memory_args(vm, memory, share=True), [Bind(str(memory.absolute()), "file", writable=True)]
-        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), extra=extra, cls=TemplatedQemuVM,
-                              binds=binds)
+            memory_args, binds = _memory_args(vm, memory, share=True), [Bind(str(memory.absolute()), "file", writable=True)]
+        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), cls=TemplatedQemuVM, binds=binds,
+                              shares=command.HOTPLUG, memory=memory_args)
         booted.data["private"] = private
         return booted
 
@@ -160,13 +168,22 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     it; returns once the guest runs again. Raises RunvError (QEMU's words) when it cannot."""
     private = record.get("private", False)
     state = directory / STATE
-    extra, binds = ["-incoming", "defer"], []
+    over = command.shares_over() if private else command.NINEP  # a shared clone's RAM is no file server's to map
+    extra, binds, memory_args = ["-incoming", "defer"], [], None
     if not private:
         # writable in the jail too: QEMU 7.2 opens a memory-backend-file O_RDWR even for a
         # private mapping (its readonly=on would make the guest's RAM read-only)
-        extra = _memory_args(vm, directory / MEMORY, share=False) + extra
+        memory_args = _memory_args(vm, directory / MEMORY, share=False)
         binds = [Bind(str((directory / MEMORY).absolute()), "file", writable=True)]
-    clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra, cls=TemplatedQemuVM, binds=binds)
+    if over == command.NINEP:  # 9p's servers are QEMU's own: on its command line, their devices plugged after
+        extra = [arg for index, share in enumerate(vm.shares) for arg in command.ninep_backend(index, share)] + extra
+    clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra, cls=TemplatedQemuVM, binds=binds,
+                         shares=command.HOTPLUG, memory=memory_args)
+    servers = []
+    if over == command.VIRTIO_FS:  # starting while the stream loads
+        cgroup, jail_root = vmmcgroup.from_record(clone.data["cgroup"]), Path(clone.data["jail"])
+        servers = [virtiofs.start(vm, index, share, cgroup, jail_root) for index, share in enumerate(vm.shares)]
+        clone.data["virtiofsd"] = [server.record() for server in servers]
     stream = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
     try:  # QEMU reads the stream from the host's descriptor (it opens nothing itself: the jail)
         clone.qmp(("getfd", {"fdname": MIGRATION_FD}), _ignore_shared(not private),
@@ -174,20 +191,40 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
         deadline = time.monotonic() + LOAD_TIMEOUT
         while True:
             if not clone.alive():
-                raise RunvError(f"{driver.BINARY} could not load the template: {vm.last_words()}")
+                raise RunvError(f"{command.BINARY} could not load the template: {vm.last_words()}")
             migration, run_state = clone.qmp(("query-migrate", None), ("query-status", None))
             if migration.get("status") == "failed":
-                raise RunvError(f"{driver.BINARY} could not load the template: {migration.get('error-desc', 'failed')}")
+                raise RunvError(f"{command.BINARY} could not load the template: {migration.get('error-desc', 'failed')}")
             if run_state["status"] != "inmigrate":
                 break
             if time.monotonic() > deadline:
-                raise RunvError(f"{driver.BINARY} did not load the template within {LOAD_TIMEOUT:.0f} s")
+                raise RunvError(f"{command.BINARY} did not load the template within {LOAD_TIMEOUT:.0f} s")
             time.sleep(0.01)
         if not run_state["running"]:
             clone.qmp(("cont", None))
+        plug_shares(clone, vm, over, servers)
     except BaseException:
         clone.stop(force=True)
         raise
     finally:
         os.close(stream)
+        for server in servers:
+            server.connection.close()
     return clone
+
+
+def plug_shares(clone: QemuVM, vm: VMSpec, over: str, servers: list[virtiofs.Server]) -> None:
+    """Hot-plugs the clone's shares into the template's free ports: a vhost-user-fs device on
+    each server's connection, or a 9p device on the backend its command line has."""
+    for index, share in enumerate(vm.shares):
+        port = {"id": f"share-dev{index}", "bus": f"{command.SHARE_PORT}{index}", "addr": "0"}
+        if over == command.VIRTIO_FS:
+            chardev = {"id": f"fs{index}", "backend": {"type": "socket", "data": {
+                "addr": {"type": "fd", "data": {"str": f"fs{index}"}}, "server": False}}}
+            clone.qmp(("getfd", {"fdname": f"fs{index}"}), ("chardev-add", chardev),
+                      ("device_add", {"driver": "vhost-user-fs-pci", "chardev": f"fs{index}", "tag": share.tag, **port}),
+                      fd=servers[index].connection.fileno())
+            virtiofs.supervise(servers[index], clone.pid, clone.start_time, vm.name, vm.console_log)
+        else:
+            clone.qmp(("device_add", {"driver": "virtio-9p-pci", "fsdev": f"fs{index}", "mount_tag": share.tag, **port}))
+    clone.data["shared_fs"] = over

@@ -12,7 +12,8 @@ import pytest
 from runv.api import RunvError, vmmcgroup
 from runv.testing import KVM_SOFTWARE_ONLY, kvm_verdict_cache, vm_processes_in, vm_spec
 from runv.testing.host import INITRD, KERNEL, fake_program
-from runv_qemu.driver import BINARY, QemuVM
+from runv_qemu.command import BINARY
+from runv_qemu.driver import QemuVM
 from runv_qemu.plugin import CPU_ENV
 from runv_qemu.plugin import hypervisor as plugin
 
