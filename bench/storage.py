@@ -40,15 +40,14 @@ from runv.testing.host import RUNV, make_rootfs
 JOB = r"""
 set -e
 t() { read up idle < /proc/uptime; echo $up; }
-start=$(t)
-mkdir -p $DIR/job
-tar -xf /job.tar -C $DIR/job
-find $DIR/job > /dev/null
-find $DIR/job -type f | xargs cat > /dev/null
-grep -r -c import $DIR/job > /dev/null
-rm -rf $DIR/job
-echo "job $start $(t)"
+a=$(t); mkdir -p $DIR/job; tar -xf /job.tar -C $DIR/job
+b=$(t); find $DIR/job > /dev/null
+c=$(t); find $DIR/job -type f | xargs cat > /dev/null
+d=$(t); grep -r -c import $DIR/job > /dev/null
+e=$(t); rm -rf $DIR/job
+echo "job $a $b $c $d $e $(t)"
 """
+PHASES = ("untar", "find", "read", "grep", "rm")
 ROWS = ("runc", "share", "volume", "overlay", "block", "tmpfs")
 
 
@@ -84,8 +83,8 @@ def bundle(base: Path, path: Path, row: str, volume: Path) -> Path:
     return path
 
 
-def run_once(row: str, path: Path, work: Path, env: dict, run: int) -> tuple[float, float]:
-    """(the job's seconds, the whole run's) for one run of ``row``."""
+def run_once(row: str, path: Path, work: Path, env: dict, run: int) -> tuple[float, float, list[float]]:
+    """(the job's seconds, the whole run's, each phase's) for one run of ``row``."""
     if row == "runc":
         argv = ["runc", "--root", str(work / "runc-state"), "run", "--bundle", str(path), f"bench-{run}"]
     else:
@@ -95,8 +94,8 @@ def run_once(row: str, path: Path, work: Path, env: dict, run: int) -> tuple[flo
     total = time.monotonic() - started
     if done.returncode != 0:
         sys.exit(f"{row}: exit {done.returncode}: {done.stderr.strip()[-500:]} {done.stdout.strip()[-500:]}")
-    _, begin, end = next(line for line in done.stdout.splitlines() if line.startswith("job ")).split()
-    return float(end) - float(begin), total
+    marks = [float(mark) for mark in next(line for line in done.stdout.splitlines() if line.startswith("job ")).split()[1:]]
+    return marks[-1] - marks[0], total, [end - begin for begin, end in zip(marks, marks[1:])]
 
 
 def main() -> None:
@@ -117,7 +116,7 @@ def main() -> None:
         config_file = work / "config.toml"
         config_file.write_text(f'[storage]\ncache_dir = "{work / "cache"}"\ncontainers_dir = "{work / "containers"}"\n')
         env = {**os.environ, "RUNV_CONFIG": str(config_file)}
-        results: dict[str, list[tuple[float, float]]] = {row: [] for row in rows}
+        results: dict[str, list[tuple[float, float, list[float]]]] = {row: [] for row in rows}
         for run in range(args.runs):
             for row in rows:
                 path = bundle(base, work / f"bundle-{row}", row, work / "volume")
@@ -125,14 +124,16 @@ def main() -> None:
         job = {row: statistics.median(r[0] for r in results[row]) for row in rows}
         print(f"{len(files)} Python source files ({size / 1e6:.0f} MB): untar, find, read, grep -r, rm -rf; "
               f"median of {args.runs}, interleaved (TCG, {os.cpu_count()} host cores)\n")
-        print("| where the job runs | whole `run` (s) | the job (s) | job / block mode | job / runc |")
-        print("|---|---|---|---|---|")
+        print("| where the job runs | whole `run` (s) | the job (s) | job / block mode | job / runc | "
+              + " | ".join(PHASES) + " |")
+        print("|---" * (5 + len(PHASES)) + "|")
         for row in rows:
             whole = statistics.median(r[1] for r in results[row])
+            phases = [statistics.median(r[2][i] for r in results[row]) for i in range(len(PHASES))]
             against_block = f"{job[row] / job['block']:.2f}x" if "block" in job else "-"
             against_runc = f"{job[row] / job['runc']:.1f}x" if "runc" in job else "-"
             print(f"| {'runc, host' if row == 'runc' else 'runv ' + row} | {whole:.1f} | {job[row]:.1f} | "
-                  f"{against_block} | {against_runc} |")
+                  f"{against_block} | {against_runc} | " + " | ".join(f"{p:.1f}" for p in phases) + " |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

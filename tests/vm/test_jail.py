@@ -100,15 +100,15 @@ def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
         assert top <= wanted | {tmp_path.parts[1]}, top
         assert not top & {"etc", "home", "root", "sys", "tmp" if root.parts[1] != "tmp" else "run"}, top
         assert sorted(os.listdir(f"/proc/{qemu}/root/dev")) == ["full", "null", "random", "urandom", "zero"]
-        # read-only, the overcommit mode (its hot-plug memory's reserve=off); no descriptors of its own: only
-        # QEMU's 9p server needs them, and virtiofsd serves the shares
-        assert sorted(os.listdir(f"/proc/{qemu}/root/proc")) == ["sys"]
+        # its own descriptors (a template's clone: its RAM is the memfd the host filled, which it opens as
+        # /proc/self/fd/N) and, read-only, the overcommit mode (its hot-plug memory's reserve=off)
+        assert sorted(os.listdir(f"/proc/{qemu}/root/proc")) == ["self", "sys"]
         assert os.listdir(f"/proc/{qemu}/root/proc/sys/vm") == ["overcommit_memory"]
         assert not os.path.exists(f"/proc/{qemu}/root{root}/other")  # another container's state: not there
         mine = set(os.listdir(f"/proc/{qemu}/root{root}/j0"))
         assert "console.log" in mine and not mine & {"state.json", "qmp.sock", "agent.sock", "jail"}, mine
         mounts = mounts_of(qemu)
-        for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/sys/vm/overcommit_memory"):
+        for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/self/fd", "/proc/sys/vm/overcommit_memory"):
             assert "ro" in mounts[point] and "nosuid" in mounts[point], (point, mounts[point])
         assert "rw" in mounts[f"{root}/j0/console.log"]
         assert not any(point.startswith(f"{root}/j0/pod") for point in mounts)
@@ -116,7 +116,7 @@ def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
         staged = {point: options for point, options in mounts_of(server).items() if point.startswith("/j0/vol")}
         assert sorted("ro" in options for options in staged.values()) == [False, True], staged
         assert all("nodev" in options for point, options in mounts.items() if not point.startswith("/dev/"))
-        outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/sys/vm/overcommit_memory", str(root), str(tmp_path)))
+        outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/self/fd", "/proc/sys/vm/overcommit_memory", str(root), str(tmp_path)))
                    and p not in ("/", str(KERNEL), str(INITRD)) and not p.startswith(os.environ.get("RUNV_TEMPLATE_DIR", "//"))]
         assert outside == [], outside
     finally:

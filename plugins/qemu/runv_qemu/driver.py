@@ -96,13 +96,14 @@ def greeted(path: Path, timeout: float) -> bool:
 
 
 def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: Sequence[str] = (), cls: type[QemuVM] | None = None,
-          binds: Sequence[jail.Bind] = (), shares: str | None = None, memory: Sequence[str] | None = None) -> QemuVM:
+          binds: Sequence[jail.Bind] = (), shares: str | None = None, memory: Sequence[str] | None = None,
+          pass_fds: Sequence[int] = ()) -> QemuVM:
     """Starts QEMU jailed (and a virtiofsd per share, :mod:`runv_qemu.virtiofs`) and returns
     once QMP answers (as a ``cls``, default QemuVM); fails with QEMU's own words, leaving no
     process or cgroup behind. ``shares``: how the VM's shares are given (:func:`command`;
     default :func:`shares_over`), ``memory`` the RAM's backend; ``extra`` goes at the end of
     the command line (a template's -incoming), ``binds`` are what it needs in the jail beyond
-    the VM's own files."""
+    the VM's own files, ``pass_fds`` descriptors it inherits (and opens as /proc/self/fd/N)."""
     shares = shares or shares_over()
     if shares == NINEP and vm.shares and virtiofs.binary() is None:
         virtiofs.logger.warning("container %s: %s", vm.name, virtiofs.missing())
@@ -124,10 +125,10 @@ def start(vm: VMSpec, plugin: str, accel: str, cpu: str | None = None, extra: Se
             served_here = vm if "-fsdev" in argv else vm.evolve(shares=())  # the jail holds the shares its own 9p server serves
             jail_binds = jail.vm_binds(served_here, program, readonly=OVERCOMMIT if hot_memory(vm) else ()) + list(binds)
             jailed = jail.command(argv, root=root, cwd=vm.state_dir, binds=jail_binds,
-                                  cgroups=cgroup.procs(), kvm=accel == "kvm", fd_dir=bool(served_here.shares))
+                                  cgroups=cgroup.procs(), kvm=accel == "kvm", fd_dir=bool(served_here.shares or pass_fds))
             with open(vm.console_log, "ab") as log:
                 proc = subprocess.Popen(jailed, cwd=vm.state_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                        pass_fds=[nic.fd for nic in vm.nics] + [s.fileno() for s in sockets] + fs_fds)
+                                        pass_fds=[nic.fd for nic in vm.nics] + [s.fileno() for s in sockets] + fs_fds + list(pass_fds))
         finally:
             for sock in sockets + [server.connection for server in servers]:
                 sock.close()

@@ -1,16 +1,18 @@
 """VM templates for the QEMU plugins (``tcg`` and ``qemu``): save a booted guest, start clones.
 
-A template is two files: ``memory``, the guest RAM as a plain file, and ``state``, QEMU's
+A template is two files: ``memory``, the guest RAM as a sparse file, and ``state``, QEMU's
 migration stream of everything else (CPU and device state, a few hundred KB). The template
 VM runs with its RAM in ``memory`` mapped shared, so when it is stopped the file *is* its
-memory; the stream is saved with the ``x-ignore-shared`` capability, which leaves shared RAM
-out. A clone maps the same file **private** (``share=off``): it reads the template's pages
-and copies only those it writes (copy-on-write), so idle clones share most of their RAM.
-That is the ``shared`` mode (density). In the ``private`` mode (the default) the RAM goes into
-the stream instead: every clone loads (and owns) all of its RAM, and no page is shared
-between two clones (so none between tenants). The stream is stored as QEMU writes it
-(≈100 MB for the default template): QEMU reads it straight from the file, 0.1 s less a
-start than through an lz4 pipe (a third of the size on disk), measured in docs/performance.md.
+memory (the pages its guest never touched are holes); the stream is saved with the
+``x-ignore-shared`` capability, which leaves shared RAM out. A clone of a ``shared``
+template (density) maps the same file **private** (``share=off``): it reads the template's
+pages and copies only those it writes (copy-on-write), so idle clones share most of their
+RAM. A clone of a ``private`` template (the default) gets a memfd of its own, into which
+the host copies the file's data (never its holes: a page the template's guest never
+touched costs the clone nothing) while QEMU starts; no page is shared between two clones
+(so none between tenants), and the memfd is shared memory a file server can map
+(virtio-fs). Loading the RAM through QEMU's stream instead cost every clone all of its
+RAM (QEMU reads each zero page to check it, and a read allocates shared memory).
 
 The migration stream carries device state but no host paths. So a clone is started with
 the *same device set* as the template (disks by serial, hot-plug ports, agent port), each
@@ -27,7 +29,9 @@ VMs of its shape.
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -40,8 +44,8 @@ MEMORY = "memory"
 STATE = "state"
 LOAD_TIMEOUT = 60.0
 SAVE_TIMEOUT = 120.0
-# of the saved files (2: a private template's stream uncompressed; 3: shares hot-plugged, RAM a memfd named RAM_ID);
-# part of the shape, so older ones are stale
+# of the saved files (2: a private template's stream uncompressed; 3: shares hot-plugged, the RAM in the memory file
+# for private templates too); part of the shape, so older ones are stale
 FORMAT = 3
 MIGRATION_FD = "runv-migration"  # the getfd name of the stream's descriptor: QEMU runs no commands (spawn=deny)
 
@@ -116,18 +120,15 @@ class QemuTemplates(TemplateSupport):
         return shape(vm, self.accel, self.cpu())
 
     def boot(self, vm: VMSpec, directory: Path, private: bool) -> QemuVM:
-        """Boots ``vm`` with a free port for each share and its RAM in ``directory/memory``
-        (shared: once stopped, the file is its memory), or in a memfd when ``private`` (the
-        RAM goes into the stream)."""
-        memory_args, binds = None, []
-        if not private:
-            memory = directory / MEMORY
-            fd = os.open(memory, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.ftruncate(fd, vm.memory_mib << 20)
-            os.close(fd)
-            memory_args, binds = _memory_args(vm, memory, share=True), [Bind(str(memory.absolute()), "file", writable=True)]
-        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), cls=TemplatedQemuVM, binds=binds,
-                              shares=command.HOTPLUG, memory=memory_args)
+        """Boots ``vm`` with a free port for each share and its RAM in ``directory/memory``,
+        mapped shared: once stopped, the file is its memory. (``private`` is for its clones.)"""
+        memory = directory / MEMORY
+        fd = os.open(memory, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(fd, vm.memory_mib << 20)
+        os.close(fd)
+        booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), cls=TemplatedQemuVM,
+                              binds=[Bind(str(memory.absolute()), "file", writable=True)], shares=command.HOTPLUG,
+                              memory=_memory_args(vm, memory, share=True))
         booted.data["private"] = private
         return booted
 
@@ -136,14 +137,15 @@ class QemuTemplates(TemplateSupport):
 
 
 def save(vm: QemuVM, directory: Path) -> dict:
-    """Stops the VM booted by :meth:`QemuTemplates.boot` and saves it into ``directory``."""
+    """Stops the VM booted by :meth:`QemuTemplates.boot` and saves it into ``directory``: its
+    RAM is the memory file already, its devices go into the stream."""
     private = vm.data.get("private", False)
     memory = directory / MEMORY
     state = directory / STATE
     started = time.monotonic()
     out = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        vm.qmp(("getfd", {"fdname": MIGRATION_FD}), ("stop", None), _ignore_shared(not private),
+        vm.qmp(("getfd", {"fdname": MIGRATION_FD}), ("stop", None), _ignore_shared(True),
                ("migrate", {"uri": f"fd:{MIGRATION_FD}"}), fd=out)
         deadline = time.monotonic() + SAVE_TIMEOUT
         while True:
@@ -157,9 +159,7 @@ def save(vm: QemuVM, directory: Path) -> dict:
         os.close(out)
     seconds = time.monotonic() - started
     os.chmod(state, 0o600)
-    files = {STATE: state.stat().st_size}
-    if not private:
-        files[MEMORY] = memory.stat().st_size
+    files = {STATE: state.stat().st_size, MEMORY: memory.stat().st_size}
     return {"files": files, "private": private, "save_seconds": round(seconds, 3)}
 
 
@@ -169,16 +169,26 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     private = record.get("private", False)
     state = directory / STATE
     over = command.shares_over() if private else command.NINEP  # a shared clone's RAM is no file server's to map
-    extra, binds, memory_args = ["-incoming", "defer"], [], None
-    if not private:
+    extra, binds, pass_fds = ["-incoming", "defer"], [], []
+    if private:  # the clone's own memory, filled from the template's while QEMU starts
+        ram = os.memfd_create(command.RAM_ID, os.MFD_CLOEXEC)
+        filling = threading.Thread(target=_copy_data, args=(directory / MEMORY, ram), name="template-memory")
+        filling.start()
+        memory_args, pass_fds = _memory_args(vm, Path(f"/proc/self/fd/{ram}"), share=True), [ram]
+    else:
         # writable in the jail too: QEMU 7.2 opens a memory-backend-file O_RDWR even for a
         # private mapping (its readonly=on would make the guest's RAM read-only)
         memory_args = _memory_args(vm, directory / MEMORY, share=False)
         binds = [Bind(str((directory / MEMORY).absolute()), "file", writable=True)]
     if over == command.NINEP:  # 9p's servers are QEMU's own: on its command line, their devices plugged after
         extra = [arg for index, share in enumerate(vm.shares) for arg in command.ninep_backend(index, share)] + extra
-    clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra, cls=TemplatedQemuVM, binds=binds,
-                         shares=command.HOTPLUG, memory=memory_args)
+    try:
+        clone = driver.start(vm, plugin=plugin, accel=accel, cpu=cpu, extra=extra, cls=TemplatedQemuVM, binds=binds,
+                             shares=command.HOTPLUG, memory=memory_args, pass_fds=pass_fds)
+    finally:
+        if private:
+            filling.join()  # QEMU reads guest memory as it loads the devices' state
+            os.close(ram)
     servers = []
     if over == command.VIRTIO_FS:  # starting while the stream loads
         cgroup, jail_root = vmmcgroup.from_record(clone.data["cgroup"]), Path(clone.data["jail"])
@@ -186,7 +196,7 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
         clone.data["virtiofsd"] = [server.record() for server in servers]
     stream = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
     try:  # QEMU reads the stream from the host's descriptor (it opens nothing itself: the jail)
-        clone.qmp(("getfd", {"fdname": MIGRATION_FD}), _ignore_shared(not private),
+        clone.qmp(("getfd", {"fdname": MIGRATION_FD}), _ignore_shared(True),
                   ("migrate-incoming", {"uri": f"fd:{MIGRATION_FD}"}), fd=stream)
         deadline = time.monotonic() + LOAD_TIMEOUT
         while True:
@@ -211,6 +221,27 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
         for server in servers:
             server.connection.close()
     return clone
+
+
+def _copy_data(source: Path, target: int) -> None:
+    """The data of the sparse file ``source`` into the memfd ``target`` at the same offsets,
+    its holes left holes (a hole of a memfd reads as zeros and costs no memory)."""
+    with open(source, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        os.ftruncate(target, size)
+        offset = 0
+        while offset < size:
+            try:
+                data = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after offset
+                    return
+                raise
+            offset = os.lseek(fd, data, os.SEEK_HOLE)
+            os.lseek(target, data, os.SEEK_SET)
+            while data < offset:
+                data += os.sendfile(target, fd, data, offset - data)
 
 
 def plug_shares(clone: QemuVM, vm: VMSpec, over: str, servers: list[virtiofs.Server]) -> None:
