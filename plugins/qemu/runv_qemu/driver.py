@@ -2,7 +2,7 @@
 
 QEMU runs as a child of the shim, in the container's state directory (so its socket
 paths stay short), with its stderr and the guest console appended to ``console.log``.
-It is controlled through QMP with ``qemu.qmp``.
+It is controlled through QMP (:mod:`runv_qemu.qmp`).
 
 It is jailed (docs/security.md): started through :mod:`runv.api.jail` (parent-death
 signal, its own cgroup with limits sized from the VM, its own mount namespace with ``/`` a
@@ -20,7 +20,6 @@ for a private clone and 9p for a clone sharing the template's RAM (:mod:`runv_qe
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import time
@@ -41,7 +40,7 @@ from runv.api import (
     stop_process,
     vmmcgroup,
 )
-from runv_qemu import virtiofs
+from runv_qemu import qmp, virtiofs
 from runv_qemu.command import (
     BINARY,
     BLOCK_MIB,
@@ -153,23 +152,6 @@ def _remove_jail_dir(root: Path) -> None:
         pass  # gone already
 
 
-async def _execute(path: str, commands: list[tuple[str, dict | None]], fd: int | None = None) -> list:
-    from qemu.qmp import QMPClient
-
-    client = QMPClient("runv")
-    with socket_name(path) as name:
-        await asyncio.wait_for(client.connect(name), 5)
-    try:
-        if fd is not None:
-            client.send_fd_scm(fd)
-        return [await client.execute(cmd, args) for cmd, args in commands]
-    finally:
-        try:
-            await client.disconnect()
-        except Exception:  # noqa: BLE001 - QEMU may quit as it answers
-            pass
-
-
 class QemuVM(VM):
     """A QEMU process driven over QMP (``data["qmp"]``: its socket)."""
 
@@ -178,8 +160,8 @@ class QemuVM(VM):
         QEMU does not answer or refuses. ``fd`` is sent first with SCM_RIGHTS (``getfd``)."""
         calls = [(c, None) if isinstance(c, str) else c for c in commands]
         try:
-            return asyncio.run(_execute(self.data["qmp"], calls, fd))
-        except Exception as exc:  # noqa: BLE001 - qemu.qmp raises many kinds
+            return qmp.execute(self.data["qmp"], calls, fd)
+        except (OSError, ValueError, qmp.QmpError) as exc:
             names = ", ".join(c[0] for c in calls)
             raise RunvError(f"QMP {names} failed for VM pid {self.pid}: {exc or type(exc).__name__}") from None
 
