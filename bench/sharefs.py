@@ -24,7 +24,7 @@ INITRD = "/var/lib/runv/initrd.img"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 SCRIPT = (
     "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; "
-    "for m in $(cat /etc/runv/modules); do insmod $m 2>/dev/null; done; "
+    "modprobe -a $(cat /etc/runv/modules); "
     "mount -t $FSTYPE -o $OPTIONS tree /mnt || echo MOUNT-FAILED; "
     "a=$(cut -d' ' -f1 /proc/uptime); n=$(find /mnt | wc -l); b=$(cut -d' ' -f1 /proc/uptime); "
     "tar cf - -C /mnt . | wc -c >/dev/null; c=$(cut -d' ' -f1 /proc/uptime); "

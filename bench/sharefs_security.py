@@ -47,7 +47,7 @@ from runv_qemu.command import SANDBOX
 
 PROBE = r"""
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $(cat /etc/runv/modules); do insmod $m 2>/dev/null; done
+modprobe -a $(cat /etc/runv/modules)
 mount -t @FSTYPE@ -o @OPTIONS@ share /mnt || echo MOUNT-FAILED
 up() { cut -d' ' -f1 /proc/uptime; }
 a=$(up); n=$(find /mnt/tree | wc -l); b=$(up); tar cf - -C /mnt/tree . | wc -c >/dev/null; c=$(up)
