@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 RUNV = str(Path(sys.executable).with_name("runv"))
@@ -50,3 +52,64 @@ def report(title: str, rows: list[tuple[str, float]], ratio: tuple[str, float, f
         print(f"{name:<48} {value:8.3f} s")
     label, numerator, denominator = ratio
     print(f"{label:<48} {numerator / denominator:8.2f} x")
+
+
+def split(pid: int) -> dict[str, float]:
+    """A process's PSS in MiB by what its mappings hold, but for shared memory of the guest's
+    (memfds): mapped or not, those pages are counted whole by :func:`guest_memfds`."""
+    parts: dict[str, float] = defaultdict(float)
+    kind = "files"
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header
+                path, perms = " ".join(fields[5:]), fields[1]
+                if "memfd:" in path:
+                    kind = None
+                elif path.endswith("/memory"):  # a shared clone's private mapping of its template's RAM
+                    kind = "guest RAM"
+                elif not path.startswith("/") and "x" in perms:
+                    kind = "TCG code cache"
+                elif not path.startswith("/"):
+                    kind = "heap"
+                else:
+                    kind = "files"
+            elif fields[0] == "Pss:" and kind:
+                parts[kind] += int(fields[1]) / 1024
+    return parts
+
+
+def guest_memfds(pids: list[int]) -> float:
+    """MiB held by the memfds ``pids`` have open (the guest's RAM and hot-plugged memory): shared
+    memory that costs the host each page once it is written, whether or not a process maps it."""
+    seen: dict[int, int] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).startswith("/memfd:"):
+                    st = os.stat(fd)
+                    seen[st.st_ino] = st.st_blocks * 512
+            except OSError:
+                continue
+    return sum(seen.values()) / (1 << 20)
+
+
+def pss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
+
+
+def container_memory(shim: int) -> dict[str, float]:
+    """The host memory of a running container in MiB, by part: its shim's PSS, and its VMM's
+    and file server's by what their mappings hold, the guest's memfds counted whole."""
+    children = [int(p) for p in Path(f"/proc/{shim}/task/{shim}/children").read_text().split()]
+    processes: dict[str, float] = defaultdict(float)
+    for child in children:
+        name = "QEMU" if Path(f"/proc/{child}/comm").read_text().startswith("qemu") else "file server"
+        for kind, mib in split(child).items():
+            processes[f"{name} {kind}" if kind != "guest RAM" else kind] += mib
+    processes["guest RAM"] += guest_memfds(children)
+    parts = {"shim": pss_mib(shim)}
+    for kind in ("guest RAM", "QEMU heap", "QEMU TCG code cache", "QEMU files", "file server heap", "file server files"):
+        parts[kind] = processes[kind]
+    return parts

@@ -16,15 +16,6 @@ pytestmark = pytest.mark.usefixtures("guest_image")
 RESTORED = "VM restored from template"
 
 
-@pytest.fixture
-def template_dir(runv) -> Path:
-    """The session's template directory (conftest's guest_image made template ``test``)."""
-    path = os.environ.get("RUNV_TEMPLATE_DIR")
-    if not path or not (Path(path) / "test" / "template.json").exists():
-        pytest.skip("the session template was not made (RUNV_TEST_TEMPLATES=0?)")
-    return Path(path)
-
-
 def copy_template(template_dir: Path, name: str) -> Path:
     """A copy of template ``test`` named ``name`` (the RAM file hard-linked: it is never written)."""
     source, target = template_dir / "test", template_dir / name

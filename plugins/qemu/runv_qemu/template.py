@@ -3,7 +3,8 @@
 A template is two files: ``memory``, the guest RAM as a sparse file, and ``state``, QEMU's
 migration stream of everything else (CPU and device state, a few hundred KB). The template
 VM runs with its RAM in ``memory`` mapped shared, so when it is stopped the file *is* its
-memory (the pages its guest never touched are holes); the stream is saved with the
+memory (the pages its guest never touched, freed or left zero are holes:
+:mod:`runv_qemu.sparse`); the stream is saved with the
 ``x-ignore-shared`` capability, which leaves shared RAM out. A clone of a ``shared``
 template (density) maps the same file **private** (``share=off``): it reads the template's
 pages and copies only those it writes (copy-on-write), so idle clones share most of their
@@ -29,7 +30,6 @@ VMs of its shape.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from runv.api import Disk, RunvError, Share, TemplateSupport, VMSpec, last_words, vmmcgroup
 from runv.api.jail import Bind
-from runv_qemu import command, driver, virtiofs
+from runv_qemu import command, driver, sparse, virtiofs
 from runv_qemu.driver import QemuVM
 
 MEMORY = "memory"
@@ -50,11 +50,14 @@ FORMAT = 3
 MIGRATION_FD = "runv-migration"  # the getfd name of the stream's descriptor: QEMU runs no commands (spawn=deny)
 
 
-def _memory_args(vm: VMSpec, path: Path, share: bool) -> list[str]:
-    """The guest RAM in the file ``path``: the template's own (shared), or a clone's private mapping of it."""
+def _memory_args(vm: VMSpec, path: Path, share: bool, private: bool) -> list[str]:
+    """The guest RAM in the file ``path``: the template's own or a private clone's memfd
+    (shared), or a shared clone's private mapping of the template's. Only a private
+    template's VMs report free pages: the device state a clone loads must match its
+    template's, and a shared clone's reports would punch the template's file."""
     backend = (f"memory-backend-file,id={command.RAM_ID},size={vm.memory_mib}M,mem-path={command.opt(path)},"
                f"share={'on' if share else 'off'}")
-    return ["-object", backend, "-machine", f"memory-backend={command.RAM_ID}"]
+    return command.ram_args(backend, report_free=private)
 
 
 def _disk_size(disk: Disk) -> int:
@@ -128,7 +131,7 @@ class QemuTemplates(TemplateSupport):
         os.close(fd)
         booted = driver.start(vm, plugin=self.plugin, accel=self.accel, cpu=self.cpu(), cls=TemplatedQemuVM,
                               binds=[Bind(str(memory.absolute()), "file", writable=True)], shares=command.HOTPLUG,
-                              memory=_memory_args(vm, memory, share=True))
+                              memory=_memory_args(vm, memory, share=True, private=private))
         booted.data["private"] = private
         return booted
 
@@ -143,6 +146,8 @@ def save(vm: QemuVM, directory: Path) -> dict:
     memory = directory / MEMORY
     state = directory / STATE
     started = time.monotonic()
+    if private:  # what its guest freed (the initrd it unpacked, boot's memory) leaves the file
+        sparse.await_reports(memory)
     out = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         vm.qmp(("getfd", {"fdname": MIGRATION_FD}), ("stop", None), _ignore_shared(True),
@@ -157,10 +162,12 @@ def save(vm: QemuVM, directory: Path) -> dict:
             time.sleep(0.02)
     finally:
         os.close(out)
+    sparse.punch_zeros(memory)
     seconds = time.monotonic() - started
     os.chmod(state, 0o600)
     files = {STATE: state.stat().st_size, MEMORY: memory.stat().st_size}
-    return {"files": files, "private": private, "save_seconds": round(seconds, 3)}
+    return {"files": files, "memory_data": memory.stat().st_blocks * 512, "private": private,
+            "save_seconds": round(seconds, 3)}
 
 
 def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, cpu: str | None) -> QemuVM:
@@ -172,13 +179,13 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
     extra, binds, pass_fds = ["-incoming", "defer"], [], []
     if private:  # the clone's own memory, filled from the template's while QEMU starts
         ram = os.memfd_create(command.RAM_ID, os.MFD_CLOEXEC)
-        filling = threading.Thread(target=_copy_data, args=(directory / MEMORY, ram), name="template-memory")
+        filling = threading.Thread(target=sparse.copy_data, args=(directory / MEMORY, ram), name="template-memory")
         filling.start()
-        memory_args, pass_fds = _memory_args(vm, Path(f"/proc/self/fd/{ram}"), share=True), [ram]
+        memory_args, pass_fds = _memory_args(vm, Path(f"/proc/self/fd/{ram}"), share=True, private=True), [ram]
     else:
         # writable in the jail too: QEMU 7.2 opens a memory-backend-file O_RDWR even for a
         # private mapping (its readonly=on would make the guest's RAM read-only)
-        memory_args = _memory_args(vm, directory / MEMORY, share=False)
+        memory_args = _memory_args(vm, directory / MEMORY, share=False, private=False)
         binds = [Bind(str((directory / MEMORY).absolute()), "file", writable=True)]
     if over == command.NINEP:  # 9p's servers are QEMU's own: on its command line, their devices plugged after
         extra = [arg for index, share in enumerate(vm.shares) for arg in command.ninep_backend(index, share)] + extra
@@ -221,27 +228,6 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
         for server in servers:
             server.connection.close()
     return clone
-
-
-def _copy_data(source: Path, target: int) -> None:
-    """The data of the sparse file ``source`` into the memfd ``target`` at the same offsets,
-    its holes left holes (a hole of a memfd reads as zeros and costs no memory)."""
-    with open(source, "rb") as f:
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
-        os.ftruncate(target, size)
-        offset = 0
-        while offset < size:
-            try:
-                data = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # no data after offset
-                    return
-                raise
-            offset = os.lseek(fd, data, os.SEEK_HOLE)
-            os.lseek(target, data, os.SEEK_SET)
-            while data < offset:
-                data += os.sendfile(target, fd, data, offset - data)
 
 
 def plug_shares(clone: QemuVM, vm: VMSpec, over: str, servers: list[virtiofs.Server]) -> None:
