@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from runv.api import RunvError, vmmcgroup
+from runv.oci.resources import cpu_weight
 from runv.testing.host import emptied, fake_cgroup_v1, fake_cgroup_v2
-from runv.vm import cgroupspath
+from runv.vm import cgroupspath, hostlimits
 
 
 def proc_self(tmp_path: Path, text: str) -> str:
@@ -54,16 +55,15 @@ def test_a_bad_cgroups_path_is_one_line_naming_the_field(value, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_v1_the_shim_and_the_vmm_go_under_the_path_in_memory_and_pids(tmp_path):
+def test_v1_the_shim_goes_under_the_path_in_every_hierarchy_and_the_vmm_in_memory_and_pids(tmp_path):
     base = fake_cgroup_v1(tmp_path / "cg")
     state = tmp_path / "state/c1"
     state.mkdir(parents=True)
     (base / "memory/libpod_parent").mkdir()  # the caller's: kept
     cgroupspath.place(state, "libpod_parent/libpod-c1", 4242, base)
     name = vmmcgroup.name(state)
-    for controller in ("memory", "pids"):
+    for controller in ("memory", "pids", "cpu"):
         assert (base / controller / "libpod_parent/libpod-c1" / f"{name}.shim/cgroup.procs").read_text() == "4242"
-    assert not (base / "cpu/libpod_parent").exists()
     vmm = vmmcgroup.for_vm(state, base)
     assert vmm.dirs() == [base / "memory/libpod_parent/libpod-c1" / name, base / "pids/libpod_parent/libpod-c1" / name]
     vmm.create(1 << 30, 130)
@@ -71,23 +71,25 @@ def test_v1_the_shim_and_the_vmm_go_under_the_path_in_memory_and_pids(tmp_path):
     assert vmmcgroup.from_record(json.loads(json.dumps(vmm.record()))).dirs() == vmm.dirs()  # a VM record finds it again
     made = json.loads((state / vmmcgroup.RECORD).read_text())["made"]
     assert made == [str(base / "memory/libpod_parent/libpod-c1"), str(base / "pids/libpod_parent"),
-                    str(base / "pids/libpod_parent/libpod-c1")]
+                    str(base / "pids/libpod_parent/libpod-c1"), str(base / "cpu/libpod_parent"),
+                    str(base / "cpu/libpod_parent/libpod-c1")]
     emptied(base)
     cgroupspath.release(state)
     assert not (base / "memory/libpod_parent/libpod-c1").exists() and not (base / "pids/libpod_parent").exists()
+    assert not (base / "cpu/libpod_parent").exists()
     assert (base / "memory/libpod_parent").is_dir()  # not runv's: it stays
     assert not (base / "memory/runv").exists()
     cgroupspath.release(state)  # converges
 
 
-def test_v2_enables_memory_and_pids_on_the_way_down(tmp_path):
+def test_v2_enables_memory_pids_and_cpu_on_the_way_down(tmp_path):
     base = fake_cgroup_v2(tmp_path / "cg")
     state = tmp_path / "c1"
     state.mkdir()
     cgroupspath.place(state, cgroupspath.parse_path("machine.slice:libpod:c1", "config.json"), 4242, base)
     scope = base / "machine.slice/libpod-c1.scope"
     for level in (base, base / "machine.slice", scope):
-        assert (level / "cgroup.subtree_control").read_text() == "+memory +pids"
+        assert (level / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"  # the host has no cpuset
     assert (scope / f"{vmmcgroup.name(state)}.shim/cgroup.procs").read_text() == "4242"
     vmm = vmmcgroup.for_vm(state, base)
     vmm.create(512 << 20, 130)
@@ -100,7 +102,8 @@ def test_v2_enables_memory_and_pids_on_the_way_down(tmp_path):
 def test_a_relative_path_is_below_the_runtimes_own_cgroup(tmp_path):
     base = fake_cgroup_v1(tmp_path / "cg")
     proc = proc_self(tmp_path, "12:pids:/user.slice/u1\n11:cpu,cpuacct:/\n7:memory:/user.slice\n0::/user.slice\n")
-    assert cgroupspath.resolve("./k8s/pod1", base, proc) == [base / "memory/user.slice/k8s/pod1", base / "pids/user.slice/u1/k8s/pod1"]
+    assert cgroupspath.resolve("./k8s/pod1", base, proc) == [base / "memory/user.slice/k8s/pod1", base / "pids/user.slice/u1/k8s/pod1",
+                                                             base / "cpu/k8s/pod1"]
     v2 = fake_cgroup_v2(tmp_path / "v2")
     assert cgroupspath.resolve("./k8s", v2, proc_self(tmp_path, "0::/init.scope\n")) == [v2 / "init.scope/k8s"]
 
@@ -129,3 +132,41 @@ def test_a_missing_hierarchy_is_one_line(tmp_path):
 
 def test_an_old_records_bare_name_is_in_runvs_parent():
     assert vmmcgroup.from_record("c1-abc").dirs() == [p / "c1-abc" for p in vmmcgroup.Cgroup("c1-abc").parents()]
+
+
+RESOURCES = {"cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"}, "pids": {"limit": 1000}}
+
+
+def test_v1_the_containers_cpu_and_pids_limits_are_at_the_path_in_runcs_files(tmp_path):
+    base = fake_cgroup_v1(tmp_path / "cg")
+    (base / "cpuset").mkdir()
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        (base / "cpuset" / name).write_text("0-1\n")
+    state = tmp_path / "c1"
+    state.mkdir()
+    cgroupspath.place(state, "runv-test/c1", 4242, base, resources=RESOURCES, vcpus=1)
+    path = "runv-test/c1"
+    assert {f: (base / "cpu" / path / f).read_text() for f in ("cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us")} == {
+        "cpu.shares": "512", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}
+    assert (base / "pids" / path / "pids.max").read_text() == "1000"
+    assert (base / "cpuset" / path / "cpuset.cpus").read_text() == "0"
+    assert (base / "cpuset/runv-test/cpuset.mems").read_text() == "0-1"  # a new cpuset level: its parent's
+    leaf = base / "cpuset" / path / f"{vmmcgroup.name(state)}.shim"
+    assert (leaf / "cpuset.cpus").read_text() == "0" and (leaf / "cgroup.procs").read_text() == "4242"
+    cgroupspath.update(state, {**RESOURCES, "cpu": {**RESOURCES["cpu"], "quota": -1}}, 1)  # runv update
+    assert (base / "cpu" / path / "cpu.cfs_quota_us").read_text() == "-1"
+
+
+def test_v2_the_containers_limits_are_the_guests_files(tmp_path):
+    base = fake_cgroup_v2(tmp_path / "cg")
+    state = tmp_path / "c1"
+    state.mkdir()
+    cgroupspath.place(state, "k/c1", 4242, base, resources=RESOURCES, vcpus=1)
+    assert {f: (base / "k/c1" / f).read_text() for f in ("cpu.max", "cpu.weight", "cpuset.cpus", "pids.max")} == {
+        "cpu.max": "50000 100000", "cpu.weight": str(cpu_weight(512)), "cpuset.cpus": "0", "pids.max": "1000"}
+
+
+def test_a_host_pids_limit_below_what_the_vm_needs_is_raised_to_it():
+    assert hostlimits.files({"pids": {"limit": 10}}, 2, v2=False) == {"pids": {"pids.max": str(hostlimits.pids_floor(2))}}
+    assert hostlimits.files({"pids": {"limit": -1}}, 2, v2=True) == {"": {"pids.max": "max"}}
+    assert hostlimits.files({}, 2, v2=False) == {}

@@ -318,6 +318,26 @@ def test_memory_and_cpus_size_the_vm(podman):
         assert not Path(f"/sys/fs/cgroup/{controller}/libpod_parent/libpod-{cid}").exists()
 
 
+def test_stats_see_the_cpu_a_spinning_container_burns(podman):
+    """``podman stats`` reads the container's host cgroup: the VM running a busy loop is the
+    container's CPU time there, at most the one core its quota allows."""
+    podman("run", "-d", "--name", "spin", "--cpus", "1", IMAGE, "sh", "-c", "while :; do :; done", check=True, timeout=240)
+
+    def cpu_seconds() -> tuple[float, float]:
+        shown = podman("stats", "--no-stream", "--format", "{{.CPUNano}}", "spin", check=True).stdout
+        return int(shown) / 1e9, time.monotonic()
+
+    try:
+        used, at = cpu_seconds()
+        time.sleep(4)
+        later, now = cpu_seconds()
+        rate = (later - used) / (now - at)
+        print(f"podman stats: {later:.1f} s of CPU, {rate:.2f} cores lately")
+        assert 0.4 < rate <= 1.1, rate
+    finally:
+        podman("rm", "--force", "spin")
+
+
 def test_update_memory_of_a_running_container_is_seen_inside(podman):
     """``podman update --memory``: runv update grows the VM (memory hot-plug) and writes the
     container's cgroup in the guest; the guest sees both."""

@@ -90,9 +90,10 @@ def vm_size(container: Container, config: dict) -> tuple[int, int]:
     return sizing.vm_size(container.spec.confinement.get("resources", {}), source, config)
 
 
-def enter_cgroups_path(container: Container) -> None:
+def enter_cgroups_path(container: Container, vcpus: int | None = None) -> None:
     """Moves this process (the shim) into the container's ``linux.cgroupsPath`` on the
-    host, made where missing; nothing when the spec has none."""
+    host, made where missing, with the container's CPU and pids limits there when it
+    runs a VM of ``vcpus`` (a pod member's shim runs none); nothing when the spec has none."""
     import os
 
     from runv.vm import cgroupspath
@@ -103,7 +104,8 @@ def enter_cgroups_path(container: Container) -> None:
         raise RunvError(f"{source}: linux.cgroupsPath must be a string, not {value!r}")
     path = cgroupspath.parse_path(value, source)
     if path:
-        cgroupspath.place(container.state_dir, path, os.getpid())
+        limits = {} if vcpus is None else {"resources": container.spec.linux.get("resources") or {}, "vcpus": vcpus}
+        cgroupspath.place(container.state_dir, path, os.getpid(), **limits)
 
 
 def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container: Container,
@@ -114,7 +116,7 @@ def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container
 
     config = sizing.settings()  # the config file and the host's size, read once
     memory_mib, vcpus = vm_size(container, config)
-    enter_cgroups_path(container)
+    enter_cgroups_path(container, vcpus)
     shares = attachment.shares
     if caps.shared_fs is not None:  # every share goes through the pod directory: the VM has that one
         from runv.vm import podshare

@@ -2,9 +2,11 @@
 shim and its VMM's own cgroup (:mod:`runv.api.vmmcgroup`), as runc puts the container there.
 
 When the spec has a ``linux.cgroupsPath`` (:func:`parse_path`), the shim goes to
-``…/PATH/NAME.shim`` (cgroup v2 allows no process in a cgroup whose children have
-controllers) and the VMM's cgroup to ``…/PATH/NAME`` (:func:`place`), so the caller's
-limits and accounting on PATH and above cover both. Where they are is recorded in the
+``…/PATH/NAME.shim`` in every hierarchy (cgroup v2 allows no process in a cgroup whose
+children have controllers; the VMM and its helpers, its children, start there) and the
+VMM's memory and pids cgroup to ``…/PATH/NAME`` (:func:`place`), so the caller's limits
+and accounting on PATH and above cover all of them, and the container's CPU and pids
+limits are written at PATH as runc writes them (:mod:`runv.vm.hostlimits`). Where they are is recorded in the
 state directory (``cgroup.json``), for the VMM plugin and the teardown (:func:`release`).
 """
 
@@ -81,10 +83,24 @@ def _own(controller: str, proc: str) -> str:
     raise RunvError(f"{proc} names no cgroup {controller or 'v2'} hierarchy")
 
 
+def all_hierarchies(base: Path) -> list[tuple[str, Path]]:
+    """Every hierarchy a container's processes join, as runc's: v2's one, or each v1
+    hierarchy mounted under ``base`` (memory and pids first, which the VMM's limits need;
+    ``cpu,cpuacct`` as ``cpu``, the named ``systemd`` one as ``name=systemd``; not the
+    hybrid's controller-less ``unified``)."""
+    needed = hierarchies(base)
+    if needed[0][0] == "":
+        return needed
+    others = sorted(entry for entry in base.iterdir() if entry.is_dir() and not entry.is_symlink()
+                    and entry.name not in ("unified", *(c for c, _ in needed))) if base.is_dir() else []
+    return needed + [("name=systemd" if e.name == "systemd" else e.name.split(",")[0], e) for e in others]
+
+
 def resolve(path: str, base: Path = BASE, proc: str = SELF) -> list[Path]:
-    """The directory of a parsed cgroupsPath (:func:`parse_path`) in each hierarchy."""
+    """The directory of a parsed cgroupsPath (:func:`parse_path`) in each hierarchy
+    (:func:`all_hierarchies`)."""
     found = []
-    for controller, root in hierarchies(Path(base)):
+    for controller, root in all_hierarchies(Path(base)):
         if not root.is_dir():
             raise RunvError(f"no cgroup v1 {controller} hierarchy at {root} (and no cgroup v2 at {base}): mount it, "
                             f"the cgroupsPath needs it")
@@ -93,31 +109,80 @@ def resolve(path: str, base: Path = BASE, proc: str = SELF) -> list[Path]:
     return found
 
 
-def place(state_dir: Path | str, path: str, shim_pid: int, base: Path = BASE, proc: str = SELF) -> None:
-    """Makes the cgroupsPath ``path`` (:func:`parse_path`) where it is missing, records it
-    in ``state_dir`` (before making anything, so :func:`release` finds all of it) and moves
-    ``shim_pid`` into its ``NAME.shim`` leaf; the VMM's cgroup goes there too
-    (:func:`for_vm`). v2: memory and pids are enabled in the subtree controls on the way
-    down. RunvError naming the file on failure (the teardown removes what was made)."""
+def _enable(base: Path) -> str:
+    """v2's ``cgroup.subtree_control`` on the way down: the VMM's controllers, and the
+    CPU ones the container's limits go to where the host has them."""
+    have = (base / "cgroup.controllers").read_text().split()
+    return " ".join([ENABLE] + [f"+{c}" for c in ("cpu", "cpuset") if c in have])
+
+
+def place(state_dir: Path | str, path: str, shim_pid: int, base: Path = BASE, proc: str = SELF,
+          resources: dict | None = None, vcpus: int = 1) -> None:
+    """Makes the cgroupsPath ``path`` (:func:`parse_path`) where it is missing in every
+    hierarchy, records it in ``state_dir`` (before making anything, so :func:`release`
+    finds all of it), writes the container's CPU and pids limits (its ``resources``, a VM
+    of ``vcpus``: :func:`runv.vm.hostlimits.files`) there and moves ``shim_pid`` into its ``NAME.shim`` leaf;
+    the VMM's cgroup goes there too (:func:`for_vm`). v2: memory, pids (and cpu, cpuset)
+    are enabled in the subtree controls on the way down; v1: a new cpuset takes its
+    parent's CPUs. RunvError naming the file on failure (the teardown removes what was made)."""
+    from runv.vm import hostlimits
+
     base = Path(base)
+    found = all_hierarchies(base)
     dirs = resolve(path, base, proc)
     v2 = (base / "cgroup.controllers").exists()
+    limits = hostlimits.files(resources or {}, vcpus, v2)
     # each hierarchy's root, then every level down to the cgroupsPath's directory
-    levels = [[p for p in reversed([d, *d.parents]) if p.is_relative_to(root)] for (_, root), d in zip(hierarchies(base), dirs)]
+    levels = [[p for p in reversed([d, *d.parents]) if p.is_relative_to(root)] for (_, root), d in zip(found, dirs)]
     made = [p for chain in levels for p in chain[1:] if not p.exists()]
-    (Path(state_dir) / RECORD).write_text(json.dumps({"base": str(base), "dirs": [str(d) for d in dirs],
-                                                      "made": [str(d) for d in made]}))
+    (Path(state_dir) / RECORD).write_text(json.dumps({
+        "base": str(base), "dirs": [str(d) for d in dirs[:len(hierarchies(base))]],
+        "all": [str(d) for d in dirs], "made": [str(d) for d in made]}))
     try:
-        for chain in levels:
+        for (controller, _), chain in zip(found, levels):
             for level in chain:
                 level.mkdir(exist_ok=True)
                 if v2:
-                    write_file(level / "cgroup.subtree_control", ENABLE)
+                    write_file(level / "cgroup.subtree_control", _enable(base))
+                elif controller == "cpuset" and level != chain[0]:
+                    hostlimits.inherit_cpuset(level)
+            hostlimits.write(chain[-1], limits.get(controller, {}))
             shim = chain[-1] / (name(state_dir) + SHIM)
             shim.mkdir(exist_ok=True)
+            if controller == "cpuset":
+                hostlimits.inherit_cpuset(shim)
             write_file(shim / "cgroup.procs", str(shim_pid))
     except OSError as exc:
         raise RunvError(f"cannot make the cgroupsPath {path!r} under {base}: {exc.strerror} ({exc.filename})") from None
+
+
+def update(state_dir: Path | str, resources: dict, vcpus: int) -> None:
+    """``runv update``: the container's new CPU and pids limits written where :func:`place`
+    put it; nothing when it has no cgroupsPath. A v1 child cpuset may hold no CPU its
+    parent lacks, so the shim's leaf follows its parent in the order that allows."""
+    from runv.vm import hostlimits
+
+    placed = placement(state_dir)
+    if placed is None:
+        return
+    base = Path(placed["base"])
+    limits = hostlimits.files(resources, vcpus, (base / "cgroup.controllers").exists())
+    for (controller, _), directory in zip(all_hierarchies(base), map(Path, placed.get("all", placed["dirs"]))):
+        values = limits.get(controller, {})
+        if not values:
+            continue
+        leaf = directory / (name(state_dir) + SHIM)
+        cpuset = {k: v for k, v in values.items() if k.startswith("cpuset.")} if controller == "cpuset" else {}
+        if cpuset and leaf.is_dir():
+            try:
+                hostlimits.write(directory, values)
+            except RunvError:
+                hostlimits.write(leaf, cpuset)
+                hostlimits.write(directory, values)
+            else:
+                hostlimits.write(leaf, cpuset)
+        else:
+            hostlimits.write(directory, values)
 
 
 def release(state_dir: Path | str, timeout: float = GONE_TIMEOUT) -> None:
@@ -129,7 +194,7 @@ def release(state_dir: Path | str, timeout: float = GONE_TIMEOUT) -> None:
     placed = placement(state_dir)
     if placed is None:
         return
-    shim = Cgroup(name(state_dir) + SHIM, Path(placed["base"]), placed["dirs"])
+    shim = Cgroup(name(state_dir) + SHIM, Path(placed["base"]), placed.get("all", placed["dirs"]))
     if os.getpid() in shim.members():
         return  # the shim's own teardown: delete removes the leaf the shim is in
     shim.remove(timeout)

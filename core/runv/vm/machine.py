@@ -179,8 +179,15 @@ class Machine:
             raise RunvError(f"container {request.get('container')}: {exc}") from None
 
     def update(self, resources: dict | None) -> None:
-        """The VM's own container's new limits (:class:`runv.vm.limits.Limits`)."""
+        """The VM's own container's new limits (:class:`runv.vm.limits.Limits`), on its host
+        cgroup too (:func:`runv.vm.cgroupspath.update`)."""
+        from runv.vm import cgroupspath
+
         self.limits.update(resources, self.vm, self.agent, self.caps, self.hypervisor.name)
+        try:
+            cgroupspath.update(self.container.state_dir, self.limits.resources, self.limits.size[1])
+        except RunvError as exc:
+            raise RunvError(f"container {self.container.id}: the guest has the new limits, its host cgroup not: {exc}") from None
 
     def update_member(self, request: dict) -> None:
         """A member's new cgroup files (:func:`runv.oci.resources.parse_resources`): the VM is not resized."""
