@@ -67,6 +67,7 @@ class Record(Frozen):
     annotations: dict[str, str] = {}
     shim_pid: int = 0
     shim_start: int = 0
+    shim_protocol: int = 0  # the control protocol its shim speaks (runv.shim.control.PROTOCOL); 0: not recorded
     creator_pid: int = 0  # the `runv create` that made the record, while it runs
     creator_start: int = 0
     exit_code: int | None = None

@@ -61,7 +61,7 @@ if __name__ != "__main__":
 # ------------------------------------------------------------------ the hostile agent
 
 def serve(path: str, mode: str) -> None:
-    from runv.agent.protocol import CTRL, HEADER, FrameReader, encode_ctrl, encode_data
+    from runv.agent.protocol import CTRL, HEADER, VERSION, FrameReader, encode_ctrl, encode_data
 
     server = socket.socket(socket.AF_UNIX)
     server.bind(path)
@@ -77,7 +77,7 @@ def serve(path: str, mode: str) -> None:
         for _ in range(FLOOD // CHUNK):
             send(chunk)
 
-    send(encode_ctrl({"event": "ready"}))
+    send(encode_ctrl({"event": "ready", **({} if mode == "other-release" else {"protocol": VERSION})}))
     reader = FrameReader()
     while data := conn.recv(65536):
         for kind, _channel, message in reader.feed(data):

@@ -18,7 +18,7 @@ import pytest
 from runv.agent.__main__ import parse_args
 from runv.agent.channel import find_port, listen_vsock, serial_channel, vsock_port
 from runv.agent.loop import Agent
-from runv.agent.protocol import CTRL, DATA, FrameReader, ProtocolError, encode_ctrl, encode_data
+from runv.agent.protocol import CTRL, DATA, VERSION, FrameReader, ProtocolError, encode_ctrl, encode_data
 from runv.api.errors import AgentError
 from runv.api.sockets import connect_unix
 from runv.vm.agentclient import AgentClient
@@ -256,7 +256,7 @@ def connect(path, pid):
 def test_socket_mode_runs_the_real_agent_as_a_host_process(socket_agent):
     path, proc = socket_agent
     first = connect(path, proc.pid)
-    assert first.client.ready_info == {"event": "ready", "pid": proc.pid, "kernel": os.uname().release}
+    assert first.client.ready_info == {"event": "ready", "pid": proc.pid, "kernel": os.uname().release, "protocol": VERSION}
     assert first.client.call("ping")["pid"] == proc.pid
     exec_(first, "hi", ["echo", "hi"])
     assert first.wait_exit("hi") == {"event": "exit", "proc": "hi", "code": 0}

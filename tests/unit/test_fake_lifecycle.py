@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from runv.shim import control
 from runv.testing.fakevmm import FakeVM
 
 
@@ -55,7 +56,7 @@ def test_a_readonly_rootfs_refuses_writes(fake, make_bundle):
     assert not (bundle / "rootfs/x").exists()
 
 
-def test_create_start_state_exec_kill_delete(fake, make_bundle, tmp_path):
+def test_create_start_state_exec_kill_delete(fake, make_bundle, tmp_path, root):
     bundle = make_bundle(["sh", "-c", "echo started > /tmp/started; exec sleep 1000"])
     pid_file = tmp_path / "pid"
     created = fake("create", "--bundle", bundle, "--pid-file", pid_file, "box")
@@ -63,6 +64,8 @@ def test_create_start_state_exec_kill_delete(fake, make_bundle, tmp_path):
     state = json.loads(fake("state", "box", check=True).stdout)
     assert state["status"] == "created" and state["pid"] == int(pid_file.read_text())
     assert not (bundle / "rootfs/tmp/started").exists()  # not before start
+    record = json.loads((root / "box/state.json").read_text())
+    assert record["shim_protocol"] == control.PROTOCOL  # what a later runv reads to talk to this shim
 
     fake("start", "box", check=True)
     assert status(fake, "box") == "running"

@@ -203,3 +203,13 @@ def test_kill_stops_the_vm_even_when_the_shim_cannot_answer(hostile, make_bundle
     assert time.monotonic() - begin < 15
     wait_for(lambda: not Path(f"/proc/{shim}").exists() and not Path(f"/proc/{vm_pid}").exists(), 5,
              "the shim and its VM to be gone")
+
+
+def test_an_agent_of_another_release_is_refused_in_one_line(hostile, make_bundle):
+    """A guest image an earlier release built (its agent says no protocol version): create
+    fails before anything runs, says what to do, and leaves nothing (the fixture checks)."""
+    created = hostile("other-release", "create", "--bundle", make_bundle(["true"]), "box")
+    assert created.returncode == 1
+    assert created.stderr.startswith("runv: the guest agent in ") and created.stderr.count("\n") == 1
+    assert "speaks protocol 0, this runv 1" in created.stderr and "run `runv guest build`" in created.stderr
+    assert not (hostile.root / "box").exists()

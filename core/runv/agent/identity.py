@@ -6,14 +6,16 @@ import struct
 import time
 
 from runv.agent.debug import log
+from runv.agent.protocol import VERSION
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2]): add entropy and credit it
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the CRNG from the pool now
 
 
 def identity() -> dict:
-    """What ``ready`` and ``ping`` say about the agent: its pid and the kernel's release."""
-    return {"pid": os.getpid(), "kernel": os.uname().release}
+    """What ``ready``, ``ping`` and ``clone`` say about the agent: its pid, the kernel's
+    release, the protocol version it speaks."""
+    return {"pid": os.getpid(), "kernel": os.uname().release, "protocol": VERSION}
 
 
 def op_ping(agent, message: dict) -> dict:

@@ -16,6 +16,9 @@ See docs/agent-protocol.md for the operations.
 import json
 import struct
 
+# The version of the operations below, in the agent's ``ready`` event and its ``clone`` reply:
+# the host refuses an agent that speaks another (a guest image another release built). 0: not said.
+VERSION = 1
 HEADER = struct.Struct("!BII")
 CTRL = 1
 DATA = 2

@@ -10,6 +10,11 @@ import signal
 from runv.api.errors import RunvError
 from runv.api.sockets import connect_unix
 
+# The control protocol this release's shims speak, recorded in the container's state
+# (Record.shim_protocol), so a later runv knows how to talk to a shim an earlier one started:
+# 0 (nothing recorded): releases whose exec request carries the whole process (runv.verbs.exec.for_shim);
+# 1: an exec request may carry ARGS and options instead, which the shim merges with the container's process.
+PROTOCOL = 1
 SOCKET = "shim.sock"
 CONSOLE_LOG = "console.log"  # in the state directory: the guest console and the VMM's stderr
 NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGPIPE}

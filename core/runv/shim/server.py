@@ -262,7 +262,7 @@ def run(shim: Shim, report: Callable[[str], bool]) -> int:
     cid = shim.container.id
     me = os.getpid()
     try:
-        shim.store.update(cid, shim_pid=me, shim_start=process_start_time(me))
+        shim.store.update(cid, shim_pid=me, shim_start=process_start_time(me), shim_protocol=control.PROTOCOL)
     except NoSuchContainer:
         report(f"container {cid} was deleted while it was being created")
         return 1

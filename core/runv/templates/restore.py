@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 from runv.api.errors import RunvError
 from runv.log import logger
 from runv.templates import match, store
+from runv.vm import bringup
 
 if TYPE_CHECKING:
     from runv.api.hypervisor import VM
@@ -117,6 +118,7 @@ def poke(vm: VMSpec, name: str, on_data: Callable, on_event: Callable, preamble:
         client.close()
         raise RunvError(f"the restored guest agent did not answer: {exc}") from None
     client.ready_info = {"event": "ready", "template": name, **{k: v for k, v in reply.items() if k not in ("id", "ok")}}
+    bringup.check_agent(client, vm)
     client.ready.set()
     adopted.append(True)
     return client

@@ -14,22 +14,40 @@ import os
 from runv import console
 from runv.api.errors import RunvError
 from runv.oci.fields import is_int, read_json
-from runv.records import Store
+from runv.records import Record, Store
 from runv.settings import Settings
 from runv.shim.relay import Relay
 from runv.vm.spawn import OK, spawn_session, wait_exit_code, write_pid_file
 
 
-def check_can_exec(settings: Settings, container_id: str) -> str:
+def check_can_exec(settings: Settings, container_id: str) -> tuple[str, Record]:
+    """The container's state directory and record, once it may take an exec."""
     store = Store(settings.root)
-    status = store.read(container_id).live_status()
+    record = store.read(container_id)
+    status = record.live_status()
     if status == "paused":
         raise RunvError(f"cannot exec in a paused container {container_id}: resume it first")
     if status == "stopped":
         raise RunvError(f"cannot exec a container that has stopped ({container_id})")
     if status != "running":
         raise RunvError(f"cannot exec in container {container_id}: it is {status}, not running")
-    return store.path(container_id)
+    return store.path(container_id), record
+
+
+def for_shim(request: dict, record: Record, state_dir: str) -> dict:
+    """The exec request in the dialect of the container's shim (``Record.shim_protocol``): a
+    shim an earlier release started (protocol 0) takes only a whole process, so ARGS and
+    their options are merged with the container's own process here, as that release's CLI
+    did, by the same rules (runv.oci.config.process_to_exec)."""
+    if record.shim_protocol >= 1 or "command" not in request:
+        return request
+    from pathlib import Path
+
+    from runv.oci.config import process_to_exec
+
+    container = record.container(Path(state_dir))
+    process = process_to_exec(container.spec.process if container.spec else None, request)
+    return {"process": process.to_json(), "source": "exec request"}
 
 
 def exec_request(*, process_file: str | os.PathLike | None, args: list[str], env: list[str], cwd: str | None, user: str | None,
@@ -72,7 +90,8 @@ def terminal_of(request: dict) -> tuple[bool, tuple[int, int]]:
 def exec_process(settings: Settings, container_id: str, request: dict, *, detach: bool, pid_file: str | os.PathLike | None,
                  console_socket: str | os.PathLike | None) -> int:
     """Runs the requested process in the container; returns the exit code (0 when detached)."""
-    state_dir = check_can_exec(settings, container_id)
+    state_dir, record = check_can_exec(settings, container_id)
+    request = for_shim(request, record, state_dir)
     terminal, size = terminal_of(request)
     pty_size = size if terminal else None
     if terminal:

@@ -249,5 +249,18 @@ def connect_agent(vm_spec: VMSpec, vm: VM, caps: Capabilities, on_data: Callable
             raise AgentError(f"{exc}: {vm_spec.last_words(CONSOLE_TAIL)}") from None
         raise
     logger.debug("agent ready after %.2f s: %s", time.monotonic() - started, agent.ready_info)
+    check_agent(agent, vm_spec)
     return agent
+
+
+def check_agent(agent: AgentClient, vm_spec: VMSpec) -> None:
+    """Refuses (closing it) an agent that speaks another protocol than this runv's: a guest
+    image built by another release, such as the one before an upgrade."""
+    from runv.agent.protocol import VERSION
+
+    spoken = agent.ready_info.get("protocol", 0)
+    if spoken != VERSION:
+        agent.close()
+        raise RunvError(f"the guest agent in {vm_spec.initrd} speaks protocol {spoken}, this runv {VERSION}: "
+                        f"the guest image is another release's; run `runv guest build`")
 
