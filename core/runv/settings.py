@@ -37,6 +37,12 @@ class Settings(Frozen):
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"must be text or json, not {self.log_format!r}")
 
+    def userland(self) -> str | None:
+        """The read-only image of the guest's /usr beside the initrd (runv.guest.userland),
+        where ``runv guest build`` made one."""
+        path = userland_path(self.initrd)
+        return path if os.path.isfile(path) else None
+
     def check_guest(self) -> None:
         """Refuses a kernel or initrd that is not there (before anything is made for a VM)."""
         from runv.api.errors import RunvError
@@ -44,6 +50,11 @@ class Settings(Frozen):
         for what, path in (("kernel", self.kernel), ("initrd", self.initrd)):
             if not os.path.isfile(path):
                 raise RunvError(f"guest {what} {path} does not exist: run `runv guest build` (or pass --{what})")
+
+
+def userland_path(initrd: str) -> str:
+    """Where the userland image of the initrd ``initrd`` is."""
+    return initrd + ".userland"
 
 
 def _normal(path: str) -> str:

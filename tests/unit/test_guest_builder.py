@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runv.api.errors import RunvError
-from runv.guest import builder, kernel
+from runv.guest import builder, kernel, userland
 from runv.guest.cpio import Archive
 from runv.testing.host import read_newc
 
@@ -175,3 +175,23 @@ def test_resolve_package_reads_the_exact_dependency(monkeypatch: pytest.MonkeyPa
 def test_init_script_parses() -> None:
     init = Path(builder.__file__).with_name("init.sh")
     subprocess.run([str(builder.BUSYBOX), "sh", "-n", str(init)], check=True)
+
+
+def test_the_userland_image_is_the_initrds_usr_as_erofs_in_whole_2_mib_pages(tmp_path) -> None:
+    """Only /usr goes in (busybox and /init stay in the initrd), owned by root, readable back
+    with the content and modes the archive had; the size suits a memory device."""
+    archive = Archive()
+    archive.add_file("usr/bin/tool", b"#!/bin/sh\necho hi\n", 0o755)
+    archive.add_symlink("usr/bin/sh", "/bin/busybox")
+    archive.add_file("usr/lib/data", b"x" * 5000)
+    archive.add_file("bin/busybox", b"not in the image")
+    data = userland.image(archive)
+    assert len(data) % (2 << 20) == 0
+    assert struct.unpack_from("<I", data, 1024)[0] == 0xE0F5E1E2  # EROFS's superblock magic
+    image = tmp_path / "userland"
+    image.write_bytes(data)
+    listing = subprocess.run(["dump.erofs", "--ls", "--path=/bin", str(image)], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr  # erofs-utils: scripts/install
+    assert "tool" in listing.stdout and "sh" in listing.stdout
+    root = subprocess.run(["dump.erofs", "--ls", "--path=/", str(image)], capture_output=True, text=True).stdout
+    assert "busybox" not in root and "bin" in root and "lib" in root

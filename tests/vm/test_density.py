@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runv.settings import Settings
 from runv.testing import vm_processes_in
 
 pytestmark = pytest.mark.usefixtures("guest_image")
@@ -75,3 +76,27 @@ def test_a_shared_clone_frees_memory_without_touching_its_template(runv, root, m
         assert (memory.stat().st_blocks, hashlib.sha256(memory.read_bytes()).hexdigest()) == before
     finally:
         runv("template", "rm", "dense-d")
+
+
+def test_the_guests_userland_is_one_read_only_image_every_vm_maps(runv, make_bundle):
+    """The guest's /usr is the host's image on virtio-pmem, mapped with DAX: the initrd's copy
+    is gone from the guest's RAM (its shared memory, tmpfs and initramfs, under 4 MiB where it
+    held 19), and a container that sees the VM's devices and writes over the image changes
+    nothing on the host, nor what the guest reads back (QEMU maps it read-only: the writes are
+    dropped)."""
+    image = Path(Settings().userland() or "")
+    assert image.is_file(), "runv guest build makes the userland image beside the initrd"
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    region = image.read_bytes()[400 << 12:416 << 12]  # 16 pages well inside the image
+    bundle = make_bundle(["sleep", "1000"], annotations={"io.runv.guest-devices": "true"})
+    assert runv("run", "-d", "--bundle", bundle, "u1").returncode == 0
+    assert meminfo(runv, "u1")["Shmem"] < 4 << 10
+    # straight to the device (O_DIRECT: the block layer's cache of the guest's own would answer
+    # from memory), then read back the same way; an fsync would wait for QEMU to flush a file it
+    # has read-only, forever: the guest can only hang its own VM
+    wrote = runv("exec", "u1", "sh", "-c", "dd if=/dev/urandom of=/dev/pmem0 bs=4096 seek=400 count=16 oflag=direct"
+                 " conv=notrunc && dd if=/dev/pmem0 bs=4096 skip=400 count=16 iflag=direct | md5sum")
+    assert wrote.returncode == 0, wrote.stderr
+    assert wrote.stdout.split()[0] == hashlib.md5(region).hexdigest()  # the guest reads the image as it was
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+    assert runv("exec", "u1", "/bin/busybox", "true").returncode == 0  # and its userland still runs

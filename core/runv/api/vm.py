@@ -116,6 +116,10 @@ class VMSpec(Frozen):
     debug: bool = False
     nics: tuple[Nic, ...] = ()
     hotplug_slots: int = 0
+    # the guest's /usr as a read-only ext4 image (runv guest build's), for a hypervisor that
+    # can map it into the guest with DAX (virtio-pmem) so every VM shares its pages; None, or
+    # a hypervisor that cannot: the guest runs on the initrd's copy
+    userland: Path | None = None
 
     def last_words(self, lines: int = 5) -> str:
         """The last lines the VM printed (its console and the VMM's stderr), as one line."""

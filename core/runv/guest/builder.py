@@ -5,7 +5,8 @@ The initrd holds:
 * ``/init`` (``init.sh``): mounts /proc, /sys, /dev, /dev/pts, /run and /tmp, loads the modules
   named in ``/etc/runv/modules`` (in load order, with one ``modprobe -a``) and execs the agent with
   ``python3.11 -S -B -c 'from runv.agent.__main__ import main; main()'`` from ``/usr/lib/runv-agent``
-  (what ``-m runv.agent`` runs, without runpy's imports).
+  (what ``-m runv.agent`` runs, without runpy's imports); where the hypervisor maps the
+  userland image (below) it first mounts that over ``/usr`` and deletes the initrd's copy.
 * ``/sbin/runv-halt``: powers off at once (``rdinit=/sbin/runv-halt`` measures a bare boot).
 * ``/bin/busybox`` from Debian's busybox-static, with a symlink for each applet.
 * the kernel modules the installed plugins ask for (their ``guest_modules`` hook: those loaded at
@@ -16,8 +17,9 @@ The initrd holds:
 * Debian's ``/usr/bin/python3.11`` with its shared libraries and the stdlib files the agent imports,
   each with an unchecked-hash ``.pyc``, and the agent package under ``/usr/lib/runv-agent/runv/``.
 
-Next to the initrd, ``<initrd>.manifest.json`` records what the image was built from; while it
-matches and both outputs exist, ``build_guest`` does nothing. Outputs are written to temporary
+Next to the initrd, ``<initrd>.userland`` is its ``/usr`` as a read-only ext4 image
+(:mod:`runv.guest.userland`), and ``<initrd>.manifest.json`` records what the image was built from; while it
+matches and the outputs exist, ``build_guest`` does nothing. Outputs are written to temporary
 files and renamed into place, so a failed build leaves the previous image as it was.
 """
 
@@ -39,10 +41,12 @@ import runv
 from runv.api.errors import RunvError
 from runv.api.tools import run_tool
 from runv.api.vm import GuestModules
-from runv.guest import kernel
+from runv.guest import kernel, userland
 from runv.guest.cpio import Archive
+from runv.settings import userland_path
 
-BUILDER_VERSION = 3  # 2: uncompressed initrd, on-demand modules, the agent started without runpy; 3: no libseccomp
+# 2: uncompressed initrd, on-demand modules, the agent started without runpy; 3: no libseccomp; 4: the userland image
+BUILDER_VERSION = 4
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_HINT = "install busybox-static (apt-get install busybox-static)"
 PYTHON = Path("/usr/bin/python3.11")
@@ -138,7 +142,8 @@ def build_guest(
     package, version = kernel.resolve_package(kernel_package)
     manifest = build_manifest(package, version, agent_root, modules)
     manifest_path = initrd_path.with_name(initrd_path.name + ".manifest.json")
-    if not force and kernel_path.exists() and initrd_path.exists() and read_manifest(manifest_path) == manifest:
+    outputs = (kernel_path, initrd_path, Path(userland_path(str(initrd_path))))
+    if not force and all(path.exists() for path in outputs) and read_manifest(manifest_path) == manifest:
         progress(f"guest image up to date: {package} {version}, {initrd_path}")
         return False
 
@@ -151,9 +156,9 @@ def build_guest(
     _add_busybox(archive)
     _add_modules(archive, unpacked / "lib" / "modules" / release, f"/usr/lib/modules/{release}", modules, progress)
     _add_python(archive, agent_root, progress)
-    initrd = _cpio(archive)
-    progress(f"writing {initrd_path.name} ({len(initrd) / 1e6:.1f} MB)")
-    _install({kernel_path: vmlinux, initrd_path: initrd}, manifest_path, manifest)
+    initrd, usr = _cpio(archive), userland.image(archive)
+    progress(f"writing {initrd_path.name} ({len(initrd) / 1e6:.1f} MB) and its userland image ({len(usr) / 1e6:.1f} MB)")
+    _install({kernel_path: vmlinux, initrd_path: initrd, Path(userland_path(str(initrd_path))): usr}, manifest_path, manifest)
     progress(f"guest image built in {time.monotonic() - started:.1f} s: {kernel_path}, {initrd_path}")
     return True
 

@@ -53,11 +53,13 @@ def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, 
         from runv.vm import podshare
 
         fields["shares"] = (*fields.get("shares", ()), podshare.share(state_dir))
+    userland = settings.userland()
     return VMSpec(
         name=name,
         state_dir=state_dir,
         kernel=Path(settings.kernel),
         initrd=Path(settings.initrd),
+        userland=Path(userland) if userland else None,
         agent_socket=state_dir / "agent.sock",
         console_log=state_dir / "console.log",
         kernel_args=kernel_args(settings.debug, caps),

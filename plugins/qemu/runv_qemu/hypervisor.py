@@ -24,11 +24,12 @@ CAPABILITIES = Capabilities(
 GUEST_MODULES = GuestModules(
     # the drivers of the devices every QEMU VM has: the agent's virtio-serial port, disks, NICs,
     # entropy (virtio-rng), 9p shares, virtio-mem, which must be bound before the host plugs
-    # memory (`runv update`), and the balloon that reports free memory to the host; the kernel
-    # loads the modules they depend on first
+    # memory (`runv update`), the balloon that reports free memory to the host, and virtio-pmem
+    # with its namespace driver for the userland image; the kernel loads the modules they depend on first
     at_boot=("virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "virtio_rng", "9pnet_virtio", "9p", "virtio_mem",
-             "virtio_balloon"),
-    on_demand=("virtiofs",),  # loaded by the first mount of a virtio-fs share, which binds its device
+             "virtio_balloon", "virtio_pmem", "nd_pmem"),
+    # loaded by the first mount of a virtio-fs share (which binds its device) and of the userland image
+    on_demand=("virtiofs", "erofs"),
 )
 
 
