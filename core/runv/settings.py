@@ -37,11 +37,11 @@ class Settings(Frozen):
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"must be text or json, not {self.log_format!r}")
 
-    def userland(self) -> str | None:
-        """The read-only image of the guest's /usr beside the initrd (runv.guest.userland),
-        where ``runv guest build`` made one."""
-        path = userland_path(self.initrd)
-        return path if os.path.isfile(path) else None
+    def userland(self) -> tuple[str, str] | None:
+        """The read-only image of the guest's /usr and the lean initrd that boots on it, beside
+        the initrd (runv.guest.userland), where ``runv guest build`` made them."""
+        paths = userland_paths(self.initrd)
+        return paths if all(os.path.isfile(path) for path in paths) else None
 
     def check_guest(self) -> None:
         """Refuses a kernel or initrd that is not there (before anything is made for a VM)."""
@@ -52,9 +52,9 @@ class Settings(Frozen):
                 raise RunvError(f"guest {what} {path} does not exist: run `runv guest build` (or pass --{what})")
 
 
-def userland_path(initrd: str) -> str:
-    """Where the userland image of the initrd ``initrd`` is."""
-    return initrd + ".userland"
+def userland_paths(initrd: str) -> tuple[str, str]:
+    """Where the userland image of the initrd ``initrd`` is, and the lean initrd without it."""
+    return initrd + ".userland", initrd + ".lean"
 
 
 def _normal(path: str) -> str:

@@ -195,3 +195,23 @@ def test_the_userland_image_is_the_initrds_usr_as_erofs_in_whole_2_mib_pages(tmp
     assert "tool" in listing.stdout and "sh" in listing.stdout
     root = subprocess.run(["dump.erofs", "--ls", "--path=/", str(image)], capture_output=True, text=True).stdout
     assert "busybox" not in root and "bin" in root and "lib" in root
+
+
+def test_the_lean_initrd_keeps_what_init_needs_before_the_image_is_mounted() -> None:
+    """Everything outside /usr, and of /usr only the modules /init loads at boot and EROFS's
+    (with their dependencies and modprobe's tables): the rest is the image's."""
+    archive = Archive()
+    modules = "usr/lib/modules/6.1.0-test"
+    archive.add_file("init", b"#!/bin/sh\n", 0o755)
+    archive.add_file("bin/busybox", b"elf", 0o755)
+    archive.add_file("etc/runv/modules", b"virtio_pmem\n")
+    archive.add_file(f"{modules}/modules.dep", b"kernel/virtio_pmem.ko: kernel/libnvdimm.ko\nkernel/libnvdimm.ko:\n"
+                     b"kernel/erofs.ko: kernel/lz4.ko\nkernel/lz4.ko:\nkernel/ext4.ko:\n")
+    for name in ("virtio_pmem", "libnvdimm", "erofs", "lz4", "ext4"):
+        archive.add_file(f"{modules}/kernel/{name}.ko", name.encode())
+    archive.add_file("usr/bin/python3.11", b"elf", 0o755)
+    lean = userland.lean(archive)
+    assert sorted(n for n in lean.entries if n.endswith(".ko")) == [
+        f"{modules}/kernel/{name}.ko" for name in ("erofs", "libnvdimm", "lz4", "virtio_pmem")]
+    assert {"init", "bin/busybox", "etc/runv/modules", f"{modules}/modules.dep", "usr/lib/modules"} <= set(lean.entries)
+    assert "usr/bin/python3.11" not in lean.entries

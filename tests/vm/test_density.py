@@ -84,7 +84,7 @@ def test_the_guests_userland_is_one_read_only_image_every_vm_maps(runv, make_bun
     held 19), and a container that sees the VM's devices and writes over the image changes
     nothing on the host, nor what the guest reads back (QEMU maps it read-only: the writes are
     dropped)."""
-    image = Path(Settings().userland() or "")
+    image = Path((Settings().userland() or ("",))[0])
     assert image.is_file(), "runv guest build makes the userland image beside the initrd"
     before = hashlib.sha256(image.read_bytes()).hexdigest()
     region = image.read_bytes()[400 << 12:416 << 12]  # 16 pages well inside the image

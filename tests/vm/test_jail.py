@@ -78,12 +78,15 @@ def qemu_option(pid, name):
 
 
 def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
-    """/ is a read-only tmpfs of its own: /usr, the kernel and initrd read-only, its console
+    """/ is a read-only tmpfs of its own: /usr, the kernel, initrd and userland image read-only, its console
     log writable, no /etc, /home, /run, no share (the VM's file server serves them: in its
     view a rw volume is writable, a ro volume read-only), no other container's state
     directory and nothing of its own but what it opens."""
+    from runv.settings import Settings
     from runv.testing.host import INITRD, KERNEL
 
+    userland = Settings(kernel=KERNEL, initrd=INITRD).userland()  # (the image, the lean initrd QEMU's VMs boot)
+    guest_files = (str(KERNEL), *(userland or (str(INITRD),)))
     assert runv("create", "--bundle", make_bundle(["true"], name="other-bundle"), "other").returncode == 0
     ro, rw = tmp_path / "ro", tmp_path / "rw"
     ro.mkdir()
@@ -107,7 +110,7 @@ def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
         mine = set(os.listdir(f"/proc/{qemu}/root{root}/j0"))
         assert "console.log" in mine and not mine & {"state.json", "qmp.sock", "agent.sock", "jail"}, mine
         mounts = mounts_of(qemu)
-        for point in ("/", "/usr", str(KERNEL), str(INITRD), "/proc/self/fd", "/proc/sys/vm/overcommit_memory"):
+        for point in ("/", "/usr", *guest_files, "/proc/self/fd", "/proc/sys/vm/overcommit_memory"):
             assert "ro" in mounts[point] and "nosuid" in mounts[point], (point, mounts[point])
         assert "rw" in mounts[f"{root}/j0/console.log"]
         assert not any(point.startswith(f"{root}/j0/pod") for point in mounts)
@@ -116,7 +119,7 @@ def test_qemus_root_is_its_jail(runv, make_bundle, root, tmp_path):
         assert sorted("ro" in options for options in staged.values()) == [False, True], staged
         assert all("nodev" in options for point, options in mounts.items() if not point.startswith("/dev/"))
         outside = [p for p in mounts if not p.startswith(("/usr", "/dev/", "/proc/self/fd", "/proc/sys/vm/overcommit_memory", str(root), str(tmp_path)))
-                   and p not in ("/", str(KERNEL), str(INITRD)) and not p.startswith(os.environ.get("RUNV_TEMPLATE_DIR", "//"))]
+                   and p not in ("/", *guest_files) and not p.startswith(os.environ.get("RUNV_TEMPLATE_DIR", "//"))]
         assert outside == [], outside
     finally:
         assert runv("delete", "--force", "j0").returncode == 0

@@ -9,7 +9,7 @@ on the example plugins in the suite). Names load on first use: ``runv state`` im
 - :data:`hookimpl`: the marker for hook implementations (the hooks: :mod:`runv.hookspecs`).
 - What a VM is made of (:mod:`runv.api.vm`): :class:`VMSpec`, :class:`Share`, :class:`Disk`,
   :class:`Nic`, :class:`GuestMount`, :class:`StorageAttachment`, :class:`VMContribution`,
-  :class:`GuestModules`.
+  :class:`GuestModules`, :class:`Userland`.
 - The hypervisor interface (:mod:`runv.api.hypervisor`): :class:`HypervisorInfo`,
   :class:`Capabilities`, :class:`SharedFs` (:data:`NINEP_VIRTIO`, :data:`VIRTIOFS`),
   :class:`AgentChannel` and :class:`ChannelKind`, :class:`VM`, :class:`TemplateSupport`.
@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time __getattr__ b
     from runv.api.sockets import connect_unix, socket_name
     from runv.api.spec import ConsoleSize, Hook, Process, Root, Spec, User
     from runv.api.tools import await_start, last_words, run_tool
-    from runv.api.vm import Disk, GuestModules, GuestMount, Nic, Share, StorageAttachment, VMContribution, VMSpec
+    from runv.api.vm import Disk, GuestModules, GuestMount, Nic, Share, StorageAttachment, Userland, VMContribution, VMSpec
 
     hookimpl: pluggy.HookimplMarker
 
@@ -75,7 +75,7 @@ _WHERE = {
     "ConsoleSize": "spec", "Hook": "spec", "Process": "spec", "Root": "spec", "Spec": "spec", "User": "spec",
     "await_start": "tools", "last_words": "tools", "run_tool": "tools",
     "Disk": "vm", "GuestModules": "vm", "GuestMount": "vm", "Nic": "vm", "Share": "vm", "StorageAttachment": "vm",
-    "VMContribution": "vm", "VMSpec": "vm",
+    "Userland": "vm", "VMContribution": "vm", "VMSpec": "vm",
 }
 _RENAMED = {"kvm_verdict": "cached_verdict"}
 _MODULES = ("config", "images", "jail", "storage", "vmmcgroup")

@@ -98,6 +98,9 @@ class Capabilities(Frozen):
     nic_hotplug: bool = False  # VM.attach_nic works on a running VM
     pause: bool = False  # VM.pause and VM.resume work
     resize: bool = False  # VM.resize works: memory and vCPUs hot-plugged up to VMSpec.max_memory_mib / max_vcpus
+    # VMSpec.userland is mapped into the guest read-only with DAX (virtio-pmem): its VMs boot the
+    # lean initrd (runv.guest.userland), which holds no Python of its own
+    userland: bool = False
 
     def disk_device(self, index: int) -> str:
         """The guest's device node of the ``index``-th disk, for hypervisors that name disks by order."""

@@ -121,13 +121,14 @@ def disk_binds(path: str, writable: bool) -> list[Bind]:
 
 def vm_binds(vm, binary: str, writable: tuple[str, ...] = (), readonly: tuple[str, ...] = ()) -> list[Bind]:
     """Everything a VMM needs to run ``vm`` (a :class:`runv.api.VMSpec`): its binary and
-    libraries, the kernel, initrd and userland image read-only, each share and disk with its own mode, the
+    libraries, the kernel and the initrd it boots (and the userland image) read-only, each share and disk with its own mode, the
     console log; plus ``writable`` and ``readonly`` paths a plugin adds (files or directories)."""
     def at(path) -> str:  # the VMM starts in the state directory: relative paths are relative to it
         return os.path.abspath(os.path.join(vm.state_dir, path))
 
     binds = system_binds(binary)
-    binds += [Bind(at(path), "file") for path in (vm.kernel, vm.initrd, vm.userland) if path]
+    guest = (vm.kernel, vm.userland.initrd, vm.userland.image) if vm.userland else (vm.kernel, vm.initrd)
+    binds += [Bind(at(path), "file") for path in guest]
     binds += [Bind(at(share.path), "tree" if share.holds_mounts else "dir", not share.readonly) for share in vm.shares]
     for disk in vm.disks:
         binds += disk_binds(at(disk.path), not disk.readonly)

@@ -96,6 +96,16 @@ class VMContribution(Frozen):
     hotplug_slots: int = 0  # free slots to keep for devices added after boot (the max wins)
 
 
+class Userland(Frozen):
+    """The guest's /usr as a read-only EROFS image (``runv guest build``'s, beside the
+    initrd), and the lean initrd that boots on it: it holds no Python of its own, so a VM
+    booted from it must be given the image, which every VM then shares through the host's
+    page cache instead of holding 19 MiB of userland in its RAM."""
+
+    image: Path
+    initrd: Path
+
+
 class VMSpec(Frozen):
     """Everything a hypervisor plugin needs to boot one container's VM."""
 
@@ -116,10 +126,9 @@ class VMSpec(Frozen):
     debug: bool = False
     nics: tuple[Nic, ...] = ()
     hotplug_slots: int = 0
-    # the guest's /usr as a read-only ext4 image (runv guest build's), for a hypervisor that
-    # can map it into the guest with DAX (virtio-pmem) so every VM shares its pages; None, or
-    # a hypervisor that cannot: the guest runs on the initrd's copy
-    userland: Path | None = None
+    # for a hypervisor whose Capabilities.userland says it maps the guest's userland image
+    # into the guest with DAX (virtio-pmem): boot ``userland.initrd`` instead of ``initrd``
+    userland: Userland | None = None
 
     def last_words(self, lines: int = 5) -> str:
         """The last lines the VM printed (its console and the VMM's stderr), as one line."""

@@ -17,8 +17,9 @@ The initrd holds:
 * Debian's ``/usr/bin/python3.11`` with its shared libraries and the stdlib files the agent imports,
   each with an unchecked-hash ``.pyc``, and the agent package under ``/usr/lib/runv-agent/runv/``.
 
-Next to the initrd, ``<initrd>.userland`` is its ``/usr`` as a read-only ext4 image
-(:mod:`runv.guest.userland`), and ``<initrd>.manifest.json`` records what the image was built from; while it
+Next to the initrd, ``<initrd>.userland`` is its ``/usr`` as a read-only EROFS image and
+``<initrd>.lean`` the initrd without what only that image needs to hold (both
+:mod:`runv.guest.userland`), and ``<initrd>.manifest.json`` records what the image was built from; while it
 matches and the outputs exist, ``build_guest`` does nothing. Outputs are written to temporary
 files and renamed into place, so a failed build leaves the previous image as it was.
 """
@@ -43,9 +44,10 @@ from runv.api.tools import run_tool
 from runv.api.vm import GuestModules
 from runv.guest import kernel, userland
 from runv.guest.cpio import Archive
-from runv.settings import userland_path
+from runv.settings import userland_paths
 
-# 2: uncompressed initrd, on-demand modules, the agent started without runpy; 3: no libseccomp; 4: the userland image
+# 2: uncompressed initrd, on-demand modules, the agent started without runpy; 3: no libseccomp;
+# 4: the userland image and the lean initrd
 BUILDER_VERSION = 4
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_HINT = "install busybox-static (apt-get install busybox-static)"
@@ -142,7 +144,8 @@ def build_guest(
     package, version = kernel.resolve_package(kernel_package)
     manifest = build_manifest(package, version, agent_root, modules)
     manifest_path = initrd_path.with_name(initrd_path.name + ".manifest.json")
-    outputs = (kernel_path, initrd_path, Path(userland_path(str(initrd_path))))
+    image_path, lean_path = map(Path, userland_paths(str(initrd_path)))
+    outputs = (kernel_path, initrd_path, image_path, lean_path)
     if not force and all(path.exists() for path in outputs) and read_manifest(manifest_path) == manifest:
         progress(f"guest image up to date: {package} {version}, {initrd_path}")
         return False
@@ -156,9 +159,10 @@ def build_guest(
     _add_busybox(archive)
     _add_modules(archive, unpacked / "lib" / "modules" / release, f"/usr/lib/modules/{release}", modules, progress)
     _add_python(archive, agent_root, progress)
-    initrd, usr = _cpio(archive), userland.image(archive)
-    progress(f"writing {initrd_path.name} ({len(initrd) / 1e6:.1f} MB) and its userland image ({len(usr) / 1e6:.1f} MB)")
-    _install({kernel_path: vmlinux, initrd_path: initrd, Path(userland_path(str(initrd_path))): usr}, manifest_path, manifest)
+    initrd, image, lean = _cpio(archive), userland.image(archive), _cpio(userland.lean(archive))
+    progress(f"writing {initrd_path.name} ({len(initrd) / 1e6:.1f} MB), its userland image ({len(image) / 1e6:.1f} MB) "
+             f"and the lean initrd that boots on it ({len(lean) / 1e6:.1f} MB)")
+    _install({kernel_path: vmlinux, initrd_path: initrd, image_path: image, lean_path: lean}, manifest_path, manifest)
     progress(f"guest image built in {time.monotonic() - started:.1f} s: {kernel_path}, {initrd_path}")
     return True
 

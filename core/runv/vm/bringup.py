@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from runv.api.errors import RunvError
 from runv.api.frozen import to_json
 from runv.api.hypervisor import Capabilities
-from runv.api.vm import SERIAL, SHARE, GuestMount, StorageAttachment, VMSpec
+from runv.api.vm import SERIAL, SHARE, GuestMount, StorageAttachment, Userland, VMSpec
 from runv.log import logger
 
 if TYPE_CHECKING:
@@ -53,13 +53,13 @@ def base_vm(settings: Settings, caps: Capabilities, name: str, state_dir: Path, 
         from runv.vm import podshare
 
         fields["shares"] = (*fields.get("shares", ()), podshare.share(state_dir))
-    userland = settings.userland()
+    userland = settings.userland() if caps.userland else None
     return VMSpec(
         name=name,
         state_dir=state_dir,
         kernel=Path(settings.kernel),
         initrd=Path(settings.initrd),
-        userland=Path(userland) if userland else None,
+        userland=Userland(image=Path(userland[0]), initrd=Path(userland[1])) if userland else None,
         agent_socket=state_dir / "agent.sock",
         console_log=state_dir / "console.log",
         kernel_args=kernel_args(settings.debug, caps),

@@ -114,7 +114,7 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, ...]
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-sandbox", SANDBOX,
         "-kernel", str(vm.kernel),
-        "-initrd", str(vm.initrd),
+        "-initrd", str(vm.userland.initrd if vm.userland else vm.initrd),
         "-append", " ".join(("console=ttyS0",) + vm.kernel_args + (HOTPLUG_ARGS if hot_memory(vm) else ())),
         "-chardev", f"file,id=console,path={opt(local(vm.console_log, vm.state_dir))},append=on",
         "-serial", "chardev:console",
@@ -153,7 +153,7 @@ def command(vm: VMSpec, accel: str, cpu: str | None = None, fds: tuple[int, ...]
     for index in range(vm.hotplug_slots):  # q35's root bus cannot hot-plug: free root ports can
         args += ["-device", f"pcie-root-port,id={HOTPLUG_PORT}{index},bus=pcie.0,chassis={index + 1}"]
     if vm.userland:  # read-only, shared: the host's page cache of the image, once for every VM (DAX in the guest)
-        args += ["-object", f"memory-backend-file,id=userland,mem-path={opt(vm.userland)},size={userland_mib(vm)}M,"
+        args += ["-object", f"memory-backend-file,id=userland,mem-path={opt(vm.userland.image)},size={userland_mib(vm)}M,"
                             "share=on,readonly=on",
                  "-device", "virtio-pmem-pci,memdev=userland,id=userland-dev"]
     if hot_memory(vm):  # reserved address space only (reserve=off): RAM is used once plugged; shared, as the rest
@@ -182,7 +182,7 @@ def hot_memory(vm: VMSpec) -> int:
 
 def userland_mib(vm: VMSpec) -> int:
     """MiB of the guest's userland image (whole 2 MiB pages, as runv guest build makes it); 0: none."""
-    return os.stat(vm.userland).st_size >> 20 if vm.userland else 0
+    return os.stat(vm.userland.image).st_size >> 20 if vm.userland else 0
 
 
 def memory_option(vm: VMSpec) -> str:

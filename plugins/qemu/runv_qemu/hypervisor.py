@@ -19,6 +19,7 @@ CAPABILITIES = Capabilities(
     nic_hotplug=True,  # device_add on a free pcie-root-port (VMSpec.hotplug_slots of them)
     pause=True,  # QMP stop / cont
     resize=True,  # virtio-mem and vCPU hot-plug (QemuVM.resize)
+    userland=True,  # virtio-pmem on a read-only shared file (runv_qemu.command)
 )
 
 GUEST_MODULES = GuestModules(
