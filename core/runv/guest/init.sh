@@ -13,8 +13,8 @@ mount -t tmpfs tmpfs /tmp
 # others (filesystems, device-mapper targets) through /sbin/modprobe when it first needs them.
 modprobe -a $(cat /etc/runv/modules)
 # The guest's userland from the host's read-only image, where the hypervisor maps it (QEMU's
-# virtio-pmem: with DAX its pages are the host's page cache, one copy for every VM), instead of
-# the initrd's copy in this VM's RAM, which is deleted (runv.guest.userland).
+# virtio-pmem: with DAX its pages are the host's page cache, one copy for every VM); what the
+# initrd has under /usr (the lean one: the modules loaded above) is deleted (runv.guest.userland).
 if [ -b /dev/pmem0 ] && mount -t erofs -o ro,dax=always /dev/pmem0 /mnt; then
   /bin/busybox rm -rf /usr && /bin/busybox mkdir /usr && /bin/busybox mount --move /mnt /usr
 fi
