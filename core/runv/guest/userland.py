@@ -2,12 +2,12 @@
 the initrd's ``/usr`` (Python and its libraries, the agent, the kernel modules, busybox's
 applet links). A hypervisor that can map a file into its guests with DAX (QEMU's
 virtio-pmem; ``Capabilities.userland``) gives it to every VM, which boots the lean initrd
-(``<initrd>.lean``: the initrd without the userland but the kernel modules /init loads
-before it mounts the image): /init mounts the image over ``/usr`` and deletes the lean
-initrd's modules, so the userland is the host's page cache, once for all VMs, instead of
-19 MiB of RAM in each, and the kernel unpacks 8 MB instead of 20. Hypervisors that
-cannot boot the whole initrd. EROFS, uncompressed (what DAX maps), because the guest loads its module in a
-tenth of ext4's time (0.24 MB against ext4's 2.5 MB with jbd2: ≈0.2 s of a cold boot under TCG)."""
+(``<initrd>.lean``: the initrd without the userland but for the kernel modules /init loads
+before it mounts the image): /init mounts the image over ``/usr`` and deletes those
+modules, so the userland is the host's page cache, once for all VMs, instead of 19 MiB of
+RAM in each, and the kernel unpacks 4.9 MB instead of 20. Hypervisors that cannot boot
+the whole initrd. EROFS, uncompressed (what DAX maps): its module is a tenth of ext4's
+with jbd2 (0.24 MB against 2.5 MB), which a cold boot loads under TCG."""
 
 from __future__ import annotations
 
