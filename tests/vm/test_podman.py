@@ -118,9 +118,26 @@ def host_network_kept():
                 subprocess.run(["iptables", *argv], capture_output=True)
 
 
+@contextmanager
+def conmon_cgroups_kept():
+    """Removes, on the way out, the cgroups podman's cgroupfs manager makes for conmon
+    (``libpod_parent/conmon`` in every hierarchy) where there were none before."""
+    cgroups = Path("/sys/fs/cgroup")
+    existed = any((cgroups / h / "libpod_parent").exists() for h in ("", *os.listdir(cgroups)))
+    try:
+        yield
+    finally:
+        for hierarchy in [] if existed else ("", *os.listdir(cgroups)):
+            for directory in ("libpod_parent/conmon", "libpod_parent"):
+                try:
+                    (cgroups / hierarchy / directory).rmdir()
+                except OSError:
+                    pass  # not there, or not empty
+
+
 @pytest.fixture(scope="module")
 def podman(base_rootfs):
-    with host_network_kept():
+    with host_network_kept(), conmon_cgroups_kept():
         base = Path(tempfile.mkdtemp(prefix="runv-podman-"))  # short: conmon's sockets live under it
         pm = Podman.configure(base)
         pm("import", rootfs_tar(base_rootfs, base / "rootfs.tar"), IMAGE, check=True)
