@@ -27,12 +27,13 @@ KERNEL = "/var/lib/runv/kernel"
 INITRD = "/var/lib/runv/initrd.img"
 
 
-def bare_boot() -> list[str]:
+def bare_boot(init: str = "/sbin/runv-halt") -> list[str]:
+    """A bare QEMU of runv's kernel and initrd, its first process ``init`` (default: power off at once)."""
     return [
         "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-bios", "qboot.rom", "-m", "256", "-smp", "1",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", KERNEL, "-initrd", INITRD, "-serial", "null",
-        "-append", "console=ttyS0 panic=-1 quiet rdinit=/sbin/runv-halt",
+        "-append", f"console=ttyS0 panic=-1 quiet rdinit={init}",
     ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -11,6 +10,8 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from runv.testing.host import guest_memory
 
 RUNV = str(Path(sys.executable).with_name("runv"))
 BUSYBOX = "/bin/busybox"
@@ -56,7 +57,7 @@ def report(title: str, rows: list[tuple[str, float]], ratio: tuple[str, float, f
 
 def split(pid: int) -> dict[str, float]:
     """A process's PSS in MiB by what its mappings hold, but for shared memory of the guest's
-    (memfds): mapped or not, those pages are counted whole by :func:`guest_memfds`."""
+    (memfds): mapped or not, those pages are counted whole by runv.testing.host.guest_memory."""
     parts: dict[str, float] = defaultdict(float)
     kind = "files"
     with open(f"/proc/{pid}/smaps") as smaps:
@@ -79,21 +80,6 @@ def split(pid: int) -> dict[str, float]:
     return parts
 
 
-def guest_memfds(pids: list[int]) -> float:
-    """MiB held by the memfds ``pids`` have open (the guest's RAM and hot-plugged memory): shared
-    memory that costs the host each page once it is written, whether or not a process maps it."""
-    seen: dict[int, int] = {}
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd).startswith("/memfd:"):
-                    st = os.stat(fd)
-                    seen[st.st_ino] = st.st_blocks * 512
-            except OSError:
-                continue
-    return sum(seen.values()) / (1 << 20)
-
-
 def pss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/smaps_rollup") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
@@ -108,7 +94,7 @@ def container_memory(shim: int) -> dict[str, float]:
         name = "QEMU" if Path(f"/proc/{child}/comm").read_text().startswith("qemu") else "file server"
         for kind, mib in split(child).items():
             processes[f"{name} {kind}" if kind != "guest RAM" else kind] += mib
-    processes["guest RAM"] += guest_memfds(children)
+    processes["guest RAM"] += guest_memory(children) / (1 << 20)
     parts = {"shim": pss_mib(shim)}
     for kind in ("guest RAM", "QEMU heap", "QEMU TCG code cache", "QEMU files", "file server heap", "file server files"):
         parts[kind] = processes[kind]

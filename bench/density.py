@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from boot import INITRD, KERNEL
+from boot import bare_boot
 from common import RUNV, busybox_bundle, container_memory, median, pss_mib
 
 SETTLE = 20.0  # seconds the containers idle before they are measured
@@ -31,9 +31,7 @@ MEMINFO = ("MemTotal", "MemFree", "Cached", "Shmem", "AnonPages", "Slab", "PageT
 
 def bare_vm_pss(count: int) -> list[float]:
     """The PSS of ``count`` bare QEMUs idling together in the guest's busybox ``sleep``."""
-    argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-bios", "qboot.rom", "-m", "256", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none", "-kernel", KERNEL, "-initrd", INITRD,
-            "-serial", "null", "-append", "console=ttyS0 panic=-1 quiet rdinit=/bin/busybox -- sleep 600"]
+    argv = bare_boot("/bin/busybox -- sleep 600")
     vms = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) for _ in range(count)]
     try:
         time.sleep(SETTLE)

@@ -258,6 +258,18 @@ def runv_ids(runv_root: Path) -> list[str]:
     return out.split()
 
 
+def remove_cgroups(*directories: str) -> None:
+    """Removes the cgroup ``directories`` (relative, children before their parents) in every
+    hierarchy where they are empty: a client's cgroup parent, once the test is done with it."""
+    cgroups = Path("/sys/fs/cgroup")
+    for hierarchy in ("", *os.listdir(cgroups)):
+        for directory in directories:
+            try:
+                (cgroups / hierarchy / directory).rmdir()
+            except OSError:
+                pass  # not there, or not empty
+
+
 def mounts_under(directory: Path) -> list[str]:
     """Mount points under ``directory`` (deepest first), from /proc/self/mountinfo."""
     found = []

@@ -17,7 +17,7 @@ from pathlib import Path
 import cri
 import grpc
 import pytest
-from realclients import cgroups_of, containerd_config, mounts_under, oci_archive, run, runv_ids, stop_daemon, wait_for_daemon
+from realclients import cgroups_of, containerd_config, mounts_under, oci_archive, remove_cgroups, run, runv_ids, stop_daemon, wait_for_daemon
 
 from runv.testing import vm_processes_in
 from runv.testing.host import RUNV
@@ -128,11 +128,7 @@ def kubelet(base_rootfs):
         for point in mounts_under(base):
             subprocess.run(["umount", "-l", point], capture_output=True)
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
-        for controller in ("", *os.listdir(CGROUPS)):  # the cgroup parent runv made the containers' paths in
-            try:
-                (CGROUPS / controller / client.cgroup_parent).rmdir()
-            except OSError:
-                pass
+        remove_cgroups(client.cgroup_parent)  # the cgroup parent runv made the containers' paths in
         shutil.rmtree(base, ignore_errors=True)
 
     wait_for_daemon("containerd", proc, lambda: client.ctr("version").returncode == 0, base / "containerd.log", cleanup, 30)

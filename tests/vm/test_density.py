@@ -3,7 +3,6 @@ never by punching the template a shared clone maps, and the guest still has all 
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -11,22 +10,13 @@ import pytest
 
 from runv.settings import Settings
 from runv.testing import vm_processes_in
+from runv.testing.host import guest_memory
 
 pytestmark = pytest.mark.usefixtures("guest_image")
 
 MIB = 1 << 20
 SHM = {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["size=200m"]}
 FILL = ["dd", "if=/dev/zero", "of=/dev/shm/fill", "bs=1M", "count=100"]
-
-
-def guest_memory(pid: int) -> int:
-    """Bytes the host holds for the VM's memfds (its RAM, its hot-plugged memory), mapped or not."""
-    held = {}
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        if os.readlink(fd).startswith("/memfd:"):
-            st = os.stat(fd)
-            held[st.st_ino] = st.st_blocks * 512
-    return sum(held.values())
 
 
 def meminfo(runv, cid: str) -> dict[str, int]:
@@ -43,12 +33,12 @@ def test_memory_a_container_frees_goes_back_to_the_host(runv, root, make_bundle,
     assert json.loads((root / "d1/template.json").read_text()) == {"template": "test"}
     [qemu] = vm_processes_in(root)
     time.sleep(3)  # what the clone freed as it woke up is reported
-    idle = guest_memory(qemu)
+    idle = guest_memory([qemu])
     assert runv("exec", "d1", *FILL).returncode == 0
-    full = guest_memory(qemu)
+    full = guest_memory([qemu])
     assert runv("exec", "d1", "rm", "/dev/shm/fill").returncode == 0
     deadline = time.monotonic() + 30  # Linux reports within 2 s of a free, a share of the free memory each time
-    while (after := guest_memory(qemu)) > idle + 10 * MIB and time.monotonic() < deadline:
+    while (after := guest_memory([qemu])) > idle + 10 * MIB and time.monotonic() < deadline:
         time.sleep(0.5)
     print(f"guest memory held by the host, MiB: idle {idle / MIB:.0f}, filled {full / MIB:.0f}, freed {after / MIB:.0f}")
     assert full - idle >= 95 * MIB

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from realclients import PtySession, cgroups_of, docker_archive, mounts_under, qemu_of, run, runv_ids, stop_daemon, wait_for_daemon
+from realclients import PtySession, cgroups_of, docker_archive, mounts_under, qemu_of, remove_cgroups, run, runv_ids, stop_daemon, wait_for_daemon
 
 from runv.testing import vm_processes_in
 from runv.testing.host import RUNV
@@ -107,11 +107,7 @@ def docker(guest_image, base_rootfs):
         log.close()
         for point in mounts_under(base):
             subprocess.run(["umount", "-l", point], capture_output=True)
-        for controller in ("", *os.listdir(CGROUPS)):  # the cgroup parent runv made the containers' paths in
-            try:
-                (CGROUPS / controller / client.cgroup_parent).rmdir()
-            except OSError:
-                pass
+        remove_cgroups(client.cgroup_parent)  # the cgroup parent runv made the containers' paths in
         if not run_docker_existed:
             shutil.rmtree("/run/docker", ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from realclients import PtySession, mounts_under, qemu_of, rootfs_tar, run, runv_ids
+from realclients import PtySession, mounts_under, qemu_of, remove_cgroups, rootfs_tar, run, runv_ids
 
 from runv.testing import vm_processes_in
 from runv.testing.host import RUNV
@@ -127,12 +127,8 @@ def conmon_cgroups_kept():
     try:
         yield
     finally:
-        for hierarchy in [] if existed else ("", *os.listdir(cgroups)):
-            for directory in ("libpod_parent/conmon", "libpod_parent"):
-                try:
-                    (cgroups / hierarchy / directory).rmdir()
-                except OSError:
-                    pass  # not there, or not empty
+        if not existed:
+            remove_cgroups("libpod_parent/conmon", "libpod_parent")
 
 
 @pytest.fixture(scope="module")

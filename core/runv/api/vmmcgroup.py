@@ -60,7 +60,12 @@ def name(state_dir: Path | str) -> str:
 def limits(memory_mib: int, vcpus: int, code_cache_mib: int = 0) -> tuple[int, int]:
     """The memory limit (bytes) and pids limit of a VMM running a guest of this size (with a
     translated-code cache of ``code_cache_mib`` under an emulator such as TCG)."""
-    return (memory_mib + OVERHEAD_MIB + code_cache_mib) << 20, PIDS_BASE + 2 * vcpus
+    return (memory_mib + OVERHEAD_MIB + code_cache_mib) << 20, pids_limit(vcpus)
+
+
+def pids_limit(vcpus: int) -> int:
+    """The tasks a VMM of ``vcpus`` may have: its thread pool, one thread per vCPU, its own."""
+    return PIDS_BASE + 2 * vcpus
 
 
 def write_file(path: Path, value: str) -> None:

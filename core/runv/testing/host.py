@@ -125,6 +125,21 @@ def fake_program(path: Path, script: str, interpreter: str = "/bin/sh") -> Path:
     return path
 
 
+def guest_memory(pids: list[int]) -> int:
+    """Bytes held by the memfds ``pids`` have open (a VM's RAM and hot-plugged memory): shared
+    memory that costs the host each page once it is written, whether or not a process maps it."""
+    held: dict[int, int] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).startswith("/memfd:"):
+                    st = os.stat(fd)
+                    held[st.st_ino] = st.st_blocks * 512
+            except OSError:
+                continue  # closed meanwhile
+    return sum(held.values())
+
+
 def fake_cgroup_v2(base: Path) -> Path:
     """A directory that runv.api.vmmcgroup takes for a cgroup v2 mount."""
     base.mkdir()

@@ -131,11 +131,12 @@ def place(state_dir: Path | str, path: str, shim_pid: int, base: Path = BASE, pr
     found = all_hierarchies(base)
     dirs = resolve(path, base, proc)
     v2 = (base / "cgroup.controllers").exists()
+    enable = _enable(base) if v2 else ""
     limits = hostlimits.files(resources or {}, vcpus, v2)
     # each hierarchy's root, then every level down to the cgroupsPath's directory
     levels = [[p for p in reversed([d, *d.parents]) if p.is_relative_to(root)] for (_, root), d in zip(found, dirs)]
     made = [p for chain in levels for p in chain[1:] if not p.exists()]
-    (Path(state_dir) / RECORD).write_text(json.dumps({
+    (Path(state_dir) / RECORD).write_text(json.dumps({  # "dirs": the VMM's hierarchies, which come first
         "base": str(base), "dirs": [str(d) for d in dirs[:len(hierarchies(base))]],
         "all": [str(d) for d in dirs], "made": [str(d) for d in made]}))
     try:
@@ -143,7 +144,7 @@ def place(state_dir: Path | str, path: str, shim_pid: int, base: Path = BASE, pr
             for level in chain:
                 level.mkdir(exist_ok=True)
                 if v2:
-                    write_file(level / "cgroup.subtree_control", _enable(base))
+                    write_file(level / "cgroup.subtree_control", enable)
                 elif controller == "cpuset" and level != chain[0]:
                     hostlimits.inherit_cpuset(level)
             hostlimits.write(chain[-1], limits.get(controller, {}))

@@ -14,14 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from runv.api.errors import RunvError
-from runv.api.vmmcgroup import PIDS_BASE, write_file
+from runv.api.vmmcgroup import pids_limit, write_file
 
 HELPER_TASKS = 64  # the shim's threads and a file server's (virtiofsd's thread pool), beyond the VMM's own
 
 
 def pids_floor(vcpus: int) -> int:
     """The fewest tasks a container's host cgroup must allow: its VMM's, its shim's and helpers'."""
-    return PIDS_BASE + 2 * vcpus + HELPER_TASKS
+    return pids_limit(vcpus) + HELPER_TASKS
 
 
 def files(resources: dict, vcpus: int, v2: bool) -> dict[str, dict[str, str]]:

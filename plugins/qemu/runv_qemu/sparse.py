@@ -22,6 +22,9 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 REPORT_DELAY = 2.0  # the guest reports free blocks this long after they were freed (Linux's PAGE_REPORTING_DELAY)
 REPORTS_TIMEOUT = 30.0  # Linux reports an idle guest's free memory within about 30 s
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+
 
 def data_extents(fd: int) -> Iterator[tuple[int, int]]:
     """The (start, end) of each run of data of the sparse file ``fd``."""
@@ -63,14 +66,12 @@ def await_reports(path: Path, timeout: float = REPORTS_TIMEOUT) -> None:
 
 def punch_zeros(path: Path) -> int:
     """Makes every all-zero page of the sparse file ``path`` a hole; returns the bytes freed."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
     freed = 0
     with open(path, "r+b") as f:
         fd = f.fileno()
         for start, end in list(data_extents(fd)):
             for offset, length in _zero_runs(fd, start, end):
-                if libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+                if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
                     raise OSError(ctypes.get_errno(), f"punching a hole in {path}")
                 freed += length
     return freed

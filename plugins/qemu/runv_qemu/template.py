@@ -47,6 +47,8 @@ SAVE_TIMEOUT = 120.0
 # of the saved files (2: a private template's stream uncompressed; 3: shares hot-plugged, the RAM in the memory file
 # for private templates too); part of the shape, so older ones are stale
 FORMAT = 3
+# the stream leaves out shared RAM: the template's memory file, which clones get otherwise, and the userland image
+IGNORE_SHARED = ("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
 MIGRATION_FD = "runv-migration"  # the getfd name of the stream's descriptor: QEMU runs no commands (spawn=deny)
 
 
@@ -102,10 +104,6 @@ def shape(vm: VMSpec, accel: str, cpu: str | None) -> dict | None:
     }
 
 
-def _ignore_shared(on: bool) -> tuple[str, dict]:
-    return ("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
-
-
 class TemplatedQemuVM(QemuVM):
     """A QEMU VM that can also be saved as a template (what the QEMU plugins' VMs are)."""
 
@@ -150,7 +148,7 @@ def save(vm: QemuVM, directory: Path) -> dict:
         sparse.await_reports(memory)
     out = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        vm.qmp(("getfd", {"fdname": MIGRATION_FD}), ("stop", None), _ignore_shared(True),
+        vm.qmp(("getfd", {"fdname": MIGRATION_FD}), ("stop", None), IGNORE_SHARED,
                ("migrate", {"uri": f"fd:{MIGRATION_FD}"}), fd=out)
         deadline = time.monotonic() + SAVE_TIMEOUT
         while True:
@@ -165,9 +163,9 @@ def save(vm: QemuVM, directory: Path) -> dict:
     sparse.punch_zeros(memory)
     seconds = time.monotonic() - started
     os.chmod(state, 0o600)
-    files = {STATE: state.stat().st_size, MEMORY: memory.stat().st_size}
-    return {"files": files, "memory_data": memory.stat().st_blocks * 512, "private": private,
-            "save_seconds": round(seconds, 3)}
+    held = memory.stat()
+    files = {STATE: state.stat().st_size, MEMORY: held.st_size}
+    return {"files": files, "memory_data": held.st_blocks * 512, "private": private, "save_seconds": round(seconds, 3)}
 
 
 def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, cpu: str | None) -> QemuVM:
@@ -203,7 +201,7 @@ def restore(vm: VMSpec, directory: Path, record: dict, plugin: str, accel: str, 
         clone.data["virtiofsd"] = [server.record() for server in servers]
     stream = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
     try:  # QEMU reads the stream from the host's descriptor (it opens nothing itself: the jail)
-        clone.qmp(("getfd", {"fdname": MIGRATION_FD}), _ignore_shared(True),
+        clone.qmp(("getfd", {"fdname": MIGRATION_FD}), IGNORE_SHARED,
                   ("migrate-incoming", {"uri": f"fd:{MIGRATION_FD}"}), fd=stream)
         deadline = time.monotonic() + LOAD_TIMEOUT
         while True:
