@@ -112,13 +112,13 @@ def fake(tmp_path, root, fake_site, guest_files, hermetic):
     kernel, initrd = guest_files
     env = with_path(None, fake_site)
 
-    def call(*args, check=False, timeout=30, **kwargs):
-        argv = [RUNV, "--root", str(root), "--kernel", str(kernel), "--initrd", str(initrd), "--hypervisor", "fake",
-                *map(str, args)]
-        kwargs.setdefault("env", env)
-        return run_captured(argv, check=check, timeout=timeout, **kwargs)
+    argv = [RUNV, "--root", str(root), "--kernel", str(kernel), "--initrd", str(initrd), "--hypervisor", "fake"]
 
-    call.env = env
+    def call(*args, check=False, timeout=30, **kwargs):
+        kwargs.setdefault("env", env)
+        return run_captured([*argv, *map(str, args)], check=check, timeout=timeout, **kwargs)
+
+    call.env, call.argv = env, argv
     yield call
     if root.is_dir():
         for cid in os.listdir(root):

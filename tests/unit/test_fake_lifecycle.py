@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -157,3 +158,25 @@ class TestDeepRoot:
         assert len(str(root / "box" / "agent.sock")) > 108
         result = fake("run", "--bundle", make_bundle(["echo", "deep"]), "box")
         assert (result.returncode, result.stdout) == (0, "deep\n"), result.stderr
+
+
+def test_events_go_on_through_a_pause_and_end_when_the_container_stops(fake, make_bundle, root, tmp_path):
+    fake("run", "-d", "--bundle", make_bundle(["sleep", "1000"]), "box", check=True)
+    out, err = tmp_path / "events.out", tmp_path / "events.err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        events = subprocess.Popen([*fake.argv, "events", "--interval", "100ms", "box"], stdout=stdout, stderr=stderr,
+                                  env=fake.env)
+    try:
+        wait_for(lambda: out.read_text().count("\n") >= 1, what="the first stats event")
+        fake("pause", "box", check=True)
+        time.sleep(0.5)  # several intervals while paused: the reason is said once
+        before = out.read_text().count("\n")
+        fake("resume", "box", check=True)
+        wait_for(lambda: out.read_text().count("\n") > before, what="stats after resume")
+        fake("kill", "box", "KILL", check=True)
+        assert events.wait(timeout=10) == 0  # the stream ends with the container, as runc's
+    finally:
+        events.kill()
+    assert err.read_text() == "runv: container box is paused: resume it first\n"
+    first = out.read_text().splitlines()[0]
+    assert first.startswith('{"type":"stats","id":"box","data":{') and json.loads(first)["data"]["pids"]["current"] >= 1

@@ -5,6 +5,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_confinement import bundle_of, default_config
 
 from runv.testing.host import RUNV
 
@@ -286,22 +288,42 @@ def test_failing_prestart_fails_create_and_cleans_up(runv, make_bundle, root):
     assert not (root / "nohook").exists()
 
 
-def test_events_reports_an_oom_kill(runv, running, root):
-    events = subprocess.Popen([RUNV, "--root", str(root), "events", "--interval", "500ms", running],
-                              stdout=subprocess.PIPE, text=True)
+def oom_events(runtime, cid, tmp_path):
+    """What ``runtime events`` prints while a process of container ``cid`` allocates 100 MiB
+    past its 32 MiB limit, up to the first ``oom`` event (at most 30 s of events), and the
+    allocating process's exit status."""
+    events = subprocess.Popen([*runtime, "events", "--interval", "500ms", cid], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)  # the first stats event sets the baseline
-        hog = runv("exec", running, "awk", 'BEGIN { while (1) a[i++] = sprintf("%0200d", i) }')  # small allocations until the OOM killer
-        assert hog.returncode == 137  # killed by the guest kernel's OOM killer (SIGKILL)
+        with open(tmp_path / f"{cid}.hog", "w") as out:
+            hog = subprocess.run([*runtime, "exec", cid, "dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"],
+                                 stdout=out, stderr=out, timeout=120)
         deadline = time.monotonic() + 30
         seen = []
-        while time.monotonic() < deadline:
-            line = events.stdout.readline()
+        while time.monotonic() < deadline and (line := events.stdout.readline()):
             seen.append(json.loads(line))
             if seen[-1]["type"] == "oom":
                 break
-        assert seen[-1] == {"type": "oom", "id": running}
-        assert seen[0]["type"] == "stats"
+        return hog.returncode, seen
     finally:
         events.kill()
         events.wait()
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
+def test_events_reports_an_oom_kill_as_runc(runv, make_bundle, root, tmp_path):
+    spec = default_config("sleep 1000")
+    spec["linux"]["resources"] = {"memory": {"limit": 32 << 20}}
+    runc = ["runc", "--root", str(tmp_path / "runc")]
+    with open(tmp_path / "runc.out", "w") as out:  # the container keeps runc's stdio: files, not pipes
+        assert subprocess.run([*runc, "run", "-d", "--bundle", bundle_of(make_bundle, spec, "runc"), "r1"],
+                              stdout=out, stderr=out).returncode == 0, (tmp_path / "runc.out").read_text()
+    try:
+        theirs = oom_events(runc, "r1", tmp_path)
+    finally:
+        subprocess.run([*runc, "delete", "--force", "r1"], capture_output=True)
+    runv("run", "-d", "--bundle", bundle_of(make_bundle, spec, "runv"), "v1", check=True)
+    ours = oom_events([RUNV, "--root", str(root)], "v1", tmp_path)
+    for (status, seen), cid in ((theirs, "r1"), (ours, "v1")):
+        assert status == 137, cid  # the kernel's OOM killer (the guest's under runv) sent SIGKILL
+        assert seen[0]["type"] == "stats" and seen[-1] == {"type": "oom", "id": cid}, seen

@@ -15,7 +15,7 @@ def command(
     stats: Annotated[bool, typer.Option("--stats", help="Print one stats event and exit.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Time between stats events (5s, 500ms, 1m).")] = "5s",
 ) -> None:
-    import json
+    import sys
     import time
 
     from runv.api.errors import RunvError
@@ -24,20 +24,35 @@ def command(
 
     seconds = parse_duration(interval)
     oom_kills = None
+    failed = None
     while True:
         try:
             figures = ask_shim(ctx.obj, container_id, "stats")
-        except RunvError:
-            if stats or Store(ctx.obj.root).read(container_id).live_status() != "stopped":
+        except RunvError as exc:
+            if stats:
                 raise
-            return  # the container stopped: the stream ends, as runc's does
+            time.sleep(seconds)  # a container that stops fails a reading before its record says so
+            if Store(ctx.obj.root).read(container_id).live_status() == "stopped":
+                return  # the container stopped: the stream ends, as runc's does
+            if str(exc) != failed:  # as runc, a failed reading is said and the stream goes on (once per reason)
+                print(f"runv: {exc}", file=sys.stderr, flush=True)
+                failed = str(exc)
+            continue
+        failed = None
         if oom_kills is not None and figures["oom_kills"] > oom_kills:
-            print(json.dumps({"type": "oom", "id": container_id}), flush=True)
+            emit({"type": "oom", "id": container_id})
         oom_kills = figures["oom_kills"]
-        print(json.dumps(stats_event(container_id, figures)), flush=True)
+        emit(stats_event(container_id, figures))
         if stats:
             return
         time.sleep(seconds)
+
+
+def emit(event: dict) -> None:
+    """One event a line, compact as runc's (Go's encoder) prints it."""
+    import json
+
+    print(json.dumps(event, separators=(",", ":")), flush=True)
 
 
 def stats_event(container_id: str, figures: dict) -> dict:
