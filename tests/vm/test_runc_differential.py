@@ -34,6 +34,7 @@ SCRIPT = "\n".join([
     "echo '== cgroup'; for f in " + " ".join(CGROUP_FILES) + "; do [ -e /sys/fs/cgroup/$f ] && echo $f=$(cat /sys/fs/cgroup/$f); done",
     "true",
 ])
+PROPAGATIONS = ("shared", "rshared", "slave", "rslave", "private", "rprivate")
 HOST_IS_CGROUP_V1 = not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 V1_UNLIMITED = 9223372036854771712  # memory.limit_in_bytes of "no limit" (PAGE_COUNTER_MAX pages)
 USERNS = {"namespaces": [{"type": "user"}], "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
@@ -142,6 +143,9 @@ def spec_of(where, userns):
     # the spec's own mounts, interleaved with the default ones: they must be mounted in this order
     spec["mounts"].insert(0, {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=1m"]})
     spec["mounts"].insert(6, {"destination": "/mnt", "type": "bind", "source": str(data), "options": ["rbind", "ro"]})
+    # a bind with each propagation (runtime-tools' mounts test): the same peer groups and masters as runc's
+    spec["mounts"] += [{"destination": f"/propagation/{how}", "type": "bind", "source": str(data), "options": ["rbind", how]}
+                       for how in PROPAGATIONS]
     if userns:
         spec["linux"].update({key: USERNS[key] for key in ("uidMappings", "gidMappings")})
         spec["linux"]["namespaces"] = spec["linux"]["namespaces"] + USERNS["namespaces"]
@@ -179,7 +183,8 @@ def test_runc_and_runv_set_up_the_same_bundle_alike(runv, make_bundle, tmp_path,
     if userns:
         bundle = Path(shutil.copytree(bundle, place / "bundle", symlinks=True))
         bundle.chmod(0o755)
-    (bundle / "rootfs/mnt").mkdir(exist_ok=True)  # in userns runc may not make it in a root-owned rootfs
+    for point in ("mnt", *(f"propagation/{how}" for how in PROPAGATIONS)):  # in userns runc may not make them
+        (bundle / "rootfs" / point).mkdir(parents=True, exist_ok=True)
     runc = run_runc(bundle, tmp_path, "differential-runc")
     assert runc.returncode == 0, runc.stderr
     ours = runv("run", "--bundle", bundle, "differential-runv")
