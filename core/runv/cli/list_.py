@@ -21,7 +21,8 @@ def run(settings: Settings, output_format: str, quiet: bool) -> None:
         except RunvError:
             continue  # deleted while we listed
     if quiet:
-        print("\n".join(s["id"] for s in states))
+        for state in states:  # none: nothing at all, as runc prints
+            print(state["id"])
     elif output_format == "json":
         print(json.dumps(states))
     else:
