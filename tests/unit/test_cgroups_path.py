@@ -170,3 +170,18 @@ def test_a_host_pids_limit_below_what_the_vm_needs_is_raised_to_it():
     assert hostlimits.files({"pids": {"limit": 10}}, 2, v2=False) == {"pids": {"pids.max": str(hostlimits.pids_floor(2))}}
     assert hostlimits.files({"pids": {"limit": -1}}, 2, v2=True) == {"": {"pids.max": "max"}}
     assert hostlimits.files({}, 2, v2=False) == {}
+
+
+def test_empty_vmm_cgroups_older_than_a_minute_are_swept(tmp_path):
+    """What a crash left in runv's parent (no VMM, its state directory gone): removed by the
+    next VM's cgroup creation (Cgroup.create); one in use (the kernel refuses: here, not empty) stays."""
+    base = fake_cgroup_v1(tmp_path / "cg")
+    for controller in ("memory", "pids"):
+        (base / controller / "runv/orphan-0123456789ab").mkdir(parents=True)
+        (base / controller / "runv/alive-0123456789ab").mkdir()
+        (base / controller / "runv/alive-0123456789ab/cgroup.procs").write_text("4242\n")
+    vmmcgroup.sweep([base / "memory/runv", base / "pids/runv"], older_than=60.0)
+    assert (base / "memory/runv/orphan-0123456789ab").is_dir()  # made just now: maybe its VMM is on its way
+    vmmcgroup.sweep([base / "memory/runv", base / "pids/runv"], older_than=-1.0)
+    for controller in ("memory", "pids"):
+        assert sorted(p.name for p in (base / controller / "runv").iterdir()) == ["alive-0123456789ab"]

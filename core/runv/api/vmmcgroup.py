@@ -47,6 +47,7 @@ OVERHEAD_MIB = 256
 PIDS_BASE = 128
 GONE_TIMEOUT = 5.0  # seconds for the processes of a cgroup to die once killed
 RECORD = "cgroup.json"  # in the state directory: where the cgroupsPath put the VMM and the shim
+ORPHAN_AGE = 60.0  # seconds after which an empty VMM cgroup in runv's parent is an orphan (a VMM enters at once)
 
 
 def name(state_dir: Path | str) -> str:
@@ -164,6 +165,8 @@ class Cgroup:
                                 f"at {self.base}): mount it, the VMM's limits need it")
 
     def _make(self) -> None:
+        if self.shared:
+            sweep(self.parents())
         if self.v2 and self.shared:
             write_file(self.base / "cgroup.subtree_control", ENABLE)
             (self.base / PARENT).mkdir(exist_ok=True)
@@ -210,6 +213,25 @@ class Cgroup:
                     parent.rmdir()
                 except OSError:
                     pass  # not empty (another VM's) or already gone
+
+
+def sweep(parents: list[Path], older_than: float = ORPHAN_AGE) -> None:
+    """Removes the empty VMM cgroups in runv's ``parents`` made over ``older_than`` seconds
+    ago: what a VM whose runv processes were all killed left, its state directory emptied
+    since (a live VM's cgroup holds its VMM: the kernel refuses to remove it; a stopped
+    container's, removed here, is not missed by its ``delete``)."""
+    now = time.time()
+    for parent in parents:
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False) and now - entry.stat().st_ctime > older_than:
+                    os.rmdir(entry.path)
+            except OSError:
+                continue  # in use (EBUSY), or gone meanwhile
 
 
 def from_record(data: dict | str) -> Cgroup:
