@@ -12,6 +12,8 @@ import pytest
 from test_fake_lifecycle import status, wait_for
 
 from runv.api.errors import RunvError
+from runv.api.vm import Share
+from runv.testing import mounts_under as all_mounts_under
 from runv.testing import vm_processes_in
 from runv.vm import podshare
 
@@ -37,14 +39,18 @@ def test_an_annotated_member_joins_the_sandboxes_vm(fake, make_bundle, root):
     assert fake("start", "member").returncode == 0
     assert fake("exec", "member", "cat", "/marker").stdout == "the member's rootfs\n"
     assert fake("exec", "sandbox", "cat", "/marker").returncode != 0
+    shim = json.loads((root / "sandbox/state.json").read_text())["shim_pid"]
+    # the member's rootfs is mounted in the pod directory in the sandbox shim's mount namespace, never the host's
+    assert not mounts_under(root / "sandbox/pod/member")
+    assert all_mounts_under(root / "sandbox/pod/member", [shim]) == [str(root / "sandbox/pod/member/rootfs")]
 
     fake("kill", "member", "KILL", check=True)
     wait_for(lambda: status(fake, "member") == "stopped", what="the member to stop")
     assert status(fake, "sandbox") == "running"
     assert fake("delete", "member").returncode == 0
-    assert not mounts_under(root / "sandbox/pod/member")
+    assert not all_mounts_under(root / "sandbox/pod/member")
     assert fake("delete", "--force", "sandbox").returncode == 0
-    assert not vm_processes_in(root) and not mounts_under(root)
+    assert not vm_processes_in(root) and not all_mounts_under(root)
 
 
 def test_a_member_of_a_missing_sandbox_fails_in_one_line(fake, make_bundle, root):
@@ -68,11 +74,21 @@ def pod_dir(tmp_path):
     os.system(f"umount -l {state / podshare.TAG}")
 
 
+def attach(pod_dir, member, shares):
+    """What a shim does: each share's mount tree copied, then mounted in the pod directory."""
+    trees = podshare.copies([Share(tag, Path(source), readonly) for tag, source, readonly in shares])
+    try:
+        podshare.attach(pod_dir, member, trees)
+    finally:
+        for _, tree in trees:
+            os.close(tree)
+
+
 def test_shares_reach_the_pod_directory_nodev_nosuid(pod_dir, tmp_path):
     source = tmp_path / "rootfs"
     source.mkdir()
     (source / "file").write_text("hi")
-    podshare.attach(pod_dir, "m1", [["rootfs", str(source), False], ["vol0", str(source), True]])
+    attach(pod_dir, "m1", [["rootfs", str(source), False], ["vol0", str(source), True]])
     options = dict(mounts_under(pod_dir / "pod/m1"))
     assert set(options) == {str(pod_dir / "pod/m1/rootfs"), str(pod_dir / "pod/m1/vol0")}
     assert {"nodev", "nosuid", "rw"} <= set(options[str(pod_dir / "pod/m1/rootfs")].split(","))
@@ -89,7 +105,7 @@ def test_a_symlink_the_guest_left_in_the_pod_directory_is_not_followed(pod_dir, 
     source.mkdir()
     (pod_dir / "pod/m1").symlink_to(target)
     with pytest.raises(RunvError, match="already holds 'm1'"):
-        podshare.attach(pod_dir, "m1", [["rootfs", str(source), False]])
+        attach(pod_dir, "m1", [["rootfs", str(source), False]])
     assert not mounts_under(target) and not mounts_under(pod_dir / "pod")[1:]
     assert Path(pod_dir / "pod/m1").is_symlink()  # left as it was, to the pod's own harm only
     os.unlink(pod_dir / "pod/m1")

@@ -6,6 +6,7 @@ state directory left (the ``fake`` fixture's own check, plus :func:`nothing_left
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from runv.records import Store
-from runv.testing import fake_distribution, leftovers_in, with_path
+from runv.testing import fake_distribution, leftovers_in, mounts_under, process_tree, with_path
 from runv.testing.faults import MOMENTS, hold_in_hooks, unrecorded_vms, wait_for_moment, wait_status
 from runv.testing.host import RUNV
 
@@ -167,5 +168,23 @@ def test_the_shim_killed_leaves_a_stopped_container_delete_removes(fake, make_bu
     assert fake("start", "box").returncode == 0
     os.kill(Store(root).read("box").shim_pid, signal.SIGKILL)
     wait_status(fake, "box", "stopped", BOUND)
+    assert fake("delete", "box").returncode == 0
+    nothing_left(fake, root, tmp_path)
+
+
+def test_a_containers_mounts_live_in_its_shims_namespace_and_go_with_its_processes(fake, make_bundle, root, tmp_path):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    mounts = [{"destination": "/data", "type": "bind", "source": str(volume), "options": ["rbind", "rw"]}]
+    assert fake("run", "-d", "--bundle", make_bundle(["sleep", "1000"], mounts=mounts), "box").returncode == 0
+    shim = Store(root).read("box").shim_pid
+    assert mounts_under(root, [shim]) and mounts_under(root, [os.getpid()]) == []  # the shim's, not the host's
+    for pid in {*process_tree(shim), *process_tree(Store(root).read("box").vm["pid"])}:
+        with contextlib.suppress(ProcessLookupError):  # gone with its parent already
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + BOUND
+    while mounts_under(root):  # in no namespace once the processes are gone
+        assert time.monotonic() < deadline, mounts_under(root)
+        time.sleep(0.05)
     assert fake("delete", "box").returncode == 0
     nothing_left(fake, root, tmp_path)

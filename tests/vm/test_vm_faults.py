@@ -5,15 +5,18 @@ or the shim killed -9, the ``runv create`` CLI killed -9 at each moment a caller
 shim, mount, loop or dm device, or state directory left (:func:`nothing_left`); these
 containers have no network, so no tap or namespace is made."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 
 import pytest
 
-from runv.testing import leftovers_in, vm_processes_in
+from runv.api import vmmcgroup
+from runv.testing import leftovers_in, mounts_under, process_tree, vm_processes_in
 from runv.testing.faults import MOMENTS, hold_in_hooks, record, unrecorded_vms, wait_for_moment, wait_status
 from runv.testing.host import RUNV
 
@@ -154,3 +157,53 @@ def test_two_delete_force_at_once_both_succeed(runv, background, make_bundle, ro
     deletes = [background("delete", "--force", "box") for _ in range(2)]
     assert [finished(delete) for delete in deletes] == [(0, ""), (0, "")]
     nothing_left(runv, root, tmp_path)
+
+
+def running(pid):
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_every_process_of_a_container_killed_leaves_no_mount_and_spares_another_root(runv, make_bundle, root, tmp_path):
+    """kill -9 of a container's shim, VMM and file server at once (the host's OOM killer, a
+    `pkill -9`): no mount of its rootfs or volume is left in any namespace (they were only
+    ever in its shim's); with its state root emptied, runv starts afresh there; a container
+    of another root runs on untouched."""
+    other = [RUNV, "--root", str(tmp_path / "other-root")]
+    with open(tmp_path / "other.out", "w") as out:  # a shim keeps its create's stdio: files, not pipes
+        subprocess.run([*other, "run", "-d", "--bundle", make_bundle(["sleep", "1000"], name="other"), "other"],
+                       stdout=out, stderr=out, check=True)
+    try:
+        volume = tmp_path / "volume"
+        volume.mkdir()
+        (volume / "file").write_text("kept\n")
+        mounts = [{"destination": "/data", "type": "bind", "source": str(volume), "options": ["rbind", "rw"]}]
+        bundle = make_bundle(["sleep", "1000"], mounts=mounts)
+        runv("run", "-d", "--bundle", bundle, "box", check=True)
+        shim = record(root / "box")["shim_pid"]
+        assert len(mounts_under(root, [shim])) >= 3  # the pod directory, the rootfs and the volume in it, ...
+        assert mounts_under(root, [os.getpid()]) == []  # ... in the shim's mount namespace, never the host's
+        victims = process_tree(shim)
+        assert len(victims) >= 3  # the shim, QEMU, virtiofsd (and the jails' helpers)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):  # gone with its parent already
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + BOUND
+        while any(map(running, victims)):
+            assert time.monotonic() < deadline, "a killed process still runs"
+            time.sleep(0.05)
+        assert mounts_under(root) == [] and mounts_under(bundle) == [] and mounts_under(volume) == []
+        shutil.rmtree(root)  # what a reboot or an admin does to /run/runv
+        assert runv("list", "-q", check=True).stdout == ""
+        again = make_bundle(["cat", "/data/file"], name="again", mounts=mounts)
+        orphans = [d for d in vmmcgroup.Cgroup(vmmcgroup.name(root / "box")).dirs() if d.exists()]
+        assert orphans  # the VMM's cgroup is what the kill left: the next VM of that name takes it over
+        assert runv("run", "--bundle", again, "box").stdout == "kept\n"  # the same id, the same volume, afresh
+        assert not [d for d in orphans if os.path.exists(d)]  # and removes it (others, a minute old: vmmcgroup.sweep)
+        assert subprocess.run([*other, "exec", "other", "true"], capture_output=True).returncode == 0
+    finally:
+        subprocess.run([*other, "delete", "--force", "other"], capture_output=True)

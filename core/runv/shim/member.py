@@ -3,7 +3,8 @@ first container, :mod:`runv.vm.pods`), which that container's shim owns; this sh
 reference to it, its control socket, and boots nothing.
 
 The member's rootfs and volumes go into the sandbox's VM through the pod directory
-(:mod:`runv.vm.podshare`: the sandbox's shim mounts them and has the guest prepare them),
+(:mod:`runv.vm.podshare`: this shim copies their mount trees in its own mount namespace and
+passes them to the sandbox's shim, which mounts them and has the guest prepare them),
 and its process runs there as an exec of the sandbox's shim that creates the container's
 own namespaces and cgroup in the guest (:class:`runv.shim.relay.Relay`). The member's shim
 is still the container's shim for runc's contract: its PID is the container's, it relays
@@ -13,6 +14,7 @@ socket, forwarding to the sandbox.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -32,9 +34,17 @@ if TYPE_CHECKING:
     from runv.api.spec import Process
     from runv.api.vm import StorageAttachment
     from runv.loader import Selection
+    from runv.records import Store
     from runv.shim.server import Shim
 
 KILL_GRACE = 5.0  # seconds the guest has to end a member after a SIGKILL before the pod's VM is stopped
+
+
+def mounts_own(store: Store, sandbox: str) -> bool:
+    """Whether the shim of ``sandbox`` has a mount namespace of its own (control protocol 2),
+    so a member's shares must reach it as mount trees; a shim an earlier runv started took
+    host paths, and its members' shims stay in their caller's namespace to mount them."""
+    return store.read(sandbox).shim_protocol >= 2
 
 
 class PodMember:
@@ -63,8 +73,17 @@ class PodMember:
         bringup.enter_cgroups_path(container)
         prepare = bringup.prepare_request(container, to_json(podshare.in_pod(self.attachment.rootfs, cid)),
                                           [to_json(m) for m in podshare.plan_in_pod(self.attachment.mounts, cid)], confined)
-        control.call(self.sandbox_dir, "join", id=cid, prepare=prepare,
-                     shares=[[s.tag, str(s.path), s.readonly] for s in self.attachment.shares])
+        if not mounts_own(self.shim.store, self.sandbox):  # its shim mounts host paths (this shim stayed in their namespace)
+            control.call(self.sandbox_dir, "join", id=cid, prepare=prepare,
+                         shares=[[s.tag, str(s.path), s.readonly] for s in self.attachment.shares])
+            return
+        trees = podshare.copies(self.attachment.shares)  # what this shim sees: the sandbox's shim may not
+        try:
+            control.call(self.sandbox_dir, "join", id=cid, prepare=prepare, trees=[tag for tag, _ in trees],
+                         fds=[tree for _, tree in trees])
+        finally:
+            for _, tree in trees:
+                os.close(tree)
 
     def booted(self) -> None:
         """Nothing more: the sandbox's shim keeps its VM's network."""

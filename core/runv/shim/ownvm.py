@@ -127,7 +127,10 @@ class OwnVM:
             agent = self.machine.agent
             if agent is None or agent.closed or self.shim.killed:
                 raise RunvError(f"container {cid} cannot join the VM of container {self.shim.container.id}: it is stopping")
-            self.machine.join(cid, request.get("prepare", {}), request.get("shares") or [])
+            tags, trees = request.get("trees") or [], request["fds"]
+            if len(tags) != len(trees) or not all(isinstance(tag, str) for tag in tags):
+                raise RunvError(f"container {cid}: {len(tags)} shares named for {len(trees)} mount trees sent")
+            self.machine.join(cid, request.get("prepare", {}), list(zip(tags, trees)))
 
     def leave(self, request: dict) -> None:
         with self.shim.lock:

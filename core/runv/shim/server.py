@@ -32,6 +32,7 @@ from runv.shim import control
 from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.shim.outbox import Outbox
 from runv.stdio import write_all
+from runv.vm import mountns
 from runv.vm.machine import INIT
 from runv.vm.ocihooks import run_hooks
 from runv.vm.spawn import OK
@@ -151,25 +152,24 @@ class Shim:
 
     def handle_client(self, conn: socket.socket) -> None:
         with conn:
+            request, fds = read_request(conn)
             try:
-                request = json.loads(conn.makefile("rb").readline() or b"{}")
-            except ValueError:
-                request = {}
-            if not isinstance(request, dict):
-                request = {}
-            if request.get("op") == "exec":
-                return self.guest.serve_exec(conn, request)
-            with self.answering:
-                self.unanswered += 1
-            try:
-                reply = self.answer(request)
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass  # the caller went away
-            finally:
+                if request.get("op") == "exec":
+                    return self.guest.serve_exec(conn, request)
                 with self.answering:
-                    self.unanswered -= 1
-                    self.answering.notify_all()
+                    self.unanswered += 1
+                try:
+                    reply = self.answer({**request, "fds": fds})  # the descriptors received, never the caller's word
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                except OSError:
+                    pass  # the caller went away
+                finally:
+                    with self.answering:
+                        self.unanswered -= 1
+                        self.answering.notify_all()
+            finally:
+                for fd in fds:  # an operation keeps none: what it mounted holds what it needs
+                    os.close(fd)
 
     def answer(self, request: dict) -> dict:
         """The reply to one control request (never raises)."""
@@ -255,14 +255,36 @@ def cap_console(path: Path, cap: int = CONSOLE_CAP, keep: int = CONSOLE_KEEP, ev
             continue
 
 
+def read_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    """One request line (``{}`` when it is not a JSON object) and the descriptors sent with
+    it. Nothing follows a request before its reply, so reading past the line loses nothing."""
+    try:
+        data, fds, _flags, _address = socket.recv_fds(conn, 1 << 16, control.MAX_FDS)
+    except OSError:
+        return {}, []
+    while data and not data.endswith(b"\n"):
+        more = conn.recv(1 << 16)
+        if not more:
+            break
+        data += more
+    try:
+        request = json.loads(data or b"{}")
+    except ValueError:
+        request = {}
+    return (request if isinstance(request, dict) else {}), fds
+
+
 def run(shim: Shim, report: Callable[[str], bool]) -> int:
     """The shim process's whole life; returns its exit code. Its first act is to record
     itself under the container's lock, so a concurrent ``delete --force`` either finds it
     (and kills it with all it starts) or removed the container first (nothing is built)."""
     cid = shim.container.id
     me = os.getpid()
+    # a member of an earlier runv's pod stayed in its caller's mount namespace; that pod's shim reads its
+    # record, and knows no protocol: it records none (and takes ARGS execs in the older form as well)
+    protocol = control.PROTOCOL if mountns.caller() is not None else 0
     try:
-        shim.store.update(cid, shim_pid=me, shim_start=process_start_time(me), shim_protocol=control.PROTOCOL)
+        shim.store.update(cid, shim_pid=me, shim_start=process_start_time(me), shim_protocol=protocol)
     except NoSuchContainer:
         report(f"container {cid} was deleted while it was being created")
         return 1

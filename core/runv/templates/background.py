@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runv.api.errors import RunvError
+from runv.vm import mountns
 
 if TYPE_CHECKING:
     from runv.api.vm import VMSpec
@@ -99,9 +100,10 @@ def start(settings: Settings, vm: VMSpec) -> None:
                "memory_mib": vm.memory_mib, "vcpus": vm.vcpus, "hotplug_slots": vm.hotplug_slots}
     # its first process forks the maker and exits at once: the maker is no child of the shim,
     # whose process tree `delete --force` kills (runv.vm.proctree)
+    # in the caller's mount namespace: the maker holds none of the shim's mounts alive
     subprocess.run([sys.executable, "-m", "runv.templates.background", json.dumps(request)], start_new_session=True, cwd="/",
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
-                   env={**os.environ, store.DIR_ENV: str(store.directory())})
+                   env={**os.environ, store.DIR_ENV: str(store.directory())}, preexec_fn=mountns.back)
 
 
 def main(request: dict) -> int:

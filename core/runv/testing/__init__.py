@@ -206,14 +206,46 @@ def vm_processes_in(directory: Path) -> list[int]:
     return found
 
 
+def mounts_under(directory: Path | str, pids: list[int] | None = None) -> list[str]:
+    """The mount points under ``directory`` in the mount namespaces of ``pids`` (default:
+    every process's, each namespace read once)."""
+    seen, found = set(), []
+    for pid in [str(p) for p in pids] if pids is not None else ["self", *(e for e in os.listdir("/proc") if e.isdigit())]:
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+            if namespace in seen:
+                continue
+            with open(f"/proc/{pid}/mountinfo") as f:
+                points = [line.split()[4] for line in f]
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+        seen.add(namespace)
+        found += [point for point in points if point == str(directory) or point.startswith(f"{directory}/")]
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it now (parents first), read from ``/proc``."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or gone meanwhile
+    tree = [pid]
+    for parent in tree:
+        tree += [child for child, of in parents.items() if of == parent]
+    return tree
+
+
 def leftovers_in(directory: Path) -> list[str]:
-    """What a test left under ``directory``, one line each: mounts (in this mount
-    namespace), processes whose cwd or root is there (the fake VMs' agents and their
-    containers' processes), and VM processes (:func:`vm_processes_in`). Empty when clean."""
+    """What a test left under ``directory``, one line each: mounts (in any process's mount
+    namespace: a shim has its own), processes whose cwd or root is there (the fake VMs'
+    agents and their containers' processes), and VM processes (:func:`vm_processes_in`).
+    Empty when clean."""
+    found = [f"mount {point}" for point in mounts_under(directory)]
     prefix = str(directory)
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        found += [f"mount {line.split()[4]}" for line in f if line.split()[4].startswith(prefix)]
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue

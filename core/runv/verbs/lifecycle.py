@@ -44,11 +44,12 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     from runv.log import logger
     from runv.log import setup as setup_logging
     from runv.oci.config import load_bundle
+    from runv.shim.member import mounts_own
     from runv.shim.server import Shim
     from runv.shim.server import run as run_shim
     from runv.templates.store import warning_of
     from runv.verbs.lookpath import check_program
-    from runv.vm import pods
+    from runv.vm import mountns, pods
     from runv.vm.spawn import OK, spawn_session, write_pid_file
 
     store = Store(settings.root)
@@ -76,7 +77,15 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     container = Container(id=container_id, bundle=bundle, rootfs=rootfs, spec=spec, state_dir=state_dir)
     shim = Shim(settings, store, container, selection, console_socket, sandbox=sandbox or "")
 
+    own_mounts = not sandbox or mounts_own(store, sandbox)  # a member of an older shim's pod mounts in ours
+
     def child(report) -> int:
+        if own_mounts:
+            try:
+                mountns.leave()  # one thread yet: the fork's
+            except RunvError as exc:
+                report(str(exc))
+                return 1
         os.chdir(state_dir)
         setup_logging(settings, stderr=False)  # the shim's stderr is the container's
         return run_shim(shim, report)

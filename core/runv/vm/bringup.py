@@ -12,6 +12,7 @@ starts, which then makes its own cgroup there (:mod:`runv.api.vmmcgroup`).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -96,8 +97,6 @@ def enter_cgroups_path(container: Container, vcpus: int | None = None) -> None:
     """Moves this process (the shim) into the container's ``linux.cgroupsPath`` on the
     host, made where missing, with the container's CPU and pids limits there when it
     runs a VM of ``vcpus`` (a pod member's shim runs none); nothing when the spec has none."""
-    import os
-
     from runv.vm import cgroupspath
 
     value = container.spec.linux.get("cgroupsPath") or ""
@@ -124,7 +123,12 @@ def container_vm(settings: Settings, caps: Capabilities, hooks: Hooks, container
         from runv.vm import podshare
 
         podshare.make_dir(container.state_dir)
-        podshare.attach(container.state_dir, container.id, [[s.tag, str(s.path), s.readonly] for s in shares])
+        trees = podshare.copies(shares)
+        try:
+            podshare.attach(container.state_dir, container.id, trees)
+        finally:
+            for _, tree in trees:
+                os.close(tree)
         shares = ()
     vm = base_vm(settings, caps, container.id, container.state_dir, config, shares=shares,
                  disks=attachment.disks, memory_mib=memory_mib, vcpus=vcpus)

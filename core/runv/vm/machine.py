@@ -146,12 +146,13 @@ class Machine:
         """The agent's ``container`` field for a request about one container of the VM."""
         return {"container": self.member(request.get("container")).id}
 
-    def join(self, cid: str, prepare: dict, shares: list) -> None:
-        """A member's shares mounted in the pod directory, then its rootfs prepared in the guest."""
+    def join(self, cid: str, prepare: dict, trees: list[tuple[str, int]]) -> None:
+        """A member's shares (``(tag, detached mount tree)``, which its shim copied in its own
+        mount namespace) mounted in the pod directory, then its rootfs prepared in the guest."""
         if cid in self.members:
             raise RunvError(f"container {cid} is already in the VM of container {self.container.id}")
         member = self.store.read(cid).container(self.store.dir(cid))
-        podshare.attach(self.container.state_dir, cid, shares)
+        podshare.attach(self.container.state_dir, cid, trees)
         try:
             self.agent.call("prepare", **prepare, container=cid)
         except AgentError as exc:

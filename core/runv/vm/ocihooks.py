@@ -16,6 +16,7 @@ from runv.api.errors import RunvError
 from runv.api.spec import Hook, Spec
 from runv.log import logger
 from runv.oci.state import State
+from runv.vm import mountns
 
 DEFAULT_TIMEOUT = 30  # seconds, when the hook gives none
 
@@ -46,6 +47,7 @@ def _run(hook: Hook, state: bytes) -> str | None:
             env=dict(item.split("=", 1) for item in hook.env if "=" in item),
             capture_output=True,
             timeout=timeout,
+            preexec_fn=mountns.back,  # in the runtime's mount namespace, as runc's (not the shim's own)
         )
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout} s"

@@ -5,7 +5,8 @@ a small tmpfs of its own (a shared mount, so what is mounted below it later reac
 VMM's jail, whose copy is a slave of it), mounted at ``/run/runv/pod`` in the guest. Each
 container in the VM, the one that booted it and each that joins it later (a *member*,
 :mod:`runv.shim.member`), has its shares (its rootfs, its staged volumes) mounted at
-``<state>/pod/<container id>/<tag>`` on the host, and its mount plan rewritten to bind them
+``<state>/pod/<container id>/<tag>`` (in the shim's mount namespace: :mod:`runv.vm.mountns`;
+a member's shim copies its mounts and hands the copies to the sandbox's), and its mount plan rewritten to bind them
 from ``/run/runv/pod/<container id>/<tag>`` in the guest (Kata's model: one shared
 directory per VM, filled by the host). So a VM's devices do not depend on how many
 volumes its containers have, and one template serves them all (docs/templates.md).
@@ -72,17 +73,34 @@ def make_dir(state_dir: Path) -> None:
     _check(_libc.mount(None, raw, None, MS_SHARED, None), f"making {path} a shared mount")
 
 
-def attach(state_dir: Path, member: str, shares: list) -> None:
-    """Mounts each ``[tag, host path, readonly]`` of ``member`` at ``<state>/pod/<member>/<tag>``;
-    on a failure what was mounted is unmounted and a RunvError names the share."""
+def copies(shares) -> list[tuple[str, int]]:
+    """``(tag, tree)`` for each :class:`Share`: a detached copy of its source (:func:`copy`),
+    made in the caller's mount namespace, to attach in the pod directory, maybe by another
+    process (a pod member's trees go to its sandbox's shim); the caller closes them."""
+    trees: list[tuple[str, int]] = []
+    try:
+        for item in shares:
+            trees.append((item.tag, copy(str(item.path), item.readonly)))
+    except BaseException:
+        for _, tree in trees:
+            os.close(tree)
+        raise
+    return trees
+
+
+def attach(state_dir: Path, member: str, trees: list[tuple[str, int]]) -> None:
+    """Mounts each ``(tag, tree)`` of ``member`` (a detached mount tree: :func:`copies`) at
+    ``<state>/pod/<member>/<tag>``; on a failure what was mounted is unmounted and a
+    RunvError names the share."""
     pod = os.open(state_dir / TAG, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         folder = _make_child(pod, member, f"the pod directory of {state_dir.name}")
         try:
-            for tag, source, readonly in shares:
+            for tag, tree in trees:
                 target = _make_child(folder, tag, f"the pod directory of {member}")
                 try:
-                    _mount_copy(source, target, bool(readonly))
+                    _check(_libc.syscall(SYS_MOVE_MOUNT, tree, b"", target, b"", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+                           f"mounting share {tag} of {member} in the pod directory")
                 finally:
                     os.close(target)
         except BaseException:
@@ -110,9 +128,9 @@ def _make_child(parent: int, name: str, where: str) -> int:
     return fd
 
 
-def _mount_copy(source: str, target: int, readonly: bool) -> None:
-    """A detached recursive copy of the mount tree at ``source``, made nodev,nosuid (and
-    read-only) first, then attached on the directory ``target`` (an O_PATH descriptor)."""
+def copy(source: str, readonly: bool) -> int:
+    """A detached recursive copy of the mount tree at ``source`` (a descriptor), made
+    nodev,nosuid (and read-only) before anyone can attach it."""
     try:
         fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -127,10 +145,10 @@ def _mount_copy(source: str, target: int, readonly: bool) -> None:
         buffer = struct.pack("QQQQ", attr, 0, 0, 0)
         _check(_libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, buffer, len(buffer)),
                f"restricting the copy of {source}")
-        _check(_libc.syscall(SYS_MOVE_MOUNT, tree, b"", target, b"", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
-               f"mounting {source} in the pod directory")
-    finally:
+    except BaseException:
         os.close(tree)
+        raise
+    return tree
 
 
 def detach(state_dir: Path, member: str) -> None:

@@ -1,7 +1,7 @@
 """The spec's ``mounts`` (volumes) as shares for the VM and entries of the agent's mount plan.
 
 * ``bind`` mounts (type ``bind``, or options holding ``bind``/``rbind``): a directory is
-  bind-mounted on the host (with what is mounted below it) onto ``volumes/volN`` under the
+  bind-mounted (in the shim's mount namespace, with what is mounted below it) onto ``volumes/volN`` under the
   container's state, that directory is the share ``volN`` (which reaches the guest through
   the VM's pod directory, :mod:`runv.vm.podshare`) and is mounted at its destination in the
   container. A file is bind-mounted into a directory of its own (``volumes/volN/NAME``),
