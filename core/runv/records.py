@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 RECORD = "state.json"
 LOCK = "lock"
+# fields added since the first release whose records may still be read by a running shim of it
+NEWER_FIELDS = ("shim_protocol",)
 CLAIM = ".claim-"  # a directory being claimed: ``.claim-PID-START-ID`` (ids never start with a dot)
 # runc's character set (libcontainer's ``^[\w+-\.]+$``: letters, digits, ``_ + , - .``), in
 # ASCII, every character (``$`` alone would let ``abc\n`` through), and not starting with a
@@ -174,7 +176,7 @@ class Store:
         me = os.getpid()
         staging = os.path.join(self.root, f"{CLAIM}{me}-{process_start_time(me)}-{record.id}")
         os.mkdir(staging, mode=0o700)
-        _write_json(os.path.join(staging, RECORD), record.asdict())
+        _write_json(os.path.join(staging, RECORD), _readable_by_earlier(record))
         try:
             os.rename(staging, path)
         except OSError:  # EEXIST/ENOTEMPTY: the id is taken
@@ -210,7 +212,7 @@ class Store:
 
     def write(self, record: Record) -> None:
         path = self.path(record.id, RECORD)
-        _write_json(path + ".tmp", record.asdict())
+        _write_json(path + ".tmp", _readable_by_earlier(record))
         os.replace(path + ".tmp", path)
 
     def locked(self, container_id: str) -> Lock:
@@ -237,6 +239,17 @@ class Store:
         if mounted:
             raise RunvError(f"container {container_id}: {mounted[-1]} is still mounted; not removing {path}")
         _rmtree(path)
+
+
+def _readable_by_earlier(record: Record) -> dict:
+    """The record as written: fields earlier releases' records lack are left out while unset,
+    as the shim of an earlier release's pod reads its new members' records, and refuses a
+    field it does not know."""
+    data = record.asdict()
+    for name in NEWER_FIELDS:
+        if data[name] == Record._defaults[name]:
+            del data[name]
+    return data
 
 
 def _write_json(path: str, data: dict) -> None:

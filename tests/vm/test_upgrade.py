@@ -71,3 +71,25 @@ def test_a_container_an_earlier_release_started_is_served_by_this_one(previous, 
     deleted = runv("delete", "--force", "old1")
     assert deleted.returncode == 0, deleted.stderr
     assert not (root / "old1").exists()  # and the runv fixture finds nothing left under the root
+
+
+def test_a_container_joins_the_pod_an_earlier_release_started(previous, runv, root, make_bundle, tmp_path):
+    """A pod's VM outlives an upgrade (Kubernetes restarts a pod's containers in their sandbox):
+    this runv's member joins the VM an earlier release's sandbox runs, whose shim mounts
+    host paths (the member's shim stays in its caller's mount namespace for it)."""
+    sandbox = make_bundle(["sleep", "600"], name="sandbox", annotations={"io.kubernetes.cri.container-type": "sandbox"})
+    with open(tmp_path / "out", "w") as out:
+        created = run_captured([*previous, "--root", str(root), "run", "-d", "--bundle", str(sandbox), "pod"],
+                               stdout=out, timeout=240)
+    assert created.returncode == 0, created.stderr
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "file").write_text("the volume\n")
+    member = make_bundle(["sh", "-c", "cat /marker /data/file"], name="member",
+                         annotations={"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod"},
+                         mounts=[{"destination": "/data", "type": "bind", "source": str(volume), "options": ["rbind", "ro"]}])
+    (member / "rootfs/marker").write_text("the member's rootfs\n")
+    ran = runv("run", "--bundle", member, "m1")
+    assert (ran.returncode, ran.stdout) == (0, "the member's rootfs\nthe volume\n"), ran.stderr
+    deleted = runv("delete", "--force", "pod")
+    assert deleted.returncode == 0, deleted.stderr
