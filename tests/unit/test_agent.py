@@ -21,6 +21,7 @@ from runv.agent.loop import Agent
 from runv.agent.protocol import CTRL, DATA, VERSION, FrameReader, ProtocolError, encode_ctrl, encode_data
 from runv.api.errors import AgentError
 from runv.api.sockets import connect_unix
+from runv.testing import alive
 from runv.vm.agentclient import AgentClient
 
 VMADDR_CID_LOCAL = 1  # socket.VMADDR_CID_LOCAL from Python 3.12 on
@@ -285,15 +286,6 @@ def test_socket_mode_ends_its_processes_on_sigterm(socket_agent):
         assert time.monotonic() < deadline, "the agent's process outlived it"
         time.sleep(0.02)
     peer.close()
-
-
-def alive(pid):
-    """Whether ``pid`` runs (a zombie waiting for its new parent to reap it does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # ---------------------------------------------------------------- vsock

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from runv.api import vmmcgroup
-from runv.testing import leftovers_in, mounts_under, process_tree, vm_processes_in
+from runv.testing import alive, leftovers_in, mounts_under, process_tree, vm_processes_in
 from runv.testing.faults import MOMENTS, hold_in_hooks, record, unrecorded_vms, wait_for_moment, wait_status
 from runv.testing.host import RUNV
 
@@ -159,13 +159,6 @@ def test_two_delete_force_at_once_both_succeed(runv, background, make_bundle, ro
     nothing_left(runv, root, tmp_path)
 
 
-def running(pid):
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_every_process_of_a_container_killed_leaves_no_mount_and_spares_another_root(runv, make_bundle, root, tmp_path):
@@ -193,7 +186,7 @@ def test_every_process_of_a_container_killed_leaves_no_mount_and_spares_another_
             with contextlib.suppress(ProcessLookupError):  # gone with its parent already
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + BOUND
-        while any(map(running, victims)):
+        while any(map(alive, victims)):
             assert time.monotonic() < deadline, "a killed process still runs"
             time.sleep(0.05)
         assert mounts_under(root) == [] and mounts_under(bundle) == [] and mounts_under(volume) == []

@@ -224,6 +224,15 @@ def mounts_under(directory: Path | str, pids: list[int] | None = None) -> list[s
     return found
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process below it now (parents first), read from ``/proc``."""
     parents = {}
