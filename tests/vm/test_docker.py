@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from realclients import PtySession, cgroups_of, docker_archive, mounts_under, qemu_of, remove_cgroups, run, runv_ids, stop_daemon, wait_for_daemon
 
-from runv.testing import vm_processes_in
+from runv.testing import process_tree, vm_processes_in
 from runv.testing.host import RUNV
 
 DOCKERD = Path("/usr/sbin/dockerd")
@@ -166,6 +166,8 @@ def test_detached_exec_pause_top_stop_rm(docker):
     assert top[0].split()[:2] == ["UID", "PID"]
     pids = {int(line.split()[1]) for line in top[1:]}
     assert qemu_of(docker.runv_root, cid) in pids and any("qemu-system" in line for line in top[1:]), top
+    shim = json.loads((docker.runv_root / cid / "state.json").read_text())["shim_pid"]
+    assert pids <= set(process_tree(shim)), top  # the container's own processes only, never the host's
 
     started = time.monotonic()
     docker("stop", "--time", "30", "box", check=True)
