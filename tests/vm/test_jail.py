@@ -57,6 +57,9 @@ def test_qemu_is_jailed_and_dies_with_its_shim(runv, make_bundle, root):
         assert int(fields["CapEff"], 16) == CAPS_KEPT and int(fields["CapBnd"], 16) == CAPS_KEPT
         assert os.readlink(f"/proc/{qemu}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
         shim = json.loads((root / "j1/state.json").read_text())["shim_pid"]
+        # the shim's PID namespace, whose init the shim is: no host process has a PID QEMU could signal
+        assert os.readlink(f"/proc/{qemu}/ns/pid") == os.readlink(f"/proc/{shim}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        assert status_fields(shim)["NSpid"].split()[1:] == ["1"] and len(fields["NSpid"].split()) == 2
         os.kill(shim, signal.SIGKILL)
         begin = time.monotonic()
         assert wait_for(lambda: gone(qemu), 2.0)

@@ -115,8 +115,9 @@ def test_delete_force_converges_after_sigkill_of_shim_and_vm(runv, make_bundle, 
     vms = vm_processes_in(root)
     assert len(vms) == 1
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
-    assert state(runv, "c8")["status"] == "stopped"
-    wait_for(lambda: vm_processes_in(root) == [], 2.0)  # QEMU dies with its shim (parent-death signal)
+    # the shim is the init of its PID namespace: it is gone once the kernel has killed QEMU and the rest there
+    wait_for(lambda: state(runv, "c8")["status"] == "stopped", 2.0)
+    assert vm_processes_in(root) == []
     assert runv("delete", "--force", "c8").returncode == 0
     assert not vm_processes_in(root) and not (root / "c8").exists()
     runv("run", "-d", "--bundle", make_bundle(["sleep", "1000"], name="b2"), "c9", check=True)

@@ -211,6 +211,20 @@ def test_pause_unpause(podman, box):
     assert podman("exec", box, "true").returncode == 0
 
 
+def test_top_lists_the_containers_own_processes_never_the_hosts(podman, box):
+    """``podman top`` reads /proc in the mount namespace of the container's PID (runv's shim):
+    the shim's own PID namespace, with the shim, its VMM and the VMM's file server, and
+    none of the host's processes (before it, every process of the host, its PID 1 included)."""
+    top = podman("top", box, "pid", "comm", check=True).stdout.split("\n")[1:]
+    rows = [line.split(None, 1) for line in top if line.strip()]
+    assert rows[0] == ["1", "runv"], top  # the shim, the init of its PID namespace
+    names = {name.strip() for _, name in rows[1:]}
+    assert any(name.startswith("qemu-system") for name in names) and names <= {
+        "qemu-system-x86", "qemu-system-x86_64", "virtiofsd"}, top
+    with open("/proc/1/comm") as f:
+        assert f.read().strip() not in names  # the host's init is not there
+
+
 def test_default_network_gives_the_container_its_ip(podman, box):
     address = podman.inspect(box, "{{.NetworkSettings.IPAddress}}")
     gateway = podman.inspect(box, "{{.NetworkSettings.Gateway}}")

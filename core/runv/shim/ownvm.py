@@ -43,7 +43,7 @@ class OwnVM:
             machine.adopt(*restored)
         else:
             machine.boot(spec)
-            background.after_cold_boot(settings, machine.hypervisor, spec)
+            background.after_cold_boot(settings, machine.hypervisor, spec, machine.container.state_dir)
         machine.prepare(spec, confined)
 
     def booted(self) -> None:

@@ -32,7 +32,7 @@ from runv.shim import control
 from runv.shim.control import NOT_FORWARDED, exit_code
 from runv.shim.outbox import Outbox
 from runv.stdio import write_all
-from runv.vm import mountns
+from runv.vm import mountns, pidns
 from runv.vm.machine import INIT
 from runv.vm.ocihooks import run_hooks
 from runv.vm.spawn import OK
@@ -199,7 +199,8 @@ class Shim:
             self.guest.launch(process)
             self.started = True
             record = self.store.update(self.container.id, status="running")
-        run_hooks(self.container.spec, "poststart", record.oci_state(), fatal=False)
+        # the status the shim knows: a record's live status checks host PIDs, which its own PID namespace lacks
+        run_hooks(self.container.spec, "poststart", record.oci_state().evolve(status="running"), fatal=False)
 
     def signal(self, request: dict) -> None:
         """``runv kill``: a signal for the container process (or, with ``all``, every one of its processes)."""
@@ -279,12 +280,11 @@ def run(shim: Shim, report: Callable[[str], bool]) -> int:
     itself under the container's lock, so a concurrent ``delete --force`` either finds it
     (and kills it with all it starts) or removed the container first (nothing is built)."""
     cid = shim.container.id
-    me = os.getpid()
     # a member of an earlier runv's pod stayed in its caller's mount namespace; that pod's shim reads its
     # record, and knows no protocol: it records none (and takes ARGS execs in the older form as well)
     protocol = control.PROTOCOL if mountns.caller() is not None else 0
     try:
-        shim.store.update(cid, shim_pid=me, shim_start=process_start_time(me), shim_protocol=protocol)
+        shim.store.update(cid, shim_pid=pidns.own_pid(), shim_start=process_start_time(os.getpid()), shim_protocol=protocol)
     except NoSuchContainer:
         report(f"container {cid} was deleted while it was being created")
         return 1

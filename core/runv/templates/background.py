@@ -1,9 +1,10 @@
 """A template made in the background for a VM that had none: the container that found no
-template of its shape (or a smaller one to grow from) boots cold once, and its shim starts
-this maker so the next container of that size starts from a template.
+template of its shape (or a smaller one to grow from) boots cold once, its shim asks for
+this maker and its ``create`` starts it, so the next container of that size starts from a
+template (the shim's processes die with it: runv.vm.pidns).
 
 The maker is a process of its own (``python -m runv.templates.background``, which forks
-and lets its parent exit, so the maker is no descendant of the shim), in a new session,
+and lets its parent exit, so the maker is no descendant of ``create``), in a new session,
 in the root cgroup of every hierarchy rather than the container's (the caller's limits
 and accounting are for the container, not for what runv keeps for later), at the lowest
 CPU and I/O priorities (``SCHED_IDLE``, ``IOPRIO_CLASS_IDLE``, inherited by its QEMU). One
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runv.api.errors import RunvError
-from runv.vm import mountns
 
 if TYPE_CHECKING:
     from runv.api.vm import VMSpec
@@ -36,6 +36,7 @@ LOG = "background.log"  # in the template directory: what the makers did and why
 SYS_IOPRIO_SET, IOPRIO_WHO_PROCESS, IOPRIO_CLASS_IDLE, IOPRIO_CLASS_SHIFT = 251, 1, 3, 13  # x86_64, <linux/ioprio.h>
 _libc = ctypes.CDLL(None, use_errno=True)
 MAX_TEMPLATES = 8  # a maker adds none beyond this many (each holds a guest's memory on disk)
+REQUEST = "template-request.json"  # in a container's state directory: the maker its shim asks for
 
 
 def enabled() -> bool:
@@ -48,11 +49,13 @@ def enabled() -> bool:
     return value
 
 
-def after_cold_boot(settings: Settings, hypervisor: Hypervisor, vm: VMSpec) -> None:
-    """Starts a maker after ``vm`` booted cold under ``--template auto``, when a template
+def after_cold_boot(settings: Settings, hypervisor: Hypervisor, vm: VMSpec, state_dir: Path) -> None:
+    """Asks for a maker after ``vm`` booted cold under ``--template auto``, when a template
     could serve it (no disks, no kernel arguments of a plugin's or of --debug: what ``runv
-    template create`` makes) and one may be made now; a failure to start one is logged,
-    never raised: the container booted."""
+    template create`` makes) and one may be made now: the request goes to the container's
+    state directory, and ``create`` starts the maker (:func:`start_requested`), for the shim
+    is the init of a PID namespace whose processes die with it. A failure is logged, never
+    raised: the container booted."""
     from runv.log import logger
     from runv.templates import store
     from runv.templates.match import AUTO
@@ -63,9 +66,26 @@ def after_cold_boot(settings: Settings, hypervisor: Hypervisor, vm: VMSpec) -> N
         return
     try:
         if enabled() and room(store.directory(), settings) and not busy(store.directory()):
-            start(settings, vm)
-    except (RunvError, OSError, subprocess.SubprocessError) as exc:
+            request = {"kernel": settings.kernel, "initrd": settings.initrd, "hypervisor": settings.hypervisor,
+                       "memory_mib": vm.memory_mib, "vcpus": vm.vcpus, "hotplug_slots": vm.hotplug_slots}
+            (state_dir / REQUEST).write_text(json.dumps(request))
+    except (RunvError, OSError) as exc:
         logger.warning("container %s: no template made in the background: %s", vm.name, exc)
+
+
+def start_requested(state_dir: Path) -> None:
+    """Starts the maker the shim asked for in ``state_dir``, if it did (:func:`after_cold_boot`);
+    a failure is logged, never raised."""
+    from runv.log import logger
+
+    try:
+        request = json.loads((state_dir / REQUEST).read_text())
+        (state_dir / REQUEST).unlink()
+        start(request)
+    except FileNotFoundError:
+        pass
+    except (ValueError, OSError, subprocess.SubprocessError) as exc:
+        logger.warning("container %s: no template made in the background: %s", state_dir.name, exc)
 
 
 def room(base: Path, settings: Settings) -> bool:
@@ -92,18 +112,15 @@ def busy(base: Path) -> bool:
         os.close(fd)
 
 
-def start(settings: Settings, vm: VMSpec) -> None:
-    """Starts a maker of a template of ``vm``'s size (its own process, not waited for)."""
+def start(request: dict) -> None:
+    """Starts a maker of the template ``request`` names (its own process, not waited for)."""
     from runv.templates import store
 
-    request = {"kernel": settings.kernel, "initrd": settings.initrd, "hypervisor": settings.hypervisor,
-               "memory_mib": vm.memory_mib, "vcpus": vm.vcpus, "hotplug_slots": vm.hotplug_slots}
-    # its first process forks the maker and exits at once: the maker is no child of the shim,
-    # whose process tree `delete --force` kills (runv.vm.proctree)
-    # in the caller's mount namespace: the maker holds none of the shim's mounts alive
+    # its first process forks the maker and exits at once: the maker is no child of this
+    # process, a session and a process group of its own
     subprocess.run([sys.executable, "-m", "runv.templates.background", json.dumps(request)], start_new_session=True, cwd="/",
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
-                   env={**os.environ, store.DIR_ENV: str(store.directory())}, preexec_fn=mountns.back)
+                   env={**os.environ, store.DIR_ENV: str(store.directory())})
 
 
 def main(request: dict) -> int:

@@ -47,9 +47,10 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     from runv.shim.member import mounts_own
     from runv.shim.server import Shim
     from runv.shim.server import run as run_shim
+    from runv.templates import background
     from runv.templates.store import warning_of
     from runv.verbs.lookpath import check_program
-    from runv.vm import mountns, pods
+    from runv.vm import pidns, pods
     from runv.vm.spawn import OK, spawn_session, write_pid_file
 
     store = Store(settings.root)
@@ -77,12 +78,13 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     container = Container(id=container_id, bundle=bundle, rootfs=rootfs, spec=spec, state_dir=state_dir)
     shim = Shim(settings, store, container, selection, console_socket, sandbox=sandbox or "")
 
-    own_mounts = not sandbox or mounts_own(store, sandbox)  # a member of an older shim's pod mounts in ours
+    # the shim's own mount and PID namespaces, but for a member of an older shim's pod, which mounts in ours
+    own_mounts = not sandbox or mounts_own(store, sandbox)
 
     def child(report) -> int:
         if own_mounts:
             try:
-                mountns.leave()  # one thread yet: the fork's
+                pidns.enter()  # one thread yet: the fork's
             except RunvError as exc:
                 report(str(exc))
                 return 1
@@ -90,7 +92,7 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
         setup_logging(settings, stderr=False)  # the shim's stderr is the container's
         return run_shim(shim, report)
 
-    pid, answer = spawn_session(child)
+    pid, answer = spawn_session(child, own_pids=own_mounts)
     if answer != OK:  # the shim tore down what it built, unless it died first: converge anyway
         try:
             _destroy(store, container_id)
@@ -100,6 +102,7 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     write_pid_file(pid_file, pid)
     if warning := warning_of(state_dir):  # the shim fell back to a cold boot
         print(f"runv: warning: {warning}", file=sys.stderr)
+    background.start_requested(state_dir)  # a template for the next container of its shape, if its shim asked
     return pid
 
 

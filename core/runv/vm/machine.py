@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from runv.api.errors import AgentError, RunvError
 from runv.api.frozen import to_json
 from runv.log import logger
-from runv.vm import bringup, podshare
+from runv.vm import bringup, pidns, podshare
 from runv.vm.limits import Limits
 from runv.vm.proctree import child_status
 from runv.vm.teardown import teardown
@@ -79,7 +79,7 @@ class Machine:
         if vm is None:
             raise RunvError(f"hypervisor plugin {self.hypervisor.name!r} booted nothing")
         self.vm = vm
-        self.store.update(self.container.id, hypervisor=self.hypervisor.name, vm=vm.record())
+        self.store.update(self.container.id, hypervisor=self.hypervisor.name, vm=pidns.for_host(vm.record()))
 
     def boot(self, spec: VMSpec) -> None:
         """Boots ``spec`` cold and waits for its agent."""

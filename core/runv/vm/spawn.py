@@ -9,13 +9,19 @@ from collections.abc import Callable
 OK = "ok"
 
 
-def spawn_session(child: Callable[[Callable[[str], None]], int]) -> tuple[int, str]:
-    """Forks; the child leads a new session and runs ``child(report)``, which must call
-    ``report(OK)`` or ``report(error message)`` once (False when the caller is gone: it was
-    killed meanwhile), and returns the child's exit code. Returns the child's PID and what
-    it reported ("" if it died first)."""
+def spawn_session(child: Callable[[Callable[[str], None]], int], own_pids: bool = False) -> tuple[int, str]:
+    """Forks (with ``own_pids``, a child that is the init of a PID namespace of its own:
+    :mod:`runv.vm.pidns`); the child leads a new session and runs ``child(report)``, which
+    must call ``report(OK)`` or ``report(error message)`` once (False when the caller is
+    gone: it was killed meanwhile), and returns the child's exit code. Returns the child's
+    PID and what it reported ("" if it died first)."""
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    if own_pids:
+        from runv.vm import pidns
+
+        pid = pidns.fork()
+    else:
+        pid = os.fork()
     if pid == 0:
         code = 255
         try:
