@@ -23,6 +23,7 @@ from runv.api.errors import AgentError
 from runv.api.sockets import connect_unix
 from runv.testing import alive
 from runv.vm.agentclient import AgentClient
+from runv_kvmtool import relay as relay_module
 
 VMADDR_CID_LOCAL = 1  # socket.VMADDR_CID_LOCAL from Python 3.12 on
 
@@ -204,6 +205,9 @@ def test_agent_over_a_serial_tty_through_kvmtools_relay(tmp_path):
     """kvmtool's agent path without kvmtool: the guest agent on one end of a pty (as on
     ttyS1), kvmtool's relay serving the other end at a unix socket, a host client pinging."""
     master, slave = pty.openpty()
+    # raw before the agent speaks, as the relay has it long before a guest boots: a new pty
+    # echoes, and what the agent wrote while the relay was starting came back to it mangled
+    relay_module.raw(slave)
     agent = Agent(master, rootfs="/", is_port=True)
     threading.Thread(target=agent.run, daemon=True).start()
     sock = tmp_path / "agent.sock"

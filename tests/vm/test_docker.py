@@ -220,6 +220,25 @@ def test_stats_see_the_cpu_a_spinning_container_burns(docker):
         docker("rm", "--force", "spin")
 
 
+@pytest.mark.xfail(strict=True, reason="known gap (docs/integration.md): runc's OOMKilled is true here, runv's false")
+def test_oom_killed_says_what_it_says_for_runc(docker):
+    """A container of 32 MiB that allocates 100 MiB: killed (137) under both runtimes, and
+    ``State.OOMKilled`` as containerd's shim learns it from the host cgroup of the container's
+    PID, measured for runc in the same test. Under runv the guest's kernel kills and that
+    host cgroup never runs out of memory, so Docker says false where it says true for runc:
+    the gap this test holds open until runv reports the guest's OOM kills on the host."""
+    said = {}
+    for runtime in ("runc", "runv"):
+        name = f"oom-{runtime}"
+        ran = docker("run", "--runtime", runtime, "--name", name, "--memory", "32m", IMAGE,
+                     "dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1", timeout=240)
+        assert ran.returncode == 137, (runtime, ran.stderr)
+        said[runtime] = docker.inspect(name, "{{.State.OOMKilled}}")
+        docker("rm", name, check=True)
+    print(f"docker OOMKilled: {said}")
+    assert said["runv"] == said["runc"], said
+
+
 def test_update_memory_of_a_running_container(docker):
     """``docker update`` writes the container's cgroup in the guest; a limit no VM here can
     hold is refused, in runv's words, and changes nothing. On the host the VMM is in the
