@@ -159,8 +159,6 @@ def test_two_delete_force_at_once_both_succeed(runv, background, make_bundle, ro
     nothing_left(runv, root, tmp_path)
 
 
-
-
 def test_every_process_of_a_container_killed_leaves_no_mount_and_spares_another_root(runv, make_bundle, root, tmp_path):
     """kill -9 of a container's shim, VMM and file server at once (the host's OOM killer, a
     `pkill -9`): no mount of its rootfs or volume is left in any namespace (they were only

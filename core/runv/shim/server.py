@@ -282,7 +282,7 @@ def run(shim: Shim, report: Callable[[str], bool]) -> int:
     cid = shim.container.id
     # a member of an earlier runv's pod stayed in its caller's mount namespace; that pod's shim reads its
     # record, and knows no protocol: it records none (and takes ARGS execs in the older form as well)
-    protocol = control.PROTOCOL if mountns.caller() is not None else 0
+    protocol = control.PROTOCOL if mountns.left() else 0
     try:
         shim.store.update(cid, shim_pid=pidns.own_pid(), shim_start=process_start_time(os.getpid()), shim_protocol=protocol)
     except NoSuchContainer:

@@ -79,10 +79,10 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
     shim = Shim(settings, store, container, selection, console_socket, sandbox=sandbox or "")
 
     # the shim's own mount and PID namespaces, but for a member of an older shim's pod, which mounts in ours
-    own_mounts = not sandbox or mounts_own(store, sandbox)
+    own_namespaces = not sandbox or mounts_own(store, sandbox)
 
     def child(report) -> int:
-        if own_mounts:
+        if own_namespaces:
             try:
                 pidns.enter()  # one thread yet: the fork's
             except RunvError as exc:
@@ -92,7 +92,7 @@ def create(settings: Settings, container_id: str, bundle: Path, pid_file: Path |
         setup_logging(settings, stderr=False)  # the shim's stderr is the container's
         return run_shim(shim, report)
 
-    pid, answer = spawn_session(child, own_pids=own_mounts)
+    pid, answer = spawn_session(child, own_pids=own_namespaces)
     if answer != OK:  # the shim tore down what it built, unless it died first: converge anyway
         try:
             _destroy(store, container_id)

@@ -5,8 +5,8 @@ and VMM killed -9 leave no mount on the host.
 
 The namespace starts as a copy of the caller's, every mount a slave of its original: what
 the host mounts later still reaches the shim; nothing the shim mounts reaches the host.
-Processes the shim starts on the host's behalf (OCI hooks, the template maker) go back to
-the caller's namespace first, as runc's hooks run in the runtime's.
+The OCI hooks the shim runs go back to the caller's namespace first, as runc's hooks run
+in the runtime's.
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ def leave() -> None:
     _caller = caller
 
 
-def caller() -> int | None:
-    """The descriptor of the namespace the shim left (for a child to go back to), or None."""
-    return _caller
+def left() -> bool:
+    """Whether this process left its caller's mount namespace (:func:`leave`)."""
+    return _caller is not None
 
 
-def back(fd: int | None = None) -> None:
-    """Back to the caller's mount namespace (``fd``, else the one this process left), in a
-    child with one thread; nothing when there is none to go back to."""
-    fd = _caller if fd is None else fd
-    if fd is not None and _libc.setns(fd, CLONE_NEWNS) != 0:
+def back() -> None:
+    """Back to the mount namespace this process left, in a child with one thread (a hook's,
+    before it execs); nothing when it left none."""
+    if _caller is not None and _libc.setns(_caller, CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot return to the caller's mount namespace: {os.strerror(err)}")
