@@ -110,6 +110,9 @@ def serve(path: str, mode: str) -> None:
                     send(HEADER.pack(CTRL, 0, 1 << 30))
                 elif mode == "flood-after":
                     flood(streams["stdout"])
+                elif mode == "oom-flood":  # OOM kills the guest never had, in its container and one that is not there
+                    for cid in ["box"] * 50 + ["evil\n\x1b[31mINFO forged\x1b[0m"] * 5:
+                        send(encode_ctrl({"event": "oom", "container": cid}))
             elif op == "signal":
                 if mode != "never-answer":
                     send(encode_ctrl(ok))  # "delivered", and nothing happens

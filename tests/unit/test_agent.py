@@ -12,12 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from runv.agent.__main__ import parse_args
 from runv.agent.channel import find_port, listen_vsock, serial_channel, vsock_port
 from runv.agent.loop import Agent
+from runv.agent.oomwatch import OomWatch
 from runv.agent.protocol import CTRL, DATA, VERSION, FrameReader, ProtocolError, encode_ctrl, encode_data
 from runv.api.errors import AgentError
 from runv.api.sockets import connect_unix
@@ -384,3 +386,23 @@ def test_a_missing_mount_point_is_a_file_for_a_bind_of_anything_but_a_directory(
         assert made == str(rootfs) + target
         assert os.path.isdir(made) == (source == str(tmp_path / "data")) and os.path.exists(made), target
     assert os.path.isdir(rootfs_path(str(rootfs), "/proc", {"fstype": "proc", "source": "proc"}))
+
+
+def test_oom_kills_in_a_containers_cgroup_are_sent_once_each(tmp_path):
+    """The agent's half of OOM reporting (:mod:`runv.agent.oomwatch`) over a cgroup's
+    ``memory.events`` as a file: an ``oom`` event each time its ``oom_kill`` count rises."""
+    sent = []
+    watch = OomWatch(lambda frame: sent.extend(FrameReader().feed(frame)))
+    events = tmp_path / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")  # kills before the watch began are not news
+    confined = {"c1": SimpleNamespace(cgroup=str(tmp_path)), "nocg": SimpleNamespace(cgroup=None)}
+    watch.sync(confined)
+    watch.check()
+    assert sent == [] and list(watch.watched) == ["c1"]
+    events.write_text("low 0\nhigh 0\nmax 5\noom 3\noom_kill 3\n")
+    watch.check()
+    watch.check()
+    assert sent == [(CTRL, 0, {"event": "oom", "container": "c1"})]
+    fd = watch.watched["c1"][0]
+    watch.sync({})  # the container was removed: its file is let go
+    assert watch.watched == {} and not watch.owns(fd)

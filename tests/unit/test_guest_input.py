@@ -44,6 +44,7 @@ def test_good_frames_before_a_bad_one_are_delivered_first():
     {"event": "exit", "proc": "init", "signal": 0}, {"event": "exit", "code": 0},
     {"event": "exit", "proc": ["init"], "code": 0}, {"event": "exit", "proc": "init", "code": 0, "signal": 9},
     {"event": "exit", "proc": "init"}, {"event": "surprise"}, {"event": 1},
+    {"event": "oom"}, {"event": "oom", "container": 1}, {"event": "oom", "container": "x" * 1025},
     {"id": [1], "ok": True}, {"id": 1}, {"id": 1, "ok": 1}, {"id": 1, "error": 5}, {},
 ])
 def test_messages_outside_the_schema_are_refused(message):
@@ -53,7 +54,8 @@ def test_messages_outside_the_schema_are_refused(message):
 
 def test_messages_inside_the_schema_pass():
     for message in ({"event": "ready", "x": 1}, {"event": "exit", "proc": "exec-1", "code": 255},
-                    {"event": "exit", "proc": "init", "signal": 64}, {"id": 3, "ok": True}, {"id": 3, "error": "no"}):
+                    {"event": "exit", "proc": "init", "signal": 64}, {"event": "oom", "container": "c1"},
+                    {"id": 3, "ok": True}, {"id": 3, "error": "no"}):
         check_message(message)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from runv.testing import fake_distribution, leftovers_in, with_path
+from runv.testing.host import OomWatch
 
 RUNV = str(Path(sys.executable).with_name("runv"))
 RSS_CEILING_KIB = 96 * 1024  # the agent streams 400 MiB; the shim may hold one bounded outbox (16 MiB) of it
@@ -213,3 +214,23 @@ def test_an_agent_of_another_release_is_refused_in_one_line(hostile, make_bundle
     assert created.stderr.startswith("runv: the guest agent in ") and created.stderr.count("\n") == 1
     assert "speaks protocol 0, this runv 1" in created.stderr and "run `runv guest build`" in created.stderr
     assert not (hostile.root / "box").exists()
+
+
+def test_oom_kills_a_guest_makes_up_are_one_a_second_on_the_host_and_only_its_own(hostile, make_bundle):
+    """The agent claims 50 OOM kills in its container at once, and some in a container
+    the VM does not hold, with escapes in its id: the host repeats one (a guest can make
+    its own container's cgroup see at most one a second), logs the unknown id escaped,
+    and the container runs on."""
+    bundle = make_bundle(["sleep", "1000"], linux={"cgroupsPath": f"/runv-test-hostile-{os.getpid()}"})
+    assert hostile("oom-flood", "create", "--bundle", bundle, "box").returncode == 0
+    shim = record(hostile)["shim_pid"]
+    watch = OomWatch(shim)
+    try:
+        assert hostile("oom-flood", "start", "box").returncode == 0
+        wait_for(lambda: "is not in the VM" in hostile.log.read_text(), 10, "the unknown container's OOM kill logged")
+        assert watch.kills() == 1
+    finally:
+        watch.close()
+    log = hostile.log.read_text()
+    assert "\x1b" not in log and "evil\\n\\x1b[31mINFO forged" in log
+    assert record(hostile)["status"] == "running" and Path(f"/proc/{shim}").exists()

@@ -21,10 +21,10 @@ from pathlib import Path
 from runv.testing.host import RUNV, run_captured
 
 
-def run(argv, *, env=None, timeout=180, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+def run(argv, *, env=None, timeout=180, stdin=subprocess.DEVNULL, cwd=None) -> subprocess.CompletedProcess:
     """Runs a client command; output goes through files, not pipes (a container may keep
     a pipe open for its life, and the client's children with it)."""
-    return run_captured(list(map(str, argv)), env=env, stdin=stdin, timeout=timeout)
+    return run_captured(list(map(str, argv)), env=env, stdin=stdin, timeout=timeout, cwd=cwd)
 
 
 class PtySession:

@@ -220,13 +220,11 @@ def test_stats_see_the_cpu_a_spinning_container_burns(docker):
         docker("rm", "--force", "spin")
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (docs/integration.md): runc's OOMKilled is true here, runv's false")
 def test_oom_killed_says_what_it_says_for_runc(docker):
     """A container of 32 MiB that allocates 100 MiB: killed (137) under both runtimes, and
-    ``State.OOMKilled`` as containerd's shim learns it from the host cgroup of the container's
-    PID, measured for runc in the same test. Under runv the guest's kernel kills and that
-    host cgroup never runs out of memory, so Docker says false where it says true for runc:
-    the gap this test holds open until runv reports the guest's OOM kills on the host."""
+    ``State.OOMKilled`` as containerd's shim learns it from the host cgroup of the
+    container's PID, measured for runc in the same test. Under runv the guest's kernel
+    kills, and the shim repeats the kill in that host cgroup (runv.vm.oommirror)."""
     said = {}
     for runtime in ("runc", "runv"):
         name = f"oom-{runtime}"

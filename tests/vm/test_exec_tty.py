@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_confinement import bundle_of, default_config
 
-from runv.testing.host import RUNV
+from runv.testing.host import RUNV, OomWatch
 
 pytestmark = pytest.mark.usefixtures("guest_image")
 
@@ -311,19 +311,41 @@ def oom_events(runtime, cid, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
-def test_events_reports_an_oom_kill_as_runc(runv, make_bundle, root, tmp_path):
-    spec = default_config("sleep 1000")
-    spec["linux"]["resources"] = {"memory": {"limit": 32 << 20}}
+def test_an_oom_kill_reaches_events_and_the_host_cgroup_of_the_containers_pid_as_under_runc(runv, make_bundle, root,
+                                                                                            tmp_path):
+    """``events`` prints an ``oom`` event, and the memory cgroup of the PID ``state`` names
+    is notified of an OOM kill, as containerd's shim watches it (Docker's ``OOMKilled``):
+    runc's kernel kills there; runv repeats the guest's kill there (runv.vm.oommirror) and
+    its VM lives on."""
+    def spec_for(runtime):
+        spec = default_config("sleep 1000")
+        spec["linux"]["resources"] = {"memory": {"limit": 32 << 20}}
+        spec["linux"]["cgroupsPath"] = f"/runv-test-oom-{runtime}-{os.getpid()}"
+        return bundle_of(make_bundle, spec, runtime)
+
     runc = ["runc", "--root", str(tmp_path / "runc")]
     with open(tmp_path / "runc.out", "w") as out:  # the container keeps runc's stdio: files, not pipes
-        assert subprocess.run([*runc, "run", "-d", "--bundle", bundle_of(make_bundle, spec, "runc"), "r1"],
+        assert subprocess.run([*runc, "run", "-d", "--bundle", spec_for("runc"), "r1"],
                               stdout=out, stderr=out).returncode == 0, (tmp_path / "runc.out").read_text()
     try:
-        theirs = oom_events(runc, "r1", tmp_path)
+        theirs = watched_oom(runc, "r1", tmp_path)
     finally:
         subprocess.run([*runc, "delete", "--force", "r1"], capture_output=True)
-    runv("run", "-d", "--bundle", bundle_of(make_bundle, spec, "runv"), "v1", check=True)
-    ours = oom_events([RUNV, "--root", str(root)], "v1", tmp_path)
-    for (status, seen), cid in ((theirs, "r1"), (ours, "v1")):
+    runv("run", "-d", "--bundle", spec_for("runv"), "v1", check=True)
+    ours = watched_oom([RUNV, "--root", str(root)], "v1", tmp_path)
+    for (status, seen, notified), cid in ((theirs, "r1"), (ours, "v1")):
         assert status == 137, cid  # the kernel's OOM killer (the guest's under runv) sent SIGKILL
         assert seen[0]["type"] == "stats" and seen[-1] == {"type": "oom", "id": cid}, seen
+        assert notified, cid
+    assert runv("exec", "v1", "true").returncode == 0  # the host killed a child of the shim's, not the VM
+
+
+def watched_oom(runtime, cid, tmp_path):
+    """:func:`oom_events`, and whether the memory cgroup of the container's PID was
+    notified of an OOM meanwhile (:class:`OomWatch`)."""
+    watch = OomWatch(json.loads(subprocess.run([*runtime, "state", cid], capture_output=True, check=True).stdout)["pid"])
+    try:
+        status, seen = oom_events(runtime, cid, tmp_path)
+        return status, seen, watch.fired(timeout=10)
+    finally:
+        watch.close()

@@ -86,7 +86,8 @@ class Podman:
         return [PODMAN, *map(str, args)]
 
     def __call__(self, *args, check=False, timeout=180) -> subprocess.CompletedProcess:
-        result = run(self.argv(*args), env=self.env, timeout=timeout)
+        # conmon writes an `oom` file where podman started it: the temporary directory, not the tests'
+        result = run(self.argv(*args), env=self.env, timeout=timeout, cwd=self.base)
         if check and result.returncode != 0:
             raise AssertionError(f"podman {' '.join(map(str, args))} failed ({result.returncode}): {result.stderr}")
         return result
@@ -407,3 +408,20 @@ def test_a_pod_is_one_vm_whose_containers_talk_over_loopback(podman, base_rootfs
     finally:
         podman("pod", "rm", "--force", "vmpod", timeout=120)
     assert set(vm_processes_in(podman.runv_root)) == others and set(runv_ids(podman.runv_root)) == other_ids
+
+
+def test_oom_killed_says_what_it_says_for_runc(podman):
+    """A container of 32 MiB that allocates 100 MiB: killed (137) under both runtimes, and
+    ``State.OOMKilled`` (conmon's watch on the memory cgroup of the container's PID) as
+    Podman says it for runc in the same test: the shim repeats the guest's kill there
+    (runv.vm.oommirror)."""
+    said = {}
+    for runtime in (shutil.which("runc"), "runv"):
+        name = f"oom-{Path(runtime).name}"
+        ran = podman("--runtime", runtime, "run", "--name", name, "--memory", "32m", IMAGE,
+                     "dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1", timeout=240)
+        assert ran.returncode == 137, (runtime, ran.stderr)
+        said[Path(runtime).name] = podman.inspect(name, "{{.State.OOMKilled}}")
+        podman("rm", name, check=True)
+    print(f"podman OOMKilled: {said}")
+    assert said["runv"] == said["runc"], said

@@ -10,6 +10,7 @@ from runv.agent.channel import Port, Stream
 from runv.agent.debug import log
 from runv.agent.errors import RequestError
 from runv.agent.mounts import PRIVATE
+from runv.agent.oomwatch import OomWatch
 from runv.agent.proctable import ProcessTable
 from runv.agent.protocol import CTRL, FrameReader, ProtocolError, encode_ctrl
 
@@ -72,6 +73,7 @@ class Agent:
         self.reader = FrameReader()
         self.outbuf = bytearray()
         self.processes = ProcessTable(rootfs, self.send)
+        self.oom = OomWatch(self.send)
         self.running = True
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # memory stalls, where the agent is a VM's PID 1 (never on the host: the OOM killer is the host's there)
@@ -92,7 +94,7 @@ class Agent:
             self.step()
 
     def step(self) -> None:
-        """One poll: the channel (or the host arriving), signals, process stdio; then exits."""
+        """One poll: the channel (or the host arriving), signals, OOM kills, process stdio; then exits."""
         channel = self.channel
         poller = select.poll()
         if channel.connected:
@@ -104,12 +106,15 @@ class Agent:
         poller.register(self.wake_r, select.POLLIN)
         if self.stalls is not None:
             poller.register(self.stalls, select.POLLPRI)
+        self.oom.sync(self.processes.confined)
+        self.oom.register(poller)
         self.processes.register(poller, read_output=len(self.outbuf) <= HIGH_WATER)
         timeout = IDLE_POLL_MS if (not channel.connected or self.processes.pending_exits()) else None
         try:
             events = poller.poll(timeout)
         except InterruptedError:
             events = []
+        oom = False
         for fd, mask in events:
             if fd == channel_fd:
                 self.on_channel(mask)
@@ -117,9 +122,13 @@ class Agent:
                 self.drain_wakeups()
             elif fd == self.stalls:
                 pressure.on_stall()
+            elif self.oom.owns(fd):
+                oom = True
             else:
                 self.processes.on_ready(fd)
         self.processes.reap()
+        if oom or self.processes.pending_exits():  # a kill is told before the exit it caused
+            self.oom.check()
         self.processes.flush_exits()
 
     def on_channel(self, mask: int) -> None:

@@ -68,6 +68,7 @@ AGENT_FILES = (
     "runv/agent/loop.py",
     "runv/agent/mounts.py",
     "runv/agent/network.py",
+    "runv/agent/oomwatch.py",
     "runv/agent/pods.py",
     "runv/agent/pressure.py",
     "runv/agent/processes.py",

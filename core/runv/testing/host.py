@@ -1,7 +1,7 @@
 """What tests need of the host: the ``runv`` command beside this Python, the guest files the VM
 tests boot (and the members of an initrd), busybox root filesystems, commands run with their
-output through files, fake programs and cgroup trees, and the background template makers a
-test must not leave running.
+output through files, fake programs and cgroup trees, what containerd watches for OOM kills,
+and the background template makers a test must not leave running.
 
 Nothing here imports pytest; runv's own test layers (``tests/``) and the plugins' and
 examples' tests (``plugins/*/tests``, ``examples/*/tests``) share these.
@@ -10,6 +10,7 @@ examples' tests (``plugins/*/tests``, ``examples/*/tests``) share these.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,46 @@ def fake_cgroup_v1(base: Path) -> Path:
     for controller in ("memory", "pids", "cpu"):
         (base / controller).mkdir(parents=True)
     return base
+
+
+class OomWatch:
+    """What containerd's shim watches for a container's OOM kills (Docker's ``OOMKilled``):
+    the memory cgroup of the container's PID, through an eventfd on its
+    ``memory.oom_control`` (cgroup v1) or the ``oom_kill`` count of its ``memory.events`` (v2)."""
+
+    def __init__(self, pid: int, base: Path = Path("/sys/fs/cgroup")) -> None:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+        self.v2 = (base / "cgroup.controllers").exists()
+        path = next(p for _, controllers, p in lines if (controllers == "" if self.v2 else "memory" in controllers.split(",")))
+        self.directory = base / ("" if self.v2 else "memory") / path.lstrip("/")
+        if self.v2:
+            self.seen = self.kills()
+            return
+        self.eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        control = os.open(self.directory / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            (self.directory / "cgroup.event_control").write_text(f"{self.eventfd} {control}")
+        finally:
+            os.close(control)
+
+    def kills(self) -> int:
+        """The cgroup's ``oom_kill`` count (v1's ``memory.oom_control`` has one too)."""
+        text = (self.directory / ("memory.events" if self.v2 else "memory.oom_control")).read_text()
+        return int(dict(line.split() for line in text.splitlines()).get("oom_kill", 0))
+
+    def fired(self, timeout: float) -> bool:
+        """Whether an OOM in the cgroup was notified within ``timeout`` seconds."""
+        if self.v2:
+            deadline = time.monotonic() + timeout
+            while self.kills() == self.seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return self.kills() > self.seen
+        return bool(select.select([self.eventfd], [], [], timeout)[0])
+
+    def close(self) -> None:
+        if not self.v2:
+            os.close(self.eventfd)
 
 
 def emptied(directory: Path) -> None:

@@ -23,6 +23,7 @@ from runv.log import logger
 
 MAX_TEXT = 4096  # characters of a guest string kept (error messages, command lines)
 MAX_NAME = 64  # characters of a process name the host chose
+MAX_CONTAINER = 1024  # characters of a container id (one the host chose, or a pod member's)
 MAX_PID = 1 << 22  # Linux's PID_MAX_LIMIT
 MAX_PROCESSES = 65536  # entries of a `ps` reply
 
@@ -57,10 +58,14 @@ def _str(message: dict, key: str, limit: int) -> str:
 def check_message(message: dict) -> None:
     """Raises GuestProtocolError unless ``message`` (a decoded control frame) is a reply
     (``id`` an integer; ``error`` a string, or ``ok`` true) or a known event with the
-    right fields: ``exit`` has ``proc`` and exactly one of ``code`` 0-255 or ``signal`` 1-64."""
+    right fields: ``exit`` has ``proc`` and exactly one of ``code`` 0-255 or ``signal`` 1-64,
+    ``oom`` a ``container``."""
     if "event" in message:
         event = message["event"]
         if event == "ready":
+            return
+        if event == "oom":
+            _str(message, "container", MAX_CONTAINER)
             return
         if event != "exit":
             raise GuestProtocolError(f"unknown event {printable(repr(event), 80)}")

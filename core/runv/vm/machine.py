@@ -12,12 +12,14 @@ template gave, :meth:`Machine.adopt`), so templates stay a layer above this one.
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Callable
 
 from runv.api.errors import AgentError, RunvError
 from runv.api.frozen import to_json
 from runv.log import logger
-from runv.vm import bringup, pidns, podshare
+from runv.vm import bringup, oommirror, pidns, podshare
+from runv.vm.agentclient import printable
 from runv.vm.limits import Limits
 from runv.vm.proctree import child_status
 from runv.vm.teardown import teardown
@@ -36,11 +38,13 @@ INIT = "init"  # the agent's name for the container process
 MEMBER_TIMEOUT = 30.0  # seconds the guest has to kill and unmount a member that leaves
 VMM_EXIT_WAIT = 2.0  # seconds a closed agent channel waits for the VMM's exit status
 SIGNAL_TIMEOUT = 5.0  # seconds the guest has to acknowledge a signal before it is reported
+OOM_REPEAT_EVERY = 1.0  # seconds: at most one OOM kill a container repeated on the host in this time
 
 
 class Machine:
     """One container's VM and its guest agent; ``on_event(message)`` gets the container
-    process's exit and the channel's ``closed`` (on the agent's reader thread)."""
+    process's exit and the channel's ``closed`` (on the agent's reader thread). OOM kills
+    in the guest are repeated on the host here (:meth:`repeat_oom_kill`)."""
 
     def __init__(self, settings: Settings, store: Store, container: Container, plugins: Selection,
                  on_event: Callable[[dict], None]) -> None:
@@ -57,6 +61,7 @@ class Machine:
         self.agent: AgentClient | None = None
         self.routes: dict[int, Callable[[bytes], None]] = {}  # agent output channel -> consumer
         self.exits: dict[str, Callable[[dict], None]] = {}  # exec'd process name -> exit handler
+        self.oom_repeated: dict[str, float] = {}  # container id -> when an OOM kill was last repeated on the host
         self.limits = Limits(container.id, container.spec.linux.get("resources"))  # as `runv update` leaves them
         self.members: dict[str, Container] = {}  # the containers that joined this VM
 
@@ -110,12 +115,30 @@ class Machine:
             route(payload)
 
     def on_agent_event(self, message: dict) -> None:
+        if message["event"] == "oom":
+            self.repeat_oom_kill(message["container"])
+            return
         if message["event"] == "exit" and message["proc"] != INIT:
             handler = self.exits.get(message["proc"])
             if handler:
                 handler(message)
             return
         self.on_event(message)
+
+    def repeat_oom_kill(self, container_id: str) -> None:
+        """The guest's OOM killer killed in this VM's container or a member: the kill
+        repeated in that container's host cgroup (:mod:`runv.vm.oommirror`), on the reader
+        thread, so before the guest's next event (the exit it caused) is handled."""
+        try:
+            container = self.member(container_id)
+        except RunvError as exc:
+            logger.warning("an OOM kill in the guest: %s", printable(exc))
+            return
+        now = time.monotonic()
+        if now - self.oom_repeated.get(container.id, -OOM_REPEAT_EVERY) < OOM_REPEAT_EVERY:
+            return  # a burst of kills is one on the host, and a guest cannot keep the host killing
+        self.oom_repeated[container.id] = now
+        oommirror.mirror(container.state_dir, container.id)
 
     def exec(self, container: Container, process: Process, name: str, streams: dict) -> int:
         """Starts ``process`` in ``container`` (this VM's own or a member) through the ``exec``
