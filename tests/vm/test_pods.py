@@ -12,6 +12,7 @@ import pytest
 from realclients import mounts_under
 
 from runv.testing import vm_processes_in
+from runv.testing.host import OomWatch
 
 pytestmark = pytest.mark.usefixtures("guest_image")
 
@@ -128,3 +129,29 @@ def test_joining_a_paused_or_missing_sandbox_fails_cleanly(runv, make_bundle, ne
     assert not (root / "cri").exists()
     assert runv("delete", "--force", "infra").returncode == 0
     assert not vm_processes_in(root) and not mounts_under(root)
+
+
+def test_an_oom_kill_in_a_member_is_repeated_in_the_members_host_cgroup_only(runv, make_bundle, netns, root):
+    """What Kubernetes reads as a container's ``OOMKilled`` (containerd's watch on the memory
+    cgroup of its PID): a member of 32 MiB whose process allocates 100 MiB is killed in the
+    pod's VM, and the kill is repeated in the member's host cgroup, not the sandbox's."""
+    def bundle(name, args, **linux):
+        spec = in_netns(netns)
+        spec["linux"].update(cgroupsPath=f"/runv-test-pod-{name}-{os.getpid()}", **linux)
+        return make_bundle(args, name=name, **spec)
+
+    assert runv("run", "-d", "--bundle", bundle("infra", ["sleep", "1000"]), "infra").returncode == 0
+    hog = bundle("hog", ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"], resources={"memory": {"limit": 32 << 20}})
+    assert runv("create", "--bundle", hog, "hog").returncode == 0
+    watches = {cid: OomWatch(json.loads(runv("state", cid, check=True).stdout)["pid"]) for cid in ("infra", "hog")}
+    try:
+        runv("start", "hog", check=True)
+        wait_status(runv, "hog", "stopped")
+        assert json.loads((root / "hog/state.json").read_text())["exit_code"] == 137
+        assert watches["hog"].fired(timeout=10) and watches["hog"].kills() == 1
+        assert watches["infra"].kills() == 0 and status(runv, "infra") == "running"
+    finally:
+        for watch in watches.values():
+            watch.close()
+    assert runv("delete", "hog").returncode == 0
+    assert runv("delete", "--force", "infra").returncode == 0
