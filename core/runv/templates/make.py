@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from runv.api.errors import RunvError
 from runv.log import logger
 from runv.templates import match
-from runv.templates.store import RECORD, check_name, directory, read
+from runv.templates.store import MAKING, OLD, RECORD, check_name, directory, lock, read
 
 if TYPE_CHECKING:
     from runv.api.vm import VMSpec
@@ -56,9 +56,10 @@ def create(
     caps = hypervisor.info.capabilities
     base = directory()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    work = Path(f"{base}/.making-{os.getpid()}")
+    work = Path(f"{base}/{MAKING}{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o700)
+    held = lock(work)
     try:
         (work / "pod").mkdir()  # the pod share, every VM's one share (runv.vm.podshare), never mounted in a template
         spec = base_vm(settings, caps, "template", work, config, memory_mib=memory_mib, vcpus=vcpus, hotplug_slots=hotplug_slots)
@@ -93,13 +94,14 @@ def create(
             json.dump(record, f, indent=1)
         final = base / name
         if final.exists():
-            old = Path(f"{base}/.old-{name}-{os.getpid()}")
+            old = Path(f"{base}/{OLD}{name}-{os.getpid()}")
             os.rename(final, old)
             shutil.rmtree(old, ignore_errors=True)
         os.rename(work, final)
         return record
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        os.close(held)
 
 
 def _is_current(name: str, vm_shape: dict, spec: VMSpec, hypervisor: str, private: bool) -> bool:

@@ -32,7 +32,10 @@ def choose(choice: str, vm: VMSpec, hypervisor: Hypervisor) -> tuple[dict | None
     wanted = match.shape(vm, hypervisor.name, templates)
     current = match.source(vm.kernel, vm.initrd)
     if choice in (match.AUTO, match.OFF) or wanted is None:
-        candidates = store.all_records() if choice == match.AUTO and wanted is not None else []
+        auto = choice == match.AUTO and wanted is not None
+        if auto:
+            store.reclaim()  # what dead makers left, before the templates there are read
+        candidates = store.all_records() if auto else []
     else:
         try:
             candidates = [store.read(choice)]

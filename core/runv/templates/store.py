@@ -1,22 +1,29 @@
 """Where templates live (``/var/lib/runv/templates``, or ``$RUNV_TEMPLATE_DIR``): one
-directory per template holding its files and ``template.json``, and the note a container's
-state directory keeps of the template it started from."""
+directory per template holding its files and ``template.json``, the work directories of
+the makers (``.making-PID``, locked while their maker lives, reclaimed when it died), and
+the note a container's state directory keeps of the template it started from."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from runv.api.errors import RunvError
+from runv.log import logger
 from runv.templates.match import AUTO, OFF
 
 DIR_ENV = "RUNV_TEMPLATE_DIR"
 DEFAULT_DIR = Path("/var/lib/runv/templates")
 RECORD = "template.json"
 RESULT = "template.json"  # in a container's state directory: the template used, or why none
+MAKING = ".making-"  # a maker's work directory, then the template (renamed)
+OLD = ".old-"  # a template being replaced, removed by its maker
+RECLAIM_AGE = 60.0  # seconds a maker's directory is left alone whatever its lock says (it locks it once made)
 
 
 def directory() -> Path:
@@ -32,6 +39,49 @@ def read(name: str) -> dict:
         raise RunvError(f"template {name!r} does not exist in {directory()} (see `runv template list`)") from None
     except (OSError, ValueError) as exc:
         raise RunvError(f"template {name!r}: cannot read {path}: {exc}") from None
+
+
+def lock(work: Path) -> int:
+    """A maker's hold on its work directory (an open descriptor, flock'ed): :func:`reclaim`
+    leaves a held one alone. Released when the descriptor is closed, or the maker dies."""
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _held(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def reclaim(older_than: float = RECLAIM_AGE) -> list[Path]:
+    """Removes what dead makers left (a host crash, a kill): their work directories, which
+    no live maker holds (:func:`lock`), and the templates they were replacing, each over
+    ``older_than`` seconds old. Each removal is logged; returns them."""
+    removed = []
+    now = time.time()
+    try:
+        entries = sorted(directory().iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith((MAKING, OLD)):
+            continue
+        try:
+            if now - entry.lstat().st_ctime < older_than or entry.name.startswith(MAKING) and _held(entry):
+                continue
+        except OSError:
+            continue  # gone meanwhile
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.info("reclaimed %s: the template maker that made it died", entry)
+        removed.append(entry)
+    return removed
 
 
 def all_records() -> list[dict]:
