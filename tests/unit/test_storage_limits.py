@@ -9,7 +9,7 @@ import pytest
 from test_bundle_safety import one_line_error
 
 from runv.api.errors import RunvError
-from runv.api.storage import remove_container_dir, settings
+from runv.api.storage import OWNER, container_dir, reclaim, remove_container_dir, settings
 from runv.testing import container
 
 # ---------------------------------------------------------------- the settings
@@ -93,6 +93,27 @@ def test_detach_refuses_to_remove_a_directory_not_made_for_the_container(tmp_pat
         with pytest.raises(RunvError, match="not a directory runv made for it"):
             remove_container_dir(box, str(path))
     assert victim.is_dir()
+
+
+def test_what_dead_containers_left_is_reclaimed_by_the_next_never_a_live_ones(tmp_path, storage_config, caplog):
+    """After a crash (runv and the VMs dead, ``/run`` emptied) a container's directory names
+    a state directory that is gone: the next container's directory reclaims it, and logs
+    it; a live (or stopped) container's and one naming no owner (an earlier release's) stay."""
+    caplog.set_level("INFO", logger="runv.storage")
+    options = settings()
+    live, dead, later = (container(tmp_path / cid, cid=cid) for cid in ("live", "dead", "next"))
+    for box in (live, dead, later):
+        box.state_dir.mkdir()  # a create claims it before its storage is attached
+    live_dir, dead_dir = container_dir(live, options), container_dir(dead, options)
+    (dead_dir / "upper.img").write_bytes(b"x" * 4096)
+    assert (live_dir / OWNER).read_text() == str(live.state_dir.resolve())
+    unowned = options["containers_dir"] / "old-0123456789ab"
+    unowned.mkdir()
+    dead.state_dir.rmdir()  # what a reboot does to /run/runv
+    fresh = container_dir(later, options)
+    assert sorted(p.name for p in options["containers_dir"].iterdir()) == sorted([live_dir.name, unowned.name, fresh.name])
+    assert f"reclaimed {dead_dir}: its container's state directory {dead.state_dir.resolve()} is gone" in caplog.text
+    assert reclaim(options["containers_dir"]) == []  # converged
 
 
 # ---------------------------------------------------------------- whole creates (fake VMM)

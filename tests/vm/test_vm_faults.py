@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -162,8 +163,9 @@ def test_two_delete_force_at_once_both_succeed(runv, background, make_bundle, ro
 def test_every_process_of_a_container_killed_leaves_no_mount_and_spares_another_root(runv, make_bundle, root, tmp_path):
     """kill -9 of a container's shim, VMM and file server at once (the host's OOM killer, a
     `pkill -9`): no mount of its rootfs or volume is left in any namespace (they were only
-    ever in its shim's); with its state root emptied, runv starts afresh there; a container
-    of another root runs on untouched."""
+    ever in its shim's); with its state root emptied, runv starts afresh there and the next
+    container that keeps files on disk reclaims the dead one's; a container of another root
+    runs on untouched."""
     other = [RUNV, "--root", str(tmp_path / "other-root")]
     with open(tmp_path / "other.out", "w") as out:  # a shim keeps its create's stdio: files, not pipes
         subprocess.run([*other, "run", "-d", "--bundle", make_bundle(["sleep", "1000"], name="other"), "other"],
@@ -173,9 +175,11 @@ def test_every_process_of_a_container_killed_leaves_no_mount_and_spares_another_
         volume.mkdir()
         (volume / "file").write_text("kept\n")
         mounts = [{"destination": "/data", "type": "bind", "source": str(volume), "options": ["rbind", "rw"]}]
-        bundle = make_bundle(["sleep", "1000"], mounts=mounts)
+        on_disk = {"io.runv.storage.mode": "overlay"}  # an upper layer on disk, in the container's own directory
+        bundle = make_bundle(["sleep", "1000"], mounts=mounts, annotations=on_disk)
         runv("run", "-d", "--bundle", bundle, "box", check=True)
-        shim = record(root / "box")["shim_pid"]
+        shim, files = record(root / "box")["shim_pid"], Path(record(root / "box")["attachment"]["data"]["dir"])
+        assert (files / "upper.img").is_file()
         assert len(mounts_under(root, [shim])) >= 3  # the pod directory, the rootfs and the volume in it, ...
         assert mounts_under(root, [os.getpid()]) == []  # ... in the shim's mount namespace, never the host's
         victims = process_tree(shim)
@@ -195,6 +199,9 @@ def test_every_process_of_a_container_killed_leaves_no_mount_and_spares_another_
         assert orphans  # the VMM's cgroup is what the kill left: the next VM of that name takes it over
         assert runv("run", "--bundle", again, "box").stdout == "kept\n"  # the same id, the same volume, afresh
         assert not [d for d in orphans if os.path.exists(d)]  # and removes it (others, a minute old: vmmcgroup.sweep)
+        assert files.is_dir()  # the dead container's upper layer, named for a state directory now gone
+        assert runv("run", "--bundle", make_bundle(["true"], name="next", annotations=on_disk), "next").returncode == 0
+        assert not files.exists()  # the next container that keeps files on disk reclaimed it
         assert subprocess.run([*other, "exec", "other", "true"], capture_output=True).returncode == 0
     finally:
         subprocess.run([*other, "delete", "--force", "other"], capture_output=True)

@@ -23,6 +23,7 @@ or any other ``io.runv.storage.*`` key is refused in one line.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -38,6 +39,8 @@ MAXIMUM = {"upper_size": "max_upper_size", "base_size": "max_base_size"}
 MIN_UPPER = 16 << 20  # ext4 with a journal needs a few MiB; less is a mistake, refused in words
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"([0-9]+)\s*([KMGT]?)(?:I?B)?")
+OWNER = ".owner"  # in a container's directory: its state directory's absolute path, which the reclaim looks for
+logger = logging.getLogger("runv.storage")
 
 
 def parse_size(text: str | int, where: str) -> int:
@@ -114,16 +117,39 @@ def container_key(container) -> str:
 
 
 def container_dir(container, options: dict) -> Path:
-    """A fresh, empty ``containers_dir/<key>/`` (mode 0700) for the container's big files
-    (upper layers, qcow2 overlays): on disk, not in ``--root``'s RAM. What a crashed create
-    of the same key left there is removed first."""
+    """A fresh ``containers_dir/<key>/`` (mode 0700) for the container's big files (upper
+    layers, qcow2 overlays): on disk, not in ``--root``'s RAM, naming its owner (``.owner``).
+    What a crashed create of the same key left there is removed first, and what dead
+    containers left beside it is reclaimed (:func:`reclaim`)."""
     top = options["containers_dir"]
     top.mkdir(parents=True, exist_ok=True, mode=0o700)
+    reclaim(top)
     path = top / container_key(container)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(mode=0o700)
     path.chmod(0o700)  # whatever the umask
+    (path / OWNER).write_text(str(absolute_state_dir(container)))
     return path
+
+
+def reclaim(top: Path) -> list[Path]:
+    """Removes the container directories in ``top`` whose owner's state directory is gone:
+    what containers left when runv and their VMs died (a host crash, ``/run`` emptied)
+    before their ``delete``. A live or stopped container's state directory exists (a
+    create makes it before this directory); a directory naming no owner (an earlier
+    release's) is left. Each removal is logged; returns them."""
+    removed = []
+    for entry in sorted(top.iterdir()):
+        try:
+            owner = Path((entry / OWNER).read_text())
+        except OSError:
+            continue
+        if owner.exists():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.info("reclaimed %s: its container's state directory %s is gone (it died without a delete)", entry, owner)
+        removed.append(entry)
+    return removed
 
 
 def remove_container_dir(container, recorded: str) -> None:

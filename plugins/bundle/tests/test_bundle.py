@@ -105,7 +105,7 @@ def test_what_a_crashed_create_left_is_replaced(tmp_path, storage_config):
     (stale / "junk").write_bytes(b"x")
     hooks = hooks_with(runv_bundle)
     attachment = hooks.attach_storage(container=box)
-    assert sorted(os.listdir(stale)) == ["upper.img"]
+    assert sorted(os.listdir(stale)) == [".owner", "upper.img"]
     hooks.detach_storage(container=box, attachment=attachment)
     assert storage_config.own_dirs() == []
 

@@ -88,16 +88,19 @@ def pool_from_settings(options: dict):
     )
 
 
-def snapshot_name(container_id: str) -> str:
-    """A container's dm device: ``runv-ct-<id>``, a namespace of its own (the pool is
+def snapshot_name(container) -> str:
+    """A container's dm device: ``runv-ct-<id>-<hash>`` (:func:`runv.api.storage.container_key`:
+    two roots' containers of one id never share it), a namespace of its own (the pool is
     ``runv-pool``, its bases ``runv-pool-base-*``), so no id names another device of runv's"""
-    return f"runv-ct-{container_id}"
+    from runv.api.storage import container_key
+
+    return f"runv-ct-{container_key(container)}"
 
 
 @hookimpl
 def attach_storage(container):
     from runv.api.images import base_image
-    from runv.api.storage import settings
+    from runv.api.storage import absolute_state_dir, settings
 
     reason = kernel_has_device_mapper()
     if reason:
@@ -108,11 +111,12 @@ def attach_storage(container):
     key = image.name.removeprefix("base-").removesuffix(".ext4")
     pool.base(key, image)
     readonly = container.spec.root.readonly
-    device = pool.snapshot(snapshot_name(container.id), key)
+    name = snapshot_name(container)
+    device = pool.snapshot(name, key, owner=str(absolute_state_dir(container)))
     return StorageAttachment(
         rootfs=GuestMount.of_disk(SERIAL, "ext4", readonly=readonly),
         disks=(Disk(serial=SERIAL, path=Path(device), format="raw", readonly=readonly),),
-        data={"pool": pool.name, "dir": str(pool.directory), "snapshot": snapshot_name(container.id), "base": key},
+        data={"pool": pool.name, "dir": str(pool.directory), "snapshot": name, "base": key},
     )
 
 

@@ -15,11 +15,15 @@ Layout, in the pool directory (``[storage] cache_dir``/devicemapper by default):
 
 Every change is recorded in ``devices.json`` *before* it is made in the pool (state
 ``building`` / ``creating``), so a crash half-way leaves an entry the next call cleans up.
+A snapshot's entry names its owner (the container's state directory): one whose owner is
+gone (runv and its VMs died with the host, ``/run`` emptied) is reclaimed by the next
+snapshot made, and logged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -37,6 +41,7 @@ LOW_WATER = 1024  # blocks
 CHUNK = 1 << 20
 BUSY_RETRIES = 10
 TOOLS = {"dmsetup": "apt-get install dmsetup", "losetup": "apt-get install util-linux"}
+logger = logging.getLogger("runv.devicemapper")
 
 
 class PoolFull(RunvError):
@@ -257,11 +262,13 @@ class Pool:
 
     # ---------------------------------------------------------------- snapshots
 
-    def snapshot(self, name: str, key: str) -> str:
-        """Activates a fresh snapshot of base ``key`` as /dev/mapper/<name>; a stale one of
-        the same name (left by a crash) is removed first."""
+    def snapshot(self, name: str, key: str, owner: str = "") -> str:
+        """Activates a fresh snapshot of base ``key`` as /dev/mapper/<name> for ``owner`` (a
+        path that exists while the snapshot is in use); a stale one of the same name (left
+        by a crash) is removed first, and every snapshot whose owner is gone."""
         with self.locked() as registry:
             self._ensure()
+            self._reclaim(registry)
             base = registry["bases"].get(key)
             if not base or base["state"] != "ready":
                 raise RunvError(f"pool {self.name} has no base {key}")
@@ -273,6 +280,8 @@ class Pool:
                                 "refusing to reuse it")
             self._check_space()
             entry = {"id": self._new_id(registry), "sectors": base["sectors"], "base": key, "state": "creating"}
+            if owner:
+                entry["owner"] = owner
             registry["snapshots"][name] = entry
             self._write(registry)
             try:
@@ -283,6 +292,22 @@ class Pool:
                 raise
             entry["state"] = "active"
             return path
+
+    def _reclaim(self, registry: dict) -> None:
+        """Removes the snapshots whose owner is gone (under the lock); one still held by a
+        device's user stays for the next call."""
+        for name, entry in list(registry["snapshots"].items()):
+            if not entry.get("owner") or os.path.exists(entry["owner"]):
+                continue
+            try:
+                self._drop(entry, name)
+            except RunvError as exc:
+                logger.warning("pool %s: snapshot %s of %s, which is gone, not reclaimed: %s", self.name, name,
+                               entry["owner"], exc)
+                continue
+            del registry["snapshots"][name]
+            logger.info("pool %s: reclaimed snapshot %s: its container's state directory %s is gone", self.name, name,
+                        entry["owner"])
 
     def remove_snapshot(self, name: str) -> None:
         """Deactivates and deletes a snapshot; nothing to do when it is gone already."""

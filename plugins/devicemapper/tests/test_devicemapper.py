@@ -24,6 +24,7 @@ import pytest
 import runv.api
 import runv_devicemapper
 from runv.api import RunvError, images
+from runv.testing import container
 from runv.testing.host import RUNV, add_host_binary, make_rootfs
 
 CORE = Path(runv.api.__file__).parents[2]  # the directory holding the runv package
@@ -119,6 +120,16 @@ for i in range(4):
     pool.remove_snapshot(f"runv-c{i}")
 pool.remove_snapshot("runv-a")
 
+# a container's state directory gone with a crash: the next snapshot made reclaims its own
+for owner in ("live", "dead"):
+    os.makedirs(f"/var/lib/owners/{owner}")
+    pool.snapshot(f"runv-{owner}", "k1", owner=f"/var/lib/owners/{owner}")
+os.rmdir("/var/lib/owners/dead")
+pool.snapshot("runv-next", "k1", owner="/var/lib/owners/live")
+out["reclaimed"] = [sorted(pool._read()["snapshots"]), sh("dmsetup", "info", "runv-dead").returncode != 0]
+pool.remove_snapshot("runv-live")
+pool.remove_snapshot("runv-next")
+
 check = pool._activate("tp-check", base["id"], base["sectors"], readonly=True)
 out["base_unchanged"] = digest(check, size) == image_sum
 thin.dm_remove("tp-check")
@@ -208,9 +219,11 @@ def test_a_device_mapper_is_found_by_its_device_or_its_module_and_needs_its_cont
     assert runv_devicemapper.kernel_has_device_mapper() is None
 
 
-def test_snapshot_names_live_in_runvs_own_namespace():
-    assert runv_devicemapper.snapshot_name("pool") == "runv-ct-pool" != "runv-pool"
-    assert runv_devicemapper.snapshot_name("pool-base-k1").startswith("runv-ct-")
+def test_snapshot_names_live_in_runvs_own_namespace_one_per_root(tmp_path):
+    one, other = container(tmp_path / "a", cid="pool"), container(tmp_path / "b", cid="pool")
+    name = runv_devicemapper.snapshot_name(one)
+    assert name.startswith("runv-ct-pool-") and not name.startswith("runv-pool")
+    assert name != runv_devicemapper.snapshot_name(other)  # the same id in two roots: two devices
 
 
 @pytest.mark.usefixtures("hermetic")
@@ -253,6 +266,7 @@ def test_thin_pool_snapshots_in_a_helper_vm(runv, helper_rootfs, storage_config,
     assert out["stale_replaced"] == [False, True]
     assert out["concurrent"] == {"errors": [], "paths": [f"/dev/mapper/runv-c{i}" for i in range(4)],
                                  "unique_ids": True, "count": 5}
+    assert out["reclaimed"] == [["runv-live", "runv-next"], True]  # only the snapshot whose owner is gone
     assert out["base_unchanged"] is True  # byte for byte, after every snapshot wrote and deleted
     assert out["full_write_failed"] is True
     assert "thin pool tiny is full" in out["create_on_full_pool"]
