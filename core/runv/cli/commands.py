@@ -35,9 +35,10 @@ def print_version(value: bool) -> None:
         import platform
 
         import runv
+        from runv.commit import commit
         from runv.oci.state import OCI_VERSION
 
-        print(f"runv version {runv.__version__}\ncommit: {runv.__version__}\nspec: {OCI_VERSION}\npython: {platform.python_version()}")
+        print(f"runv version {runv.__version__}\ncommit: {commit()}\nspec: {OCI_VERSION}\npython: {platform.python_version()}")
         raise typer.Exit()
 
 
