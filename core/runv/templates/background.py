@@ -99,17 +99,12 @@ def room(base: Path, settings: Settings) -> bool:
 
 def busy(base: Path) -> bool:
     """Whether a maker holds ``base``'s lock now."""
+    from runv.templates import store
+
     try:
-        fd = os.open(base / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+        return store.held(base / LOCK)
     except FileNotFoundError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def start(request: dict) -> None:

@@ -49,10 +49,11 @@ def lock(work: Path) -> int:
     return fd
 
 
-def _held(path: Path) -> bool:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def held(path: Path) -> bool:
+    """Whether a process holds ``path`` (a file or directory) flock'ed exclusively now."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
     except BlockingIOError:
         return True
@@ -74,7 +75,7 @@ def reclaim(older_than: float = RECLAIM_AGE) -> list[Path]:
         if not entry.name.startswith((MAKING, OLD)):
             continue
         try:
-            if now - entry.lstat().st_ctime < older_than or entry.name.startswith(MAKING) and _held(entry):
+            if now - entry.lstat().st_ctime < older_than or entry.name.startswith(MAKING) and held(entry):
                 continue
         except OSError:
             continue  # gone meanwhile
