@@ -21,14 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runv.api.vmmcgroup import name, placement
+from runv.api.vmmcgroup import Cgroup, name, placement
 from runv.log import logger
 from runv.vm.cgroupspath import SHIM
 
 MARGIN = 4 << 20  # bytes the leaf's limit is lowered to above what it holds
 HOARD = 64 << 20  # bytes the child allocates at most (it is killed past MARGIN)
 WAIT = 10.0  # seconds for the child to be ready, and then to be killed
-COMM = b"runv-oom-mirror"  # the victim's name in the host's kernel log
+COMM = "runv-oom-mirror"  # the victim's name in the host's kernel log
 CHILD = """
 import ctypes, os, sys
 with open(sys.argv[1], "w") as f: f.write("0")
@@ -49,8 +49,8 @@ def leaf(state_dir: Path | str) -> tuple[Path, bool] | None:
     placed = placement(state_dir)
     if placed is None:
         return None
-    v2 = (Path(placed["base"]) / "cgroup.controllers").exists()
-    return Path(placed["dirs"][0]) / (name(state_dir) + SHIM), v2
+    shim = Cgroup(name(state_dir) + SHIM, Path(placed["base"]), placed["dirs"])  # as cgroupspath.release finds it
+    return shim.dirs()[0], shim.v2
 
 
 def mirror(state_dir: Path | str, container_id: str) -> bool:
@@ -77,7 +77,7 @@ def _kill_one(directory: Path, v2: bool) -> None:
     usage = directory / ("memory.current" if v2 else "memory.usage_in_bytes")
     old = limit.read_text().strip()
     child = subprocess.Popen([sys.executable, "-S", "-c", CHILD, str(directory / "cgroup.procs"), str(HOARD),
-                              COMM.decode()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              COMM], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         if not select.select([child.stdout], [], [], WAIT)[0] or child.stdout.read(1) != b"r":
             child.kill()
