@@ -102,7 +102,10 @@ def test_writes_are_seen_both_ways_at_once_in_the_rootfs_and_a_volume(runv, make
         container = subprocess.Popen([RUNV, "--root", str(tmp_path / "state"), "run", "--bundle", str(bundle), "s2"],
                                      stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT)
     try:
-        assert wait_for(lambda: (volume / "from-guest").exists() and (bundle / "rootfs/from-guest").exists(), 60.0)
+        def written(path):  # the shell's redirection makes the file before echo writes it
+            return path.exists() and path.read_text() == "guest\n"
+
+        assert wait_for(lambda: written(volume / "from-guest") and written(bundle / "rootfs/from-guest"), 60.0)
         assert container.poll() is None  # seen while the container runs
         assert (volume / "from-guest").read_text() == "guest\n" == (bundle / "rootfs/from-guest").read_text()
         (volume / "from-host").write_text("host-volume\n")
